@@ -1,0 +1,46 @@
+import { Connection, Client } from '@temporalio/client';
+import { loadClientConnectConfig } from '@temporalio/envconfig';
+import type { NativeConnectionOptions } from '@temporalio/worker';
+
+/** Flags that override the standard Temporal environment configuration for one invocation. */
+export interface ConnectionFlags {
+  address?: string;
+  namespace?: string;
+  profile?: string;
+  configFile?: string;
+}
+
+export interface ResolvedConnection {
+  connectionOptions: NativeConnectionOptions;
+  address: string;
+  namespace: string;
+}
+
+export const DEFAULT_ADDRESS = '127.0.0.1:7233';
+
+/**
+ * Resolves where to connect the same way the `temporal` CLI does (profile file, then
+ * TEMPORAL_* variables), then applies explicit flags. Local dev needs no configuration at all;
+ * Temporal Cloud needs only TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE and TEMPORAL_API_KEY.
+ */
+export function resolveConnection(flags: ConnectionFlags = {}): ResolvedConnection {
+  const loaded = loadClientConnectConfig({
+    ...(flags.profile ? { profile: flags.profile } : {}),
+    ...(flags.configFile ? { configSource: { path: flags.configFile } } : {}),
+  });
+  const address = flags.address ?? loaded.connectionOptions.address ?? DEFAULT_ADDRESS;
+  const namespace = flags.namespace ?? loaded.namespace ?? 'default';
+  return { connectionOptions: { ...loaded.connectionOptions, address }, address, namespace };
+}
+
+export async function connectClient(
+  flags: ConnectionFlags = {},
+  connectTimeout = '5 seconds',
+): Promise<{ client: Client; connection: Connection; resolved: ResolvedConnection }> {
+  const resolved = resolveConnection(flags);
+  const connection = await Connection.connect({
+    ...(resolved.connectionOptions as Parameters<typeof Connection.connect>[0]),
+    connectTimeout,
+  });
+  return { client: new Client({ connection, namespace: resolved.namespace }), connection, resolved };
+}

@@ -1,0 +1,38 @@
+// @ts-check
+import eslint from '@eslint/js';
+import tseslint from 'typescript-eslint';
+import globals from 'globals';
+
+export default tseslint.config(
+  { ignores: ['dist/', 'node_modules/', '.cache/', '.data/', 'test-artifacts/'] },
+  eslint.configs.recommended,
+  ...tseslint.configs.recommendedTypeChecked,
+  {
+    languageOptions: {
+      globals: globals.node,
+      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+    },
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      '@typescript-eslint/consistent-type-imports': 'error',
+    },
+  },
+  {
+    // Workflows run in Temporal's deterministic sandbox: only activity *types* may be imported
+    // from activities/, and nothing that performs I/O.
+    files: ['workflows/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            { group: ['../activities', '../activities/*', '../activities/**'], allowTypeImports: true, message: 'workflows may import only types from activities/' },
+            { group: ['node:*', 'fs', 'path', 'crypto', 'child_process', 'os', 'net', 'http', 'https'], message: 'workflows must not use Node APIs' },
+            { group: ['@temporalio/activity', '@temporalio/client', '@temporalio/worker'], message: 'workflows may use only @temporalio/workflow and @temporalio/common' },
+          ],
+        },
+      ],
+    },
+  },
+  { files: ['**/*.mjs'], ...tseslint.configs.disableTypeChecked },
+);

@@ -1,0 +1,374 @@
+#!/usr/bin/env bash
+# The whole keyops stack on one machine: Temporal dev server (with Web UI and SQLite
+# persistence) plus a keyops worker. Run `./temporal-dev.sh --help` for usage.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TEMPORAL_CLI_MODULE="github.com/temporalio/cli/cmd/temporal"
+TEMPORAL_CLI_VERSION="v1.5.1" # later tags carry a `replace` directive and refuse `go install`
+CACHE_BIN="$ROOT/.cache/bin"
+BUILD_LOG="$ROOT/.cache/temporal-cli-build.log"
+
+IP="${KEYOPS_TEMPORAL_IP:-127.0.0.1}"
+PORT="${KEYOPS_TEMPORAL_PORT:-7233}"
+UI_PORT="${KEYOPS_UI_PORT:-8233}"
+METRICS_PORT="${KEYOPS_WORKER_METRICS_PORT:-9464}"
+DATA_DIR="${KEYOPS_DATA_DIR:-$ROOT/.data}"
+RUN_DIR="$DATA_DIR/run"
+LOG_DIR="$DATA_DIR/logs"
+SERVER_PID="$RUN_DIR/temporal.pid"
+WORKER_PID="$RUN_DIR/worker.pid"
+SERVER_LOG="$LOG_DIR/temporal.log"
+WORKER_LOG="$LOG_DIR/worker.log"
+START_TIMEOUT="${KEYOPS_START_TIMEOUT:-60}"
+
+usage() {
+  cat <<EOF
+Usage: ./temporal-dev.sh [command] [options]
+
+Runs the keyops stack locally: the Temporal dev server (gRPC, Web UI, SQLite persistence),
+the keyops worker on task queue "keyops", and the custom search attributes they need.
+
+Commands:
+  up [-d|--detach]   start whatever is not running yet (default command). In the foreground it
+                     follows the worker log; Ctrl-C stops what this invocation started.
+                     With --detach it returns once the worker polls.
+  down               stop the worker, then the server (data is kept)
+  status             show what runs, where, and whether the worker polls (exit 3 if not all up)
+  logs [server|worker] [-f]
+                     print the last log lines (both by default); -f follows them
+  cli-path           print the path of the Temporal CLI, building it first if needed
+  -h, --help         this help
+
+Environment (defaults in brackets):
+  KEYOPS_TEMPORAL_IP           address to bind [127.0.0.1]
+  KEYOPS_TEMPORAL_PORT         Temporal gRPC port [7233]
+  KEYOPS_UI_PORT               Temporal Web UI port [8233]
+  KEYOPS_WORKER_METRICS_PORT   worker Prometheus metrics port [9464]
+  KEYOPS_DATA_DIR              data, logs and pid files [$ROOT/.data]
+  KEYOPS_TEMPORAL_CLI          use this temporal binary instead of finding or building one
+  KEYOPS_START_TIMEOUT         seconds to wait for the server and worker [60]
+
+The Temporal CLI is taken from KEYOPS_TEMPORAL_CLI, the project cache (.cache/bin), or PATH;
+if none exists it is built once with \`go install $TEMPORAL_CLI_MODULE@$TEMPORAL_CLI_VERSION\`.
+
+Examples:
+  ./temporal-dev.sh                 # everything, in the foreground; Ctrl-C to stop
+  ./temporal-dev.sh up -d && npx keyops ping
+  KEYOPS_TEMPORAL_PORT=7300 KEYOPS_UI_PORT=8300 ./temporal-dev.sh up -d
+EOF
+}
+
+say() { printf 'temporal-dev: %s\n' "$*" >&2; }
+die() {
+  say "error: $*"
+  exit 1
+}
+
+# --- Temporal CLI ------------------------------------------------------------------------
+
+find_cli() {
+  if [[ -n "${KEYOPS_TEMPORAL_CLI:-}" ]]; then
+    [[ -x "$KEYOPS_TEMPORAL_CLI" ]] || die "KEYOPS_TEMPORAL_CLI=$KEYOPS_TEMPORAL_CLI is not an executable file"
+    printf '%s\n' "$KEYOPS_TEMPORAL_CLI"
+  elif [[ -x "$CACHE_BIN/temporal" ]]; then
+    printf '%s\n' "$CACHE_BIN/temporal"
+  elif command -v temporal >/dev/null 2>&1; then
+    command -v temporal
+  else
+    return 1
+  fi
+}
+
+ensure_cli() {
+  local cli
+  if cli="$(find_cli)"; then
+    printf '%s\n' "$cli"
+    return
+  fi
+  command -v go >/dev/null 2>&1 || die "no temporal binary found and Go is not installed to build one (need Go >= 1.25)"
+  mkdir -p "$CACHE_BIN"
+  say "building the Temporal CLI $TEMPORAL_CLI_VERSION into .cache/bin (first run only, a few minutes; log: ${BUILD_LOG#"$ROOT"/})"
+  local started=$SECONDS
+  if ! GOBIN="$CACHE_BIN" CGO_ENABLED=0 go install "$TEMPORAL_CLI_MODULE@$TEMPORAL_CLI_VERSION" >"$BUILD_LOG" 2>&1; then
+    tail -n 20 "$BUILD_LOG" >&2
+    die "building the Temporal CLI failed; full log in $BUILD_LOG"
+  fi
+  say "built the Temporal CLI in $((SECONDS - started))s"
+  printf '%s\n' "$CACHE_BIN/temporal"
+}
+
+# --- npm dependencies and build ----------------------------------------------------------
+
+ensure_node_deps() {
+  if [[ ! -f "$ROOT/node_modules/.package-lock.json" || "$ROOT/package-lock.json" -nt "$ROOT/node_modules/.package-lock.json" ]]; then
+    say "installing npm dependencies (npm ci)"
+    (cd "$ROOT" && npm ci --no-fund --no-audit --loglevel=error) >&2
+  fi
+}
+
+ensure_build() {
+  local stamp="$ROOT/dist/.build-stamp"
+  if [[ ! -f "$stamp" ]] || [[ -n "$(find "$ROOT/workflows" "$ROOT/activities" "$ROOT/workers" "$ROOT/client" "$ROOT/package.json" "$ROOT/tsconfig.json" -newer "$stamp" -print -quit)" ]]; then
+    say "compiling TypeScript (npm run build)"
+    (cd "$ROOT" && npm run --silent build) >&2
+    touch "$stamp"
+  fi
+}
+
+# --- processes ---------------------------------------------------------------------------
+
+# A pid file counts only if its process is alive and is what we started (pids get reused).
+running_pid() {
+  local file=$1 marker=$2 pid
+  [[ -f "$file" ]] || return 1
+  pid="$(<"$file")"
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$marker" || return 1
+  printf '%s\n' "$pid"
+}
+server_pid() { running_pid "$SERVER_PID" "start-dev"; }
+worker_pid() { running_pid "$WORKER_PID" "workers/main.js"; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+port_owner() {
+  command -v ss >/dev/null 2>&1 || return 0
+  ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/\1 (pid \2)/p' | head -n 1
+}
+
+require_free_port() {
+  local port=$1 what=$2 var=$3 owner
+  if port_open "$IP" "$port"; then
+    owner="$(port_owner "$port")"
+    die "port $port ($what) on $IP is already in use${owner:+ by $owner}; stop it or choose another port with $var=..."
+  fi
+}
+
+wait_for() { # wait_for DESCRIPTION PID LOG COMMAND...
+  local what=$1 pid=$2 log=$3 deadline=$((SECONDS + START_TIMEOUT))
+  shift 3
+  until "$@"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$log" >&2 || true
+      die "$what exited during start-up; full log in $log"
+    fi
+    ((SECONDS < deadline)) || die "$what did not come up within ${START_TIMEOUT}s; log in $log"
+    sleep 0.5
+  done
+}
+
+search_attribute_flags() {
+  # One source of truth: the keys the workflows declare.
+  (cd "$ROOT" && node -e '
+    const { keyopsSearchAttributes } = require("./dist/workflows/search-attributes");
+    for (const k of keyopsSearchAttributes) console.log(`--search-attribute\n${k.name}=${k.type}`);
+  ')
+}
+
+start_server() {
+  local cli=$1 flags
+  require_free_port "$PORT" "Temporal gRPC" KEYOPS_TEMPORAL_PORT
+  require_free_port "$UI_PORT" "Temporal Web UI" KEYOPS_UI_PORT
+  mkdir -p "$DATA_DIR/temporal"
+  mapfile -t flags < <(search_attribute_flags)
+  say "starting the Temporal dev server on $IP:$PORT (Web UI on $UI_PORT, data in ${DATA_DIR/#"$ROOT"\//})"
+  # setsid: Ctrl-C in the terminal reaches only this script, which stops things in order.
+  setsid "$cli" server start-dev \
+    --ip "$IP" --port "$PORT" --ui-port "$UI_PORT" \
+    --db-filename "$DATA_DIR/temporal/temporal.sqlite" \
+    --sqlite-pragma journal_mode=WAL \
+    --log-format json --log-level warn \
+    "${flags[@]}" \
+    >>"$SERVER_LOG" 2>&1 </dev/null 9>&- &
+  echo $! >"$SERVER_PID"
+  wait_for "the Temporal server" "$!" "$SERVER_LOG" port_open "$IP" "$PORT"
+  wait_for "the Temporal Web UI" "$(<"$SERVER_PID")" "$SERVER_LOG" port_open "$IP" "$UI_PORT"
+}
+
+keyops_cli() {
+  env -u TEMPORAL_API_KEY -u TEMPORAL_PROFILE -u TEMPORAL_CONFIG_FILE -u TEMPORAL_TLS \
+    TEMPORAL_ADDRESS="$IP:$PORT" TEMPORAL_NAMESPACE=default node "$ROOT/dist/client/main.js" "$@"
+}
+
+worker_polls() { keyops_cli ping --json 2>/dev/null | grep -q '"identity"'; }
+
+start_worker() {
+  require_free_port "$METRICS_PORT" "worker metrics" KEYOPS_WORKER_METRICS_PORT
+  say "starting the keyops worker (task queue keyops, metrics on $IP:$METRICS_PORT)"
+  # The local worker talks to the local server even if the shell points TEMPORAL_* elsewhere.
+  (cd "$ROOT" && exec setsid env -u TEMPORAL_API_KEY -u TEMPORAL_PROFILE -u TEMPORAL_CONFIG_FILE -u TEMPORAL_TLS \
+    TEMPORAL_ADDRESS="$IP:$PORT" TEMPORAL_NAMESPACE=default \
+    KEYOPS_DATA_DIR="$DATA_DIR" KEYOPS_LOG_FORMAT=json \
+    KEYOPS_METRICS_ADDRESS="$IP:$METRICS_PORT" \
+    node "$ROOT/dist/workers/main.js" >>"$WORKER_LOG" 2>&1 </dev/null 9>&-) &
+  echo $! >"$WORKER_PID"
+  wait_for "the keyops worker" "$!" "$WORKER_LOG" worker_polls
+}
+
+stop_pid() { # stop_pid NAME PID
+  local name=$1 pid=$2 deadline=$((SECONDS + 30))
+  kill -TERM "$pid" 2>/dev/null || return 0
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      say "$name (pid $pid) did not stop within 30s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.2
+  done
+  say "stopped $name (pid $pid)"
+}
+
+stop_worker() {
+  local pid
+  if pid="$(worker_pid)"; then stop_pid "the keyops worker" "$pid"; fi
+  rm -f "$WORKER_PID"
+}
+stop_server() {
+  local pid
+  if pid="$(server_pid)"; then stop_pid "the Temporal dev server" "$pid"; fi
+  rm -f "$SERVER_PID"
+}
+
+# --- commands ----------------------------------------------------------------------------
+
+cmd_up() {
+  local detach=false
+  while (($#)); do
+    case $1 in
+      -d | --detach) detach=true ;;
+      -h | --help) usage && return 0 ;;
+      *) die "unknown option for up: $1 (see --help)" ;;
+    esac
+    shift
+  done
+  mkdir -p "$RUN_DIR" "$LOG_DIR"
+  exec 9>"$RUN_DIR/up.lock"
+  flock -n 9 || die "another ./temporal-dev.sh up is starting the stack right now"
+
+  local cli started_server=false started_worker=false pid
+  cli="$(ensure_cli)"
+  ensure_node_deps
+  ensure_build
+
+  # Stop only what this invocation started, worker before server.
+  cleanup() {
+    trap - INT TERM
+    [[ $started_worker == true ]] && stop_worker
+    [[ $started_server == true ]] && stop_server
+    exit 0
+  }
+  trap cleanup INT TERM
+
+  if pid="$(server_pid)"; then
+    say "the Temporal dev server is already running (pid $pid)"
+  else
+    started_server=true
+    start_server "$cli"
+  fi
+  if pid="$(worker_pid)"; then
+    say "the keyops worker is already running (pid $pid)"
+  else
+    started_worker=true
+    start_worker
+  fi
+
+  cat >&2 <<EOF
+
+  keyops is up.
+    Temporal Web UI   http://$IP:$UI_PORT
+    Temporal gRPC     $IP:$PORT (namespace default)
+    Worker metrics    http://$IP:$METRICS_PORT/metrics
+    Logs              ${LOG_DIR/#"$ROOT"\//}/  (./temporal-dev.sh logs)
+    Try               npx keyops ping --workflow
+    Stop              ./temporal-dev.sh down
+
+EOF
+  # Machine-readable last line on stdout for scripts.
+  printf 'http://%s:%s\n' "$IP" "$UI_PORT"
+  if [[ $detach == true ]]; then
+    trap - INT TERM
+    return 0
+  fi
+  if [[ $started_server == false && $started_worker == false ]]; then
+    say "following the worker log; Ctrl-C leaves the stack running (stop it with ./temporal-dev.sh down)"
+  else
+    say "following the worker log; Ctrl-C stops what this command started"
+  fi
+  tail -n 0 -F "$WORKER_LOG" 2>/dev/null 9>&- | "$ROOT/node_modules/.bin/pino-pretty" --ignore pid,hostname 9>&- &
+  wait $! || true
+  cleanup
+}
+
+cmd_down() {
+  local any=false
+  worker_pid >/dev/null && any=true
+  server_pid >/dev/null && any=true
+  stop_worker
+  stop_server
+  [[ $any == true ]] || say "nothing was running"
+}
+
+cmd_status() {
+  local pid ok=0
+  say() { printf '%s\n' "$*"; }
+  if pid="$(server_pid)"; then
+    say "Temporal dev server  running, pid $pid, gRPC $IP:$PORT, Web UI http://$IP:$UI_PORT"
+  else
+    say "Temporal dev server  stopped"
+    ok=3
+  fi
+  if pid="$(worker_pid)"; then
+    if [[ -f "$ROOT/dist/client/main.js" ]] && worker_polls; then
+      say "keyops worker        running, pid $pid, polling task queue keyops, metrics http://$IP:$METRICS_PORT/metrics"
+    else
+      say "keyops worker        running, pid $pid, but NOT polling (see ./temporal-dev.sh logs worker)"
+      ok=3
+    fi
+  else
+    say "keyops worker        stopped"
+    ok=3
+  fi
+  say "data                 $DATA_DIR"
+  return $ok
+}
+
+cmd_logs() {
+  local follow=false files=()
+  while (($#)); do
+    case $1 in
+      server | temporal) files+=("$SERVER_LOG") ;;
+      worker) files+=("$WORKER_LOG") ;;
+      -f | --follow) follow=true ;;
+      *) die "unknown argument for logs: $1 (expected server, worker or -f)" ;;
+    esac
+    shift
+  done
+  ((${#files[@]})) || files=("$SERVER_LOG" "$WORKER_LOG")
+  for f in "${files[@]}"; do [[ -f $f ]] || die "no log yet at $f (has ./temporal-dev.sh up run?)"; done
+  if [[ $follow == true ]]; then
+    exec tail -n 50 -F "${files[@]}"
+  fi
+  tail -n 50 "${files[@]}"
+}
+
+main() {
+  local cmd=${1:-up}
+  (($#)) && shift
+  case $cmd in
+    up) cmd_up "$@" ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    logs) cmd_logs "$@" ;;
+    cli-path) ensure_cli ;;
+    -h | --help | help) usage ;;
+    *)
+      say "unknown command: $cmd"
+      usage >&2
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"

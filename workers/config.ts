@@ -1,0 +1,63 @@
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import { TASK_QUEUE } from '../workflows/task-queue';
+
+const hostPort = z
+  .string()
+  .regex(/^[A-Za-z0-9.\-_]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:9464')
+  .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535');
+
+/**
+ * Worker settings, all from the environment (12-factor). The Temporal connection itself comes
+ * from the standard Temporal variables (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY,
+ * TEMPORAL_TLS_*, TEMPORAL_PROFILE, TEMPORAL_CONFIG_FILE) through @temporalio/envconfig.
+ */
+export const workerConfigSchema = z.object({
+  KEYOPS_TASK_QUEUE: z.string().min(1).default(TASK_QUEUE),
+  KEYOPS_DATA_DIR: z.string().min(1).default('.data'),
+  KEYOPS_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
+  KEYOPS_LOG_FORMAT: z.enum(['auto', 'json', 'pretty']).default('auto'),
+  /** Prometheus scrape address for the SDK runtime metrics, or `off`. */
+  KEYOPS_METRICS_ADDRESS: z.union([z.literal('off'), hostPort]).default('127.0.0.1:9464'),
+  /** How long in-flight activities get to finish after SIGINT/SIGTERM before they are cancelled. */
+  KEYOPS_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
+});
+
+export interface WorkerConfig {
+  taskQueue: string;
+  dataDir: string;
+  logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error';
+  logFormat: 'json' | 'pretty';
+  metricsAddress: string | undefined;
+  shutdownGraceSeconds: number;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid worker configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export function loadWorkerConfig(env: NodeJS.ProcessEnv, stdoutIsTty: boolean): WorkerConfig {
+  // An empty variable is an unset one: `KEYOPS_LOG_LEVEL= keyops-worker` should mean the default.
+  const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const parsed = workerConfigSchema.safeParse(present);
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map((issue) => {
+        const field = issue.path.join('.');
+        return `${field}=${JSON.stringify(env[field] ?? '')}: ${issue.message}`;
+      }),
+    );
+  }
+  const c = parsed.data;
+  return {
+    taskQueue: c.KEYOPS_TASK_QUEUE,
+    dataDir: resolve(c.KEYOPS_DATA_DIR),
+    logLevel: c.KEYOPS_LOG_LEVEL,
+    logFormat: c.KEYOPS_LOG_FORMAT === 'auto' ? (stdoutIsTty ? 'pretty' : 'json') : c.KEYOPS_LOG_FORMAT,
+    metricsAddress: c.KEYOPS_METRICS_ADDRESS === 'off' ? undefined : c.KEYOPS_METRICS_ADDRESS,
+    shutdownGraceSeconds: c.KEYOPS_SHUTDOWN_GRACE_SECONDS,
+  };
+}

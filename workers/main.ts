@@ -1,0 +1,85 @@
+#!/usr/bin/env node
+import { mkdirSync } from 'node:fs';
+import { NativeConnection, Runtime, Worker, makeTelemetryFilterString } from '@temporalio/worker';
+import { createActivities } from '../activities';
+import { resolveConnection } from '../client/connection';
+import { ConfigError, loadWorkerConfig } from './config';
+import { createLogger } from './logger';
+import { PinoSdkLogger } from './sdk-logger';
+import { keyopsVersion, temporalSdkVersion } from './version';
+
+async function main(): Promise<number> {
+  let config;
+  try {
+    config = loadWorkerConfig(process.env, process.stdout.isTTY === true);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`keyops-worker: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  const logger = createLogger(config);
+  const coreLevel = config.logLevel === 'trace' || config.logLevel === 'debug' ? 'DEBUG' : 'WARN';
+
+  // Must precede every NativeConnection and Worker: they pick up the runtime on first use.
+  // The runtime also owns SIGINT/SIGTERM: it asks every worker to drain, and run() then returns.
+  Runtime.install({
+    logger: new PinoSdkLogger(logger),
+    telemetryOptions: {
+      logging: { filter: makeTelemetryFilterString({ core: coreLevel }), forward: {} },
+      ...(config.metricsAddress ? { metrics: { prometheus: { bindAddress: config.metricsAddress } } } : {}),
+    },
+  });
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => logger.info({ signal }, 'shutdown requested: finishing in-flight tasks'));
+  }
+
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const target = resolveConnection();
+  let connection: NativeConnection;
+  try {
+    connection = await NativeConnection.connect(target.connectionOptions);
+  } catch (err) {
+    logger.error(
+      { address: target.address, err: err instanceof Error ? err.message : String(err) },
+      'cannot reach the Temporal server; start the local stack with ./temporal-dev.sh or set TEMPORAL_ADDRESS',
+    );
+    return 3;
+  }
+  try {
+    const worker = await Worker.create({
+      connection,
+      namespace: target.namespace,
+      taskQueue: config.taskQueue,
+      workflowsPath: require.resolve('../workflows'),
+      activities: createActivities({ dataDir: config.dataDir, keyopsVersion }),
+      shutdownGraceTime: `${config.shutdownGraceSeconds} seconds`,
+    });
+    logger.info(
+      {
+        address: target.address,
+        namespace: target.namespace,
+        taskQueue: config.taskQueue,
+        dataDir: config.dataDir,
+        metrics: config.metricsAddress ? `http://${config.metricsAddress}/metrics` : 'off',
+        keyopsVersion,
+        temporalSdkVersion,
+      },
+      'worker started',
+    );
+    await worker.run();
+    logger.info('worker stopped');
+    return 0;
+  } finally {
+    await connection.close();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`keyops-worker: fatal: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);

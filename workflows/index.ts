@@ -1,0 +1,2 @@
+// The worker registers every workflow exported here.
+export { selfCheck } from './self-check';
