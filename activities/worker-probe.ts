@@ -34,7 +34,8 @@ export function createWorkerProbe({ dataDir, keyopsVersion }: WorkerProbeDeps) {
     } catch (err) {
       return { ...base, dataDirWritable: false, dataDirError: err instanceof Error ? err.message : String(err) };
     } finally {
-      await rm(probeFile, { force: true });
+      // Under an unusable data dir even the clean-up fails; the report above already says why.
+      await rm(probeFile, { force: true }).catch(() => undefined);
     }
   };
 }
