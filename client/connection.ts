@@ -24,20 +24,22 @@ export const DEFAULT_ADDRESS = '127.0.0.1:7233';
  * Temporal Cloud needs only TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE and TEMPORAL_API_KEY.
  */
 export function resolveConnection(flags: ConnectionFlags = {}): ResolvedConnection {
+  // An empty TEMPORAL_ADDRESS= in a shell means unset, not "connect to ''" or "override the profile".
+  const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => !!e[1]));
   const loaded = loadClientConnectConfig({
+    overrideEnvVars: env,
     ...(flags.profile ? { profile: flags.profile } : {}),
     ...(flags.configFile ? { configSource: { path: flags.configFile } } : {}),
   });
-  const address = flags.address ?? loaded.connectionOptions.address ?? DEFAULT_ADDRESS;
-  const namespace = flags.namespace ?? loaded.namespace ?? 'default';
+  const address = flags.address || loaded.connectionOptions.address || DEFAULT_ADDRESS;
+  const namespace = flags.namespace || loaded.namespace || 'default';
   return { connectionOptions: { ...loaded.connectionOptions, address }, address, namespace };
 }
 
 export async function connectClient(
-  flags: ConnectionFlags = {},
+  resolved: ResolvedConnection,
   connectTimeout = '5 seconds',
 ): Promise<{ client: Client; connection: Connection; resolved: ResolvedConnection }> {
-  const resolved = resolveConnection(flags);
   const connection = await Connection.connect({
     ...(resolved.connectionOptions as Parameters<typeof Connection.connect>[0]),
     connectTimeout,

@@ -2,10 +2,13 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 import { TASK_QUEUE } from '../workflows/task-queue';
 
-const hostPort = z
-  .string()
-  .regex(/^[A-Za-z0-9.\-_]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:9464')
-  .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535');
+const HOST_PORT = /^(?:[A-Za-z0-9.\-_]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/;
+const hostPort = z.string().refine((v) => {
+  const port = HOST_PORT.exec(v)?.[1];
+  return port !== undefined && Number(port) >= 1 && Number(port) <= 65535;
+}, 'expected host:port with a port from 1 to 65535 (e.g. 127.0.0.1:9464), or off');
+
+const wholeSeconds = 'expected whole seconds from 0 to 3600';
 
 /**
  * Worker settings, all from the environment (12-factor). The Temporal connection itself comes
@@ -20,7 +23,12 @@ export const workerConfigSchema = z.object({
   /** Prometheus scrape address for the SDK runtime metrics, or `off`. */
   KEYOPS_METRICS_ADDRESS: z.union([z.literal('off'), hostPort]).default('127.0.0.1:9464'),
   /** How long in-flight activities get to finish after SIGINT/SIGTERM before they are cancelled. */
-  KEYOPS_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
+  KEYOPS_SHUTDOWN_GRACE_SECONDS: z.coerce
+    .number(wholeSeconds)
+    .int(wholeSeconds)
+    .min(0, wholeSeconds)
+    .max(3600, wholeSeconds)
+    .default(10),
 });
 
 export interface WorkerConfig {

@@ -24,13 +24,22 @@ async function main(): Promise<number> {
 
   // Must precede every NativeConnection and Worker: they pick up the runtime on first use.
   // The runtime also owns SIGINT/SIGTERM: it asks every worker to drain, and run() then returns.
-  Runtime.install({
-    logger: new PinoSdkLogger(logger),
-    telemetryOptions: {
-      logging: { filter: makeTelemetryFilterString({ core: coreLevel }), forward: {} },
-      ...(config.metricsAddress ? { metrics: { prometheus: { bindAddress: config.metricsAddress } } } : {}),
-    },
-  });
+  try {
+    Runtime.install({
+      logger: new PinoSdkLogger(logger),
+      telemetryOptions: {
+        logging: { filter: makeTelemetryFilterString({ core: coreLevel }), forward: {} },
+        ...(config.metricsAddress ? { metrics: { prometheus: { bindAddress: config.metricsAddress } } } : {}),
+      },
+    });
+  } catch (err) {
+    // In practice: the metrics port is taken, e.g. by a second worker on the same host.
+    logger.error(
+      { metricsAddress: config.metricsAddress, err: err instanceof Error ? err.message : String(err) },
+      'cannot start the Temporal runtime; set KEYOPS_METRICS_ADDRESS to a free host:port, or off',
+    );
+    return 2;
+  }
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => logger.info({ signal }, 'shutdown requested: finishing in-flight tasks'));
   }

@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { selfCheck, type SelfCheckResult } from '../../workflows/self-check';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
-import { connectClient } from '../connection';
+import { connectClient, resolveConnection } from '../connection';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 
@@ -82,12 +82,18 @@ Examples:
 }
 
 async function connectOrExplain(options: GlobalOptions) {
+  let resolved;
   try {
-    return await connectClient(options);
+    resolved = resolveConnection(options);
   } catch (err) {
-    const address = options.address ?? process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233';
+    // envconfig: a missing profile, an unreadable or malformed config file.
+    throw new CliError(`cannot load the Temporal connection settings: ${err instanceof Error ? err.message : String(err)}`, ExitCode.usage);
+  }
+  try {
+    return await connectClient(resolved);
+  } catch (err) {
     throw new CliError(
-      `cannot reach Temporal at ${address}: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`,
+      `cannot reach Temporal at ${resolved.address}: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`,
       ExitCode.unreachable,
       'start the local stack with ./temporal-dev.sh, or point keyops at your cluster with --address or TEMPORAL_ADDRESS',
     );

@@ -1,0 +1,77 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { resolve } from 'node:path';
+
+export const ROOT = resolve(__dirname, '..', '..');
+
+export interface Finished {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion, capturing its output; kills it if it outlives `timeoutMs`. */
+export async function runToEnd(
+  command: string,
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {},
+): Promise<Finished> {
+  const child = spawn(command, args, {
+    cwd: options.cwd ?? ROOT,
+    env: { ...process.env, ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  return finish(child, options.timeoutMs ?? 60_000);
+}
+
+export async function finish(child: ChildProcess, timeoutMs: number): Promise<Finished> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
+  clearTimeout(timer);
+  return { code, signal, stdout, stderr };
+}
+
+/** The keyops CLI from source, as a user would run it (a separate process, real argv). */
+export function keyops(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Finished> {
+  return runToEnd(process.execPath, ['--import', 'tsx', resolve(ROOT, 'client/main.ts'), ...args], { env });
+}
+
+/** A port that was free a moment ago (bind to 0, read it, release it). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('no port');
+  server.close();
+  await once(server, 'close');
+  return address.port;
+}
+
+/** Resolves with the first stdout line for which `match` holds, or rejects when the process exits. */
+export function waitForLine(child: ChildProcess, match: (line: string) => boolean, timeoutMs: number): Promise<string> {
+  return new Promise((resolveLine, reject) => {
+    let buffer = '';
+    const timer = setTimeout(() => reject(new Error(`no matching line within ${timeoutMs}ms; got:\n${buffer}`)), timeoutMs);
+    const onData = (chunk: Buffer) => {
+      buffer += chunk.toString('utf8');
+      const line = buffer.split('\n').find((l) => match(l));
+      if (line !== undefined) {
+        clearTimeout(timer);
+        child.stdout?.off('data', onData);
+        resolveLine(line);
+      }
+    };
+    child.stdout?.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`process exited with ${code} before the line appeared; output:\n${buffer}`));
+    });
+  });
+}
