@@ -296,7 +296,8 @@ EOF
   else
     say "following the worker log; Ctrl-C stops what this command started"
   fi
-  tail -n 0 -F "$WORKER_LOG" 2>/dev/null 9>&- | "$ROOT/node_modules/.bin/pino-pretty" --ignore pid,hostname 9>&- &
+  # --pid: the follower ends with this script however it ends.
+  tail --pid=$$ -n 0 -F "$WORKER_LOG" 2>/dev/null 9>&- | "$ROOT/node_modules/.bin/pino-pretty" --ignore pid,hostname 9>&- &
   wait $! || true
   cleanup
 }

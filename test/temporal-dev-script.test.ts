@@ -1,0 +1,126 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ROOT, finish, freePort, keyops, runToEnd } from './helpers/child-process';
+import { temporalCliPath } from './helpers/temporal';
+import { keyopsSearchAttributes } from '../workflows/search-attributes';
+
+const SCRIPT = join(ROOT, 'temporal-dev.sh');
+
+const isAlive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** Runs temporal-dev.sh on its own ports and data directory, beside the suite's server. */
+describe('temporal-dev.sh', () => {
+  let dataDir: string;
+  let env: NodeJS.ProcessEnv;
+  let ports: { grpc: number; ui: number; metrics: number };
+
+  before(async () => {
+    dataDir = await mkdtemp(join(tmpdir(), 'keyops-dev-'));
+    ports = { grpc: await freePort(), ui: await freePort(), metrics: await freePort() };
+    env = {
+      KEYOPS_TEMPORAL_CLI: temporalCliPath(),
+      KEYOPS_DATA_DIR: dataDir,
+      KEYOPS_TEMPORAL_PORT: String(ports.grpc),
+      KEYOPS_UI_PORT: String(ports.ui),
+      KEYOPS_WORKER_METRICS_PORT: String(ports.metrics),
+    };
+  });
+  after(async () => {
+    await runToEnd(SCRIPT, ['down'], { env });
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  const pidOf = (name: 'temporal' | 'worker') => Number(readFileSync(join(dataDir, 'run', `${name}.pid`), 'utf8'));
+
+  it('--help teaches the commands and settings; an unknown command is exit 2', async () => {
+    const help = await runToEnd(SCRIPT, ['--help'], { env });
+    assert.equal(help.code, 0);
+    for (const text of ['up', 'down', 'status', 'logs', 'KEYOPS_TEMPORAL_PORT', 'KEYOPS_UI_PORT', 'KEYOPS_DATA_DIR', '@v1.5.1']) {
+      assert.ok(help.stdout.includes(text), `--help lacks ${text}`);
+    }
+    const bad = await runToEnd(SCRIPT, ['launch'], { env });
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /unknown command: launch/);
+  });
+
+  it('refuses a port that something else holds, naming it, instead of hanging', async () => {
+    const blocker = createServer().listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const { port } = blocker.address() as { port: number };
+    try {
+      const r = await runToEnd(SCRIPT, ['up', '-d'], { env: { ...env, KEYOPS_TEMPORAL_PORT: String(port) }, timeoutMs: 120_000 });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, new RegExp(`port ${port} \\(Temporal gRPC\\) on 127\\.0\\.0\\.1 is already in use by node \\(pid ${process.pid}\\)`));
+      assert.match(r.stderr, /KEYOPS_TEMPORAL_PORT=/);
+    } finally {
+      blocker.close();
+    }
+  });
+
+  it('up -d starts server, Web UI and a polling worker once; status and down behave', async () => {
+    const up = await runToEnd(SCRIPT, ['up', '-d'], { env, timeoutMs: 180_000 });
+    assert.equal(up.code, 0, up.stderr);
+    assert.equal(up.stdout.trim(), `http://127.0.0.1:${ports.ui}`);
+    const [server, worker] = [pidOf('temporal'), pidOf('worker')];
+
+    const ui = await fetch(`http://127.0.0.1:${ports.ui}/`);
+    assert.equal(ui.status, 200);
+    assert.match(await ui.text(), /<html/i);
+
+    const ping = await keyops(['ping', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${ports.grpc}` });
+    assert.equal(ping.code, 0, ping.stderr);
+    assert.equal((JSON.parse(ping.stdout) as { workers: unknown[] }).workers.length, 1);
+
+    const attrs = await runToEnd(temporalCliPath(), ['operator', 'search-attribute', 'list', '--address', `127.0.0.1:${ports.grpc}`, '-o', 'json']);
+    for (const key of keyopsSearchAttributes) assert.ok(attrs.stdout.includes(`"${key.name}"`), `${key.name} registered`);
+
+    const status = await runToEnd(SCRIPT, ['status'], { env });
+    assert.equal(status.code, 0, status.stdout + status.stderr);
+    assert.match(status.stdout, new RegExp(`Temporal dev server\\s+running, pid ${server}`));
+    assert.match(status.stdout, new RegExp(`keyops worker\\s+running, pid ${worker}, polling`));
+
+    const again = await runToEnd(SCRIPT, ['up', '-d'], { env, timeoutMs: 60_000 });
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stderr, /already running/);
+    assert.deepEqual([pidOf('temporal'), pidOf('worker')], [server, worker], 'no second server or worker');
+
+    const down = await runToEnd(SCRIPT, ['down'], { env, timeoutMs: 90_000 });
+    assert.equal(down.code, 0, down.stderr);
+    assert.ok(!isAlive(server) && !isAlive(worker), 'both processes ended');
+    const stopped = await runToEnd(SCRIPT, ['status'], { env });
+    assert.equal(stopped.code, 3);
+    assert.match(stopped.stdout, /Temporal dev server\s+stopped/);
+  });
+
+  it('Ctrl-C on a foreground up stops what it started', async () => {
+    // detached: its own process group, so the group signal below is what a terminal's Ctrl-C sends.
+    const child = spawn(SCRIPT, ['up'], { cwd: ROOT, env: { ...process.env, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    const done = finish(child, 180_000);
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    for (let i = 0; !stderr.includes('following the worker log'); i++) {
+      assert.ok(i < 1800 && child.exitCode === null, `up did not get ready: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const [server, worker] = [pidOf('temporal'), pidOf('worker')];
+    process.kill(-child.pid!, 'SIGINT');
+    const result = await done;
+    assert.equal(result.code, 0, result.stderr);
+    assert.ok(!isAlive(server) && !isAlive(worker), 'server and worker stopped');
+    assert.match(stderr + result.stderr, /stopped the keyops worker/);
+  });
+});

@@ -1,0 +1,140 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { selfCheck } from '../workflows';
+import { ROOT, freePort, runToEnd } from './helpers/child-process';
+import { connectTestEnv, testServerAddress, uniqueTaskQueue } from './helpers/temporal';
+
+const WORKER = ['--import', 'tsx', join(ROOT, 'workers/main.ts')];
+
+interface LogLine {
+  level: number;
+  msg: string;
+  [k: string]: unknown;
+}
+
+/** The worker as production runs it: its own process, configured only by environment. */
+class WorkerProcess {
+  readonly lines: LogLine[] = [];
+  stderr = '';
+  readonly child: ChildProcess;
+  private partial = '';
+
+  constructor(env: NodeJS.ProcessEnv) {
+    this.child = spawn(process.execPath, WORKER, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      const parts = (this.partial + chunk).split('\n');
+      this.partial = parts.pop() ?? '';
+      // Every stdout line must be one JSON object: that is the log shippers' contract.
+      for (const part of parts) if (part.trim()) this.lines.push(JSON.parse(part) as LogLine);
+    });
+    this.child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (this.stderr += chunk));
+  }
+
+  async waitFor(msg: string, timeoutMs = 60_000): Promise<LogLine> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const line = this.lines.find((l) => l.msg === msg);
+      if (line) return line;
+      if (this.child.exitCode !== null) throw new Error(`worker exited ${this.child.exitCode} before "${msg}": ${this.stderr}`);
+      if (Date.now() > deadline) throw new Error(`no "${msg}" within ${timeoutMs}ms: ${JSON.stringify(this.lines)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+describe('worker process', () => {
+  let env: TestWorkflowEnvironment;
+  let dataDir: string;
+
+  before(async () => {
+    env = await connectTestEnv();
+    dataDir = await mkdtemp(join(tmpdir(), 'keyops-worker-'));
+  });
+  after(async () => {
+    await env?.teardown();
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('polls its task queue, logs JSON through pino, serves Prometheus metrics and drains on SIGTERM', async () => {
+    const taskQueue = uniqueTaskQueue('worker-process');
+    const metricsAddress = `127.0.0.1:${await freePort()}`;
+    const worker = new WorkerProcess({
+      TEMPORAL_ADDRESS: testServerAddress(),
+      TEMPORAL_NAMESPACE: 'default',
+      KEYOPS_TASK_QUEUE: taskQueue,
+      KEYOPS_DATA_DIR: dataDir,
+      KEYOPS_LOG_FORMAT: 'json',
+      KEYOPS_METRICS_ADDRESS: metricsAddress,
+    });
+    try {
+      const started = await worker.waitFor('worker started');
+      assert.equal(started.taskQueue, taskQueue);
+      assert.equal(started.dataDir, dataDir);
+
+      const result = await env.client.workflow.execute(selfCheck, { taskQueue, workflowId: `self-check/${taskQueue}` });
+      assert.equal(result.worker.pid, worker.child.pid, 'the spawned worker ran the activity');
+      assert.equal(result.healthy, true);
+
+      // The SDK reports metrics asynchronously: poll until the task-queue metrics appear.
+      let metrics = '';
+      for (let i = 0; i < 50 && !metrics.includes(`task_queue="${taskQueue}"`); i++) {
+        metrics = await (await fetch(`http://${metricsAddress}/metrics`)).text();
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.match(metrics, /^temporal_worker_task_slots_available\{/m);
+      assert.ok(metrics.includes(`task_queue="${taskQueue}"`), 'metrics carry the task queue label');
+      // SDK-component logs arrive through the same pino stream.
+      assert.ok(worker.lines.some((l) => l.sdkComponent === 'worker'), 'SDK logs are routed through pino');
+
+      worker.child.kill('SIGTERM');
+      const [code] = (await once(worker.child, 'exit')) as [number | null];
+      assert.equal(code, 0, worker.stderr);
+      assert.ok(worker.lines.some((l) => l.msg === 'worker stopped'));
+    } finally {
+      if (worker.child.exitCode === null) worker.child.kill('SIGKILL');
+    }
+  });
+
+  it('rejects bad configuration with the field and expected form, exit 2, no stack trace', async () => {
+    const r = await runToEnd(process.execPath, WORKER, {
+      env: { KEYOPS_METRICS_ADDRESS: 'localhost', KEYOPS_LOG_LEVEL: 'loud', KEYOPS_SHUTDOWN_GRACE_SECONDS: '-1' },
+    });
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /KEYOPS_METRICS_ADDRESS="localhost": expected host:port/);
+    assert.match(r.stderr, /KEYOPS_LOG_LEVEL="loud": .*"trace"\|"debug"\|"info"\|"warn"\|"error"/);
+    assert.match(r.stderr, /KEYOPS_SHUTDOWN_GRACE_SECONDS="-1": expected whole seconds/);
+    assert.doesNotMatch(r.stderr, /^\s+at /m);
+  });
+
+  it('exits 3 with a clear log line when Temporal is unreachable', async () => {
+    const r = await runToEnd(process.execPath, WORKER, {
+      env: { TEMPORAL_ADDRESS: `127.0.0.1:${await freePort()}`, KEYOPS_METRICS_ADDRESS: 'off', KEYOPS_LOG_FORMAT: 'json', KEYOPS_DATA_DIR: dataDir },
+    });
+    assert.equal(r.code, 3);
+    const last = JSON.parse(r.stdout.trim().split('\n').pop()!) as LogLine;
+    assert.match(last.msg, /cannot reach the Temporal server.*temporal-dev\.sh/);
+  });
+
+  it('says which setting to change when the metrics port is taken', async () => {
+    const { createServer } = await import('node:net');
+    const blocker = createServer().listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const { port } = blocker.address() as { port: number };
+    try {
+      const r = await runToEnd(process.execPath, WORKER, {
+        env: { TEMPORAL_ADDRESS: testServerAddress(), KEYOPS_METRICS_ADDRESS: `127.0.0.1:${port}`, KEYOPS_LOG_FORMAT: 'json', KEYOPS_DATA_DIR: dataDir },
+      });
+      assert.equal(r.code, 2);
+      assert.match(r.stdout, /KEYOPS_METRICS_ADDRESS/);
+      assert.match(r.stdout, /Address already in use/);
+    } finally {
+      blocker.close();
+    }
+  });
+});
