@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
@@ -57,7 +57,7 @@ describe('keyops CLI as a child process', () => {
       assert.equal(out.address, testServerAddress());
       assert.equal(out.namespace, 'default');
       assert.match(out.serverVersion, /^\d+\.\d+\.\d+/);
-      assert.ok(out.workers.some((w) => w.identity === `${process.pid}@${require('node:os').hostname()}`), JSON.stringify(out.workers));
+      assert.ok(out.workers.some((w) => w.identity === `${process.pid}@${hostname()}`), JSON.stringify(out.workers));
       assert.equal(out.selfCheck.healthy, true);
       assert.equal(out.selfCheck.worker.pid, process.pid);
       assert.equal(out.selfCheck.worker.dataDir, dataDir);

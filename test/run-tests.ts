@@ -4,6 +4,7 @@
  * test/*.test.ts file in its own process against both. Usage: npm test [-- FILE...]
  */
 import { execFileSync } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { run } from 'node:test';
@@ -76,10 +77,9 @@ async function main(): Promise<number> {
     stream.on('test:fail', (t: { details: { type?: string } }) => {
       if (t.details.type !== 'suite') failed++;
     });
-    await new Promise<void>((done, fail) => {
-      stream.compose(new spec()).pipe(process.stdout).on('error', fail);
-      stream.on('end', done).on('error', fail);
-    });
+    const reporter = new spec();
+    stream.pipe(reporter).pipe(process.stdout, { end: false });
+    await once(reporter, 'end');
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
     process.stdout.write(`\n${files.length} test files in ${seconds}s\n${passed} passed, ${failed} failed\n`);
     return failed === 0 && passed > 0 ? 0 : 1;
