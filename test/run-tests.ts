@@ -1,7 +1,8 @@
 /**
  * `npm test`: starts ONE real Temporal dev server (the cached CLI binary, through
  * TestWorkflowEnvironment.createLocal), bundles the workflows ONCE, then runs every
- * test/*.test.ts file in its own process against both. Usage: npm test [-- FILE...]
+ * test/*.test.ts file in its own process against both. Files that need hours of workflow time
+ * start their own time-skipping Java test server (test/time-skipping/). Usage: npm test [-- FILE...]
  */
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -46,10 +47,11 @@ async function startServer(cliPath: string): Promise<TestWorkflowEnvironment> {
 async function main(): Promise<number> {
   const started = Date.now();
   const files = testFiles(process.argv.slice(2));
-  const cliPath = execFileSync(join(ROOT, 'temporal-dev.sh'), ['cli-path'], {
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-  }).trim();
+  const toolPath = (script: string, ...args: string[]) =>
+    execFileSync(join(ROOT, script), args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
+  // Both build once into .cache/bin and are reused afterwards.
+  const cliPath = toolPath('temporal-dev.sh', 'cli-path');
+  const timeSkippingServer = toolPath('test/time-skipping/server-path.sh');
 
   Runtime.install({ logger: new DefaultLogger('WARN') });
   const env = await startServer(cliPath);
@@ -67,6 +69,7 @@ async function main(): Promise<number> {
       [testEnvVars.address]: env.address,
       [testEnvVars.workflowBundle]: bundlePath,
       [testEnvVars.temporalCli]: cliPath,
+      [testEnvVars.timeSkippingServer]: timeSkippingServer,
     });
     let passed = 0;
     let failed = 0;

@@ -95,6 +95,10 @@ describe('temporal-dev.sh', () => {
     assert.match(status.stdout, new RegExp(`Temporal dev server\\s+running, pid ${server}`));
     assert.match(status.stdout, new RegExp(`keyops worker\\s+running, pid ${worker}, polling`));
 
+    const logs = await runToEnd(SCRIPT, ['logs', 'worker'], { env });
+    assert.equal(logs.code, 0, logs.stderr);
+    assert.match(logs.stdout, /"msg":"worker started"/);
+
     const again = await runToEnd(SCRIPT, ['up', '-d'], { env, timeoutMs: 60_000 });
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stderr, /already running/);

@@ -1,7 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { Worker, type WorkerOptions } from '@temporalio/worker';
+import { DefaultLogger, type LogLevel, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { testEnvVars } from './test-env-vars';
+
+// Before any worker or connection exists in this test process; TEST_LOG_LEVEL=INFO shows more.
+Runtime.install({ logger: new DefaultLogger((process.env.TEST_LOG_LEVEL as LogLevel | undefined) ?? 'WARN') });
 
 function required(name: string): string {
   const value = process.env[name];
@@ -15,6 +18,19 @@ export const testServerAddress = (): string => required(testEnvVars.address);
 /** Connects to the suite's one dev server (started by test/run-tests.ts). */
 export function connectTestEnv(): Promise<TestWorkflowEnvironment> {
   return TestWorkflowEnvironment.createFromExistingServer({ address: testServerAddress(), namespace: 'default' });
+}
+
+/**
+ * A private Java test server whose clock jumps ahead whenever every workflow is only waiting on
+ * timers, so hour-long waits finish in seconds. One per test file: its clock is global.
+ */
+export function createTimeSkippingEnv(): Promise<TestWorkflowEnvironment> {
+  return TestWorkflowEnvironment.createTimeSkipping({
+    server: {
+      executable: { type: 'existing-path', path: required(testEnvVars.timeSkippingServer) },
+      extraArgs: ['--enable-time-skipping'],
+    },
+  });
 }
 
 /** A task queue no other test polls, so workers never steal each other's tasks. */
