@@ -1,28 +1,17 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { hostname, tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { describe, it } from 'node:test';
 import { createActivities } from '../activities';
 import { freePort, keyops } from './helpers/child-process';
-import { connectTestEnv, createTestWorker, testServerAddress, uniqueTaskQueue } from './helpers/temporal';
+import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 
 const noStackTrace = (text: string) => assert.doesNotMatch(text, /^\s+at .+\(.+:\d+:\d+\)$/m, `stack trace in:\n${text}`);
 
 describe('keyops CLI as a child process', () => {
-  let env: TestWorkflowEnvironment;
-  let dataDir: string;
+  const suite = useSuiteFixture('cli');
   const server = () => ({ TEMPORAL_ADDRESS: testServerAddress(), TEMPORAL_NAMESPACE: 'default' });
-
-  before(async () => {
-    env = await connectTestEnv();
-    dataDir = await mkdtemp(join(tmpdir(), 'keyops-cli-'));
-  });
-  after(async () => {
-    await env?.teardown();
-    await rm(dataDir, { recursive: true, force: true });
-  });
 
   it('--help lists the commands, the connection options and the exit codes', async () => {
     const r = await keyops(['--help']);
@@ -43,7 +32,7 @@ describe('keyops CLI as a child process', () => {
 
   it('ping reports the server version, namespace and the workers polling the queue', async () => {
     const taskQueue = uniqueTaskQueue('cli-ping');
-    const worker = await createTestWorker(env, { taskQueue, activities: createActivities({ dataDir, keyopsVersion: 'test' }) });
+    const worker = await createTestWorker(suite.env, { taskQueue, activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test' }) });
     await worker.runUntil(async () => {
       const r = await keyops(['ping', '--json', '--task-queue', taskQueue, '--workflow'], server());
       assert.equal(r.code, 0, r.stderr);
@@ -60,7 +49,7 @@ describe('keyops CLI as a child process', () => {
       assert.ok(out.workers.some((w) => w.identity === `${process.pid}@${hostname()}`), JSON.stringify(out.workers));
       assert.equal(out.selfCheck.healthy, true);
       assert.equal(out.selfCheck.worker.pid, process.pid);
-      assert.equal(out.selfCheck.worker.dataDir, dataDir);
+      assert.equal(out.selfCheck.worker.dataDir, suite.dir);
     });
   });
 
@@ -114,8 +103,7 @@ describe('keyops CLI as a child process', () => {
   });
 
   it('reads the connection from a Temporal config-file profile (envconfig)', async () => {
-    const { writeFile } = await import('node:fs/promises');
-    const file = join(dataDir, 'temporal.toml');
+    const file = join(suite.dir, 'temporal.toml');
     await writeFile(file, `[profile.local]\naddress = "${testServerAddress()}"\nnamespace = "default"\n`);
     const r = await keyops(['ping', '--json', '--profile', 'local', '--config-file', file], { TEMPORAL_ADDRESS: '' });
     assert.equal(r.code, 0, r.stderr);

@@ -1,46 +1,34 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { temporal } from '@temporalio/proto';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { createActivities } from '../activities';
 import { selfCheck } from '../workflows';
 import { recordHistory } from './helpers/record-history';
-import { connectTestEnv, createTestWorker, uniqueTaskQueue } from './helpers/temporal';
+import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 
 const EventType = temporal.api.enums.v1.EventType;
 
 describe('selfCheck workflow on a real worker and dev server', () => {
-  let env: TestWorkflowEnvironment;
-  let dir: string;
-
-  before(async () => {
-    env = await connectTestEnv();
-    dir = await mkdtemp(join(tmpdir(), 'keyops-self-check-'));
-  });
-  after(async () => {
-    await env?.teardown();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const suite = useSuiteFixture('self-check');
 
   it('runs the probe activity and records it in the workflow history', async () => {
     const taskQueue = uniqueTaskQueue('self-check');
-    const dataDir = join(dir, 'data');
-    const worker = await createTestWorker(env, {
+    const dataDir = join(suite.dir, 'data');
+    const worker = await createTestWorker(suite.env, {
       taskQueue,
       activities: createActivities({ dataDir, keyopsVersion: 'test' }),
     });
     const workflowId = `self-check/${taskQueue}`;
-    const result = await worker.runUntil(env.client.workflow.execute(selfCheck, { taskQueue, workflowId }));
+    const result = await worker.runUntil(suite.client.workflow.execute(selfCheck, { taskQueue, workflowId }));
 
     assert.equal(result.healthy, true);
     assert.equal(result.workflowId, workflowId);
     assert.equal(result.worker.pid, process.pid, 'the activity ran in this worker process');
     assert.equal(result.worker.dataDir, dataDir);
 
-    const history = await env.client.workflow.getHandle(workflowId).fetchHistory();
+    const history = await suite.client.workflow.getHandle(workflowId).fetchHistory();
     const events = history.events ?? [];
     const types = events.map((e) => e.eventType);
     const scheduled = events.find((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED);
@@ -66,14 +54,14 @@ describe('selfCheck workflow on a real worker and dev server', () => {
 
   it('reports an unwritable data directory as unhealthy instead of failing the run', async () => {
     const taskQueue = uniqueTaskQueue('self-check-unwritable');
-    const notADir = join(dir, 'a-file');
+    const notADir = join(suite.dir, 'a-file');
     await writeFile(notADir, 'x');
-    const worker = await createTestWorker(env, {
+    const worker = await createTestWorker(suite.env, {
       taskQueue,
       activities: createActivities({ dataDir: notADir, keyopsVersion: 'test' }),
     });
     const result = await worker.runUntil(
-      env.client.workflow.execute(selfCheck, { taskQueue, workflowId: `self-check/${taskQueue}` }),
+      suite.client.workflow.execute(selfCheck, { taskQueue, workflowId: `self-check/${taskQueue}` }),
     );
     assert.equal(result.healthy, false);
     assert.match(result.worker.dataDirError ?? '', /EEXIST|ENOTDIR/);

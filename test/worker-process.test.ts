@@ -1,14 +1,11 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { describe, it } from 'node:test';
 import { selfCheck } from '../workflows';
 import { ROOT, freePort, runToEnd } from './helpers/child-process';
-import { connectTestEnv, testServerAddress, uniqueTaskQueue } from './helpers/temporal';
+import { testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 
 const WORKER = ['--import', 'tsx', join(ROOT, 'workers/main.ts')];
 
@@ -49,17 +46,7 @@ class WorkerProcess {
 }
 
 describe('worker process', () => {
-  let env: TestWorkflowEnvironment;
-  let dataDir: string;
-
-  before(async () => {
-    env = await connectTestEnv();
-    dataDir = await mkdtemp(join(tmpdir(), 'keyops-worker-'));
-  });
-  after(async () => {
-    await env?.teardown();
-    await rm(dataDir, { recursive: true, force: true });
-  });
+  const suite = useSuiteFixture('worker');
 
   it('polls its task queue, logs JSON through pino, serves Prometheus metrics and drains on SIGTERM', async () => {
     const taskQueue = uniqueTaskQueue('worker-process');
@@ -68,16 +55,16 @@ describe('worker process', () => {
       TEMPORAL_ADDRESS: testServerAddress(),
       TEMPORAL_NAMESPACE: 'default',
       KEYOPS_TASK_QUEUE: taskQueue,
-      KEYOPS_DATA_DIR: dataDir,
+      KEYOPS_DATA_DIR: suite.dir,
       KEYOPS_LOG_FORMAT: 'json',
       KEYOPS_METRICS_ADDRESS: metricsAddress,
     });
     try {
       const started = await worker.waitFor('worker started');
       assert.equal(started.taskQueue, taskQueue);
-      assert.equal(started.dataDir, dataDir);
+      assert.equal(started.dataDir, suite.dir);
 
-      const result = await env.client.workflow.execute(selfCheck, { taskQueue, workflowId: `self-check/${taskQueue}` });
+      const result = await suite.client.workflow.execute(selfCheck, { taskQueue, workflowId: `self-check/${taskQueue}` });
       assert.equal(result.worker.pid, worker.child.pid, 'the spawned worker ran the activity');
       assert.equal(result.healthy, true);
 
@@ -114,7 +101,7 @@ describe('worker process', () => {
 
   it('exits 3 with a clear log line when Temporal is unreachable', async () => {
     const r = await runToEnd(process.execPath, WORKER, {
-      env: { TEMPORAL_ADDRESS: `127.0.0.1:${await freePort()}`, KEYOPS_METRICS_ADDRESS: 'off', KEYOPS_LOG_FORMAT: 'json', KEYOPS_DATA_DIR: dataDir },
+      env: { TEMPORAL_ADDRESS: `127.0.0.1:${await freePort()}`, KEYOPS_METRICS_ADDRESS: 'off', KEYOPS_LOG_FORMAT: 'json', KEYOPS_DATA_DIR: suite.dir },
     });
     assert.equal(r.code, 3);
     const last = JSON.parse(r.stdout.trim().split('\n').pop()!) as LogLine;
@@ -128,7 +115,7 @@ describe('worker process', () => {
     const { port } = blocker.address() as { port: number };
     try {
       const r = await runToEnd(process.execPath, WORKER, {
-        env: { TEMPORAL_ADDRESS: testServerAddress(), KEYOPS_METRICS_ADDRESS: `127.0.0.1:${port}`, KEYOPS_LOG_FORMAT: 'json', KEYOPS_DATA_DIR: dataDir },
+        env: { TEMPORAL_ADDRESS: testServerAddress(), KEYOPS_METRICS_ADDRESS: `127.0.0.1:${port}`, KEYOPS_LOG_FORMAT: 'json', KEYOPS_DATA_DIR: suite.dir },
       });
       assert.equal(r.code, 2);
       assert.match(r.stdout, /KEYOPS_METRICS_ADDRESS/);

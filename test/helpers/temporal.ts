@@ -1,4 +1,9 @@
 import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before } from 'node:test';
+import { Client } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { DefaultLogger, type LogLevel, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { testEnvVars } from './test-env-vars';
@@ -53,3 +58,51 @@ export function createTestWorker(
 
 export const workflowBundlePath = (): string => required(testEnvVars.workflowBundle);
 export const temporalCliPath = (): string => required(testEnvVars.temporalCli);
+
+export interface SuiteFixture {
+  /** The suite's Temporal environment (valid inside tests). */
+  readonly env: TestWorkflowEnvironment;
+  /**
+   * The client tests should use. On a time-skipping server it never unlocks time skipping by
+   * itself (env.client does, while awaiting a result): the server clock then moves only by
+   * `env.sleep()`. Otherwise, under load, the server skips ahead while a worker is still busy
+   * with a workflow task and times the run out (sdk-java#1291).
+   */
+  readonly client: Client;
+  /** A fresh temporary directory for the suite, removed afterwards. */
+  readonly dir: string;
+}
+
+/**
+ * Registers before/after hooks that connect to the shared dev server (or start a private
+ * time-skipping server) and make a temporary directory, and clean both up.
+ */
+export function useSuiteFixture(label: string, server: 'shared' | 'time-skipping' = 'shared'): SuiteFixture {
+  let env: TestWorkflowEnvironment | undefined;
+  let client: Client | undefined;
+  let dir: string | undefined;
+  before(async () => {
+    env = server === 'shared' ? await connectTestEnv() : await createTimeSkippingEnv();
+    client = server === 'shared' ? env.client : new Client({ connection: env.connection, namespace: 'default' });
+    dir = await mkdtemp(join(tmpdir(), `keyops-${label}-`));
+  });
+  after(async () => {
+    await env?.teardown();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+  const ready = <T>(value: T | undefined): T => {
+    if (value === undefined) throw new Error('fixture used outside a test');
+    return value;
+  };
+  return {
+    get env() {
+      return ready(env);
+    },
+    get client() {
+      return ready(client);
+    },
+    get dir() {
+      return ready(dir);
+    },
+  };
+}
