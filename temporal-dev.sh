@@ -13,7 +13,7 @@ IP="${KEYOPS_TEMPORAL_IP:-127.0.0.1}"
 PORT="${KEYOPS_TEMPORAL_PORT:-7233}"
 UI_PORT="${KEYOPS_UI_PORT:-8233}"
 METRICS_PORT="${KEYOPS_WORKER_METRICS_PORT:-9464}"
-DATA_DIR="${KEYOPS_DATA_DIR:-$ROOT/.data}"
+DATA_DIR="$(realpath -m -- "${KEYOPS_DATA_DIR:-$ROOT/.data}")"
 RUN_DIR="$DATA_DIR/run"
 LOG_DIR="$DATA_DIR/logs"
 SERVER_PID="$RUN_DIR/temporal.pid"
@@ -65,11 +65,29 @@ die() {
   exit 1
 }
 
+require_number() { # require_number NAME VALUE
+  [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a whole number, got '$2'"
+}
+validate_settings() {
+  require_number KEYOPS_TEMPORAL_PORT "$PORT"
+  require_number KEYOPS_UI_PORT "$UI_PORT"
+  require_number KEYOPS_WORKER_METRICS_PORT "$METRICS_PORT"
+  require_number KEYOPS_START_TIMEOUT "$START_TIMEOUT"
+}
+
+# The local stack talks only to the local server: none of the operator's TEMPORAL_* settings
+# (a Cloud API key, TLS, a default profile in ~/.config/temporalio) may leak into it.
+# Usage: env "${LOCAL_ENV[@]}" COMMAND...
+LOCAL_ENV=()
+for name in $(compgen -e); do
+  if [[ $name == TEMPORAL_* ]]; then LOCAL_ENV+=(-u "$name"); fi
+done
+LOCAL_ENV+=(TEMPORAL_ADDRESS="$IP:$PORT" TEMPORAL_NAMESPACE=default TEMPORAL_CONFIG_FILE="$RUN_DIR/no-profile.toml")
+
 # --- Temporal CLI ------------------------------------------------------------------------
 
 find_cli() {
   if [[ -n "${KEYOPS_TEMPORAL_CLI:-}" ]]; then
-    [[ -x "$KEYOPS_TEMPORAL_CLI" ]] || die "KEYOPS_TEMPORAL_CLI=$KEYOPS_TEMPORAL_CLI is not an executable file"
     printf '%s\n' "$KEYOPS_TEMPORAL_CLI"
   elif [[ -x "$CACHE_BIN/temporal" ]]; then
     printf '%s\n' "$CACHE_BIN/temporal"
@@ -82,6 +100,10 @@ find_cli() {
 
 ensure_cli() {
   local cli
+  # Checked here, not in find_cli: a die inside $(...) would only end the subshell.
+  if [[ -n "${KEYOPS_TEMPORAL_CLI:-}" && ! -x "${KEYOPS_TEMPORAL_CLI}" ]]; then
+    die "KEYOPS_TEMPORAL_CLI=$KEYOPS_TEMPORAL_CLI is not an executable file"
+  fi
   if cli="$(find_cli)"; then
     printf '%s\n' "$cli"
     return
@@ -127,8 +149,8 @@ running_pid() {
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$marker" || return 1
   printf '%s\n' "$pid"
 }
-server_pid() { running_pid "$SERVER_PID" "start-dev"; }
-worker_pid() { running_pid "$WORKER_PID" "workers/main.js"; }
+server_pid() { running_pid "$SERVER_PID" "$DATA_DIR/temporal/temporal.sqlite"; }
+worker_pid() { running_pid "$WORKER_PID" "$ROOT/dist/workers/main.js"; }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -171,7 +193,9 @@ start_server() {
   require_free_port "$PORT" "Temporal gRPC" KEYOPS_TEMPORAL_PORT
   require_free_port "$UI_PORT" "Temporal Web UI" KEYOPS_UI_PORT
   mkdir -p "$DATA_DIR/temporal"
-  mapfile -t flags < <(search_attribute_flags)
+  local listed
+  listed="$(search_attribute_flags)" || die "cannot read the search attributes from dist/workflows (try npm run build)"
+  mapfile -t flags <<<"$listed"
   say "starting the Temporal dev server on $IP:$PORT (Web UI on $UI_PORT, data in ${DATA_DIR/#"$ROOT"\//})"
   # setsid: Ctrl-C in the terminal reaches only this script, which stops things in order.
   setsid "$cli" server start-dev \
@@ -186,24 +210,19 @@ start_server() {
   wait_for "the Temporal Web UI" "$(<"$SERVER_PID")" "$SERVER_LOG" port_open "$IP" "$UI_PORT"
 }
 
-keyops_cli() {
-  env -u TEMPORAL_API_KEY -u TEMPORAL_PROFILE -u TEMPORAL_CONFIG_FILE -u TEMPORAL_TLS \
-    TEMPORAL_ADDRESS="$IP:$PORT" TEMPORAL_NAMESPACE=default node "$ROOT/dist/client/main.js" "$@"
-}
+keyops_cli() { env "${LOCAL_ENV[@]}" node "$ROOT/dist/client/main.js" "$@"; }
 
-worker_polls() { keyops_cli ping --json 2>/dev/null | grep -q '"identity"'; }
+# Polling as *this* worker: the SDK's identity is "<pid>@<host>"; an old poller does not count.
+worker_polls() { keyops_cli ping --json 2>/dev/null | grep -q "\"identity\": \"$1@"; }
 
 start_worker() {
   require_free_port "$METRICS_PORT" "worker metrics" KEYOPS_WORKER_METRICS_PORT
   say "starting the keyops worker (task queue keyops, metrics on $IP:$METRICS_PORT)"
-  # The local worker talks to the local server even if the shell points TEMPORAL_* elsewhere.
-  (cd "$ROOT" && exec setsid env -u TEMPORAL_API_KEY -u TEMPORAL_PROFILE -u TEMPORAL_CONFIG_FILE -u TEMPORAL_TLS \
-    TEMPORAL_ADDRESS="$IP:$PORT" TEMPORAL_NAMESPACE=default \
-    KEYOPS_DATA_DIR="$DATA_DIR" KEYOPS_LOG_FORMAT=json \
+  (cd "$ROOT" && exec setsid env "${LOCAL_ENV[@]}" KEYOPS_DATA_DIR="$DATA_DIR" KEYOPS_LOG_FORMAT=json \
     KEYOPS_METRICS_ADDRESS="$IP:$METRICS_PORT" \
     node "$ROOT/dist/workers/main.js" >>"$WORKER_LOG" 2>&1 </dev/null 9>&-) &
   echo $! >"$WORKER_PID"
-  wait_for "the keyops worker" "$!" "$WORKER_LOG" worker_polls
+  wait_for "the keyops worker" "$!" "$WORKER_LOG" worker_polls "$!"
 }
 
 stop_pid() { # stop_pid NAME PID
@@ -252,14 +271,15 @@ cmd_up() {
   ensure_node_deps
   ensure_build
 
-  # Stop only what this invocation started, worker before server.
-  cleanup() {
-    trap - INT TERM
-    [[ $started_worker == true ]] && stop_worker
-    [[ $started_server == true ]] && stop_server
-    exit 0
+  # Stop only what this invocation started, worker before server: on Ctrl-C, a closed
+  # terminal, or a failed start (any die before the stack is up).
+  stop_started() {
+    trap - INT TERM HUP EXIT
+    if [[ $started_worker == true ]]; then stop_worker; fi
+    if [[ $started_server == true ]]; then stop_server; fi
   }
-  trap cleanup INT TERM
+  trap 'stop_started; exit 0' INT TERM HUP
+  trap 'stop_started' EXIT
 
   if pid="$(server_pid)"; then
     say "the Temporal dev server is already running (pid $pid)"
@@ -287,8 +307,9 @@ cmd_up() {
 EOF
   # Machine-readable last line on stdout for scripts.
   printf 'http://%s:%s\n' "$IP" "$UI_PORT"
+  exec 9>&- # started: another `up` may now look (and find everything running)
   if [[ $detach == true ]]; then
-    trap - INT TERM
+    trap - INT TERM HUP EXIT
     return 0
   fi
   if [[ $started_server == false && $started_worker == false ]]; then
@@ -299,7 +320,7 @@ EOF
   # --pid: the follower ends with this script however it ends.
   tail --pid=$$ -n 0 -F "$WORKER_LOG" 2>/dev/null 9>&- | "$ROOT/node_modules/.bin/pino-pretty" --ignore pid,hostname 9>&- &
   wait $! || true
-  cleanup
+  stop_started
 }
 
 cmd_down() {
@@ -321,7 +342,7 @@ cmd_status() {
     ok=3
   fi
   if pid="$(worker_pid)"; then
-    if [[ -f "$ROOT/dist/client/main.js" ]] && worker_polls; then
+    if [[ -f "$ROOT/dist/client/main.js" ]] && worker_polls "$pid"; then
       say "keyops worker        running, pid $pid, polling task queue keyops, metrics http://$IP:$METRICS_PORT/metrics"
     else
       say "keyops worker        running, pid $pid, but NOT polling (see ./temporal-dev.sh logs worker)"
@@ -356,6 +377,7 @@ cmd_logs() {
 
 main() {
   local cmd=${1:-up}
+  validate_settings
   (($#)) && shift
   case $cmd in
     up) cmd_up "$@" ;;

@@ -18,6 +18,16 @@ export interface ResolvedConnection {
 
 export const DEFAULT_ADDRESS = '127.0.0.1:7233';
 
+/** Settings that cannot be loaded (missing profile, malformed TOML): a user mistake, not a bug. */
+export class ConnectionConfigError extends Error {
+  constructor(cause: unknown) {
+    // Only the first line: the TOML parser quotes the offending lines, which may hold an API key.
+    const first = (cause instanceof Error ? cause.message : String(cause)).split('\n')[0]?.trim();
+    super(`cannot load the Temporal connection settings: ${first || 'unknown error'}`);
+    this.name = 'ConnectionConfigError';
+  }
+}
+
 /**
  * Resolves where to connect the same way the `temporal` CLI does (profile file, then
  * TEMPORAL_* variables), then applies explicit flags. Local dev needs no configuration at all;
@@ -26,11 +36,16 @@ export const DEFAULT_ADDRESS = '127.0.0.1:7233';
 export function resolveConnection(flags: ConnectionFlags = {}): ResolvedConnection {
   // An empty TEMPORAL_ADDRESS= in a shell means unset, not "connect to ''" or "override the profile".
   const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => !!e[1]));
-  const loaded = loadClientConnectConfig({
-    overrideEnvVars: env,
-    ...(flags.profile ? { profile: flags.profile } : {}),
-    ...(flags.configFile ? { configSource: { path: flags.configFile } } : {}),
-  });
+  let loaded;
+  try {
+    loaded = loadClientConnectConfig({
+      overrideEnvVars: env,
+      ...(flags.profile ? { profile: flags.profile } : {}),
+      ...(flags.configFile ? { configSource: { path: flags.configFile } } : {}),
+    });
+  } catch (err) {
+    throw new ConnectionConfigError(err);
+  }
   const address = flags.address || loaded.connectionOptions.address || DEFAULT_ADDRESS;
   const namespace = flags.namespace || loaded.namespace || 'default';
   return { connectionOptions: { ...loaded.connectionOptions, address }, address, namespace };

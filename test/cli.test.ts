@@ -102,6 +102,16 @@ describe('keyops CLI as a child process', () => {
     assert.match(r.stderr, /--timeout must be a positive number of seconds, got "soon"/);
   });
 
+  it('a malformed config file is bad input and never echoes its API key', async () => {
+    const file = join(suite.dir, 'broken.toml');
+    await writeFile(file, '[profile.default]\napi_key = "SECRET-KEY-123" x\n');
+    const r = await keyops(['ping', '--config-file', file]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /cannot load the Temporal connection settings: Invalid TOML/);
+    assert.doesNotMatch(r.stderr + r.stdout, /SECRET-KEY-123/);
+    noStackTrace(r.stderr);
+  });
+
   it('reads the connection from a Temporal config-file profile (envconfig)', async () => {
     const file = join(suite.dir, 'temporal.toml');
     await writeFile(file, `[profile.local]\naddress = "${testServerAddress()}"\nnamespace = "default"\n`);

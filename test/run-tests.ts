@@ -65,7 +65,10 @@ async function main(): Promise<number> {
     writeFileSync(bundlePath, bundle.code);
 
     // Test files run in child processes, which inherit this environment (and `--import tsx`).
+    // The developer's own Temporal settings (a Cloud profile, an API key) must not leak in.
+    for (const name of Object.keys(process.env)) if (name.startsWith('TEMPORAL_')) delete process.env[name];
     Object.assign(process.env, {
+      TEMPORAL_CONFIG_FILE: join(CACHE, 'no-profile.toml'),
       [testEnvVars.address]: env.address,
       [testEnvVars.workflowBundle]: bundlePath,
       [testEnvVars.temporalCli]: cliPath,

@@ -73,8 +73,24 @@ describe('temporal-dev.sh', () => {
     }
   });
 
+  it('a failed start stops the server it had started', async () => {
+    const blocker = createServer().listen(ports.metrics, '127.0.0.1');
+    await once(blocker, 'listening');
+    try {
+      const r = await runToEnd(SCRIPT, ['up', '-d'], { env, timeoutMs: 120_000 });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, new RegExp(`port ${ports.metrics} \\(worker metrics\\)`));
+      assert.match(r.stderr, /stopped the Temporal dev server/);
+      assert.ok(!existsSync(join(dataDir, 'run', 'temporal.pid')), 'no pid file left behind');
+    } finally {
+      blocker.close();
+    }
+  });
+
   it('up -d starts server, Web UI and a polling worker once; status and down behave', async () => {
-    const up = await runToEnd(SCRIPT, ['up', '-d'], { env, timeoutMs: 180_000 });
+    // The operator's Cloud settings must not leak into the local stack.
+    const operatorCloud = { TEMPORAL_API_KEY: 'cloud-key', TEMPORAL_TLS: 'true', TEMPORAL_ADDRESS: 'example.tmprl.cloud:7233' };
+    const up = await runToEnd(SCRIPT, ['up', '-d'], { env: { ...env, ...operatorCloud }, timeoutMs: 180_000 });
     assert.equal(up.code, 0, up.stderr);
     assert.equal(up.stdout.trim(), `http://127.0.0.1:${ports.ui}`);
     const [server, worker] = [pidOf('temporal'), pidOf('worker')];

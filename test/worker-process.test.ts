@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { selfCheck } from '../workflows';
@@ -97,6 +98,18 @@ describe('worker process', () => {
     assert.match(r.stderr, /KEYOPS_LOG_LEVEL="loud": .*"trace"\|"debug"\|"info"\|"warn"\|"error"/);
     assert.match(r.stderr, /KEYOPS_SHUTDOWN_GRACE_SECONDS="-1": expected whole seconds/);
     assert.doesNotMatch(r.stderr, /^\s+at /m);
+  });
+
+  it('a malformed Temporal config file is one log line without the API key, exit 2', async () => {
+    const file = join(suite.dir, 'broken.toml');
+    await writeFile(file, '[profile.default]\napi_key = "SECRET-KEY-123" x\n');
+    const r = await runToEnd(process.execPath, WORKER, {
+      env: { TEMPORAL_CONFIG_FILE: file, KEYOPS_METRICS_ADDRESS: 'off', KEYOPS_LOG_FORMAT: 'json', KEYOPS_DATA_DIR: suite.dir },
+    });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stdout, /cannot load the Temporal connection settings/);
+    assert.doesNotMatch(r.stdout + r.stderr, /SECRET-KEY-123/);
+    assert.doesNotMatch(r.stdout + r.stderr, /^\s+at /m);
   });
 
   it('exits 3 with a clear log line when Temporal is unreachable', async () => {

@@ -2,7 +2,7 @@
 import { mkdirSync } from 'node:fs';
 import { NativeConnection, Runtime, Worker, makeTelemetryFilterString } from '@temporalio/worker';
 import { createActivities } from '../activities';
-import { resolveConnection } from '../client/connection';
+import { ConnectionConfigError, resolveConnection } from '../client/connection';
 import { ConfigError, loadWorkerConfig } from './config';
 import { createLogger } from './logger';
 import { PinoSdkLogger } from './sdk-logger';
@@ -44,8 +44,15 @@ async function main(): Promise<number> {
     process.once(signal, () => logger.info({ signal }, 'shutdown requested: finishing in-flight tasks'));
   }
 
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const target = resolveConnection();
+  let target;
+  try {
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    target = resolveConnection();
+  } catch (err) {
+    const reason = err instanceof ConnectionConfigError ? err.message : `cannot create KEYOPS_DATA_DIR ${config.dataDir}: ${String(err)}`;
+    logger.error(reason);
+    return 2;
+  }
   let connection: NativeConnection;
   try {
     connection = await NativeConnection.connect(target.connectionOptions);

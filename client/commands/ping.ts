@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { selfCheck, type SelfCheckResult } from '../../workflows/self-check';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
-import { connectClient, resolveConnection } from '../connection';
+import { ConnectionConfigError, connectClient, resolveConnection } from '../connection';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 
@@ -53,8 +53,9 @@ Examples:
       try {
         const { serverVersion } = await connection.workflowService.getSystemInfo({});
         await describeNamespace(connection, resolved.namespace);
-        const pollers = await livePollers(connection, resolved.namespace, opts.taskQueue);
+        // Self-check first: a worker that just ran it has certainly polled, so it is listed below.
         const check = opts.workflow ? await runSelfCheck(client, opts.taskQueue, timeoutSeconds) : undefined;
+        const pollers = await livePollers(connection, resolved.namespace, opts.taskQueue);
         const data = {
           address: resolved.address,
           namespace: resolved.namespace,
@@ -86,8 +87,10 @@ async function connectOrExplain(options: GlobalOptions) {
   try {
     resolved = resolveConnection(options);
   } catch (err) {
-    // envconfig: a missing profile, an unreadable or malformed config file.
-    throw new CliError(`cannot load the Temporal connection settings: ${err instanceof Error ? err.message : String(err)}`, ExitCode.usage);
+    if (err instanceof ConnectionConfigError) {
+      throw new CliError(err.message, ExitCode.usage, 'check --profile / TEMPORAL_PROFILE and the file named by --config-file / TEMPORAL_CONFIG_FILE');
+    }
+    throw err;
   }
   try {
     return await connectClient(resolved);

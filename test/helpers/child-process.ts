@@ -42,16 +42,24 @@ export function keyops(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Fin
   return runToEnd(process.execPath, ['--import', 'tsx', resolve(ROOT, 'client/main.ts'), ...args], { env });
 }
 
-/** A port that was free a moment ago (bind to 0, read it, release it). */
+/**
+ * A port that is free now, chosen below Linux's ephemeral range (32768+), so a server that
+ * binds port 0 meanwhile (the dev server does, for its HTTP and metrics ports) cannot take it.
+ */
 export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  server.close();
-  await once(server, 'close');
-  return address.port;
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const server = createServer();
+    const bound = await new Promise<boolean>((resolveBound) => {
+      server.once('error', () => resolveBound(false));
+      server.listen(port, '127.0.0.1', () => resolveBound(true));
+    });
+    if (bound) {
+      server.close();
+      await once(server, 'close');
+      return port;
+    }
+  }
 }
 
 /** Resolves with the first stdout line for which `match` holds, or rejects when the process exits. */
