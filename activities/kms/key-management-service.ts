@@ -1,0 +1,70 @@
+/**
+ * The KMS port, modelled on IBM Key Protect (reference 001): a root key has versions; rotation
+ * adds one and retires the others, which still unwrap but never wrap. Adapters map other KMSs
+ * (AWS KMS, Vault Transit) onto it. Every method may throw a `KmsError` (kms-error.ts).
+ */
+export type KeyState = 'active' | 'disabled';
+
+export interface RootKeyVersion {
+  version: number;
+  createdAt: string;
+}
+
+/** Key Protect allows policies of 1 to 12 months, each month counted as 30 days. */
+export interface RotationPolicy {
+  intervalMonths: number;
+}
+
+export interface KeyMetadata {
+  keyId: string;
+  name: string;
+  state: KeyState;
+  /** The latest version: the only one that wraps and rewraps. */
+  currentVersion: number;
+  versions: RootKeyVersion[];
+  createdAt: string;
+  /** Set by every rotation, manual or by policy; undefined before the first rotation. */
+  lastRotateDate: string | undefined;
+  rotationPolicy: RotationPolicy | undefined;
+}
+
+export interface WrapResult {
+  /** The wrapped DEK: opaque bytes that record the root-key version that wrapped them. */
+  wdek: Buffer;
+  keyVersion: number;
+  /** The DEK itself (generated when none was given). Never log it or put it in a payload. */
+  dek: Buffer;
+}
+
+export interface UnwrapResult {
+  dek: Buffer;
+  /** The version that had wrapped the WDEK (possibly retired). */
+  keyVersion: number;
+}
+
+export interface RewrapResult {
+  wdek: Buffer;
+  keyVersion: number;
+  previousVersion: number;
+}
+
+export interface RotateResult {
+  version: number;
+  /** false when this request id had already rotated the key: the retry changed nothing. */
+  rotated: boolean;
+}
+
+export interface KeyManagementService {
+  createKey(input: { name: string }): Promise<KeyMetadata>;
+  getKeyMetadata(keyId: string): Promise<KeyMetadata>;
+  /** Manual rotation, idempotent per request id; at most one per hour per key. */
+  rotateKey(keyId: string, requestId: string): Promise<RotateResult>;
+  /** Wraps `dek` (or a fresh 32-byte DEK) with the latest version. */
+  wrap(keyId: string, dek?: Buffer): Promise<WrapResult>;
+  unwrap(keyId: string, wdek: Buffer): Promise<UnwrapResult>;
+  /** Same DEK, wrapped again under the latest version. */
+  rewrap(keyId: string, wdek: Buffer): Promise<RewrapResult>;
+  setRotationPolicy(keyId: string, policy: RotationPolicy | undefined): Promise<KeyMetadata>;
+  disableKey(keyId: string): Promise<void>;
+  enableKey(keyId: string): Promise<void>;
+}

@@ -1,0 +1,52 @@
+/**
+ * Where keyops records which WDEKs each root key protects and at which version. Rewrap
+ * progress is durable per WDEK: a row's version changes only together with its new WDEK.
+ * Synchronous: it is keyops' own local store, and a million rows must rewrap fast.
+ */
+export interface WdekRecord {
+  /** Stable id chosen by the owner, e.g. `db/<databaseId>/dek`. */
+  id: string;
+  keyId: string;
+  keyVersion: number;
+  wdek: Buffer;
+  /** What the DEK protects (a database, a backup key): for people reading the registry. */
+  owner: string;
+}
+
+export interface WdekUpdate {
+  id: string;
+  wdek: Buffer;
+  keyVersion: number;
+  /** Compare-and-set: the update applies only if the row is still at this version. */
+  expectedVersion: number;
+}
+
+export interface RegisteredKey {
+  keyId: string;
+  wdekCount: number;
+  /** The version keyops last finished rewrapping every WDEK to; undefined before any rewrap. */
+  rewrappedVersion: number | undefined;
+}
+
+export interface WdekRegistry {
+  /** Inserts or replaces one record. */
+  register(record: WdekRecord): void;
+  /** Inserts many records in one transaction (setup, benchmarks). */
+  registerMany(records: Iterable<WdekRecord>): void;
+  get(id: string): WdekRecord | undefined;
+  /** How many WDEKs of the key are wrapped under a version lower than `version`. */
+  countBelowVersion(keyId: string, version: number): number;
+  countByVersion(keyId: string): Map<number, number>;
+  /** Up to `limit` WDEKs of the key below `version`, in id order, after `afterId`. */
+  listBelowVersion(keyId: string, version: number, afterId: string | undefined, limit: number): WdekRecord[];
+  /** Up to `limit` WDEKs of the key in id order after `afterId`, whatever their version. */
+  list(keyId: string, afterId: string | undefined, limit: number): WdekRecord[];
+  /** Applies updates in one transaction; returns how many rows matched their expected version. */
+  update(updates: readonly WdekUpdate[]): number;
+  /** Records the version rewrap finished at; never moves backwards. */
+  setRewrappedVersion(keyId: string, version: number): void;
+  getRewrappedVersion(keyId: string): number | undefined;
+  /** Keys that have WDEKs or a recorded rewrap. */
+  listKeys(): RegisteredKey[];
+  close(): void;
+}
