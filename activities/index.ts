@@ -1,6 +1,7 @@
+import { createRootKeyActivities, type RootKeyDeps } from './root-key-rotation';
 import { createWorkerProbe, type WorkerProbeDeps } from './worker-probe';
 
-export type ActivityDeps = WorkerProbeDeps;
+export type ActivityDeps = WorkerProbeDeps & RootKeyDeps;
 
 /**
  * Builds every activity from the adapters the worker chose. Tests call this with real local
@@ -9,6 +10,7 @@ export type ActivityDeps = WorkerProbeDeps;
 export function createActivities(deps: ActivityDeps) {
   return {
     probeWorker: createWorkerProbe(deps),
+    ...createRootKeyActivities(deps),
   };
 }
 

@@ -3,7 +3,7 @@ import { writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { createActivities } from '../activities';
+import { createWorkerProbe } from '../activities/worker-probe';
 import { freePort, keyops } from './helpers/child-process';
 import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 
@@ -32,7 +32,7 @@ describe('keyops CLI as a child process', () => {
 
   it('ping reports the server version, namespace and the workers polling the queue', async () => {
     const taskQueue = uniqueTaskQueue('cli-ping');
-    const worker = await createTestWorker(suite.env, { taskQueue, activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test' }) });
+    const worker = await createTestWorker(suite.env, { taskQueue, activities: { probeWorker: createWorkerProbe({ dataDir: suite.dir, keyopsVersion: 'test' }) } });
     await worker.runUntil(async () => {
       const r = await keyops(['ping', '--json', '--task-queue', taskQueue, '--workflow'], server());
       assert.equal(r.code, 0, r.stderr);

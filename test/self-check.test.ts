@@ -3,7 +3,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { temporal } from '@temporalio/proto';
-import { createActivities } from '../activities';
+import { createWorkerProbe } from '../activities/worker-probe';
 import { selfCheck } from '../workflows';
 import { recordHistory } from './helpers/record-history';
 import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
@@ -18,7 +18,7 @@ describe('selfCheck workflow on a real worker and dev server', () => {
     const dataDir = join(suite.dir, 'data');
     const worker = await createTestWorker(suite.env, {
       taskQueue,
-      activities: createActivities({ dataDir, keyopsVersion: 'test' }),
+      activities: { probeWorker: createWorkerProbe({ dataDir, keyopsVersion: 'test' }) },
     });
     const workflowId = `self-check/${taskQueue}`;
     const result = await worker.runUntil(suite.client.workflow.execute(selfCheck, { taskQueue, workflowId }));
@@ -58,7 +58,7 @@ describe('selfCheck workflow on a real worker and dev server', () => {
     await writeFile(notADir, 'x');
     const worker = await createTestWorker(suite.env, {
       taskQueue,
-      activities: createActivities({ dataDir: notADir, keyopsVersion: 'test' }),
+      activities: { probeWorker: createWorkerProbe({ dataDir: notADir, keyopsVersion: 'test' }) },
     });
     const result = await worker.runUntil(
       suite.client.workflow.execute(selfCheck, { taskQueue, workflowId: `self-check/${taskQueue}` }),

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { createActivities } from '../activities';
+import { createWorkerProbe } from '../activities/worker-probe';
 import { selfCheck } from '../workflows';
 import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 
@@ -23,7 +23,7 @@ describe('time-skipping test environment', () => {
 
   it('runs the project workflows from the shared bundle', async () => {
     const taskQueue = uniqueTaskQueue('time-skipping');
-    const worker = await createTestWorker(suite.env, { taskQueue, activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test' }) });
+    const worker = await createTestWorker(suite.env, { taskQueue, activities: { probeWorker: createWorkerProbe({ dataDir: suite.dir, keyopsVersion: 'test' }) } });
     const result = await worker.runUntil(suite.client.workflow.execute(selfCheck, { taskQueue, workflowId: `self-check/${taskQueue}` }));
     assert.equal(result.healthy, true);
   });

@@ -22,6 +22,9 @@ export const workerConfigSchema = z.object({
   KEYOPS_LOG_FORMAT: z.enum(['auto', 'json', 'pretty']).default('auto'),
   /** Prometheus scrape address for the SDK runtime metrics, or `off`. */
   KEYOPS_METRICS_ADDRESS: z.union([z.literal('off'), hostPort]).default('127.0.0.1:9464'),
+  /** The local KMS's master secret (base64, at least 32 bytes), or a file holding it. */
+  KEYOPS_KMS_MASTER_SECRET: z.string().optional(),
+  KEYOPS_KMS_MASTER_SECRET_FILE: z.string().optional(),
   /** How long in-flight activities get to finish after SIGINT/SIGTERM before they are cancelled. */
   KEYOPS_SHUTDOWN_GRACE_SECONDS: z.coerce
     .number(wholeSeconds)
@@ -38,6 +41,7 @@ export interface WorkerConfig {
   logFormat: 'json' | 'pretty';
   metricsAddress: string | undefined;
   shutdownGraceSeconds: number;
+  kmsMasterSecret: { base64: string } | { file: string } | undefined;
 }
 
 export class ConfigError extends Error {
@@ -67,5 +71,10 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv, stdoutIsTty: boolean): 
     logFormat: c.KEYOPS_LOG_FORMAT === 'auto' ? (stdoutIsTty ? 'pretty' : 'json') : c.KEYOPS_LOG_FORMAT,
     metricsAddress: c.KEYOPS_METRICS_ADDRESS === 'off' ? undefined : c.KEYOPS_METRICS_ADDRESS,
     shutdownGraceSeconds: c.KEYOPS_SHUTDOWN_GRACE_SECONDS,
+    kmsMasterSecret: c.KEYOPS_KMS_MASTER_SECRET
+      ? { base64: c.KEYOPS_KMS_MASTER_SECRET }
+      : c.KEYOPS_KMS_MASTER_SECRET_FILE
+        ? { file: resolve(c.KEYOPS_KMS_MASTER_SECRET_FILE) }
+        : undefined,
   };
 }

@@ -3,7 +3,10 @@ import { mkdirSync } from 'node:fs';
 import { NativeConnection, Runtime, Worker, makeTelemetryFilterString } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { ConnectionConfigError, resolveConnection } from '../client/connection';
+import { KmsError } from '../activities/kms/kms-error';
+import { openAdapters } from './adapters';
 import { ConfigError, loadWorkerConfig } from './config';
+import { MasterSecretError } from './kms-master-secret';
 import { createLogger } from './logger';
 import { PinoSdkLogger } from './sdk-logger';
 import { keyopsVersion, temporalSdkVersion } from './version';
@@ -45,11 +48,17 @@ async function main(): Promise<number> {
   }
 
   let target;
+  let adapters;
   try {
     mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
     target = resolveConnection();
+    adapters = openAdapters(config, logger);
   } catch (err) {
-    const reason = err instanceof ConnectionConfigError ? err.message : `cannot create KEYOPS_DATA_DIR ${config.dataDir}: ${String(err)}`;
+    // Configuration the operator can fix: one line, no stack trace.
+    const reason =
+      err instanceof ConnectionConfigError || err instanceof MasterSecretError || err instanceof KmsError
+        ? err.message
+        : `cannot prepare KEYOPS_DATA_DIR ${config.dataDir}: ${String(err)}`;
     logger.error(reason);
     return 2;
   }
@@ -61,6 +70,7 @@ async function main(): Promise<number> {
       { address: target.address, err: err instanceof Error ? err.message : String(err) },
       'cannot reach the Temporal server; start the local stack with ./temporal-dev.sh or set TEMPORAL_ADDRESS',
     );
+    adapters.close();
     return 3;
   }
   try {
@@ -69,7 +79,7 @@ async function main(): Promise<number> {
       namespace: target.namespace,
       taskQueue: config.taskQueue,
       workflowsPath: require.resolve('../workflows'),
-      activities: createActivities({ dataDir: config.dataDir, keyopsVersion }),
+      activities: createActivities({ dataDir: config.dataDir, keyopsVersion, kms: adapters.kms, registry: adapters.registry }),
       shutdownGraceTime: `${config.shutdownGraceSeconds} seconds`,
     });
     logger.info(
@@ -89,6 +99,7 @@ async function main(): Promise<number> {
     return 0;
   } finally {
     await connection.close();
+    adapters.close();
   }
 }
 

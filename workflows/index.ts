@@ -1,2 +1,5 @@
 // The worker registers every workflow exported here.
 export { selfCheck } from './self-check';
+export { keyEntity } from './key-entity';
+export { rotateRootKey } from './rotate-root-key';
+export { watchRootKeys } from './watch-root-keys';

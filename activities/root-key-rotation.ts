@@ -1,0 +1,217 @@
+import { ApplicationFailure } from '@temporalio/common';
+import { activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
+import type { KeyManagementService } from './kms/key-management-service';
+import { KmsError, kmsFailure } from './kms/kms-error';
+import type { WdekRegistry, WdekUpdate } from './wdek-registry/wdek-registry';
+import {
+  keyEntityWorkflowId,
+  rewrapCompleteSignal,
+  type RewrapComplete,
+} from '../workflows/root-key-messages';
+import type { keyEntity } from '../workflows/key-entity';
+
+export interface RootKeyDeps {
+  kms: KeyManagementService;
+  registry: WdekRegistry;
+}
+
+/** Metadata a workflow may carry: ids, versions and dates, never key material. */
+export interface KeyStatus {
+  keyId: string;
+  state: 'active' | 'disabled';
+  currentVersion: number;
+  lastRotateDate: string | undefined;
+  rewrappedVersion: number | undefined;
+}
+
+export interface ChunkInput {
+  keyId: string;
+  version: number;
+  /** Resume after this WDEK id (the previous chunk's cursor). */
+  afterId: string | undefined;
+  /** Items per chunk: one activity call, reported to the workflow when it ends. */
+  maxItems: number;
+  /** Items per registry transaction and per heartbeat. */
+  batchSize: number;
+}
+
+export interface ChunkResult {
+  processed: number;
+  cursor: string | undefined;
+  finished: boolean;
+}
+
+export interface VerifyResult extends ChunkResult {
+  /** Ids of WDEKs that are not on the version or do not unwrap (at most 20 listed). */
+  failedIds: string[];
+  failed: number;
+}
+
+/** Quick in-place retries of a transient KMS failure inside a long chunk (100, 200, 400 ms). */
+const TRANSIENT_RETRIES = 3;
+
+/**
+ * KMS errors leave activities as typed ApplicationFailures; anything else stays retryable.
+ * A transient KMS_UNAVAILABLE is first retried in place a few times: one hiccup in the middle
+ * of a 50,000-WDEK chunk should cost milliseconds, not an activity retry with backoff.
+ */
+async function kmsCall<T>(fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!(err instanceof KmsError)) throw err;
+      if (!err.retryable || attempt >= TRANSIENT_RETRIES) throw kmsFailure(err);
+      await sleep(100 * 2 ** attempt);
+    }
+  }
+}
+
+interface Cursor {
+  cursor: string | undefined;
+  processed: number;
+}
+
+/** Where a retried chunk resumes: the last heartbeat of the failed attempt, if any. */
+function resumePoint(input: ChunkInput): Cursor {
+  const details = activityInfo().heartbeatDetails as Cursor | undefined;
+  return details ?? { cursor: input.afterId, processed: 0 };
+}
+
+export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
+  async function describeKey(keyId: string): Promise<KeyStatus> {
+    const meta = await kmsCall(() => kms.getKeyMetadata(keyId));
+    return {
+      keyId,
+      state: meta.state,
+      currentVersion: meta.currentVersion,
+      lastRotateDate: meta.lastRotateDate,
+      rewrappedVersion: registry.getRewrappedVersion(keyId),
+    };
+  }
+
+  return {
+    describeKey,
+
+    /** Keys keyops protects WDEKs with, for the watcher. */
+    async listRegisteredKeys(): Promise<string[]> {
+      return Promise.resolve(registry.listKeys().map((k) => k.keyId));
+    },
+
+    /**
+     * Brings the key to `targetVersion`. Idempotent twice over: the KMS remembers the request id
+     * (the workflow id), and a key already at or past the target is not rotated again.
+     */
+    async rotateToVersion(input: { keyId: string; targetVersion: number; requestId: string }): Promise<{ version: number; rotated: boolean }> {
+      const meta = await kmsCall(() => kms.getKeyMetadata(input.keyId));
+      if (meta.currentVersion >= input.targetVersion) return { version: meta.currentVersion, rotated: false };
+      if (meta.currentVersion !== input.targetVersion - 1) {
+        throw ApplicationFailure.create({
+          type: 'STALE_TARGET_VERSION',
+          nonRetryable: true,
+          message: `key ${input.keyId} is at version ${meta.currentVersion}; cannot rotate it to version ${input.targetVersion}`,
+        });
+      }
+      return kmsCall(() => kms.rotateKey(input.keyId, input.requestId));
+    },
+
+    async countWdeks(input: { keyId: string; version: number }): Promise<{ total: number; stale: number }> {
+      let total = 0;
+      for (const n of registry.countByVersion(input.keyId).values()) total += n;
+      return Promise.resolve({ total, stale: registry.countBelowVersion(input.keyId, input.version) });
+    },
+
+    /**
+     * Rewraps up to `maxItems` WDEKs still below `version`. Each registry write is a
+     * compare-and-set on the old version, so a retry after a crash never double-applies; a WDEK
+     * rewrapped in the KMS but not yet recorded is simply rewrapped again (same DEK).
+     */
+    async rewrapChunk(input: ChunkInput): Promise<ChunkResult> {
+      let { cursor, processed } = resumePoint(input);
+      while (processed < input.maxItems) {
+        const batch = registry.listBelowVersion(input.keyId, input.version, cursor, Math.min(input.batchSize, input.maxItems - processed));
+        if (batch.length === 0) return { processed, cursor, finished: true };
+        const updates: WdekUpdate[] = [];
+        // Whatever was rewrapped before a failure is recorded, so every attempt makes progress
+        // even against a KMS that fails often.
+        const commit = () => {
+          if (updates.length === 0) return;
+          registry.update(updates);
+          processed += updates.length;
+          cursor = updates[updates.length - 1]!.id;
+          updates.length = 0;
+          heartbeat({ cursor, processed } satisfies Cursor);
+        };
+        try {
+          for (const record of batch) {
+            const result = await kmsCall(() => kms.rewrap(input.keyId, record.wdek)).catch((err: unknown) => {
+              if (err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID') {
+                throw ApplicationFailure.create({
+                  type: 'CIPHERTEXT_INVALID',
+                  nonRetryable: true,
+                  message: `WDEK ${record.id} of key ${input.keyId} is invalid or tampered: ${err.message}`,
+                });
+              }
+              throw err;
+            });
+            updates.push({ id: record.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: record.keyVersion });
+          }
+        } finally {
+          commit();
+        }
+      }
+      return { processed, cursor, finished: registry.listBelowVersion(input.keyId, input.version, cursor, 1).length === 0 };
+    },
+
+    /** Checks that every WDEK of the key is recorded on `version` and really unwraps under it. */
+    async verifyChunk(input: ChunkInput): Promise<VerifyResult> {
+      let { cursor, processed } = resumePoint(input);
+      const failedIds: string[] = [];
+      let failed = 0;
+      while (processed < input.maxItems) {
+        const batch = registry.list(input.keyId, cursor, Math.min(input.batchSize, input.maxItems - processed));
+        if (batch.length === 0) return { processed, cursor, finished: true, failedIds, failed };
+        for (const record of batch) {
+          const ok =
+            record.keyVersion === input.version &&
+            (await kmsCall(() => kms.unwrap(input.keyId, record.wdek)).then(
+              (r) => r.keyVersion === input.version,
+              (err: unknown) => {
+                if (err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID') return false;
+                throw err;
+              },
+            ));
+          if (!ok) {
+            failed++;
+            if (failedIds.length < 20) failedIds.push(record.id);
+          }
+        }
+        processed += batch.length;
+        cursor = batch[batch.length - 1]!.id;
+        heartbeat({ cursor, processed } satisfies Cursor);
+      }
+      const finished = registry.list(input.keyId, cursor, 1).length === 0;
+      return { processed, cursor, finished, failedIds, failed };
+    },
+
+    async recordRewrappedVersion(input: RewrapComplete): Promise<void> {
+      registry.setRewrappedVersion(input.keyId, input.version);
+      return Promise.resolve();
+    },
+
+    /**
+     * Tells the key's entity workflow (starting it if needed) that rewrap reached `version`;
+     * the entity releases every waiter. Signalling twice is harmless.
+     */
+    async announceRewrapComplete(input: RewrapComplete & { taskQueue: string }): Promise<void> {
+      await getClient().workflow.signalWithStart<typeof keyEntity, [RewrapComplete]>('keyEntity', {
+        workflowId: keyEntityWorkflowId(input.keyId),
+        taskQueue: input.taskQueue,
+        args: [{ keyId: input.keyId, rewrappedVersion: 0, waiters: [] }],
+        signal: rewrapCompleteSignal,
+        signalArgs: [{ keyId: input.keyId, version: input.version }],
+        staticSummary: `Key ${input.keyId}: knows the rewrapped version and releases waiting backups`,
+      });
+    },
+  };
+}

@@ -1,0 +1,137 @@
+import { chmodSync, existsSync, mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3-multiple-ciphers';
+import type { RegisteredKey, WdekRecord, WdekRegistry, WdekUpdate } from './wdek-registry';
+
+interface Row {
+  id: string;
+  key_id: string;
+  key_version: number;
+  wdek: Buffer;
+  owner: string;
+}
+
+const toRecord = (r: Row): WdekRecord => ({ id: r.id, keyId: r.key_id, keyVersion: r.key_version, wdek: r.wdek, owner: r.owner });
+
+/**
+ * The embedded WDEK registry: one SQLite file (WAL, so the worker and the CLI can read while a
+ * rewrap writes). WDEKs are ciphertext, but the file is still created 0600 in a 0700 directory.
+ */
+export class SqliteWdekRegistry implements WdekRegistry {
+  private readonly db: Database.Database;
+  private readonly statements;
+
+  private constructor(path: string) {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    const created = !existsSync(path);
+    this.db = new Database(path);
+    if (created) chmodSync(path, 0o600);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('busy_timeout = 5000');
+    // NORMAL in WAL mode survives a process crash (only power loss can drop the last commits).
+    this.db.pragma('synchronous = NORMAL');
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS wdeks (
+        id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        key_version INTEGER NOT NULL,
+        wdek BLOB NOT NULL,
+        owner TEXT NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS wdeks_by_key_version ON wdeks (key_id, key_version, id);
+      CREATE INDEX IF NOT EXISTS wdeks_by_key ON wdeks (key_id, id);
+      CREATE TABLE IF NOT EXISTS rewrapped_versions (
+        key_id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL
+      );
+    `);
+    const db = this.db;
+    this.statements = {
+      upsert: db.prepare(
+        `INSERT INTO wdeks (id, key_id, key_version, wdek, owner) VALUES (@id, @keyId, @keyVersion, @wdek, @owner)
+         ON CONFLICT (id) DO UPDATE SET key_id = excluded.key_id, key_version = excluded.key_version,
+           wdek = excluded.wdek, owner = excluded.owner`,
+      ),
+      get: db.prepare<[string], Row>('SELECT * FROM wdeks WHERE id = ?'),
+      countBelow: db.prepare<[string, number], { n: number }>('SELECT count(*) AS n FROM wdeks WHERE key_id = ? AND key_version < ?'),
+      countByVersion: db.prepare<[string], { key_version: number; n: number }>(
+        'SELECT key_version, count(*) AS n FROM wdeks WHERE key_id = ? GROUP BY key_version',
+      ),
+      // Id order (not version order) so a cursor survives rows leaving the "below" set.
+      listBelow: db.prepare<[string, string, number, number], Row>(
+        'SELECT * FROM wdeks WHERE key_id = ? AND id > ? AND key_version < ? ORDER BY id LIMIT ?',
+      ),
+      list: db.prepare<[string, string, number], Row>('SELECT * FROM wdeks WHERE key_id = ? AND id > ? ORDER BY id LIMIT ?'),
+      update: db.prepare('UPDATE wdeks SET wdek = @wdek, key_version = @keyVersion WHERE id = @id AND key_version = @expectedVersion'),
+      setRewrapped: db.prepare(
+        `INSERT INTO rewrapped_versions (key_id, version) VALUES (?, ?)
+         ON CONFLICT (key_id) DO UPDATE SET version = max(version, excluded.version)`,
+      ),
+      getRewrapped: db.prepare<[string], { version: number }>('SELECT version FROM rewrapped_versions WHERE key_id = ?'),
+      listKeys: db.prepare<[], { key_id: string; n: number; version: number | null }>(
+        `SELECT k.key_id, (SELECT count(*) FROM wdeks w WHERE w.key_id = k.key_id) AS n, r.version
+         FROM (SELECT DISTINCT key_id FROM wdeks UNION SELECT key_id FROM rewrapped_versions) k
+         LEFT JOIN rewrapped_versions r ON r.key_id = k.key_id ORDER BY k.key_id`,
+      ),
+    };
+  }
+
+  static open(path: string): SqliteWdekRegistry {
+    return new SqliteWdekRegistry(path);
+  }
+
+  register(record: WdekRecord): void {
+    this.statements.upsert.run(record);
+  }
+
+  registerMany(records: Iterable<WdekRecord>): void {
+    this.db.transaction(() => {
+      for (const record of records) this.statements.upsert.run(record);
+    })();
+  }
+
+  get(id: string): WdekRecord | undefined {
+    const row = this.statements.get.get(id);
+    return row && toRecord(row);
+  }
+
+  countBelowVersion(keyId: string, version: number): number {
+    return this.statements.countBelow.get(keyId, version)?.n ?? 0;
+  }
+
+  countByVersion(keyId: string): Map<number, number> {
+    return new Map(this.statements.countByVersion.all(keyId).map((r) => [r.key_version, r.n]));
+  }
+
+  listBelowVersion(keyId: string, version: number, afterId: string | undefined, limit: number): WdekRecord[] {
+    return this.statements.listBelow.all(keyId, afterId ?? '', version, limit).map(toRecord);
+  }
+
+  list(keyId: string, afterId: string | undefined, limit: number): WdekRecord[] {
+    return this.statements.list.all(keyId, afterId ?? '', limit).map(toRecord);
+  }
+
+  update(updates: readonly WdekUpdate[]): number {
+    return this.db.transaction(() => {
+      let changed = 0;
+      for (const u of updates) changed += this.statements.update.run(u).changes;
+      return changed;
+    })();
+  }
+
+  setRewrappedVersion(keyId: string, version: number): void {
+    this.statements.setRewrapped.run(keyId, version);
+  }
+
+  getRewrappedVersion(keyId: string): number | undefined {
+    return this.statements.getRewrapped.get(keyId)?.version;
+  }
+
+  listKeys(): RegisteredKey[] {
+    return this.statements.listKeys.all().map((r) => ({ keyId: r.key_id, wdekCount: r.n, rewrappedVersion: r.version ?? undefined }));
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,163 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { createActivities } from '../activities';
+import { KmsError } from '../activities/kms/kms-error';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { rotateRootKey, watchRootKeys } from '../workflows';
+import { keyEntityWorkflowId, keyStateQuery, rewrapProgressQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
+import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from '../workflows/search-attributes';
+import { recordHistory } from './helpers/record-history';
+import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+
+const MASTER_SECRET = randomBytes(32);
+
+/** A key, a registry of `count` WDEKs under it, and the DEKs they must keep unwrapping to. */
+async function seed(dir: string, count: number, options: { faultRate?: number; now?: () => Date } = {}) {
+  const kms = LocalKms.open({ path: join(dir, 'kms.sqlite'), masterSecret: MASTER_SECRET, ...options });
+  const registry = SqliteWdekRegistry.open(join(dir, 'wdeks.sqlite'));
+  const setupKms = LocalKms.open({ path: join(dir, 'kms.sqlite'), masterSecret: MASTER_SECRET, ...(options.now ? { now: options.now } : {}) });
+  const { keyId } = await setupKms.createKey({ name: 'test-root-key' });
+  const deks = new Map<string, Buffer>();
+  const records = [];
+  for (let i = 0; i < count; i++) {
+    const id = `db/test/dek-${String(i).padStart(6, '0')}`;
+    const { wdek, dek, keyVersion } = await setupKms.wrap(keyId);
+    deks.set(id, dek);
+    records.push({ id, keyId, keyVersion, wdek, owner: 'test' });
+  }
+  registry.registerMany(records);
+  return { kms, setupKms, registry, keyId, deks, originals: new Map(records.map((r) => [r.id, r.wdek])) };
+}
+
+/** Every WDEK recorded on `version` and unwrapping to its original DEK; old copies too. */
+async function assertAllOn(s: Awaited<ReturnType<typeof seed>>, version: number) {
+  const records = s.registry.list(s.keyId, undefined, 1_000_000);
+  assert.equal(records.length, s.deks.size);
+  for (const r of records) {
+    assert.equal(r.keyVersion, version, `${r.id} recorded on v${r.keyVersion}`);
+    const fresh = await s.setupKms.unwrap(s.keyId, r.wdek);
+    assert.equal(fresh.keyVersion, version);
+    assert.ok(fresh.dek.equals(s.deks.get(r.id)!), `${r.id} unwraps to its DEK`);
+    const old = await s.setupKms.unwrap(s.keyId, s.originals.get(r.id)!);
+    assert.ok(old.dek.equals(s.deks.get(r.id)!), `old copy of ${r.id} still unwraps`);
+  }
+}
+
+describe('rotateRootKey and watchRootKeys on a real worker, KMS files and registry', () => {
+  const suite = useSuiteFixture('rotate-root-key');
+
+  it('rotates once, rewraps every WDEK through continue-as-new, verifies, records and announces', async () => {
+    const s = await seed(join(suite.dir, 'a'), 240);
+    const taskQueue = uniqueTaskQueue('rotate');
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
+    });
+    const workflowId = rewrapWorkflowId(s.keyId, 2);
+    await worker.runUntil(async () => {
+      const handle = await suite.client.workflow.start(rotateRootKey, {
+        taskQueue,
+        workflowId,
+        // Small chunks and a tiny history budget force several continue-as-new runs.
+        args: [{ keyId: s.keyId, targetVersion: 2, rotate: true, chunkSize: 50, batchSize: 20, maxHistoryEvents: 20 }],
+      });
+      const result = await handle.result();
+      assert.deepEqual(
+        { phase: result.phase, total: result.total, rewrapped: result.rewrapped, verified: result.verified, rotated: result.rotated },
+        { phase: 'done', total: 240, rewrapped: 240, verified: 240, rotated: true },
+      );
+      const description = await handle.describe();
+      assert.notEqual(description.runId, handle.firstExecutionRunId, 'continued as new at least once');
+      assert.equal(description.typedSearchAttributes.get(PhaseAttribute), 'done');
+      assert.equal(description.typedSearchAttributes.get(KeyIdAttribute), s.keyId);
+      assert.equal(description.typedSearchAttributes.get(KeyVersionAttribute), 2);
+      assert.equal(description.typedSearchAttributes.get(OutcomeAttribute), 'succeeded');
+      assert.equal((await handle.query(rewrapProgressQuery)).phase, 'done');
+
+      const entity = suite.client.workflow.getHandle(keyEntityWorkflowId(s.keyId));
+      assert.equal((await entity.query(keyStateQuery)).rewrappedVersion, 2, 'the key entity heard "rewrap complete"');
+
+      // The same request again (a retry of the whole run) must not rotate a second time.
+      const again = await suite.client.workflow.execute(rotateRootKey, {
+        taskQueue,
+        workflowId,
+        args: [{ keyId: s.keyId, targetVersion: 2, rotate: true }],
+      });
+      assert.equal(again.rotated, false);
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'rotate-root-key.json');
+      await entity.terminate('test finished');
+    });
+    assert.equal((await s.setupKms.getKeyMetadata(s.keyId)).versions.length, 2, 'rotated exactly once');
+    assert.equal(s.registry.getRewrappedVersion(s.keyId), 2);
+    await assertAllOn(s, 2);
+  });
+
+  it('completes with every WDEK correct while the KMS fails at random', async () => {
+    const s = await seed(join(suite.dir, 'b'), 300, { faultRate: 0.1 });
+    // Count the injected failures as they pass (the KMS itself is the real local adapter).
+    let injected = 0;
+    const countingKms = new Proxy(s.kms, {
+      get(target, prop, receiver) {
+        const value: unknown = Reflect.get(target, prop, receiver);
+        if (typeof value !== 'function') return value;
+        return async (...args: unknown[]) => {
+          try {
+            return await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+          } catch (err) {
+            if (err instanceof KmsError && err.code === 'KMS_UNAVAILABLE') injected++;
+            throw err;
+          }
+        };
+      },
+    });
+    const taskQueue = uniqueTaskQueue('rotate-faults');
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: countingKms, registry: s.registry }),
+    });
+    const workflowId = rewrapWorkflowId(s.keyId, 2);
+    const result = await worker.runUntil(
+      suite.client.workflow.execute(rotateRootKey, { taskQueue, workflowId, args: [{ keyId: s.keyId, targetVersion: 2, rotate: true, batchSize: 10 }] }),
+    );
+    assert.equal(result.verified, 300);
+    assert.ok(injected >= 20, `only ${injected} KMS failures were injected`);
+    assert.equal((await s.setupKms.getKeyMetadata(s.keyId)).versions.length, 2);
+    await assertAllOn(s, 2);
+    await suite.client.workflow.getHandle(keyEntityWorkflowId(s.keyId)).terminate('test finished');
+  });
+
+  it('watchRootKeys detects a policy rotation done by the KMS and rewraps without rotating again', async () => {
+    let now = new Date('2026-01-01T00:00:00Z');
+    const s = await seed(join(suite.dir, 'c'), 60, { now: () => now });
+    s.registry.setRewrappedVersion(s.keyId, 1);
+    await s.setupKms.setRotationPolicy(s.keyId, { intervalMonths: 1 });
+    const taskQueue = uniqueTaskQueue('watch');
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
+    });
+    await worker.runUntil(async () => {
+      const quiet = await suite.client.workflow.execute(watchRootKeys, { taskQueue, workflowId: `watch/${taskQueue}/0` });
+      assert.deepEqual(quiet.started, [], 'nothing to do before the policy fires');
+
+      now = new Date(now.getTime() + 31 * 24 * 3600_000); // past 30 days + the 24-hour window
+      const watchId = `watch/${taskQueue}/1`;
+      const found = await suite.client.workflow.execute(watchRootKeys, { taskQueue, workflowId: watchId });
+      const rewrapId = rewrapWorkflowId(s.keyId, 2);
+      assert.deepEqual(found.started, [rewrapId]);
+      const rewrap = await suite.client.workflow.getHandle(rewrapId).result();
+      assert.equal(rewrap.rotated, false);
+      assert.equal(rewrap.verified, 60);
+
+      const after = await suite.client.workflow.execute(watchRootKeys, { taskQueue, workflowId: `watch/${taskQueue}/2` });
+      assert.deepEqual(after.started, [], 'a rewrapped key is left alone');
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(watchId, 'watch-root-keys.json');
+      await suite.client.workflow.getHandle(keyEntityWorkflowId(s.keyId)).terminate('test finished');
+    });
+    assert.equal((await s.setupKms.getKeyMetadata(s.keyId)).versions.length, 2, 'the policy rotated once; keyops did not');
+    await assertAllOn(s, 2);
+  });
+});

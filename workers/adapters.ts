@@ -1,0 +1,35 @@
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { KeyManagementService } from '../activities/kms/key-management-service';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import type { WdekRegistry } from '../activities/wdek-registry/wdek-registry';
+import type { WorkerConfig } from './config';
+import { loadKmsMasterSecret } from './kms-master-secret';
+
+export interface Adapters {
+  kms: KeyManagementService;
+  registry: WdekRegistry;
+  close(): void;
+}
+
+/**
+ * The one place that chooses adapters. Today: the embedded defaults, all under the data
+ * directory (local KMS, SQLite WDEK registry); cloud adapters plug in here by configuration.
+ */
+export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
+  const { secret, generatedAt } = loadKmsMasterSecret(config);
+  if (generatedAt) {
+    logger.warn({ file: generatedAt }, 'generated a new local KMS master secret; back it up: without it no root key can be read');
+  }
+  const kms = LocalKms.open({ path: join(config.dataDir, 'kms', 'keys.sqlite'), masterSecret: secret });
+  const registry = SqliteWdekRegistry.open(join(config.dataDir, 'registry', 'wdeks.sqlite'));
+  return {
+    kms,
+    registry,
+    close() {
+      registry.close();
+      kms.close();
+    },
+  };
+}

@@ -1,0 +1,45 @@
+import { defineQuery, defineSignal } from '@temporalio/workflow';
+
+/** Phases of a root-key rewrap, as shown by the query, the `Phase` search attribute and the UI. */
+export type RewrapPhase = 'rotating' | 'rewrapping' | 'verifying' | 'recording' | 'announcing' | 'done';
+
+export interface RewrapProgress {
+  keyId: string;
+  phase: RewrapPhase;
+  /** The root-key version every WDEK ends on. */
+  targetVersion: number;
+  /** Whether this run rotated the key (false when the KMS had rotated it, e.g. by policy). */
+  rotated: boolean;
+  total: number;
+  rewrapped: number;
+  verified: number;
+}
+
+export const rewrapProgressQuery = defineQuery<RewrapProgress>('rewrapProgress');
+
+/** "Rewrap complete (key, version)": every WDEK of `keyId` is on `version` or later. */
+export interface RewrapComplete {
+  keyId: string;
+  version: number;
+}
+export const rewrapCompleteSignal = defineSignal<[RewrapComplete]>('rewrapComplete');
+
+/** A workflow asks the key's entity to signal it `rewrapComplete` once `minVersion` is reached. */
+export interface RewrapWaiter {
+  workflowId: string;
+  minVersion: number;
+}
+export const awaitRewrapSignal = defineSignal<[RewrapWaiter]>('awaitRewrap');
+
+export interface KeyEntityState {
+  keyId: string;
+  /** The highest version every WDEK of the key was rewrapped to, as announced. */
+  rewrappedVersion: number;
+  waiters: RewrapWaiter[];
+}
+export const keyStateQuery = defineQuery<KeyEntityState>('keyState');
+
+/** The id of a key's long-lived entity workflow. */
+export const keyEntityWorkflowId = (keyId: string): string => `key/${keyId}`;
+/** The id (and idempotency key) of the run that brings every WDEK of a key to a version. */
+export const rewrapWorkflowId = (keyId: string, version: number): string => `rewrap/${keyId}/v${version}`;

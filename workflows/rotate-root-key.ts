@@ -1,0 +1,146 @@
+import {
+  ApplicationFailure,
+  continueAsNew,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+import { rewrapProgressQuery, type RewrapPhase, type RewrapProgress } from './root-key-messages';
+
+export interface RotateRootKeyInput {
+  keyId: string;
+  /** The version every WDEK ends on; the workflow id `rewrap/<keyId>/v<targetVersion>` names it. */
+  targetVersion: number;
+  /** false when the KMS already rotated (policy or by hand): rewrap only. */
+  rotate: boolean;
+  /** WDEKs per activity call (progress is reported per chunk). */
+  chunkSize?: number;
+  /** WDEKs per registry transaction and heartbeat. */
+  batchSize?: number;
+  /** Continue-as-new past this many history events (tests lower it). */
+  maxHistoryEvents?: number;
+  /** Progress carried across continue-as-new. */
+  carried?: { progress: RewrapProgress; cursor: string | undefined };
+}
+
+const DEFAULT_CHUNK = 50_000;
+const DEFAULT_BATCH = 500;
+const DEFAULT_MAX_HISTORY = 2_000;
+
+const { describeKey, rotateToVersion, countWdeks, recordRewrappedVersion, announceRewrapComplete } = proxyActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute' },
+});
+
+// Long chunks: heartbeats prove liveness, so a dead worker is noticed in 30 s, not at the timeout.
+const { rewrapChunk, verifyChunk } = proxyActivities<Activities>({
+  startToCloseTimeout: '30 minutes',
+  heartbeatTimeout: '30 seconds',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute' },
+});
+
+/**
+ * Root-key rotation in a KMS and rewrap of every WDEK the key protects: rotate (at most once,
+ * however often this is retried) → rewrap in chunks → verify every WDEK unwraps under the new
+ * version → record it → announce "rewrap complete (key, version)" to the key's entity, which
+ * releases waiting backups. The workflow id is the idempotency key.
+ */
+export async function rotateRootKey(input: RotateRootKeyInput): Promise<RewrapProgress> {
+  const chunkSize = input.chunkSize ?? DEFAULT_CHUNK;
+  const batchSize = input.batchSize ?? DEFAULT_BATCH;
+  const maxHistory = input.maxHistoryEvents ?? DEFAULT_MAX_HISTORY;
+  const progress: RewrapProgress = input.carried?.progress ?? {
+    keyId: input.keyId,
+    phase: 'rotating',
+    targetVersion: input.targetVersion,
+    rotated: false,
+    total: 0,
+    rewrapped: 0,
+    verified: 0,
+  };
+  let cursor = input.carried?.cursor;
+  setHandler(rewrapProgressQuery, () => progress, { description: 'Phase, WDEKs done/total and versions' });
+
+  const enter = (phase: RewrapPhase, details: string) => {
+    progress.phase = phase;
+    upsertSearchAttributes([
+      { key: PhaseAttribute, value: phase },
+      { key: KeyIdAttribute, value: input.keyId },
+      { key: KeyVersionAttribute, value: input.targetVersion },
+    ]);
+    setCurrentDetails(`**${phase}** key \`${input.keyId}\` to version ${input.targetVersion}: ${details}`);
+  };
+  const shouldContinueAsNew = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > maxHistory;
+  const continueWith = () => continueAsNew<typeof rotateRootKey>({ ...input, carried: { progress, cursor } });
+
+  if (progress.phase === 'rotating') {
+    enter('rotating', input.rotate ? 'creating the new key version' : 'the KMS already rotated; checking the version');
+    if (input.rotate) {
+      const result = await rotateToVersion({ keyId: input.keyId, targetVersion: input.targetVersion, requestId: workflowInfo().workflowId });
+      progress.rotated = result.rotated;
+    } else {
+      const key = await describeKey(input.keyId);
+      if (key.currentVersion < input.targetVersion) {
+        throw ApplicationFailure.nonRetryable(
+          `key ${input.keyId} is at version ${key.currentVersion}, below the requested ${input.targetVersion}`,
+          'STALE_TARGET_VERSION',
+        );
+      }
+    }
+    const counts = await countWdeks({ keyId: input.keyId, version: input.targetVersion });
+    progress.total = counts.total;
+    progress.rewrapped = counts.total - counts.stale;
+    progress.phase = 'rewrapping';
+  }
+
+  if (progress.phase === 'rewrapping') {
+    for (;;) {
+      enter('rewrapping', `${progress.rewrapped}/${progress.total} WDEKs on the new version`);
+      const chunk = await rewrapChunk.executeWithOptions(
+        { summary: `rewrap up to ${chunkSize} WDEKs after ${cursor ?? 'the start'}`, startToCloseTimeout: '30 minutes', heartbeatTimeout: '30 seconds' },
+        [{ keyId: input.keyId, version: input.targetVersion, afterId: cursor, maxItems: chunkSize, batchSize }],
+      );
+      progress.rewrapped = Math.min(progress.total, progress.rewrapped + chunk.processed);
+      cursor = chunk.cursor;
+      if (chunk.finished) break;
+      if (shouldContinueAsNew()) return continueWith();
+    }
+    progress.phase = 'verifying';
+    cursor = undefined;
+  }
+
+  if (progress.phase === 'verifying') {
+    for (;;) {
+      enter('verifying', `${progress.verified}/${progress.total} WDEKs unwrap under version ${input.targetVersion}`);
+      const chunk = await verifyChunk.executeWithOptions(
+        { summary: `verify up to ${chunkSize} WDEKs after ${cursor ?? 'the start'}`, startToCloseTimeout: '30 minutes', heartbeatTimeout: '30 seconds' },
+        [{ keyId: input.keyId, version: input.targetVersion, afterId: cursor, maxItems: chunkSize, batchSize }],
+      );
+      if (chunk.failed > 0) {
+        upsertSearchAttributes([{ key: OutcomeAttribute, value: 'verification-failed' }]);
+        throw ApplicationFailure.nonRetryable(
+          `${chunk.failed} WDEK(s) of key ${input.keyId} are not on version ${input.targetVersion} or do not unwrap: ${chunk.failedIds.join(', ')}`,
+          'REWRAP_VERIFICATION_FAILED',
+        );
+      }
+      progress.verified += chunk.processed;
+      cursor = chunk.cursor;
+      if (chunk.finished) break;
+      if (shouldContinueAsNew()) return continueWith();
+    }
+    progress.total = progress.verified;
+    progress.phase = 'recording';
+  }
+
+  enter('recording', 'recording the rewrapped version');
+  await recordRewrappedVersion({ keyId: input.keyId, version: input.targetVersion });
+  enter('announcing', 'releasing workflows that wait for this rewrap');
+  await announceRewrapComplete({ keyId: input.keyId, version: input.targetVersion, taskQueue: workflowInfo().taskQueue });
+  enter('done', `${progress.total} WDEKs rewrapped and verified`);
+  upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
+  return progress;
+}

@@ -1,0 +1,70 @@
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
+import {
+  ParentClosePolicy,
+  WorkflowIdReusePolicy,
+  proxyActivities,
+  setCurrentDetails,
+  startChild,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import { rewrapWorkflowId } from './root-key-messages';
+import { rotateRootKey } from './rotate-root-key';
+
+const { listRegisteredKeys, describeKey } = proxyActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumAttempts: 5 },
+});
+
+export interface WatchResult {
+  checked: number;
+  /** Rewrap runs this watch started, by workflow id. */
+  started: string[];
+  /** Keys found behind whose rewrap run already exists (running, or done under the same id). */
+  alreadyRunning: string[];
+  /** Keys the KMS could not describe (disabled, deleted); the next watch tries again. */
+  unreadable: { keyId: string; reason: string }[];
+}
+
+/**
+ * Detects rotations keyops did not start (a KMS rotation policy fires at an unpredictable
+ * moment inside a 24-hour window; an operator may rotate by hand) by comparing each key's
+ * current version with the version keyops last rewrapped to, and starts the rewrap, without
+ * rotating again. Run by a schedule, hourly by default. The rewrap's workflow id
+ * `rewrap/<keyId>/v<version>` makes a second detection of the same version harmless.
+ */
+export async function watchRootKeys(): Promise<WatchResult> {
+  const result: WatchResult = { checked: 0, started: [], alreadyRunning: [], unreadable: [] };
+  for (const keyId of await listRegisteredKeys()) {
+    result.checked++;
+    let key;
+    try {
+      key = await describeKey(keyId);
+    } catch (err) {
+      result.unreadable.push({ keyId, reason: err instanceof Error ? err.message : String(err) });
+      continue;
+    }
+    if (key.currentVersion <= (key.rewrappedVersion ?? 0)) continue;
+    const workflowId = rewrapWorkflowId(keyId, key.currentVersion);
+    try {
+      await startChild(rotateRootKey, {
+        workflowId,
+        args: [{ keyId, targetVersion: key.currentVersion, rotate: false }],
+        // The rewrap must finish even if this watch run ends first.
+        parentClosePolicy: ParentClosePolicy.ABANDON,
+        // A failed rewrap may be retried by the next watch; a completed one is never redone.
+        workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        staticSummary: `Rewrap every WDEK of key ${keyId} to version ${key.currentVersion} (rotation detected by watchRootKeys)`,
+      });
+      result.started.push(workflowId);
+    } catch (err) {
+      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+      result.alreadyRunning.push(workflowId);
+    }
+  }
+  setCurrentDetails(
+    `Checked ${result.checked} key(s): started ${result.started.length} rewrap(s)` +
+      (result.alreadyRunning.length ? `, ${result.alreadyRunning.length} already under way` : '') +
+      (result.unreadable.length ? `, ${result.unreadable.length} unreadable` : ''),
+  );
+  return result;
+}
