@@ -148,7 +148,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
       const found = await suite.client.workflow.execute(watchRootKeys, { taskQueue, workflowId: watchId });
       const rewrapId = rewrapWorkflowId(s.keyId, 2);
       assert.deepEqual(found.started, [rewrapId]);
-      const rewrap = await suite.client.workflow.getHandle(rewrapId).result();
+      const rewrap = await suite.client.workflow.getHandle<typeof rotateRootKey>(rewrapId).result();
       assert.equal(rewrap.rotated, false);
       assert.equal(rewrap.verified, 60);
 
