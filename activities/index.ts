@@ -16,3 +16,4 @@ export function createActivities(deps: ActivityDeps) {
 
 export type Activities = ReturnType<typeof createActivities>;
 export type { WorkerProbeReport } from './worker-probe';
+export type { KeyStatus } from './root-key-rotation';

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
 import { createActivities } from '../activities';
 import { KmsError } from '../activities/kms/kms-error';
 import { LocalKms } from '../activities/kms/local-kms';
@@ -127,6 +129,33 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     assert.equal((await s.setupKms.getKeyMetadata(s.keyId)).versions.length, 2);
     await assertAllOn(s, 2);
     await suite.client.workflow.getHandle(keyEntityWorkflowId(s.keyId)).terminate('test finished');
+  });
+
+  it('fails fast with a typed, non-retryable error for a disabled key or a rotation within the hour', async () => {
+    const s = await seed(join(suite.dir, 'd'), 5);
+    const { keyId: disabledKey } = await s.setupKms.createKey({ name: 'disabled' });
+    await s.setupKms.disableKey(disabledKey);
+    await s.setupKms.rotateKey(s.keyId, 'outside-keyops');
+    const taskQueue = uniqueTaskQueue('rotate-refused');
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
+    });
+    const failureType = async (keyId: string, targetVersion: number) => {
+      const err = await suite.client.workflow
+        .execute(rotateRootKey, { taskQueue, workflowId: rewrapWorkflowId(keyId, targetVersion), args: [{ keyId, targetVersion, rotate: true }] })
+        .then(() => undefined, (e: unknown) => e);
+      assert.ok(err instanceof WorkflowFailedError, 'the run failed instead of hanging in retries');
+      let cause: unknown = err;
+      while (cause instanceof Error && !(cause instanceof ApplicationFailure)) cause = cause.cause;
+      assert.ok(cause instanceof ApplicationFailure);
+      assert.equal(cause.nonRetryable, true);
+      return cause.type;
+    };
+    await worker.runUntil(async () => {
+      assert.equal(await failureType(disabledKey, 2), 'KEY_DISABLED');
+      assert.equal(await failureType(s.keyId, 3), 'KEY_ROTATION_NOT_PERMITTED');
+    });
   });
 
   it('watchRootKeys detects a policy rotation done by the KMS and rewraps without rotating again', async () => {

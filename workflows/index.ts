@@ -3,3 +3,4 @@ export { selfCheck } from './self-check';
 export { keyEntity } from './key-entity';
 export { rotateRootKey } from './rotate-root-key';
 export { watchRootKeys } from './watch-root-keys';
+export { describeRootKey } from './describe-root-key';

@@ -1,0 +1,166 @@
+import { ApplicationFailure, WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
+import type { Client } from '@temporalio/client';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import type { KeyStatus } from '../../activities';
+import { describeRootKey, rotateRootKey } from '../../workflows';
+import { rewrapWorkflowId } from '../../workflows/root-key-messages';
+import { TASK_QUEUE } from '../../workflows/task-queue';
+import { CliError, ExitCode } from '../cli-error';
+import { connectClient, resolveConnection } from '../connection';
+import type { GlobalOptions } from '../global-options';
+import { emit } from '../output';
+
+interface KeyOptions {
+  taskQueue: string;
+  wait?: boolean;
+}
+
+const ROTATION_SPACING_MS = 3600_000;
+
+/** Key Protect key ids are UUIDs; checking here saves a round trip and names the mistake. */
+function parseKeyId(raw: string): string {
+  const parsed = z.uuid().safeParse(raw.trim());
+  if (!parsed.success) {
+    throw new CliError(`key id "${raw}" is malformed: expected a UUID such as 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90`, ExitCode.usage);
+  }
+  return parsed.data.toLowerCase();
+}
+
+/** The ApplicationFailure at the root of a workflow or activity failure, if any. */
+function rootApplicationFailure(err: unknown): ApplicationFailure | undefined {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (e instanceof ApplicationFailure) return e;
+  }
+  return undefined;
+}
+
+/** Turns a KMS failure that travelled through a workflow into an operator-facing error. */
+function explainKmsFailure(err: unknown, keyId: string): never {
+  const failure = rootApplicationFailure(err);
+  switch (failure?.type) {
+    case 'KEY_NOT_FOUND':
+      throw new CliError(`key ${keyId} does not exist in the KMS`, ExitCode.usage, 'list the KMS keys, or create one first');
+    case 'INVALID_INPUT':
+      throw new CliError(failure.message, ExitCode.usage);
+    case 'KEY_DISABLED':
+      throw new CliError(`key ${keyId} is disabled: the KMS refuses every use of it`, ExitCode.failed, 'enable it in the KMS once the suspected compromise is resolved');
+    case 'KEY_ROTATION_NOT_PERMITTED':
+      throw new CliError(failure.message, ExitCode.failed);
+    default:
+      throw new CliError(failure?.message ?? (err instanceof Error ? err.message : String(err)), ExitCode.failed);
+  }
+}
+
+async function describe(client: Client, keyId: string, taskQueue: string): Promise<KeyStatus> {
+  try {
+    return await client.workflow.execute(describeRootKey, {
+      taskQueue,
+      workflowId: `describe-key/${keyId}/${Date.now()}`,
+      args: [keyId],
+      staticSummary: `keyops: read metadata of key ${keyId}`,
+      // Without a worker this would wait forever; the operator needs an answer.
+      workflowExecutionTimeout: '30 seconds',
+    });
+  } catch (err) {
+    if (rootApplicationFailure(err)) explainKmsFailure(err, keyId);
+    throw new CliError(
+      `no worker answered for key ${keyId} within 30 s on task queue "${taskQueue}"`,
+      ExitCode.failed,
+      'start a worker with ./temporal-dev.sh, and check it with keyops ping --workflow',
+    );
+  }
+}
+
+async function withClient<T>(options: GlobalOptions, fn: (client: Client) => Promise<T>): Promise<T> {
+  let connected;
+  try {
+    connected = await connectClient(resolveConnection(options));
+  } catch (err) {
+    throw new CliError(`cannot reach Temporal: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`, ExitCode.unreachable, 'start the local stack with ./temporal-dev.sh');
+  }
+  try {
+    return await fn(connected.client);
+  } finally {
+    await connected.connection.close();
+  }
+}
+
+export function registerKeyCommands(program: Command): void {
+  const key = program.command('key').description('inspect and rotate KMS root keys');
+
+  key
+    .command('show <keyId>')
+    .description('show a root key: state, current version, last rotation, version keyops rewrapped to')
+    .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
+    .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
+      const keyId = parseKeyId(raw);
+      const status = await withClient(options, (client) => describe(client, keyId, options.taskQueue));
+      emit(options, status, () => [
+        `key ${status.keyId}: ${status.state}, version ${status.currentVersion}`,
+        `last rotated: ${status.lastRotateDate ?? 'never'}`,
+        `WDEKs rewrapped to: ${status.rewrappedVersion === undefined ? 'none recorded' : `version ${status.rewrappedVersion}`}`,
+      ]);
+    });
+
+  key
+    .command('rotate <keyId>')
+    .description('rotate a root key and rewrap every WDEK it protects (workflow rewrap/<keyId>/v<version>)')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .option('--wait', 'wait for the rewrap to finish; the exit code reflects the outcome')
+    .addHelpText(
+      'after',
+      `
+The KMS allows one manual rotation per key per hour (IBM Key Protect's rule). Waiting backups
+are released when every WDEK is on the new version. Follow the run in the Web UI with the
+query: WorkflowId = "rewrap/<keyId>/v<version>"
+
+Examples:
+  keyops key rotate 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90 --wait
+  keyops key rotate 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90 --json`,
+    )
+    .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
+      const keyId = parseKeyId(raw);
+      await withClient(options, async (client) => {
+        const status = await describe(client, keyId, options.taskQueue);
+        if (status.state === 'disabled') explainKmsFailure(ApplicationFailure.create({ type: 'KEY_DISABLED' }), keyId);
+        if (status.lastRotateDate) {
+          const allowed = new Date(Date.parse(status.lastRotateDate) + ROTATION_SPACING_MS);
+          if (allowed.getTime() > Date.now()) {
+            throw new CliError(
+              `key ${keyId} was rotated at ${status.lastRotateDate}; the KMS allows one rotation per hour, so the next is allowed at ${allowed.toISOString()}`,
+              ExitCode.failed,
+            );
+          }
+        }
+        const targetVersion = status.currentVersion + 1;
+        const workflowId = rewrapWorkflowId(keyId, targetVersion);
+        let handle;
+        try {
+          handle = await client.workflow.start(rotateRootKey, {
+            taskQueue: options.taskQueue,
+            workflowId,
+            args: [{ keyId, targetVersion, rotate: true }],
+            staticSummary: `Rotate root key ${keyId} to version ${targetVersion} and rewrap every WDEK`,
+          });
+        } catch (err) {
+          if (err instanceof WorkflowExecutionAlreadyStartedError) {
+            throw new CliError(`a rotation of key ${keyId} to version ${targetVersion} is already running: ${workflowId}`, ExitCode.failed);
+          }
+          throw err;
+        }
+        if (!options.wait) {
+          emit(options, { workflowId, runId: handle.firstExecutionRunId, keyId, targetVersion }, () => [
+            `started ${workflowId}: rotating key ${keyId} to version ${targetVersion}`,
+          ]);
+          return;
+        }
+        const result = await handle.result().catch((err: unknown) => explainKmsFailure(err, keyId));
+        emit(options, { workflowId, ...result }, () => [
+          `${workflowId}: key ${keyId} ${result.rotated ? 'rotated' : 'was already'} at version ${result.targetVersion}; ${result.verified} WDEK(s) rewrapped and verified`,
+        ]);
+      });
+    });
+}
