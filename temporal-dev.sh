@@ -27,7 +27,8 @@ usage() {
 Usage: ./temporal-dev.sh [command] [options]
 
 Runs the keyops stack locally: the Temporal dev server (gRPC, Web UI, SQLite persistence),
-the keyops worker on task queue "keyops", and the custom search attributes they need.
+the keyops worker on task queue "keyops", the custom search attributes they need, and the
+hourly watch-root-keys schedule.
 
 Commands:
   up [-d|--detach]   start whatever is not running yet (default command). In the foreground it
@@ -292,6 +293,11 @@ cmd_up() {
   else
     started_worker=true
     start_worker
+  fi
+
+  # The hourly watcher that notices rotations the KMS does by itself (idempotent).
+  if ! keyops_cli key watch --every 1h >/dev/null 2>>"$WORKER_LOG"; then
+    say "warning: could not apply the watch-root-keys schedule (see ./temporal-dev.sh logs worker)"
   fi
 
   cat >&2 <<EOF

@@ -5,6 +5,8 @@ import { describe, it } from 'node:test';
 import { createActivities } from '../activities';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { WATCH_SCHEDULE_ID } from '../client/schedules/watch-root-keys-schedule';
+import type { watchRootKeys } from '../workflows';
 import { keyEntityWorkflowId } from '../workflows/root-key-messages';
 import { keyops } from './helpers/child-process';
 import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
@@ -13,7 +15,7 @@ import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture }
 describe('keyops key commands', () => {
   const suite = useSuiteFixture('key-cli');
 
-  it('rotates with --wait, then refuses bad ids, unknown and disabled keys, and a second rotation within the hour', async () => {
+  it('rotates with --wait; refuses bad ids, unknown and disabled keys, a second rotation within the hour; manages the watch schedule', async () => {
     const kms = LocalKms.open({ path: join(suite.dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
     const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks.sqlite'));
     const { keyId } = await kms.createKey({ name: 'cli-key' });
@@ -64,6 +66,38 @@ describe('keyops key commands', () => {
       assert.match(disabled.stderr, /is disabled/);
 
       for (const r of [again, malformed, missing, disabled]) assert.doesNotMatch(r.stderr, /^\s+at /m);
+
+      const watched = await run('key', 'watch', '--json');
+      assert.equal(watched.code, 0, watched.stderr);
+      assert.deepEqual(JSON.parse(watched.stdout), { checked: 1, started: [], alreadyRunning: [], unreadable: [] });
+
+      // The hourly watcher schedule: created, then idempotent, then updated; it really runs.
+      const change = async (every: string) => {
+        const r = await run('key', 'watch', '--every', every, '--json');
+        assert.equal(r.code, 0, r.stderr);
+        return (JSON.parse(r.stdout) as { change: string }).change;
+      };
+      assert.equal(await change('1h'), 'created');
+      assert.equal(await change('1 hour'), 'unchanged');
+      assert.equal(await change('30m'), 'updated');
+      const schedule = suite.client.schedule.getHandle(WATCH_SCHEDULE_ID);
+      const described = await schedule.describe();
+      assert.equal(described.spec.intervals?.[0]?.every, 30 * 60_000);
+      assert.equal(described.action.type === 'startWorkflow' && described.action.workflowType, 'watchRootKeys');
+      await schedule.trigger();
+      let runs = 0;
+      for (let i = 0; i < 100 && runs === 0; i++) {
+        runs = (await schedule.describe()).info.recentActions.length;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(runs, 1, 'the triggered schedule started a watch');
+      const fired = (await schedule.describe()).info.recentActions[0]!.action.workflow.workflowId;
+      assert.equal((await suite.client.workflow.getHandle<typeof watchRootKeys>(fired).result()).checked, 1);
+      await schedule.delete();
+
+      const tooOften = await run('key', 'watch', '--every', '10s');
+      assert.equal(tooOften.code, 2);
+      assert.match(tooOften.stderr, /--every "10s" is not a duration of at least one minute/);
     });
     assert.equal((await kms.getKeyMetadata(keyId)).versions.length, 2, 'refused requests rotated nothing');
     await suite.client.workflow.getHandle(keyEntityWorkflowId(keyId)).terminate('test finished');

@@ -106,6 +106,10 @@ describe('temporal-dev.sh', () => {
     const attrs = await runToEnd(temporalCliPath(), ['operator', 'search-attribute', 'list', '--address', `127.0.0.1:${ports.grpc}`, '-o', 'json']);
     for (const key of keyopsSearchAttributes) assert.ok(attrs.stdout.includes(`"${key.name}"`), `${key.name} registered`);
 
+    const schedule = await runToEnd(temporalCliPath(), ['schedule', 'describe', '--schedule-id', 'watch-root-keys', '--address', `127.0.0.1:${ports.grpc}`, '-o', 'json']);
+    assert.equal(schedule.code, 0, `the hourly watcher schedule exists: ${schedule.stderr}`);
+    assert.match(schedule.stdout, /watchRootKeys/);
+
     const status = await runToEnd(SCRIPT, ['status'], { env });
     assert.equal(status.code, 0, status.stdout + status.stderr);
     assert.match(status.stdout, new RegExp(`Temporal dev server\\s+running, pid ${server}`));

@@ -1,15 +1,17 @@
-import { ApplicationFailure, WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
+import { ApplicationFailure, type Duration, WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
+import { msToNumber } from '@temporalio/common/lib/time';
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import type { KeyStatus } from '../../activities';
-import { describeRootKey, rotateRootKey } from '../../workflows';
+import { describeRootKey, rotateRootKey, watchRootKeys } from '../../workflows';
 import { rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import { connectClient, resolveConnection } from '../connection';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
+import { WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
 
 interface KeyOptions {
   taskQueue: string;
@@ -86,8 +88,61 @@ async function withClient<T>(options: GlobalOptions, fn: (client: Client) => Pro
   }
 }
 
+function parseEvery(raw: string): number {
+  let ms: number;
+  try {
+    ms = msToNumber(raw as Duration);
+  } catch {
+    ms = NaN;
+  }
+  if (!Number.isFinite(ms) || ms < 60_000) {
+    throw new CliError(`--every "${raw}" is not a duration of at least one minute (examples: 1h, 30m, "1 day")`, ExitCode.usage);
+  }
+  return ms;
+}
+
 export function registerKeyCommands(program: Command): void {
-  const key = program.command('key').description('inspect and rotate KMS root keys');
+  const key = program.command('key').description('inspect, rotate and watch KMS root keys');
+
+  key
+    .command('watch')
+    .description('find keys the KMS rotated outside keyops (policy, by hand) and start their rewrap')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .option('--every <duration>', `instead of running once now, create or update the "${WATCH_SCHEDULE_ID}" schedule`)
+    .addHelpText(
+      'after',
+      `
+A KMS rotation policy fires at an unpredictable moment within a 24-hour window, so keyops
+detects rotations rather than predicting them. ./temporal-dev.sh applies --every 1h.
+
+Examples:
+  keyops key watch               # once, now; prints what it started
+  keyops key watch --every 1h    # hourly schedule (idempotent)`,
+    )
+    .action(async (opts: KeyOptions & { every?: string }, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions & { every?: string }>();
+      const everyMs = opts.every === undefined ? undefined : parseEvery(opts.every);
+      await withClient(options, async (client) => {
+        if (everyMs !== undefined) {
+          const change = await applyWatchSchedule(client, everyMs, options.taskQueue);
+          emit(options, { scheduleId: WATCH_SCHEDULE_ID, everyMs, change }, () => [
+            `schedule ${WATCH_SCHEDULE_ID} ${change}: watchRootKeys every ${opts.every}`,
+          ]);
+          return;
+        }
+        const result = await client.workflow.execute(watchRootKeys, {
+          taskQueue: options.taskQueue,
+          workflowId: `watch-root-keys/manual/${new Date().toISOString()}`,
+          staticSummary: 'keyops key watch: detect rotations done outside keyops',
+          workflowExecutionTimeout: '5 minutes',
+        });
+        emit(options, result, () => [
+          `checked ${result.checked} key(s); started ${result.started.length} rewrap(s)${result.started.length ? `: ${result.started.join(', ')}` : ''}`,
+          ...result.alreadyRunning.map((id) => `already under way: ${id}`),
+          ...result.unreadable.map((u) => `could not read key ${u.keyId}: ${u.reason}`),
+        ]);
+      });
+    });
 
   key
     .command('show <keyId>')

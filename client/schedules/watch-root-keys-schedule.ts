@@ -1,0 +1,44 @@
+import { type Client, ScheduleAlreadyRunning, ScheduleOverlapPolicy, type ScheduleOptionsStartWorkflowAction } from '@temporalio/client';
+import { watchRootKeys } from '../../workflows';
+
+export const WATCH_SCHEDULE_ID = 'watch-root-keys';
+
+export type ScheduleChange = 'created' | 'updated' | 'unchanged';
+
+function action(taskQueue: string): ScheduleOptionsStartWorkflowAction<typeof watchRootKeys> {
+  return {
+    type: 'startWorkflow',
+    workflowType: watchRootKeys,
+    taskQueue,
+    // The schedule appends the fire time, so every watch has its own id.
+    workflowId: 'watch-root-keys',
+    staticSummary: 'Detect root-key rotations done by the KMS (policy or by hand) and start their rewrap',
+  };
+}
+
+/**
+ * Creates or updates the schedule that runs watchRootKeys every `everyMs`. Idempotent: applying
+ * the same interval again changes nothing. A watch still running when the next is due is
+ * skipped (SKIP), and a watch missed while the server was down is caught up within one interval.
+ */
+export async function applyWatchSchedule(client: Client, everyMs: number, taskQueue: string): Promise<ScheduleChange> {
+  const policies = { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: everyMs };
+  try {
+    await client.schedule.create({
+      scheduleId: WATCH_SCHEDULE_ID,
+      spec: { intervals: [{ every: everyMs }] },
+      action: action(taskQueue),
+      policies,
+    });
+    return 'created';
+  } catch (err) {
+    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+  }
+  const handle = client.schedule.getHandle(WATCH_SCHEDULE_ID);
+  const current = await handle.describe();
+  const interval = current.spec.intervals?.[0]?.every;
+  const currentQueue = current.action.type === 'startWorkflow' ? current.action.taskQueue : undefined;
+  if (current.spec.intervals?.length === 1 && interval === everyMs && currentQueue === taskQueue) return 'unchanged';
+  await handle.update((previous) => ({ ...previous, spec: { intervals: [{ every: everyMs }] }, action: action(taskQueue), policies }));
+  return 'updated';
+}
