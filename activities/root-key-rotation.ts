@@ -29,6 +29,8 @@ export interface ChunkInput {
   version: number;
   /** Resume after this WDEK id (the previous chunk's cursor). */
   afterId: string | undefined;
+  /** Last id of this chunk's partition (inclusive); undefined for the last partition. */
+  untilId?: string | undefined;
   /** Items per chunk: one activity call, reported to the workflow when it ends. */
   maxItems: number;
   /** Items per registry transaction and per heartbeat. */
@@ -122,65 +124,65 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
     },
 
     /**
-     * Rewraps up to `maxItems` WDEKs still below `version`. Each registry write is a
-     * compare-and-set on the old version, so a retry after a crash never double-applies; a WDEK
-     * rewrapped in the KMS but not yet recorded is simply rewrapped again (same DEK).
+     * Rewraps up to `maxItems` WDEKs still below `version` in the chunk's id range. Each
+     * registry write is a compare-and-set on the old version, so a retry after a crash never
+     * double-applies; a WDEK rewrapped in the KMS but not yet recorded is simply rewrapped
+     * again (same DEK). Whatever was rewrapped before a failure is recorded first, so every
+     * attempt makes progress even against a KMS that fails often.
      */
     async rewrapChunk(input: ChunkInput): Promise<ChunkResult> {
       let { cursor, processed } = resumePoint(input);
+      const range = () => ({ afterId: cursor, untilId: input.untilId });
       while (processed < input.maxItems) {
-        const batch = registry.listBelowVersion(input.keyId, input.version, cursor, Math.min(input.batchSize, input.maxItems - processed));
+        const batch = registry.listBelowVersion(input.keyId, input.version, range(), Math.min(input.batchSize, input.maxItems - processed));
         if (batch.length === 0) return { processed, cursor, finished: true };
         const updates: WdekUpdate[] = [];
-        // Whatever was rewrapped before a failure is recorded, so every attempt makes progress
-        // even against a KMS that fails often.
-        const commit = () => {
-          if (updates.length === 0) return;
-          registry.update(updates);
-          processed += updates.length;
-          cursor = updates[updates.length - 1]!.id;
-          updates.length = 0;
-          heartbeat({ cursor, processed } satisfies Cursor);
-        };
+        let current: (typeof batch)[number] | undefined;
         try {
-          for (const record of batch) {
-            const result = await kmsCall(() => kms.rewrap(input.keyId, record.wdek)).catch((err: unknown) => {
-              if (err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID') {
-                throw ApplicationFailure.create({
-                  type: 'CIPHERTEXT_INVALID',
-                  nonRetryable: true,
-                  message: `WDEK ${record.id} of key ${input.keyId} is invalid or tampered: ${err.message}`,
-                });
-              }
-              throw err;
-            });
-            updates.push({ id: record.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: record.keyVersion });
+          for (current of batch) {
+            const result = await kmsCall(kms.rewrap.bind(kms, input.keyId, current.wdek));
+            updates.push({ id: current.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: current.keyVersion });
           }
+        } catch (err) {
+          if (err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID' && current) {
+            throw ApplicationFailure.create({
+              type: 'CIPHERTEXT_INVALID',
+              nonRetryable: true,
+              message: `WDEK ${current.id} of key ${input.keyId} is invalid or tampered: ${err.message}`,
+            });
+          }
+          throw err;
         } finally {
-          commit();
+          if (updates.length) {
+            registry.update(updates);
+            processed += updates.length;
+            cursor = updates[updates.length - 1]!.id;
+            heartbeat({ cursor, processed } satisfies Cursor);
+          }
         }
       }
-      return { processed, cursor, finished: registry.listBelowVersion(input.keyId, input.version, cursor, 1).length === 0 };
+      return { processed, cursor, finished: registry.listBelowVersion(input.keyId, input.version, range(), 1).length === 0 };
     },
 
-    /** Checks that every WDEK of the key is recorded on `version` and really unwraps under it. */
+    /** Checks that every WDEK in the chunk's range is recorded on `version` and really unwraps under it. */
     async verifyChunk(input: ChunkInput): Promise<VerifyResult> {
       let { cursor, processed } = resumePoint(input);
+      const range = () => ({ afterId: cursor, untilId: input.untilId });
       const failedIds: string[] = [];
       let failed = 0;
       while (processed < input.maxItems) {
-        const batch = registry.list(input.keyId, cursor, Math.min(input.batchSize, input.maxItems - processed));
+        const batch = registry.list(input.keyId, range(), Math.min(input.batchSize, input.maxItems - processed));
         if (batch.length === 0) return { processed, cursor, finished: true, failedIds, failed };
         for (const record of batch) {
-          const ok =
-            record.keyVersion === input.version &&
-            (await kmsCall(() => kms.unwrap(input.keyId, record.wdek)).then(
-              (r) => r.keyVersion === input.version,
-              (err: unknown) => {
-                if (err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID') return false;
-                throw err;
-              },
-            ));
+          let ok = record.keyVersion === input.version;
+          if (ok) {
+            try {
+              ok = (await kmsCall(kms.unwrap.bind(kms, input.keyId, record.wdek))).keyVersion === input.version;
+            } catch (err) {
+              if (!(err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID')) throw err;
+              ok = false;
+            }
+          }
           if (!ok) {
             failed++;
             if (failedIds.length < 20) failedIds.push(record.id);
@@ -190,8 +192,12 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
         cursor = batch[batch.length - 1]!.id;
         heartbeat({ cursor, processed } satisfies Cursor);
       }
-      const finished = registry.list(input.keyId, cursor, 1).length === 0;
-      return { processed, cursor, finished, failedIds, failed };
+      return { processed, cursor, finished: registry.list(input.keyId, range(), 1).length === 0, failedIds, failed };
+    },
+
+    /** Ids that split the key's WDEKs into `parts` ranges, so chunks can run on several workers. */
+    async partitionWdeks(input: { keyId: string; parts: number }): Promise<string[]> {
+      return Promise.resolve(registry.partitionIds(input.keyId, input.parts));
     },
 
     async recordRewrappedVersion(input: RewrapComplete): Promise<void> {

@@ -1,19 +1,21 @@
 /**
  * npm run bench:rewrap -- --wdeks 100000
  *
- * Rotates a root key and rewraps N WDEKs end to end (real dev server, real worker, local KMS
- * and SQLite registry), and prints its throughput next to the raw single-process AES-256-GCM
- * unwrap+rewrap rate measured in the same run, plus the history events each run used.
+ * Rotates a root key and rewraps N WDEKs end to end (real dev server, real worker processes as
+ * production runs them, local KMS and SQLite registry), and prints its throughput next to the
+ * raw single-process AES-256-GCM unwrap+rewrap rate measured in the same run, plus the history
+ * events each run used.
  */
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { DefaultLogger, Runtime, Worker, bundleWorkflowCode } from '@temporalio/worker';
-import { createActivities } from '../activities';
+import { temporal } from '@temporalio/proto';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { rotateRootKey } from '../workflows';
@@ -31,8 +33,9 @@ const opts = new Command('bench:rewrap')
   .option('--wdeks <n>', 'WDEKs registered under the key', positive, 100_000)
   .option('--chunk <n>', 'WDEKs per rewrap activity', positive, 50_000)
   .option('--batch <n>', 'WDEKs per registry transaction', positive, 500)
+  .option('--workers <n>', 'worker processes (and concurrent WDEK ranges)', positive, 2)
   .parse()
-  .opts<{ wdeks: number; chunk: number; batch: number }>();
+  .opts<{ wdeks: number; chunk: number; batch: number; workers: number }>();
 
 const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
 
@@ -57,6 +60,20 @@ function rawRate(samples: number): number {
   return rate(samples, performance.now() - started);
 }
 
+/** Waits until `count` worker processes poll the task queue (each bundles its workflows first). */
+async function waitForPollers(env: TestWorkflowEnvironment, taskQueue: string, count: number): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    const { pollers } = await env.connection.workflowService.describeTaskQueue({
+      namespace: 'default',
+      taskQueue: { name: taskQueue },
+      taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+    });
+    if ((pollers?.length ?? 0) >= count) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`fewer than ${count} workers polled ${taskQueue} within 120 s`);
+}
+
 async function main() {
   const dir = mkdtempSync(join(tmpdir(), 'keyops-bench-'));
   Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -65,8 +82,10 @@ async function main() {
     server: { executable: { type: 'existing-path', path: cli }, searchAttributes: [...keyopsSearchAttributes] },
   });
   try {
-    const kms = LocalKms.open({ path: join(dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
-    const registry = SqliteWdekRegistry.open(join(dir, 'wdeks.sqlite'));
+    // The same files a worker opens under its data directory.
+    const secret = randomBytes(32);
+    const kms = LocalKms.open({ path: join(dir, 'kms', 'keys.sqlite'), masterSecret: secret });
+    const registry = SqliteWdekRegistry.open(join(dir, 'registry', 'wdeks.sqlite'));
     const { keyId } = await kms.createKey({ name: 'bench' });
     let started = performance.now();
     const seedBatch = 10_000;
@@ -81,42 +100,71 @@ async function main() {
     console.log(`seeded ${opts.wdeks} WDEKs in ${((performance.now() - started) / 1000).toFixed(1)} s`);
 
     const raw = rawRate(Math.min(opts.wdeks, 200_000));
-    const bundle = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows'), logger: new DefaultLogger('WARN') });
     const taskQueue = 'bench-rewrap';
-    const worker = await Worker.create({
-      connection: env.nativeConnection,
-      taskQueue,
-      workflowBundle: bundle,
-      activities: createActivities({ dataDir: dir, keyopsVersion: 'bench', kms, registry }),
-    });
-    const workflowId = rewrapWorkflowId(keyId, 2);
-    started = performance.now();
-    const result = await worker.runUntil(async () => {
+    const workers = Array.from({ length: opts.workers }, () =>
+      spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'workers', 'main.ts')], {
+        cwd: ROOT,
+        env: {
+          ...process.env,
+          TEMPORAL_ADDRESS: env.address,
+          KEYOPS_TASK_QUEUE: taskQueue,
+          KEYOPS_DATA_DIR: dir,
+          KEYOPS_LOG_FORMAT: 'json',
+          KEYOPS_LOG_LEVEL: 'warn',
+          KEYOPS_METRICS_ADDRESS: 'off',
+          KEYOPS_KMS_MASTER_SECRET: secret.toString('base64'),
+        },
+        stdio: ['ignore', 'ignore', 'inherit'],
+      }),
+    );
+    try {
+      await waitForPollers(env, taskQueue, opts.workers);
+      const workflowId = rewrapWorkflowId(keyId, 2);
+      started = performance.now();
       const handle = await env.client.workflow.start(rotateRootKey, {
         taskQueue,
         workflowId,
-        args: [{ keyId, targetVersion: 2, rotate: true, chunkSize: opts.chunk, batchSize: opts.batch }],
+        args: [{ keyId, targetVersion: 2, rotate: true, chunkSize: opts.chunk, batchSize: opts.batch, parallelism: opts.workers }],
       });
-      return handle.result();
-    });
-    const elapsed = performance.now() - started;
+      const result = await handle.result();
+      const elapsed = performance.now() - started;
 
-    // Walk the continue-as-new chain back from the last run, counting each run's events.
-    const events: number[] = [];
-    let runId: string | undefined = (await env.client.workflow.getHandle(workflowId).describe()).runId;
-    while (runId) {
-      const history = await env.client.workflow.getHandle(workflowId, runId).fetchHistory();
-      events.unshift(history.events?.length ?? 0);
-      runId = history.events?.[0]?.workflowExecutionStartedEventAttributes?.continuedExecutionRunId || undefined;
+      // Where the time went: each activity's duration, from the recorded history.
+      const last = await env.client.workflow.getHandle(workflowId).fetchHistory();
+      const scheduled = new Map<string, { type: string; at: number }>();
+      const phases = new Map<string, number>();
+      for (const e of last.events ?? []) {
+        const at = Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6);
+        const s = e.activityTaskScheduledEventAttributes;
+        if (s) scheduled.set(String(e.eventId), { type: s.activityType?.name ?? '?', at });
+        const c = e.activityTaskCompletedEventAttributes;
+        if (c) {
+          const from = scheduled.get(String(c.scheduledEventId));
+          if (from) phases.set(from.type, (phases.get(from.type) ?? 0) + at - from.at);
+        }
+      }
+      console.log(`activity time         ${[...phases].map(([t, ms]) => `${t} ${(ms / 1000).toFixed(2)} s`).join(', ')}`);
+
+      // Walk the continue-as-new chain back from the last run, counting each run's events.
+      const events: number[] = [];
+      let runId: string | undefined = (await env.client.workflow.getHandle(workflowId).describe()).runId;
+      while (runId) {
+        const history = await env.client.workflow.getHandle(workflowId, runId).fetchHistory();
+        events.unshift(history.events?.length ?? 0);
+        runId = history.events?.[0]?.workflowExecutionStartedEventAttributes?.continuedExecutionRunId || undefined;
+      }
+      await env.client.workflow.getHandle(keyEntityWorkflowId(keyId)).terminate('benchmark finished');
+
+      const e2e = rate(result.verified, elapsed);
+      console.log(`WDEKs                 ${result.verified} rewrapped and verified, key rotated: ${result.rotated}`);
+      console.log(`end to end            ${(elapsed / 1000).toFixed(1)} s, ${e2e} WDEKs/s (rotate + rewrap + verify + record)`);
+      console.log(`raw AES-GCM           ${raw} unwrap+rewrap/s (one process, no I/O)`);
+      console.log(`ratio                 ${((e2e / raw) * 100).toFixed(1)} % of raw`);
+      console.log(`history events        ${events.join(', ')} per run (${events.length} run(s), max ${Math.max(...events)})`);
+    } finally {
+      for (const w of workers) w.kill('SIGTERM');
+      await Promise.all(workers.filter((w) => w.exitCode === null).map((w) => once(w, 'exit')));
     }
-    await env.client.workflow.getHandle(keyEntityWorkflowId(keyId)).terminate('benchmark finished');
-
-    const e2e = rate(result.verified, elapsed);
-    console.log(`WDEKs                 ${result.verified} rewrapped and verified, key rotated: ${result.rotated}`);
-    console.log(`end to end            ${(elapsed / 1000).toFixed(1)} s, ${e2e} WDEKs/s (rotate + rewrap + verify + record)`);
-    console.log(`raw AES-GCM           ${raw} unwrap+rewrap/s (one process, no I/O)`);
-    console.log(`ratio                 ${((e2e / raw) * 100).toFixed(1)} % of raw`);
-    console.log(`history events        ${events.join(', ')} per run (${events.length} run(s), max ${Math.max(...events)})`);
     registry.close();
     kms.close();
   } finally {

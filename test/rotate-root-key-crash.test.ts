@@ -73,7 +73,7 @@ describe('rotateRootKey survives SIGKILL of its worker', () => {
     const meta = await kms.getKeyMetadata(keyId);
     assert.deepEqual(meta.versions.map((v) => v.version), [1, 2], 'rotated exactly once');
     let checked = 0;
-    for (const r of registry.list(keyId, undefined, COUNT + 1)) {
+    for (const r of registry.list(keyId, {}, COUNT + 1)) {
       assert.equal(r.keyVersion, 2);
       const { dek, keyVersion } = await kms.unwrap(keyId, r.wdek);
       assert.equal(keyVersion, 2);

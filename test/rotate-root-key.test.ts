@@ -36,7 +36,7 @@ async function seed(dir: string, count: number, options: { faultRate?: number; n
 
 /** Every WDEK recorded on `version` and unwrapping to its original DEK; old copies too. */
 async function assertAllOn(s: Awaited<ReturnType<typeof seed>>, version: number) {
-  const records = s.registry.list(s.keyId, undefined, 1_000_000);
+  const records = s.registry.list(s.keyId, {}, 1_000_000);
   assert.equal(records.length, s.deks.size);
   for (const r of records) {
     assert.equal(r.keyVersion, version, `${r.id} recorded on v${r.keyVersion}`);

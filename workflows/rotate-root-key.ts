@@ -23,15 +23,27 @@ export interface RotateRootKeyInput {
   batchSize?: number;
   /** Continue-as-new past this many history events (tests lower it). */
   maxHistoryEvents?: number;
+  /** Id ranges rewrapped and verified concurrently: one chunk per range at a time (default 2). */
+  parallelism?: number;
   /** Progress carried across continue-as-new. */
-  carried?: { progress: RewrapProgress; cursor: string | undefined };
+  carried?: { progress: RewrapProgress; partitions: Partition[] };
+}
+
+/** One id range of the key's WDEKs and how far the current phase got in it. */
+interface Partition {
+  afterId: string | undefined;
+  untilId: string | undefined;
+  cursor: string | undefined;
+  finished: boolean;
 }
 
 const DEFAULT_CHUNK = 50_000;
 const DEFAULT_BATCH = 500;
 const DEFAULT_MAX_HISTORY = 2_000;
+// Two ranges keep two workers (or cores) busy; more workers scale out with a higher value.
+const DEFAULT_PARALLELISM = 2;
 
-const { describeKey, rotateToVersion, countWdeks, recordRewrappedVersion, announceRewrapComplete } = proxyActivities<Activities>({
+const { describeKey, rotateToVersion, countWdeks, partitionWdeks, recordRewrappedVersion, announceRewrapComplete } = proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute' },
 });
@@ -62,7 +74,7 @@ export async function rotateRootKey(input: RotateRootKeyInput): Promise<RewrapPr
     rewrapped: 0,
     verified: 0,
   };
-  let cursor = input.carried?.cursor;
+  let partitions: Partition[] = input.carried?.partitions ?? [];
   setHandler(rewrapProgressQuery, () => progress, { description: 'Phase, WDEKs done/total and versions' });
 
   const enter = (phase: RewrapPhase, details: string) => {
@@ -75,7 +87,17 @@ export async function rotateRootKey(input: RotateRootKeyInput): Promise<RewrapPr
     setCurrentDetails(`**${phase}** key \`${input.keyId}\` to version ${input.targetVersion}: ${details}`);
   };
   const shouldContinueAsNew = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > maxHistory;
-  const continueWith = () => continueAsNew<typeof rotateRootKey>({ ...input, carried: { progress, cursor } });
+  const continueWith = () => continueAsNew<typeof rotateRootKey>({ ...input, carried: { progress, partitions } });
+  const restart = () => partitions.forEach((p) => Object.assign(p, { cursor: undefined, finished: false }));
+  const chunkArgs = (p: Partition) => ({
+    keyId: input.keyId,
+    version: input.targetVersion,
+    afterId: p.cursor ?? p.afterId,
+    untilId: p.untilId,
+    maxItems: chunkSize,
+    batchSize,
+  });
+  const where = (p: Partition) => `after ${p.cursor ?? p.afterId ?? 'the start'}${p.untilId ? ` up to ${p.untilId}` : ''}`;
 
   if (progress.phase === 'rotating') {
     enter('rotating', input.rotate ? 'creating the new key version' : 'the KMS already rotated; checking the version');
@@ -94,43 +116,56 @@ export async function rotateRootKey(input: RotateRootKeyInput): Promise<RewrapPr
     const counts = await countWdeks({ keyId: input.keyId, version: input.targetVersion });
     progress.total = counts.total;
     progress.rewrapped = counts.total - counts.stale;
+    const bounds = await partitionWdeks({ keyId: input.keyId, parts: input.parallelism ?? DEFAULT_PARALLELISM });
+    partitions = [...bounds, undefined].map((untilId, i) => ({ afterId: bounds[i - 1], untilId, cursor: undefined, finished: false }));
     progress.phase = 'rewrapping';
   }
 
   if (progress.phase === 'rewrapping') {
-    for (;;) {
+    for (let open = partitions.filter((p) => !p.finished); open.length; open = partitions.filter((p) => !p.finished)) {
       enter('rewrapping', `${progress.rewrapped}/${progress.total} WDEKs on the new version`);
-      const chunk = await rewrapChunk.executeWithOptions(
-        { summary: `rewrap up to ${chunkSize} WDEKs after ${cursor ?? 'the start'}`, startToCloseTimeout: '30 minutes', heartbeatTimeout: '30 seconds' },
-        [{ keyId: input.keyId, version: input.targetVersion, afterId: cursor, maxItems: chunkSize, batchSize }],
+      const chunks = await Promise.all(
+        open.map((p) =>
+          rewrapChunk.executeWithOptions(
+            { summary: `rewrap up to ${chunkSize} WDEKs ${where(p)}`, startToCloseTimeout: '30 minutes', heartbeatTimeout: '30 seconds' },
+            [chunkArgs(p)],
+          ),
+        ),
       );
-      progress.rewrapped = Math.min(progress.total, progress.rewrapped + chunk.processed);
-      cursor = chunk.cursor;
-      if (chunk.finished) break;
-      if (shouldContinueAsNew()) return continueWith();
+      chunks.forEach((chunk, i) => {
+        Object.assign(open[i]!, { cursor: chunk.cursor ?? open[i]!.cursor, finished: chunk.finished });
+        progress.rewrapped = Math.min(progress.total, progress.rewrapped + chunk.processed);
+      });
+      if (partitions.some((p) => !p.finished) && shouldContinueAsNew()) return continueWith();
     }
     progress.phase = 'verifying';
-    cursor = undefined;
+    restart();
   }
 
   if (progress.phase === 'verifying') {
-    for (;;) {
+    for (let open = partitions.filter((p) => !p.finished); open.length; open = partitions.filter((p) => !p.finished)) {
       enter('verifying', `${progress.verified}/${progress.total} WDEKs unwrap under version ${input.targetVersion}`);
-      const chunk = await verifyChunk.executeWithOptions(
-        { summary: `verify up to ${chunkSize} WDEKs after ${cursor ?? 'the start'}`, startToCloseTimeout: '30 minutes', heartbeatTimeout: '30 seconds' },
-        [{ keyId: input.keyId, version: input.targetVersion, afterId: cursor, maxItems: chunkSize, batchSize }],
+      const chunks = await Promise.all(
+        open.map((p) =>
+          verifyChunk.executeWithOptions(
+            { summary: `verify up to ${chunkSize} WDEKs ${where(p)}`, startToCloseTimeout: '30 minutes', heartbeatTimeout: '30 seconds' },
+            [chunkArgs(p)],
+          ),
+        ),
       );
-      if (chunk.failed > 0) {
+      const failed = chunks.reduce((n, c) => n + c.failed, 0);
+      if (failed > 0) {
         upsertSearchAttributes([{ key: OutcomeAttribute, value: 'verification-failed' }]);
         throw ApplicationFailure.nonRetryable(
-          `${chunk.failed} WDEK(s) of key ${input.keyId} are not on version ${input.targetVersion} or do not unwrap: ${chunk.failedIds.join(', ')}`,
+          `${failed} WDEK(s) of key ${input.keyId} are not on version ${input.targetVersion} or do not unwrap: ${chunks.flatMap((c) => c.failedIds).slice(0, 20).join(', ')}`,
           'REWRAP_VERIFICATION_FAILED',
         );
       }
-      progress.verified += chunk.processed;
-      cursor = chunk.cursor;
-      if (chunk.finished) break;
-      if (shouldContinueAsNew()) return continueWith();
+      chunks.forEach((chunk, i) => {
+        Object.assign(open[i]!, { cursor: chunk.cursor ?? open[i]!.cursor, finished: chunk.finished });
+        progress.verified += chunk.processed;
+      });
+      if (partitions.some((p) => !p.finished) && shouldContinueAsNew()) return continueWith();
     }
     progress.total = progress.verified;
     progress.phase = 'recording';

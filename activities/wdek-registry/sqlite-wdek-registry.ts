@@ -1,7 +1,10 @@
 import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
-import type { RegisteredKey, WdekRecord, WdekRegistry, WdekUpdate } from './wdek-registry';
+import type { IdRange, RegisteredKey, WdekRecord, WdekRegistry, WdekUpdate } from './wdek-registry';
+
+/** Sorts after every id keyops writes (ids are printable text). */
+const MAX_ID = '\u{10FFFF}';
 
 interface Row {
   id: string;
@@ -37,8 +40,9 @@ export class SqliteWdekRegistry implements WdekRegistry {
         key_version INTEGER NOT NULL,
         wdek BLOB NOT NULL,
         owner TEXT NOT NULL
-      );
-      CREATE INDEX IF NOT EXISTS wdeks_by_key_version ON wdeks (key_id, key_version, id);
+      ) WITHOUT ROWID;
+      -- No index on key_version: every rewrap would move every entry of it. Rewrap walks a
+      -- key's WDEKs in id order from a cursor, where the rows still below the version are next.
       CREATE INDEX IF NOT EXISTS wdeks_by_key ON wdeks (key_id, id);
       CREATE TABLE IF NOT EXISTS rewrapped_versions (
         key_id TEXT PRIMARY KEY,
@@ -58,10 +62,12 @@ export class SqliteWdekRegistry implements WdekRegistry {
         'SELECT key_version, count(*) AS n FROM wdeks WHERE key_id = ? GROUP BY key_version',
       ),
       // Id order (not version order) so a cursor survives rows leaving the "below" set.
-      listBelow: db.prepare<[string, string, number, number], Row>(
-        'SELECT * FROM wdeks WHERE key_id = ? AND id > ? AND key_version < ? ORDER BY id LIMIT ?',
+      listBelow: db.prepare<[string, string, string, number, number], Row>(
+        'SELECT * FROM wdeks WHERE key_id = ? AND id > ? AND id <= ? AND key_version < ? ORDER BY id LIMIT ?',
       ),
-      list: db.prepare<[string, string, number], Row>('SELECT * FROM wdeks WHERE key_id = ? AND id > ? ORDER BY id LIMIT ?'),
+      list: db.prepare<[string, string, string, number], Row>('SELECT * FROM wdeks WHERE key_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?'),
+      count: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM wdeks WHERE key_id = ?'),
+      idAt: db.prepare<[string, number], { id: string }>('SELECT id FROM wdeks WHERE key_id = ? ORDER BY id LIMIT 1 OFFSET ?'),
       update: db.prepare('UPDATE wdeks SET wdek = @wdek, key_version = @keyVersion WHERE id = @id AND key_version = @expectedVersion'),
       setRewrapped: db.prepare(
         `INSERT INTO rewrapped_versions (key_id, version) VALUES (?, ?)
@@ -103,12 +109,22 @@ export class SqliteWdekRegistry implements WdekRegistry {
     return new Map(this.statements.countByVersion.all(keyId).map((r) => [r.key_version, r.n]));
   }
 
-  listBelowVersion(keyId: string, version: number, afterId: string | undefined, limit: number): WdekRecord[] {
-    return this.statements.listBelow.all(keyId, afterId ?? '', version, limit).map(toRecord);
+  listBelowVersion(keyId: string, version: number, range: IdRange, limit: number): WdekRecord[] {
+    return this.statements.listBelow.all(keyId, range.afterId ?? '', range.untilId ?? MAX_ID, version, limit).map(toRecord);
   }
 
-  list(keyId: string, afterId: string | undefined, limit: number): WdekRecord[] {
-    return this.statements.list.all(keyId, afterId ?? '', limit).map(toRecord);
+  list(keyId: string, range: IdRange, limit: number): WdekRecord[] {
+    return this.statements.list.all(keyId, range.afterId ?? '', range.untilId ?? MAX_ID, limit).map(toRecord);
+  }
+
+  partitionIds(keyId: string, parts: number): string[] {
+    const total = this.statements.count.get(keyId)?.n ?? 0;
+    const ids: string[] = [];
+    for (let i = 1; i < parts; i++) {
+      const id = this.statements.idAt.get(keyId, Math.floor((total * i) / parts) - 1)?.id;
+      if (id !== undefined && id !== ids[ids.length - 1]) ids.push(id);
+    }
+    return ids;
   }
 
   update(updates: readonly WdekUpdate[]): number {

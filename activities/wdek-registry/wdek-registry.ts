@@ -13,6 +13,12 @@ export interface WdekRecord {
   owner: string;
 }
 
+/** Ids after `afterId` (exclusive) up to `untilId` (inclusive); either end may be open. */
+export interface IdRange {
+  afterId?: string | undefined;
+  untilId?: string | undefined;
+}
+
 export interface WdekUpdate {
   id: string;
   wdek: Buffer;
@@ -37,10 +43,12 @@ export interface WdekRegistry {
   /** How many WDEKs of the key are wrapped under a version lower than `version`. */
   countBelowVersion(keyId: string, version: number): number;
   countByVersion(keyId: string): Map<number, number>;
-  /** Up to `limit` WDEKs of the key below `version`, in id order, after `afterId`. */
-  listBelowVersion(keyId: string, version: number, afterId: string | undefined, limit: number): WdekRecord[];
-  /** Up to `limit` WDEKs of the key in id order after `afterId`, whatever their version. */
-  list(keyId: string, afterId: string | undefined, limit: number): WdekRecord[];
+  /** Up to `limit` WDEKs of the key below `version`, in id order, in the id range. */
+  listBelowVersion(keyId: string, version: number, range: IdRange, limit: number): WdekRecord[];
+  /** Up to `limit` WDEKs of the key in id order in the id range, whatever their version. */
+  list(keyId: string, range: IdRange, limit: number): WdekRecord[];
+  /** Ids that cut the key's WDEKs into `parts` ranges of nearly equal size (parts - 1 ids). */
+  partitionIds(keyId: string, parts: number): string[];
   /** Applies updates in one transaction; returns how many rows matched their expected version. */
   update(updates: readonly WdekUpdate[]): number;
   /** Records the version rewrap finished at; never moves backwards. */
