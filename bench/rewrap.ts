@@ -47,17 +47,22 @@ function rawRate(samples: number): number {
     const c = createCipheriv('aes-256-gcm', key, iv);
     return { iv, ct: Buffer.concat([c.update(randomBytes(32)), c.final()]), tag: c.getAuthTag() };
   });
-  const started = performance.now();
-  for (let i = 0; i < samples; i++) {
-    const w = wrapped[i % wrapped.length]!;
-    const d = createDecipheriv('aes-256-gcm', key, w.iv);
-    d.setAuthTag(w.tag);
-    const dek = Buffer.concat([d.update(w.ct), d.final()]);
-    const c = createCipheriv('aes-256-gcm', key, randomBytes(12));
-    Buffer.concat([c.update(dek), c.final()]);
-    c.getAuthTag();
-  }
-  return rate(samples, performance.now() - started);
+  const round = (count: number) => {
+    const started = performance.now();
+    for (let i = 0; i < count; i++) {
+      const w = wrapped[i % wrapped.length]!;
+      const d = createDecipheriv('aes-256-gcm', key, w.iv);
+      d.setAuthTag(w.tag);
+      const dek = Buffer.concat([d.update(w.ct), d.final()]);
+      const c = createCipheriv('aes-256-gcm', key, randomBytes(12));
+      Buffer.concat([c.update(dek), c.final()]);
+      c.getAuthTag();
+    }
+    return rate(count, performance.now() - started);
+  };
+  // The ceiling, not an average: warm the JIT up, then keep the best of five rounds.
+  round(20_000);
+  return Math.max(...Array.from({ length: 5 }, () => round(Math.ceil(samples / 5))));
 }
 
 /** Waits until `count` worker processes poll the task queue (each bundles its workflows first). */
@@ -99,7 +104,7 @@ async function main() {
     }
     console.log(`seeded ${opts.wdeks} WDEKs in ${((performance.now() - started) / 1000).toFixed(1)} s`);
 
-    const raw = rawRate(Math.min(opts.wdeks, 200_000));
+    const raw = rawRate(200_000);
     const taskQueue = 'bench-rewrap';
     const workers = Array.from({ length: opts.workers }, () =>
       spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'workers', 'main.ts')], {

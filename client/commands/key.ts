@@ -8,7 +8,7 @@ import { describeRootKey, rotateRootKey, watchRootKeys } from '../../workflows';
 import { rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
-import { connectClient, resolveConnection } from '../connection';
+import { connectOrExplain } from '../connect-or-explain';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 import { WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
@@ -75,16 +75,11 @@ async function describe(client: Client, keyId: string, taskQueue: string): Promi
 }
 
 async function withClient<T>(options: GlobalOptions, fn: (client: Client) => Promise<T>): Promise<T> {
-  let connected;
+  const { client, connection } = await connectOrExplain(options);
   try {
-    connected = await connectClient(resolveConnection(options));
-  } catch (err) {
-    throw new CliError(`cannot reach Temporal: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`, ExitCode.unreachable, 'start the local stack with ./temporal-dev.sh');
-  }
-  try {
-    return await fn(connected.client);
+    return await fn(client);
   } finally {
-    await connected.connection.close();
+    await connection.close();
   }
 }
 

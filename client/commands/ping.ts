@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { selfCheck, type SelfCheckResult } from '../../workflows/self-check';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
-import { ConnectionConfigError, connectClient, resolveConnection } from '../connection';
+import { connectOrExplain } from '../connect-or-explain';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 
@@ -80,27 +80,6 @@ Examples:
         await connection.close();
       }
     });
-}
-
-async function connectOrExplain(options: GlobalOptions) {
-  let resolved;
-  try {
-    resolved = resolveConnection(options);
-  } catch (err) {
-    if (err instanceof ConnectionConfigError) {
-      throw new CliError(err.message, ExitCode.usage, 'check --profile / TEMPORAL_PROFILE and the file named by --config-file / TEMPORAL_CONFIG_FILE');
-    }
-    throw err;
-  }
-  try {
-    return await connectClient(resolved);
-  } catch (err) {
-    throw new CliError(
-      `cannot reach Temporal at ${resolved.address}: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`,
-      ExitCode.unreachable,
-      'start the local stack with ./temporal-dev.sh, or point keyops at your cluster with --address or TEMPORAL_ADDRESS',
-    );
-  }
 }
 
 async function describeNamespace(connection: Connection, namespace: string): Promise<void> {
