@@ -4,9 +4,12 @@ import type { KeyManagementService } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
 import type { WdekRegistry, WdekUpdate } from './wdek-registry/wdek-registry';
 import {
+  awaitRewrapSignal,
   keyEntityWorkflowId,
   rewrapCompleteSignal,
+  type KeyEntityState,
   type RewrapComplete,
+  type RewrapWaiter,
 } from '../workflows/root-key-messages';
 import type { keyEntity } from '../workflows/key-entity';
 
@@ -80,6 +83,8 @@ function resumePoint(input: ChunkInput): Cursor {
   return details ?? { cursor: input.afterId, processed: 0 };
 }
 
+const entitySummary = (keyId: string) => `Key ${keyId}: knows the rewrapped version and releases waiting workflows`;
+
 export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
   async function describeKey(keyId: string): Promise<KeyStatus> {
     const meta = await kmsCall(() => kms.getKeyMetadata(keyId));
@@ -91,6 +96,10 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
       rewrappedVersion: registry.getRewrappedVersion(keyId),
     };
   }
+
+  // A new entity starts from the registry's recorded version, so a waiter that registers
+  // first is judged against what is already done.
+  const initialEntityState = (keyId: string): KeyEntityState => ({ keyId, rewrappedVersion: registry.getRewrappedVersion(keyId) ?? 0, waiters: [] });
 
   return {
     describeKey,
@@ -205,6 +214,18 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
       return Promise.resolve();
     },
 
+    /** Asks the key's entity workflow (starting it if needed) to signal `workflowId` at `minVersion`. */
+    async registerRewrapWaiter(input: RewrapWaiter & { keyId: string; taskQueue: string }): Promise<void> {
+      await getClient().workflow.signalWithStart<typeof keyEntity, [RewrapWaiter]>('keyEntity', {
+        workflowId: keyEntityWorkflowId(input.keyId),
+        taskQueue: input.taskQueue,
+        args: [initialEntityState(input.keyId)],
+        signal: awaitRewrapSignal,
+        signalArgs: [{ workflowId: input.workflowId, minVersion: input.minVersion }],
+        staticSummary: entitySummary(input.keyId),
+      });
+    },
+
     /**
      * Tells the key's entity workflow (starting it if needed) that rewrap reached `version`;
      * the entity releases every waiter. Signalling twice is harmless.
@@ -213,10 +234,10 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
       await getClient().workflow.signalWithStart<typeof keyEntity, [RewrapComplete]>('keyEntity', {
         workflowId: keyEntityWorkflowId(input.keyId),
         taskQueue: input.taskQueue,
-        args: [{ keyId: input.keyId, rewrappedVersion: 0, waiters: [] }],
+        args: [initialEntityState(input.keyId)],
         signal: rewrapCompleteSignal,
         signalArgs: [{ keyId: input.keyId, version: input.version }],
-        staticSummary: `Key ${input.keyId}: knows the rewrapped version and releases waiting backups`,
+        staticSummary: entitySummary(input.keyId),
       });
     },
   };

@@ -4,3 +4,4 @@ export { keyEntity } from './key-entity';
 export { rotateRootKey } from './rotate-root-key';
 export { watchRootKeys } from './watch-root-keys';
 export { describeRootKey } from './describe-root-key';
+export { awaitRewrap } from './await-rewrap';

@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { temporal } from '@temporalio/proto';
+import { createActivities } from '../activities';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { awaitRewrap, rotateRootKey } from '../workflows';
+import { keyEntityWorkflowId, keyStateQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
+import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+
+const EventType = temporal.api.enums.v1.EventType;
+const eventMs = (e: temporal.api.history.v1.IHistoryEvent) => Number(e.eventTime?.seconds ?? 0) * 1000 + (e.eventTime?.nanos ?? 0) / 1e6;
+
+/** No waiter is ever missed: before, during or after the rewrap, or with the signal lost. */
+describe('awaitRewrap released by the key entity', () => {
+  const suite = useSuiteFixture('await-rewrap');
+
+  it('releases waiters registered before, during and after the rewrap, the first within 1 s', async () => {
+    const kms = LocalKms.open({ path: join(suite.dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
+    const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks.sqlite'));
+    const { keyId } = await kms.createKey({ name: 'await-key' });
+    for (let i = 0; i < 2000; i++) {
+      const { wdek, keyVersion } = await kms.wrap(keyId);
+      registry.register({ id: `w-${String(i).padStart(5, '0')}`, keyId, keyVersion, wdek, owner: 'await-test' });
+    }
+    registry.setRewrappedVersion(keyId, 1);
+    const taskQueue = uniqueTaskQueue('await-rewrap');
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms, registry }),
+    });
+    const wait = (name: string, extra: Partial<Parameters<typeof awaitRewrap>[0]> = {}) =>
+      suite.client.workflow.start(awaitRewrap, { taskQueue, workflowId: `await/${taskQueue}/${name}`, args: [{ keyId, minVersion: 2, ...extra }] });
+
+    await worker.runUntil(async () => {
+      const before = await wait('before');
+      const entity = suite.client.workflow.getHandle(keyEntityWorkflowId(keyId));
+      for (let i = 0; ; i++) {
+        const state = await entity.query(keyStateQuery).catch(() => undefined);
+        if (state?.waiters.some((w) => w.workflowId === before.workflowId)) break;
+        assert.ok(i < 100, 'the first waiter registered with the key entity');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const rotation = await suite.client.workflow.start(rotateRootKey, {
+        taskQueue,
+        workflowId: rewrapWorkflowId(keyId, 2),
+        args: [{ keyId, targetVersion: 2, rotate: true, chunkSize: 500, batchSize: 100 }],
+      });
+      const during = await wait('during');
+      await rotation.result();
+      const after = await wait('after');
+
+      const results = await Promise.all([before.result(), during.result(), after.result()]);
+      assert.deepEqual(results.map((r) => r.version), [2, 2, 2]);
+      assert.equal(results[0].releasedBy, 'signal');
+      assert.equal(results[2].releasedBy, 'already-rewrapped');
+
+      // Release latency: the announce activity completing → the waiter receiving the signal.
+      const rotationEvents = (await rotation.fetchHistory()).events ?? [];
+      const announced = rotationEvents.filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED).pop()!;
+      const signalled = ((await before.fetchHistory()).events ?? []).find((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)!;
+      const latency = eventMs(signalled) - eventMs(announced);
+      assert.ok(latency >= 0 && latency < 1000, `waiter signalled ${latency} ms after the announcement`);
+
+      // The wait is bounded: a version that never comes fails the run with a typed error.
+      const never = await suite.client.workflow
+        .execute(awaitRewrap, { taskQueue, workflowId: `await/${taskQueue}/never`, args: [{ keyId, minVersion: 9, recheckEveryMs: 500, timeoutMs: 1500 }] })
+        .catch((e: unknown) => e);
+      assert.ok(never instanceof WorkflowFailedError);
+      assert.ok(never.cause instanceof ApplicationFailure && never.cause.type === 'REWRAP_WAIT_TIMEOUT', String(never.cause));
+
+      // A lost announcement: the registry says done, nobody signals; the re-check releases.
+      const recheck = suite.client.workflow.start(awaitRewrap, {
+        taskQueue,
+        workflowId: `await/${taskQueue}/recheck`,
+        args: [{ keyId, minVersion: 4, recheckEveryMs: 500, timeoutMs: 30_000 }],
+      });
+      await new Promise((r) => setTimeout(r, 700));
+      registry.setRewrappedVersion(keyId, 4);
+      const rechecked = await (await recheck).result();
+      assert.equal(rechecked.releasedBy, 'recheck');
+      await entity.terminate('test finished');
+    });
+    registry.close();
+    kms.close();
+  });
+});

@@ -1,0 +1,84 @@
+import {
+  ApplicationFailure,
+  condition,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import { rewrapCompleteSignal } from './root-key-messages';
+import { KeyIdAttribute, KeyVersionAttribute, PhaseAttribute } from './search-attributes';
+
+const { describeKey, registerRewrapWaiter } = proxyActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '1 second', maximumInterval: '1 minute' },
+});
+
+export interface AwaitRewrapInput {
+  keyId: string;
+  /** Released once every WDEK of the key is on this version or later. */
+  minVersion: number;
+  /** Give up after this long (ms); default 6 hours, the bounded wait of DESIGN.md. */
+  timeoutMs?: number;
+  /** Re-read the registry this often (ms), so a lost signal cannot block forever; default 10 min. */
+  recheckEveryMs?: number;
+}
+
+export interface AwaitRewrapResult {
+  keyId: string;
+  version: number;
+  releasedBy: 'already-rewrapped' | 'signal' | 'recheck';
+  waitedMs: number;
+}
+
+/**
+ * Waits for "rewrap complete (key, version)" without a fixed sleep. It registers with the key's
+ * entity workflow, which signals it in order with the announcement, whether the rewrap ended
+ * before, during or after the registration; periodic re-checks of the registry are the backstop.
+ * Nightly backups (the next issue) reuse this wait.
+ */
+export async function awaitRewrap(input: AwaitRewrapInput): Promise<AwaitRewrapResult> {
+  const started = Date.now();
+  const deadline = started + (input.timeoutMs ?? 6 * 3600_000);
+  const recheckEvery = input.recheckEveryMs ?? 10 * 60_000;
+  let reached: number | undefined;
+  let releasedBy: AwaitRewrapResult['releasedBy'] = 'signal';
+
+  setHandler(rewrapCompleteSignal, ({ keyId, version }) => {
+    if (keyId === input.keyId && version >= input.minVersion) reached = Math.max(reached ?? 0, version);
+  });
+  upsertSearchAttributes([
+    { key: KeyIdAttribute, value: input.keyId },
+    { key: KeyVersionAttribute, value: input.minVersion },
+    { key: PhaseAttribute, value: 'awaiting-rewrap' },
+  ]);
+
+  const key = await describeKey(input.keyId);
+  if ((key.rewrappedVersion ?? 0) >= input.minVersion) {
+    reached = key.rewrappedVersion;
+    releasedBy = 'already-rewrapped';
+  } else {
+    await registerRewrapWaiter({ keyId: input.keyId, workflowId: workflowInfo().workflowId, minVersion: input.minVersion, taskQueue: workflowInfo().taskQueue });
+  }
+  while (reached === undefined) {
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) {
+      throw ApplicationFailure.nonRetryable(
+        `rewrap of key ${input.keyId} did not reach version ${input.minVersion} within ${Math.round((deadline - started) / 60_000)} min`,
+        'REWRAP_WAIT_TIMEOUT',
+      );
+    }
+    setCurrentDetails(`Waiting for every WDEK of key \`${input.keyId}\` to reach version ${input.minVersion} (signal from \`key/${input.keyId}\`, re-check every ${Math.round(recheckEvery / 60_000)} min)`);
+    if (await condition(() => reached !== undefined, Math.min(recheckEvery, remaining))) break;
+    const now = await describeKey(input.keyId);
+    if ((now.rewrappedVersion ?? 0) >= input.minVersion) {
+      reached = now.rewrappedVersion;
+      releasedBy = 'recheck';
+    }
+  }
+  upsertSearchAttributes([{ key: PhaseAttribute, value: 'done' }]);
+  setCurrentDetails(`Key \`${input.keyId}\` reached version ${reached} (${releasedBy})`);
+  return { keyId: input.keyId, version: reached!, releasedBy, waitedMs: Date.now() - started };
+}
