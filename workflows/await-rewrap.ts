@@ -37,7 +37,7 @@ export interface AwaitRewrapResult {
  * Waits for "rewrap complete (key, version)" without a fixed sleep. It registers with the key's
  * entity workflow, which signals it in order with the announcement, whether the rewrap ended
  * before, during or after the registration; periodic re-checks of the registry are the backstop.
- * Nightly backups (the next issue) reuse this wait.
+ * Nightly backups are meant to reuse this wait.
  */
 export async function awaitRewrap(input: AwaitRewrapInput): Promise<AwaitRewrapResult> {
   const started = Date.now();
