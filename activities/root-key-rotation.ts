@@ -72,9 +72,13 @@ async function kmsCall<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/** What a chunk heartbeats, and what its retry resumes from. */
 interface Cursor {
   cursor: string | undefined;
   processed: number;
+  /** Verification only: failures found so far must survive a retry of the chunk. */
+  failed?: number;
+  failedIds?: string[];
 }
 
 /** Where a retried chunk resumes: the last heartbeat of the failed attempt, if any. */
@@ -150,7 +154,10 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
         try {
           for (current of batch) {
             const result = await kmsCall(kms.rewrap.bind(kms, input.keyId, current.wdek));
-            updates.push({ id: current.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: current.keyVersion });
+            updates.push({ id: current.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: current.keyVersion, expectedWdek: current.wdek });
+            // Per call, with the last *committed* position: a slow remote KMS must not make a
+            // batch outlive the heartbeat timeout (the SDK throttles what it sends).
+            heartbeat({ cursor, processed } satisfies Cursor);
           }
         } catch (err) {
           if (err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID' && current) {
@@ -175,18 +182,22 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
 
     /** Checks that every WDEK in the chunk's range is recorded on `version` and really unwraps under it. */
     async verifyChunk(input: ChunkInput): Promise<VerifyResult> {
-      let { cursor, processed } = resumePoint(input);
+      const resumed = resumePoint(input);
+      let { cursor, processed } = resumed;
+      const failedIds = resumed.failedIds ?? [];
+      let failed = resumed.failed ?? 0;
       const range = () => ({ afterId: cursor, untilId: input.untilId });
-      const failedIds: string[] = [];
-      let failed = 0;
+      // "On the version or later": a rotation that happened meanwhile (policy, operator) moves
+      // WDEKs past the target, which still satisfies it; the watcher rewraps to the newer one.
+      const current = (v: number) => v >= input.version;
       while (processed < input.maxItems) {
         const batch = registry.list(input.keyId, range(), Math.min(input.batchSize, input.maxItems - processed));
         if (batch.length === 0) return { processed, cursor, finished: true, failedIds, failed };
         for (const record of batch) {
-          let ok = record.keyVersion === input.version;
+          let ok = current(record.keyVersion);
           if (ok) {
             try {
-              ok = (await kmsCall(kms.unwrap.bind(kms, input.keyId, record.wdek))).keyVersion === input.version;
+              ok = current((await kmsCall(kms.unwrap.bind(kms, input.keyId, record.wdek))).keyVersion);
             } catch (err) {
               if (!(err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID')) throw err;
               ok = false;
@@ -196,10 +207,11 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
             failed++;
             if (failedIds.length < 20) failedIds.push(record.id);
           }
+          heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor);
         }
         processed += batch.length;
         cursor = batch[batch.length - 1]!.id;
-        heartbeat({ cursor, processed } satisfies Cursor);
+        heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor);
       }
       return { processed, cursor, finished: registry.list(input.keyId, range(), 1).length === 0, failedIds, failed };
     },

@@ -158,6 +158,107 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     });
   });
 
+  it('rotates exactly once when the KMS rotated but the activity failed before it could report', async () => {
+    const s = await seed(join(suite.dir, 'e'), 20);
+    let rotations = 0;
+    let failedAfterRotating = false;
+    // The real KMS rotates; then the "network" drops the answer once (as a worker crash would).
+    const flakyAnswer = new Proxy(s.kms, {
+      get(target, prop, receiver) {
+        if (prop !== 'rotateKey') return Reflect.get(target, prop, receiver) as unknown;
+        return async (keyId: string, requestId: string) => {
+          const result = await target.rotateKey(keyId, requestId);
+          if (result.rotated) rotations++;
+          if (!failedAfterRotating) {
+            failedAfterRotating = true;
+            throw new KmsError('KMS_UNAVAILABLE', 'connection reset after the rotate request was sent');
+          }
+          return result;
+        };
+      },
+    });
+    const taskQueue = uniqueTaskQueue('rotate-once');
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: flakyAnswer, registry: s.registry }),
+    });
+    const result = await worker.runUntil(
+      suite.client.workflow.execute(rotateRootKey, { taskQueue, workflowId: rewrapWorkflowId(s.keyId, 2), args: [{ keyId: s.keyId, targetVersion: 2, rotate: true }] }),
+    );
+    assert.ok(failedAfterRotating);
+    assert.equal(rotations, 1);
+    assert.equal(result.verified, 20);
+    assert.deepEqual((await s.setupKms.getKeyMetadata(s.keyId)).versions.map((v) => v.version), [1, 2]);
+    await assertAllOn(s, 2);
+    await suite.client.workflow.getHandle(keyEntityWorkflowId(s.keyId)).terminate('test finished');
+  });
+
+  it('stops on a tampered WDEK with a non-retryable error naming it, and leaves the rest readable', async () => {
+    const s = await seed(join(suite.dir, 'f'), 30);
+    const victim = s.registry.get('db/test/dek-000017')!;
+    const tampered = Buffer.from(victim.wdek);
+    tampered[tampered.length - 1]! ^= 0x01;
+    s.registry.register({ ...victim, wdek: tampered });
+    const taskQueue = uniqueTaskQueue('rotate-tampered');
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
+    });
+    const err = await worker.runUntil(
+      suite.client.workflow
+        .execute(rotateRootKey, { taskQueue, workflowId: rewrapWorkflowId(s.keyId, 2), args: [{ keyId: s.keyId, targetVersion: 2, rotate: true, parallelism: 1 }] })
+        .then(() => undefined, (e: unknown) => e),
+    );
+    assert.ok(err instanceof WorkflowFailedError);
+    let cause: unknown = err;
+    while (cause instanceof Error && !(cause instanceof ApplicationFailure)) cause = cause.cause;
+    assert.ok(cause instanceof ApplicationFailure && cause.type === 'CIPHERTEXT_INVALID', String(cause));
+    assert.match(cause.message, /WDEK db\/test\/dek-000017 of key/);
+    assert.equal(s.registry.getRewrappedVersion(s.keyId), undefined, 'a failed rewrap records nothing');
+    for (const r of s.registry.list(s.keyId, {}, 100)) {
+      if (r.id === victim.id) continue;
+      assert.ok((await s.setupKms.unwrap(s.keyId, r.wdek)).dek.equals(s.deks.get(r.id)!));
+    }
+  });
+
+  it('a rewrap to version 2 that finds the key already at 3 completes: every WDEK is on 2 or later', async () => {
+    let now = new Date('2026-03-01T00:00:00Z');
+    const s = await seed(join(suite.dir, 'g'), 40, { now: () => now });
+    await s.setupKms.rotateKey(s.keyId, 'outside-1');
+    now = new Date(now.getTime() + 2 * 3600_000);
+    await s.setupKms.rotateKey(s.keyId, 'outside-2');
+    const taskQueue = uniqueTaskQueue('rotate-late');
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
+    });
+    const result = await worker.runUntil(
+      suite.client.workflow.execute(rotateRootKey, { taskQueue, workflowId: rewrapWorkflowId(s.keyId, 2), args: [{ keyId: s.keyId, targetVersion: 2, rotate: false }] }),
+    );
+    assert.equal(result.verified, 40);
+    assert.equal((await s.setupKms.getKeyMetadata(s.keyId)).versions.length, 3, 'no rotation by keyops');
+    await assertAllOn(s, 3);
+    await suite.client.workflow.getHandle(keyEntityWorkflowId(s.keyId)).terminate('test finished');
+  });
+
+  it('refuses a nonsensical input before doing anything', async () => {
+    const s = await seed(join(suite.dir, 'h'), 1);
+    const taskQueue = uniqueTaskQueue('rotate-input');
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
+    });
+    const err = await worker.runUntil(
+      suite.client.workflow
+        .execute(rotateRootKey, { taskQueue, workflowId: rewrapWorkflowId(s.keyId, 2), args: [{ keyId: s.keyId, targetVersion: 2, rotate: true, chunkSize: 0 }] })
+        .then(() => undefined, (e: unknown) => e),
+    );
+    assert.ok(err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure);
+    assert.equal(err.cause.type, 'INVALID_INPUT');
+    assert.match(err.cause.message, /chunkSize must be a positive whole number, got 0/);
+    assert.equal((await s.setupKms.getKeyMetadata(s.keyId)).versions.length, 1);
+  });
+
   it('watchRootKeys detects a policy rotation done by the KMS and rewraps without rotating again', async () => {
     let now = new Date('2026-01-01T00:00:00Z');
     const s = await seed(join(suite.dir, 'c'), 60, { now: () => now });

@@ -43,17 +43,40 @@ const DEFAULT_MAX_HISTORY = 2_000;
 // Two ranges keep two workers (or cores) busy; more workers scale out with a higher value.
 const DEFAULT_PARALLELISM = 2;
 
+// Bounded: about 15 minutes of a KMS or store that keeps failing ends the run with its error
+// (the watcher starts it again later) instead of leaving it, and `key rotate --wait`, hanging.
+const retry = { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 20 };
+
 const { describeKey, rotateToVersion, countWdeks, partitionWdeks, recordRewrappedVersion, announceRewrapComplete } = proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
-  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute' },
+  retry,
 });
 
 // Long chunks: heartbeats prove liveness, so a dead worker is noticed in 30 s, not at the timeout.
 const { rewrapChunk, verifyChunk } = proxyActivities<Activities>({
   startToCloseTimeout: '30 minutes',
   heartbeatTimeout: '30 seconds',
-  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute' },
+  retry,
 });
+
+/** A bad number here would loop or finish without work; refuse it before anything happens. */
+function checkInput(input: RotateRootKeyInput): void {
+  const positive: [string, number | undefined][] = [
+    ['targetVersion', input.targetVersion],
+    ['chunkSize', input.chunkSize],
+    ['batchSize', input.batchSize],
+    ['parallelism', input.parallelism],
+    ['maxHistoryEvents', input.maxHistoryEvents],
+  ];
+  for (const [name, value] of positive) {
+    if (value !== undefined && !(Number.isInteger(value) && value > 0)) {
+      throw ApplicationFailure.nonRetryable(`${name} must be a positive whole number, got ${String(value)}`, 'INVALID_INPUT');
+    }
+  }
+  if (typeof input.keyId !== 'string' || input.keyId.length === 0) {
+    throw ApplicationFailure.nonRetryable('keyId is required', 'INVALID_INPUT');
+  }
+}
 
 /**
  * Root-key rotation in a KMS and rewrap of every WDEK the key protects: rotate (at most once,
@@ -62,6 +85,7 @@ const { rewrapChunk, verifyChunk } = proxyActivities<Activities>({
  * releases waiting backups. The workflow id is the idempotency key.
  */
 export async function rotateRootKey(input: RotateRootKeyInput): Promise<RewrapProgress> {
+  checkInput(input);
   const chunkSize = input.chunkSize ?? DEFAULT_CHUNK;
   const batchSize = input.batchSize ?? DEFAULT_BATCH;
   const maxHistory = input.maxHistoryEvents ?? DEFAULT_MAX_HISTORY;

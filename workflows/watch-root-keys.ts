@@ -40,7 +40,10 @@ export async function watchRootKeys(): Promise<WatchResult> {
     try {
       key = await describeKey(keyId);
     } catch (err) {
-      result.unreadable.push({ keyId, reason: err instanceof Error ? err.message : String(err) });
+      // The useful words are at the root of the chain ("key ... is disabled"), not "Activity task failed".
+      let root: unknown = err;
+      while (root instanceof Error && root.cause instanceof Error) root = root.cause;
+      result.unreadable.push({ keyId, reason: root instanceof Error ? root.message : String(root) });
       continue;
     }
     if (key.currentVersion <= (key.rewrappedVersion ?? 0)) continue;

@@ -68,7 +68,9 @@ export class SqliteWdekRegistry implements WdekRegistry {
       list: db.prepare<[string, string, string, number], Row>('SELECT * FROM wdeks WHERE key_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?'),
       count: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM wdeks WHERE key_id = ?'),
       idAt: db.prepare<[string, number], { id: string }>('SELECT id FROM wdeks WHERE key_id = ? ORDER BY id LIMIT 1 OFFSET ?'),
-      update: db.prepare('UPDATE wdeks SET wdek = @wdek, key_version = @keyVersion WHERE id = @id AND key_version = @expectedVersion'),
+      update: db.prepare(
+        'UPDATE wdeks SET wdek = @wdek, key_version = @keyVersion WHERE id = @id AND key_version = @expectedVersion AND wdek = @expectedWdek',
+      ),
       setRewrapped: db.prepare(
         `INSERT INTO rewrapped_versions (key_id, version) VALUES (?, ?)
          ON CONFLICT (key_id) DO UPDATE SET version = max(version, excluded.version)`,

@@ -23,8 +23,12 @@ export interface WdekUpdate {
   id: string;
   wdek: Buffer;
   keyVersion: number;
-  /** Compare-and-set: the update applies only if the row is still at this version. */
+  /**
+   * Compare-and-set: the update applies only if the row still holds exactly this version and
+   * WDEK; an owner that re-registered the id meanwhile (a new DEK) is never overwritten.
+   */
   expectedVersion: number;
+  expectedWdek: Buffer;
 }
 
 export interface RegisteredKey {
