@@ -81,6 +81,20 @@ interface Cursor {
   failedIds?: string[];
 }
 
+/**
+ * heartbeat() is not free (details are serialized for the server), so per-WDEK calls are
+ * spaced at least a second apart; a chunk still beats after every committed batch.
+ */
+function createPacedHeartbeat(minIntervalMs = 1000) {
+  let last = 0;
+  return (details: Cursor, force = false) => {
+    const now = Date.now();
+    if (!force && now - last < minIntervalMs) return;
+    last = now;
+    heartbeat(details);
+  };
+}
+
 /** Where a retried chunk resumes: the last heartbeat of the failed attempt, if any. */
 function resumePoint(input: ChunkInput): Cursor {
   const details = activityInfo().heartbeatDetails as Cursor | undefined;
@@ -145,6 +159,7 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
      */
     async rewrapChunk(input: ChunkInput): Promise<ChunkResult> {
       let { cursor, processed } = resumePoint(input);
+      const beat = createPacedHeartbeat();
       const range = () => ({ afterId: cursor, untilId: input.untilId });
       while (processed < input.maxItems) {
         const batch = registry.listBelowVersion(input.keyId, input.version, range(), Math.min(input.batchSize, input.maxItems - processed));
@@ -155,9 +170,9 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
           for (current of batch) {
             const result = await kmsCall(kms.rewrap.bind(kms, input.keyId, current.wdek));
             updates.push({ id: current.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: current.keyVersion, expectedWdek: current.wdek });
-            // Per call, with the last *committed* position: a slow remote KMS must not make a
-            // batch outlive the heartbeat timeout (the SDK throttles what it sends).
-            heartbeat({ cursor, processed } satisfies Cursor);
+            // With the last *committed* position: a slow remote KMS must not make one batch
+            // outlive the heartbeat timeout.
+            beat({ cursor, processed });
           }
         } catch (err) {
           if (err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID' && current) {
@@ -173,7 +188,7 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
             registry.update(updates);
             processed += updates.length;
             cursor = updates[updates.length - 1]!.id;
-            heartbeat({ cursor, processed } satisfies Cursor);
+            beat({ cursor, processed }, true);
           }
         }
       }
@@ -186,6 +201,7 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
       let { cursor, processed } = resumed;
       const failedIds = resumed.failedIds ?? [];
       let failed = resumed.failed ?? 0;
+      const beat = createPacedHeartbeat();
       const range = () => ({ afterId: cursor, untilId: input.untilId });
       // "On the version or later": a rotation that happened meanwhile (policy, operator) moves
       // WDEKs past the target, which still satisfies it; the watcher rewraps to the newer one.
@@ -207,11 +223,11 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
             failed++;
             if (failedIds.length < 20) failedIds.push(record.id);
           }
-          heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor);
+          beat({ cursor, processed, failed, failedIds });
         }
         processed += batch.length;
         cursor = batch[batch.length - 1]!.id;
-        heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor);
+        beat({ cursor, processed, failed, failedIds }, true);
       }
       return { processed, cursor, finished: registry.list(input.keyId, range(), 1).length === 0, failedIds, failed };
     },
