@@ -1,4 +1,4 @@
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, type SignalDefinition } from '@temporalio/common';
 import { activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
 import type { KeyManagementService } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
@@ -101,8 +101,6 @@ function resumePoint(input: ChunkInput): Cursor {
   return details ?? { cursor: input.afterId, processed: 0 };
 }
 
-const entitySummary = (keyId: string) => `Key ${keyId}: knows the rewrapped version and releases waiting workflows`;
-
 export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
   async function describeKey(keyId: string): Promise<KeyStatus> {
     const meta = await kmsCall(() => kms.getKeyMetadata(keyId));
@@ -118,6 +116,18 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
   // A new entity starts from the registry's recorded version, so a waiter that registers
   // first is judged against what is already done.
   const initialEntityState = (keyId: string): KeyEntityState => ({ keyId, rewrappedVersion: registry.getRewrappedVersion(keyId) ?? 0, waiters: [] });
+
+  /** Signal-with-start: the entity exists from the first message on, whichever comes first. */
+  async function signalKeyEntity<T>(keyId: string, taskQueue: string, signal: SignalDefinition<[T]>, arg: T): Promise<void> {
+    await getClient().workflow.signalWithStart<typeof keyEntity, [T]>('keyEntity', {
+      workflowId: keyEntityWorkflowId(keyId),
+      taskQueue,
+      args: [initialEntityState(keyId)],
+      signal,
+      signalArgs: [arg],
+      staticSummary: `Key ${keyId}: knows the rewrapped version and releases waiting workflows`,
+    });
+  }
 
   return {
     describeKey,
@@ -244,14 +254,7 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
 
     /** Asks the key's entity workflow (starting it if needed) to signal `workflowId` at `minVersion`. */
     async registerRewrapWaiter(input: RewrapWaiter & { keyId: string; taskQueue: string }): Promise<void> {
-      await getClient().workflow.signalWithStart<typeof keyEntity, [RewrapWaiter]>('keyEntity', {
-        workflowId: keyEntityWorkflowId(input.keyId),
-        taskQueue: input.taskQueue,
-        args: [initialEntityState(input.keyId)],
-        signal: awaitRewrapSignal,
-        signalArgs: [{ workflowId: input.workflowId, minVersion: input.minVersion }],
-        staticSummary: entitySummary(input.keyId),
-      });
+      await signalKeyEntity(input.keyId, input.taskQueue, awaitRewrapSignal, { workflowId: input.workflowId, minVersion: input.minVersion });
     },
 
     /**
@@ -259,14 +262,7 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
      * the entity releases every waiter. Signalling twice is harmless.
      */
     async announceRewrapComplete(input: RewrapComplete & { taskQueue: string }): Promise<void> {
-      await getClient().workflow.signalWithStart<typeof keyEntity, [RewrapComplete]>('keyEntity', {
-        workflowId: keyEntityWorkflowId(input.keyId),
-        taskQueue: input.taskQueue,
-        args: [initialEntityState(input.keyId)],
-        signal: rewrapCompleteSignal,
-        signalArgs: [{ keyId: input.keyId, version: input.version }],
-        staticSummary: entitySummary(input.keyId),
-      });
+      await signalKeyEntity(input.keyId, input.taskQueue, rewrapCompleteSignal, { keyId: input.keyId, version: input.version });
     },
   };
 }

@@ -5,6 +5,7 @@ import { describe, it } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { createActivities } from '../activities';
+import type { KeyManagementService } from '../activities/kms/key-management-service';
 import { KmsError } from '../activities/kms/kms-error';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
@@ -50,14 +51,19 @@ async function assertAllOn(s: Awaited<ReturnType<typeof seed>>, version: number)
 
 describe('rotateRootKey and watchRootKeys on a real worker, KMS files and registry', () => {
   const suite = useSuiteFixture('rotate-root-key');
+  /** A worker on its own task queue with the seeded KMS (or a wrapper of it) and registry. */
+  const workerFor = async (s: Awaited<ReturnType<typeof seed>>, label: string, kms: KeyManagementService = s.kms) => {
+    const taskQueue = uniqueTaskQueue(label);
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms, registry: s.registry }),
+    });
+    return { taskQueue, worker };
+  };
 
   it('rotates once, rewraps every WDEK through continue-as-new, verifies, records and announces', async () => {
     const s = await seed(join(suite.dir, 'a'), 240);
-    const taskQueue = uniqueTaskQueue('rotate');
-    const worker = await createTestWorker(suite.env, {
-      taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
-    });
+    const { taskQueue, worker } = await workerFor(s, 'rotate');
     const workflowId = rewrapWorkflowId(s.keyId, 2);
     await worker.runUntil(async () => {
       const handle = await suite.client.workflow.start(rotateRootKey, {
@@ -115,11 +121,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
         };
       },
     });
-    const taskQueue = uniqueTaskQueue('rotate-faults');
-    const worker = await createTestWorker(suite.env, {
-      taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: countingKms, registry: s.registry }),
-    });
+    const { taskQueue, worker } = await workerFor(s, 'rotate-faults', countingKms);
     const workflowId = rewrapWorkflowId(s.keyId, 2);
     const result = await worker.runUntil(
       suite.client.workflow.execute(rotateRootKey, { taskQueue, workflowId, args: [{ keyId: s.keyId, targetVersion: 2, rotate: true, batchSize: 10 }] }),
@@ -136,11 +138,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     const { keyId: disabledKey } = await s.setupKms.createKey({ name: 'disabled' });
     await s.setupKms.disableKey(disabledKey);
     await s.setupKms.rotateKey(s.keyId, 'outside-keyops');
-    const taskQueue = uniqueTaskQueue('rotate-refused');
-    const worker = await createTestWorker(suite.env, {
-      taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
-    });
+    const { taskQueue, worker } = await workerFor(s, 'rotate-refused');
     const failureType = async (keyId: string, targetVersion: number) => {
       const err = await suite.client.workflow
         .execute(rotateRootKey, { taskQueue, workflowId: rewrapWorkflowId(keyId, targetVersion), args: [{ keyId, targetVersion, rotate: true }] })
@@ -177,11 +175,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
         };
       },
     });
-    const taskQueue = uniqueTaskQueue('rotate-once');
-    const worker = await createTestWorker(suite.env, {
-      taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: flakyAnswer, registry: s.registry }),
-    });
+    const { taskQueue, worker } = await workerFor(s, 'rotate-once', flakyAnswer);
     const result = await worker.runUntil(
       suite.client.workflow.execute(rotateRootKey, { taskQueue, workflowId: rewrapWorkflowId(s.keyId, 2), args: [{ keyId: s.keyId, targetVersion: 2, rotate: true }] }),
     );
@@ -199,11 +193,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     const tampered = Buffer.from(victim.wdek);
     tampered[tampered.length - 1]! ^= 0x01;
     s.registry.register({ ...victim, wdek: tampered });
-    const taskQueue = uniqueTaskQueue('rotate-tampered');
-    const worker = await createTestWorker(suite.env, {
-      taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
-    });
+    const { taskQueue, worker } = await workerFor(s, 'rotate-tampered');
     const err = await worker.runUntil(
       suite.client.workflow
         .execute(rotateRootKey, { taskQueue, workflowId: rewrapWorkflowId(s.keyId, 2), args: [{ keyId: s.keyId, targetVersion: 2, rotate: true, parallelism: 1 }] })
@@ -227,11 +217,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     await s.setupKms.rotateKey(s.keyId, 'outside-1');
     now = new Date(now.getTime() + 2 * 3600_000);
     await s.setupKms.rotateKey(s.keyId, 'outside-2');
-    const taskQueue = uniqueTaskQueue('rotate-late');
-    const worker = await createTestWorker(suite.env, {
-      taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
-    });
+    const { taskQueue, worker } = await workerFor(s, 'rotate-late');
     const result = await worker.runUntil(
       suite.client.workflow.execute(rotateRootKey, { taskQueue, workflowId: rewrapWorkflowId(s.keyId, 2), args: [{ keyId: s.keyId, targetVersion: 2, rotate: false }] }),
     );
@@ -243,11 +229,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
 
   it('refuses a nonsensical input before doing anything', async () => {
     const s = await seed(join(suite.dir, 'h'), 1);
-    const taskQueue = uniqueTaskQueue('rotate-input');
-    const worker = await createTestWorker(suite.env, {
-      taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
-    });
+    const { taskQueue, worker } = await workerFor(s, 'rotate-input');
     const err = await worker.runUntil(
       suite.client.workflow
         .execute(rotateRootKey, { taskQueue, workflowId: rewrapWorkflowId(s.keyId, 2), args: [{ keyId: s.keyId, targetVersion: 2, rotate: true, chunkSize: 0 }] })
@@ -264,11 +246,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     const s = await seed(join(suite.dir, 'c'), 60, { now: () => now });
     s.registry.setRewrappedVersion(s.keyId, 1);
     await s.setupKms.setRotationPolicy(s.keyId, { intervalMonths: 1 });
-    const taskQueue = uniqueTaskQueue('watch');
-    const worker = await createTestWorker(suite.env, {
-      taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms: s.kms, registry: s.registry }),
-    });
+    const { taskQueue, worker } = await workerFor(s, 'watch');
     await worker.runUntil(async () => {
       const quiet = await suite.client.workflow.execute(watchRootKeys, { taskQueue, workflowId: `watch/${taskQueue}/0` });
       assert.deepEqual(quiet.started, [], 'nothing to do before the policy fires');
