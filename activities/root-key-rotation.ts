@@ -132,6 +132,11 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
   return {
     describeKey,
 
+    async createKey(input: { name: string }): Promise<KeyStatus> {
+      const meta = await kmsCall(() => kms.createKey(input));
+      return { keyId: meta.keyId, state: meta.state, currentVersion: meta.currentVersion, lastRotateDate: meta.lastRotateDate, rewrappedVersion: undefined };
+    },
+
     /** Keys keyops protects WDEKs with, for the watcher. */
     async listRegisteredKeys(): Promise<string[]> {
       return Promise.resolve(registry.listKeys().map((k) => k.keyId));

@@ -33,6 +33,14 @@ describe('keyops key commands', () => {
     const run = (...args: string[]) => keyops([...args, '--task-queue', taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
 
     await worker.runUntil(async () => {
+      const created = await run('key', 'create', 'operator-key', '--json');
+      assert.equal(created.code, 0, created.stderr);
+      const createdId = (JSON.parse(created.stdout) as { keyId: string }).keyId;
+      assert.equal((await kms.getKeyMetadata(createdId)).name, 'operator-key');
+      const badName = await run('key', 'create', 'x');
+      assert.equal(badName.code, 2);
+      assert.match(badName.stderr, /key name "x" must be 2 to 90 characters/);
+
       const rotated = await run('key', 'rotate', keyId, '--wait', '--json');
       assert.equal(rotated.code, 0, rotated.stderr);
       const out = JSON.parse(rotated.stdout) as { workflowId: string; verified: number; targetVersion: number; rotated: boolean };
@@ -69,7 +77,7 @@ describe('keyops key commands', () => {
 
       const watched = await run('key', 'watch', '--json');
       assert.equal(watched.code, 0, watched.stderr);
-      assert.deepEqual(JSON.parse(watched.stdout), { checked: 1, started: [], alreadyRunning: [], unreadable: [] });
+      assert.deepEqual(JSON.parse(watched.stdout), { checked: 1, started: [], alreadyRunning: [], unreadable: [] }, 'only keys with WDEKs are watched');
 
       // The hourly watcher schedule: created, then idempotent, then updated; it really runs.
       const change = async (every: string) => {

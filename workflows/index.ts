@@ -4,4 +4,5 @@ export { keyEntity } from './key-entity';
 export { rotateRootKey } from './rotate-root-key';
 export { watchRootKeys } from './watch-root-keys';
 export { describeRootKey } from './describe-root-key';
+export { createRootKey } from './create-root-key';
 export { awaitRewrap } from './await-rewrap';

@@ -4,7 +4,7 @@ import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import type { KeyStatus } from '../../activities';
-import { describeRootKey, rotateRootKey, watchRootKeys } from '../../workflows';
+import { createRootKey, describeRootKey, rotateRootKey, watchRootKeys } from '../../workflows';
 import { rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
@@ -137,6 +137,29 @@ Examples:
           ...result.unreadable.map((u) => `could not read key ${u.keyId}: ${u.reason}`),
         ]);
       });
+    });
+
+  key
+    .command('create <name>')
+    .description('create a root key in the KMS and print its id')
+    .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
+    .action(async (name: string, _opts: KeyOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
+      const status = await withClient(options, async (client) => {
+        try {
+          return await client.workflow.execute(createRootKey, {
+            taskQueue: options.taskQueue,
+            workflowId: `create-key/${Date.now()}`,
+            args: [name],
+            staticSummary: `keyops: create root key "${name}"`,
+            workflowExecutionTimeout: '30 seconds',
+          });
+        } catch (err) {
+          if (rootApplicationFailure(err)) explainKmsFailure(err, name);
+          throw new CliError(`no worker created the key within 30 s on task queue "${options.taskQueue}"`, ExitCode.failed, 'start a worker with ./temporal-dev.sh');
+        }
+      });
+      emit(options, status, () => [`created key ${status.keyId} ("${name}"), version ${status.currentVersion}`]);
     });
 
   key

@@ -1,0 +1,13 @@
+import { proxyActivities } from '@temporalio/workflow';
+import type { Activities, KeyStatus } from '../activities';
+
+const { createKey } = proxyActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  // Not retried: a retry after a lost answer would create a second key.
+  retry: { maximumAttempts: 1 },
+});
+
+/** Creates a root key in the KMS through a worker (only workers hold KMS credentials). */
+export async function createRootKey(name: string): Promise<KeyStatus> {
+  return createKey({ name });
+}
