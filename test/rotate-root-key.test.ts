@@ -204,6 +204,8 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     while (cause instanceof Error && !(cause instanceof ApplicationFailure)) cause = cause.cause;
     assert.ok(cause instanceof ApplicationFailure && cause.type === 'CIPHERTEXT_INVALID', String(cause));
     assert.match(cause.message, /WDEK db\/test\/dek-000017 of key/);
+    const failedRun = await suite.client.workflow.getHandle(rewrapWorkflowId(s.keyId, 2)).describe();
+    assert.equal(failedRun.typedSearchAttributes.get(OutcomeAttribute), 'failed');
     assert.equal(s.registry.getRewrappedVersion(s.keyId), undefined, 'a failed rewrap records nothing');
     for (const r of s.registry.list(s.keyId, {}, 100)) {
       if (r.id === victim.id) continue;

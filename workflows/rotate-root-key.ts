@@ -1,5 +1,6 @@
 import {
   ApplicationFailure,
+  ContinueAsNew,
   continueAsNew,
   proxyActivities,
   setCurrentDetails,
@@ -85,6 +86,16 @@ function checkInput(input: RotateRootKeyInput): void {
  * releases waiting backups. The workflow id is the idempotency key.
  */
 export async function rotateRootKey(input: RotateRootKeyInput): Promise<RewrapProgress> {
+  try {
+    return await rotateAndRewrap(input);
+  } catch (err) {
+    // So `Outcome = "failed"` finds it in the Web UI; continue-as-new is not a failure.
+    if (!(err instanceof ContinueAsNew)) upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
+    throw err;
+  }
+}
+
+async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgress> {
   checkInput(input);
   const chunkSize = input.chunkSize ?? DEFAULT_CHUNK;
   const batchSize = input.batchSize ?? DEFAULT_BATCH;
@@ -179,7 +190,6 @@ export async function rotateRootKey(input: RotateRootKeyInput): Promise<RewrapPr
       );
       const failed = chunks.reduce((n, c) => n + c.failed, 0);
       if (failed > 0) {
-        upsertSearchAttributes([{ key: OutcomeAttribute, value: 'verification-failed' }]);
         throw ApplicationFailure.nonRetryable(
           `${failed} WDEK(s) of key ${input.keyId} are not on version ${input.targetVersion} or do not unwrap: ${chunks.flatMap((c) => c.failedIds).slice(0, 20).join(', ')}`,
           'REWRAP_VERIFICATION_FAILED',
