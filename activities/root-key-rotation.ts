@@ -1,6 +1,6 @@
 import { ApplicationFailure, type SignalDefinition } from '@temporalio/common';
 import { activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
-import type { KeyManagementService } from './kms/key-management-service';
+import type { KeyManagementService, KeyMetadata } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
 import type { WdekRegistry, WdekUpdate } from './wdek-registry/wdek-registry';
 import {
@@ -36,7 +36,7 @@ export interface ChunkInput {
   untilId?: string | undefined;
   /** Items per chunk: one activity call, reported to the workflow when it ends. */
   maxItems: number;
-  /** Items per registry transaction and per heartbeat. */
+  /** Items per registry read and transaction. */
   batchSize: number;
 }
 
@@ -102,15 +102,16 @@ function resumePoint(input: ChunkInput): Cursor {
 }
 
 export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
+  const toStatus = (meta: KeyMetadata): KeyStatus => ({
+    keyId: meta.keyId,
+    state: meta.state,
+    currentVersion: meta.currentVersion,
+    lastRotateDate: meta.lastRotateDate,
+    rewrappedVersion: registry.getRewrappedVersion(meta.keyId),
+  });
+
   async function describeKey(keyId: string): Promise<KeyStatus> {
-    const meta = await kmsCall(() => kms.getKeyMetadata(keyId));
-    return {
-      keyId,
-      state: meta.state,
-      currentVersion: meta.currentVersion,
-      lastRotateDate: meta.lastRotateDate,
-      rewrappedVersion: registry.getRewrappedVersion(keyId),
-    };
+    return toStatus(await kmsCall(() => kms.getKeyMetadata(keyId)));
   }
 
   // A new entity starts from the registry's recorded version, so a waiter that registers
@@ -133,8 +134,7 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
     describeKey,
 
     async createKey(input: { name: string }): Promise<KeyStatus> {
-      const meta = await kmsCall(() => kms.createKey(input));
-      return { keyId: meta.keyId, state: meta.state, currentVersion: meta.currentVersion, lastRotateDate: meta.lastRotateDate, rewrappedVersion: undefined };
+      return toStatus(await kmsCall(() => kms.createKey(input)));
     },
 
     /** Keys keyops protects WDEKs with, for the watcher. */
