@@ -54,25 +54,41 @@ function explainKmsFailure(err: unknown, keyId: string): never {
   }
 }
 
-async function describe(client: Client, keyId: string, taskQueue: string): Promise<KeyStatus> {
+/**
+ * Runs a short workflow whose one activity talks to the KMS (only workers hold its
+ * credentials), bounded so that a missing worker gives an answer instead of a hang.
+ */
+async function runOnWorker<A extends unknown[]>(
+  client: Client,
+  workflow: (...args: A) => Promise<KeyStatus>,
+  opts: { taskQueue: string; workflowId: string; args: A; summary: string; subject: string },
+): Promise<KeyStatus> {
   try {
-    return await client.workflow.execute(describeRootKey, {
-      taskQueue,
-      workflowId: `describe-key/${keyId}/${Date.now()}`,
-      args: [keyId],
-      staticSummary: `keyops: read metadata of key ${keyId}`,
-      // Without a worker this would wait forever; the operator needs an answer.
+    return await client.workflow.execute(workflow, {
+      taskQueue: opts.taskQueue,
+      workflowId: opts.workflowId,
+      args: opts.args,
+      staticSummary: opts.summary,
       workflowExecutionTimeout: '30 seconds',
     });
   } catch (err) {
-    if (rootApplicationFailure(err)) explainKmsFailure(err, keyId);
+    if (rootApplicationFailure(err)) explainKmsFailure(err, opts.subject);
     throw new CliError(
-      `no worker answered for key ${keyId} within 30 s on task queue "${taskQueue}"`,
+      `no worker answered within 30 s on task queue "${opts.taskQueue}"`,
       ExitCode.failed,
       'start a worker with ./temporal-dev.sh, and check it with keyops ping --workflow',
     );
   }
 }
+
+const describe = (client: Client, keyId: string, taskQueue: string) =>
+  runOnWorker(client, describeRootKey, {
+    taskQueue,
+    workflowId: `describe-key/${keyId}/${Date.now()}`,
+    args: [keyId],
+    summary: `keyops: read metadata of key ${keyId}`,
+    subject: keyId,
+  });
 
 async function withClient<T>(options: GlobalOptions, fn: (client: Client) => Promise<T>): Promise<T> {
   const { client, connection } = await connectOrExplain(options);
@@ -145,20 +161,15 @@ Examples:
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
     .action(async (name: string, _opts: KeyOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
-      const status = await withClient(options, async (client) => {
-        try {
-          return await client.workflow.execute(createRootKey, {
-            taskQueue: options.taskQueue,
-            workflowId: `create-key/${Date.now()}`,
-            args: [name],
-            staticSummary: `keyops: create root key "${name}"`,
-            workflowExecutionTimeout: '30 seconds',
-          });
-        } catch (err) {
-          if (rootApplicationFailure(err)) explainKmsFailure(err, name);
-          throw new CliError(`no worker created the key within 30 s on task queue "${options.taskQueue}"`, ExitCode.failed, 'start a worker with ./temporal-dev.sh');
-        }
-      });
+      const status = await withClient(options, (client) =>
+        runOnWorker(client, createRootKey, {
+          taskQueue: options.taskQueue,
+          workflowId: `create-key/${Date.now()}`,
+          args: [name],
+          summary: `keyops: create root key "${name}"`,
+          subject: name,
+        }),
+      );
       emit(options, status, () => [`created key ${status.keyId} ("${name}"), version ${status.currentVersion}`]);
     });
 
