@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 import { mkdirSync } from 'node:fs';
-import { NativeConnection, Runtime, Worker, makeTelemetryFilterString } from '@temporalio/worker';
+import { NativeConnection, Runtime, makeTelemetryFilterString } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { ConnectionConfigError, resolveConnection } from '../client/connection';
 import { KmsError } from '../activities/kms/kms-error';
 import { openAdapters } from './adapters';
 import { ConfigError, loadWorkerConfig } from './config';
 import { MasterSecretError } from './kms-master-secret';
+import { KeyopsWorkers } from './keyops-workers';
 import { createLogger } from './logger';
 import { PinoSdkLogger } from './sdk-logger';
 import { keyopsVersion, temporalSdkVersion } from './version';
@@ -74,7 +75,7 @@ async function main(): Promise<number> {
     return 3;
   }
   try {
-    const worker = await Worker.create({
+    const workers = await KeyopsWorkers.create({
       connection,
       namespace: target.namespace,
       taskQueue: config.taskQueue,
@@ -94,7 +95,7 @@ async function main(): Promise<number> {
       },
       'worker started',
     );
-    await worker.run();
+    await workers.run();
     logger.info('worker stopped');
     return 0;
   } finally {

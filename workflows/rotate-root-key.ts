@@ -10,6 +10,7 @@ import {
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+import { bulkTaskQueue } from './task-queue';
 import { rewrapProgressQuery, type RewrapPhase, type RewrapProgress } from './root-key-messages';
 
 export interface RotateRootKeyInput {
@@ -132,6 +133,8 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
     maxItems: chunkSize,
     batchSize,
   });
+  // One CPU-bound chunk per worker process at a time: parallel ranges land on different cores.
+  const bulk = bulkTaskQueue(workflowInfo().taskQueue);
   const where = (p: Partition) => `after ${p.cursor ?? p.afterId ?? 'the start'}${p.untilId ? ` up to ${p.untilId}` : ''}`;
 
   if (progress.phase === 'rotating') {
@@ -162,7 +165,7 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
       const chunks = await Promise.all(
         open.map((p) =>
           rewrapChunk.executeWithOptions(
-            { summary: `rewrap up to ${chunkSize} WDEKs ${where(p)}`, startToCloseTimeout: '30 minutes', heartbeatTimeout: '30 seconds' },
+            { summary: `rewrap up to ${chunkSize} WDEKs ${where(p)}`, taskQueue: bulk },
             [chunkArgs(p)],
           ),
         ),
@@ -183,7 +186,7 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
       const chunks = await Promise.all(
         open.map((p) =>
           verifyChunk.executeWithOptions(
-            { summary: `verify up to ${chunkSize} WDEKs ${where(p)}`, startToCloseTimeout: '30 minutes', heartbeatTimeout: '30 seconds' },
+            { summary: `verify up to ${chunkSize} WDEKs ${where(p)}`, taskQueue: bulk },
             [chunkArgs(p)],
           ),
         ),

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { Client } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { DefaultLogger, type LogLevel, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
+import { DefaultLogger, type LogLevel, Runtime, type WorkerOptions } from '@temporalio/worker';
+import { KeyopsWorkers } from '../../workers/keyops-workers';
 import { testEnvVars } from './test-env-vars';
 
 // Before any worker or connection exists in this test process; TEST_LOG_LEVEL=INFO shows more.
@@ -43,12 +44,15 @@ export function uniqueTaskQueue(label: string): string {
   return `test-${label.replace(/[^a-z0-9]+/gi, '-').toLowerCase()}-${randomUUID().slice(0, 8)}`;
 }
 
-/** A worker on the prebuilt bundle: bundling once per suite instead of once per worker. */
+/**
+ * The workers of one keyops process (main and bulk task queues, as production runs them) on the
+ * prebuilt bundle: bundling once per suite instead of once per worker.
+ */
 export function createTestWorker(
   env: TestWorkflowEnvironment,
   options: Omit<WorkerOptions, 'connection' | 'workflowBundle' | 'workflowsPath'>,
-): Promise<Worker> {
-  return Worker.create({
+): Promise<KeyopsWorkers> {
+  return KeyopsWorkers.create({
     connection: env.nativeConnection,
     namespace: 'default',
     workflowBundle: { codePath: required(testEnvVars.workflowBundle) },
