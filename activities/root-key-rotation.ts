@@ -81,20 +81,6 @@ interface Cursor {
   failedIds?: string[];
 }
 
-/**
- * heartbeat() is not free (details are serialized for the server), so per-WDEK calls are
- * spaced at least a second apart; a chunk still beats after every committed batch.
- */
-function createPacedHeartbeat(minIntervalMs = 1000) {
-  let last = 0;
-  return (details: Cursor, force = false) => {
-    const now = Date.now();
-    if (!force && now - last < minIntervalMs) return;
-    last = now;
-    heartbeat(details);
-  };
-}
-
 /** Where a retried chunk resumes: the last heartbeat of the failed attempt, if any. */
 function resumePoint(input: ChunkInput): Cursor {
   const details = activityInfo().heartbeatDetails as Cursor | undefined;
@@ -160,9 +146,8 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
     },
 
     async countWdeks(input: { keyId: string; version: number }): Promise<{ total: number; stale: number }> {
-      let total = 0;
-      for (const n of registry.countByVersion(input.keyId).values()) total += n;
-      return Promise.resolve({ total, stale: registry.countBelowVersion(input.keyId, input.version) });
+      const { total, below } = registry.countBelowVersion(input.keyId, input.version);
+      return Promise.resolve({ total, stale: below });
     },
 
     /**
@@ -174,37 +159,34 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
      */
     async rewrapChunk(input: ChunkInput): Promise<ChunkResult> {
       let { cursor, processed } = resumePoint(input);
-      const beat = createPacedHeartbeat();
       const range = () => ({ afterId: cursor, untilId: input.untilId });
       while (processed < input.maxItems) {
         const batch = registry.listBelowVersion(input.keyId, input.version, range(), Math.min(input.batchSize, input.maxItems - processed));
         if (batch.length === 0) return { processed, cursor, finished: true };
+        const results = await kmsCall(() => kms.rewrapBatch(input.keyId, batch.map((r) => r.wdek)));
         const updates: WdekUpdate[] = [];
-        let current: (typeof batch)[number] | undefined;
-        try {
-          for (current of batch) {
-            const result = await kmsCall(kms.rewrap.bind(kms, input.keyId, current.wdek));
-            updates.push({ id: current.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: current.keyVersion, expectedWdek: current.wdek });
-            // With the last *committed* position: a slow remote KMS must not make one batch
-            // outlive the heartbeat timeout.
-            beat({ cursor, processed });
+        let invalid: { id: string; error: KmsError } | undefined;
+        for (const [i, result] of results.entries()) {
+          const record = batch[i]!;
+          if (result instanceof KmsError) {
+            invalid = { id: record.id, error: result };
+            break;
           }
-        } catch (err) {
-          if (err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID' && current) {
-            throw ApplicationFailure.create({
-              type: 'CIPHERTEXT_INVALID',
-              nonRetryable: true,
-              message: `WDEK ${current.id} of key ${input.keyId} is invalid or tampered: ${err.message}`,
-            });
-          }
-          throw err;
-        } finally {
-          if (updates.length) {
-            registry.update(updates);
-            processed += updates.length;
-            cursor = updates[updates.length - 1]!.id;
-            beat({ cursor, processed }, true);
-          }
+          updates.push({ id: record.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: record.keyVersion, expectedWdek: record.wdek });
+        }
+        // What was rewrapped before a bad WDEK is recorded first: a retry resumes after it.
+        if (updates.length) {
+          registry.update(updates);
+          processed += updates.length;
+          cursor = updates[updates.length - 1]!.id;
+          heartbeat({ cursor, processed } satisfies Cursor);
+        }
+        if (invalid) {
+          throw ApplicationFailure.create({
+            type: 'CIPHERTEXT_INVALID',
+            nonRetryable: true,
+            message: `WDEK ${invalid.id} of key ${input.keyId} is invalid or tampered: ${invalid.error.message}`,
+          });
         }
       }
       return { processed, cursor, finished: registry.listBelowVersion(input.keyId, input.version, range(), 1).length === 0 };
@@ -216,7 +198,6 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
       let { cursor, processed } = resumed;
       const failedIds = resumed.failedIds ?? [];
       let failed = resumed.failed ?? 0;
-      const beat = createPacedHeartbeat();
       const range = () => ({ afterId: cursor, untilId: input.untilId });
       // "On the version or later": a rotation that happened meanwhile (policy, operator) moves
       // WDEKs past the target, which still satisfies it; the watcher rewraps to the newer one.
@@ -224,25 +205,22 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
       while (processed < input.maxItems) {
         const batch = registry.list(input.keyId, range(), Math.min(input.batchSize, input.maxItems - processed));
         if (batch.length === 0) return { processed, cursor, finished: true, failedIds, failed };
-        for (const record of batch) {
-          let ok = current(record.keyVersion);
-          if (ok) {
-            try {
-              ok = current((await kmsCall(kms.unwrap.bind(kms, input.keyId, record.wdek))).keyVersion);
-            } catch (err) {
-              if (!(err instanceof ApplicationFailure && err.type === 'CIPHERTEXT_INVALID')) throw err;
-              ok = false;
-            }
-          }
-          if (!ok) {
-            failed++;
-            if (failedIds.length < 20) failedIds.push(record.id);
-          }
-          beat({ cursor, processed, failed, failedIds });
-        }
+        const onVersion = batch.flatMap((r, i) => (current(r.keyVersion) ? [i] : []));
+        const results = await kmsCall(() => kms.unwrapBatch(input.keyId, onVersion.map((i) => batch[i]!.wdek)));
+        const ok = batch.map(() => false);
+        results.forEach((result, j) => {
+          if (result instanceof KmsError) return;
+          result.dek.fill(0);
+          ok[onVersion[j]!] = current(result.keyVersion);
+        });
+        batch.forEach((record, i) => {
+          if (ok[i]) return;
+          failed++;
+          if (failedIds.length < 20) failedIds.push(record.id);
+        });
         processed += batch.length;
         cursor = batch[batch.length - 1]!.id;
-        beat({ cursor, processed, failed, failedIds }, true);
+        heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor);
       }
       return { processed, cursor, finished: registry.list(input.keyId, range(), 1).length === 0, failedIds, failed };
     },

@@ -107,7 +107,7 @@ async function main() {
     const raw = rawRate(200_000);
     const taskQueue = 'bench-rewrap';
     const workers = Array.from({ length: opts.workers }, () =>
-      spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'workers', 'main.ts')], {
+      spawn(process.execPath, [...(process.env.BENCH_WORKER_PROF ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_WORKER_PROF] : []), '--import', 'tsx', join(ROOT, 'workers', 'main.ts')], {
         cwd: ROOT,
         env: {
           ...process.env,
@@ -138,16 +138,23 @@ async function main() {
       const last = await env.client.workflow.getHandle(workflowId).fetchHistory();
       const scheduled = new Map<string, { type: string; at: number }>();
       const phases = new Map<string, number>();
+      const ranOn = new Map<string, Set<string>>();
+      const t0 = Number(last.events?.[0]?.eventTime?.seconds ?? 0) * 1000 + Math.round((last.events?.[0]?.eventTime?.nanos ?? 0) / 1e6);
       for (const e of last.events ?? []) {
+        if (process.env.BENCH_TIMELINE) console.log(String(Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6) - t0).padStart(6), temporal.api.enums.v1.EventType[e.eventType ?? 0]);
         const at = Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6);
         const s = e.activityTaskScheduledEventAttributes;
         if (s) scheduled.set(String(e.eventId), { type: s.activityType?.name ?? '?', at });
+        const st = e.activityTaskStartedEventAttributes;
+        const from0 = st && scheduled.get(String(st.scheduledEventId));
+        if (from0) ranOn.set(from0.type, (ranOn.get(from0.type) ?? new Set()).add(st.identity ?? '?'));
         const c = e.activityTaskCompletedEventAttributes;
         if (c) {
           const from = scheduled.get(String(c.scheduledEventId));
           if (from) phases.set(from.type, (phases.get(from.type) ?? 0) + at - from.at);
         }
       }
+      console.log(`ran on                ${[...ranOn].filter(([t]) => /Chunk$/.test(t)).map(([t, ids]) => `${t} ${[...ids].join(' + ')}`).join(', ')}`);
       console.log(`activity time         ${[...phases].map(([t, ms]) => `${t} ${(ms / 1000).toFixed(2)} s`).join(', ')}`);
 
       // Walk the continue-as-new chain back from the last run, counting each run's events.

@@ -183,6 +183,39 @@ describe('LocalKms (real files, real AES-256-GCM)', () => {
     await rejectsWith(kms.rotateKey(keyId, 'policy/9'), 'INVALID_INPUT');
   });
 
+  it('batch calls: a bad WDEK fails alone, a disabled key fails the call, each batch sees rotations by other connections', async () => {
+    const clock = manualClock();
+    const kms = open({ now: clock.now });
+    const { keyId } = await kms.createKey({ name: 'batched' });
+    const wrapped = await Promise.all([1, 2, 3].map(() => kms.wrap(keyId)));
+    const tampered = Buffer.from(wrapped[1]!.wdek);
+    tampered[40]! ^= 0x80;
+
+    // Another connection to the same file (as another worker process would be) rotates the key.
+    const other = LocalKms.open({ path: join(dir, `store-${stores}`, 'kms.db'), masterSecret: secret, now: clock.now });
+    opened.push(other);
+    assert.equal((await kms.unwrapBatch(keyId, [wrapped[0]!.wdek])).length, 1);
+    await other.rotateKey(keyId, 'elsewhere');
+
+    const rewrapped = await kms.rewrapBatch(keyId, [wrapped[0]!.wdek, tampered, wrapped[2]!.wdek]);
+    assert.ok(rewrapped[1] instanceof KmsError && rewrapped[1].code === 'CIPHERTEXT_INVALID', 'the tampered WDEK fails alone');
+    for (const i of [0, 2]) {
+      const r = rewrapped[i]!;
+      assert.ok(!(r instanceof KmsError), r instanceof KmsError ? r.message : '');
+      assert.deepEqual({ keyVersion: r.keyVersion, previousVersion: r.previousVersion }, { keyVersion: 2, previousVersion: 1 }, 'the rotation made elsewhere');
+      assert.deepEqual(await other.unwrap(keyId, r.wdek), { dek: wrapped[i]!.dek, keyVersion: 2 });
+    }
+    const unwrapped = await kms.unwrapBatch(keyId, [tampered, wrapped[2]!.wdek]);
+    assert.ok(unwrapped[0] instanceof KmsError && unwrapped[0].code === 'CIPHERTEXT_INVALID');
+    assert.deepEqual(unwrapped[1], { dek: wrapped[2]!.dek, keyVersion: 1 });
+
+    await other.disableKey(keyId);
+    await rejectsWith(kms.rewrapBatch(keyId, [wrapped[0]!.wdek]), 'KEY_DISABLED');
+    await rejectsWith(kms.unwrapBatch(keyId, [wrapped[0]!.wdek]), 'KEY_DISABLED');
+    await other.enableKey(keyId);
+    await rejectsWith(kms.unwrapBatch(keyId, 'not a list' as unknown as Buffer[]), 'INVALID_INPUT');
+  });
+
   it('a disabled key refuses wrap, unwrap, rewrap and rotate but keeps its metadata; enabling restores it', async () => {
     const kms = open();
     const { keyId } = await kms.createKey({ name: 'suspect' });
@@ -347,7 +380,9 @@ describe('LocalKms (real files, real AES-256-GCM)', () => {
 
     const script = resolve(ROOT, 'test/helpers/local-kms-child.ts');
     const children = ['p1', 'p2', 'p3'].map((name) => {
-      const args: ChildArgs = { path, masterSecretHex: secret.toString('hex'), keyId, name, simBaseMs: T0, realBaseMs, iterations: 1500 };
+      // The children's clock starts past the policy's due time (30 days + the 24-hour window):
+      // however fast they start, their first call finds the policy overdue and applies it.
+      const args: ChildArgs = { path, masterSecretHex: secret.toString('hex'), keyId, name, simBaseMs: T0 + 31 * DAY, realBaseMs, iterations: 1500 };
       const child = spawn(process.execPath, ['--import', 'tsx', script, JSON.stringify(args)], {
         cwd: ROOT,
         stdio: ['pipe', 'pipe', 'pipe'],

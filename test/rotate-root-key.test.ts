@@ -104,7 +104,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
   });
 
   it('completes with every WDEK correct while the KMS fails at random', async () => {
-    const s = await seed(join(suite.dir, 'b'), 300, { faultRate: 0.1 });
+    const s = await seed(join(suite.dir, 'b'), 400, { faultRate: 0.1 });
     // Count the injected failures as they pass (the KMS itself is the real local adapter).
     let injected = 0;
     const countingKms = new Proxy(s.kms, {
@@ -124,9 +124,10 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     const { taskQueue, worker } = await workerFor(s, 'rotate-faults', countingKms);
     const workflowId = rewrapWorkflowId(s.keyId, 2);
     const result = await worker.runUntil(
-      suite.client.workflow.execute(rotateRootKey, { taskQueue, workflowId, args: [{ keyId: s.keyId, targetVersion: 2, rotate: true, batchSize: 10 }] }),
+      // Faults strike whole batch calls: batches of 2 make ~400 calls, ~40 of them failing.
+      suite.client.workflow.execute(rotateRootKey, { taskQueue, workflowId, args: [{ keyId: s.keyId, targetVersion: 2, rotate: true, batchSize: 2 }] }),
     );
-    assert.equal(result.verified, 300);
+    assert.equal(result.verified, 400);
     assert.ok(injected >= 20, `only ${injected} KMS failures were injected`);
     assert.equal((await s.setupKms.getKeyMetadata(s.keyId)).versions.length, 2);
     await assertAllOn(s, 2);

@@ -3,6 +3,8 @@
  * adds one and retires the others, which still unwrap but never wrap. Adapters map other KMSs
  * (AWS KMS, Vault Transit) onto it. Every method may throw a `KmsError` (kms-error.ts).
  */
+import type { KmsError } from './kms-error';
+
 export type KeyState = 'active' | 'disabled';
 
 export interface RootKeyVersion {
@@ -54,6 +56,13 @@ export interface RotateResult {
   rotated: boolean;
 }
 
+/**
+ * One entry per WDEK of a batch call, in order: its result, or the `KmsError` of that WDEK alone
+ * (CIPHERTEXT_INVALID). Failures of the whole call (key not found or disabled, KMS unavailable)
+ * reject the call instead.
+ */
+export type BatchResult<T> = (T | KmsError)[];
+
 export interface KeyManagementService {
   createKey(input: { name: string }): Promise<KeyMetadata>;
   getKeyMetadata(keyId: string): Promise<KeyMetadata>;
@@ -64,6 +73,12 @@ export interface KeyManagementService {
   unwrap(keyId: string, wdek: Buffer): Promise<UnwrapResult>;
   /** Same DEK, wrapped again under the latest version. */
   rewrap(keyId: string, wdek: Buffer): Promise<RewrapResult>;
+  /**
+   * Bulk forms for rewrapping a key's WDEKs: one request per batch, served against one reading
+   * of the key's state. A remote adapter may pipeline the requests of a batch.
+   */
+  unwrapBatch(keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<UnwrapResult>>;
+  rewrapBatch(keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<RewrapResult>>;
   setRotationPolicy(keyId: string, policy: RotationPolicy | undefined): Promise<KeyMetadata>;
   disableKey(keyId: string): Promise<void>;
   enableKey(keyId: string): Promise<void>;

@@ -17,6 +17,7 @@ import type {
   KeyManagementService,
   KeyMetadata,
   KeyState,
+  BatchResult,
   RewrapResult,
   RootKeyVersion,
   RotateResult,
@@ -166,6 +167,20 @@ function unseal(kek: Buffer, aad: string, sealed: Buffer): Buffer | undefined {
 }
 
 const materialAad = (keyId: string, version: number) => `keyops local-kms root key\u0000${keyId}\u0000${version}`;
+
+function checkBatch(wdeks: unknown, keyId: string): void {
+  if (!Array.isArray(wdeks)) throw new KmsError('INVALID_INPUT', 'a batch of WDEKs must be an array', keyId);
+}
+
+/** A batch entry: the WDEK's own CIPHERTEXT_INVALID is its result; anything else fails the call. */
+function invalidAsValue<T>(fn: () => T): T | KmsError {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof KmsError && err.code === 'CIPHERTEXT_INVALID') return err;
+    throw err;
+  }
+}
 
 function isBusy(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
@@ -389,11 +404,36 @@ export class LocalKms implements KeyManagementService {
     return this.call(() => {
       const id = checkKeyId(keyId);
       const version = this.activeVersion(id);
-      const { dek, keyVersion: previousVersion } = this.open(id, version, wdek);
-      const rewrapped = sealWdek(this.latestMaterial(id, version), id, version, dek);
-      dek.fill(0);
-      return { wdek: rewrapped, keyVersion: version, previousVersion };
+      return this.rewrapOne(id, version, this.latestMaterial(id, version), wdek);
     });
+  }
+
+  // The key's state is read once per batch, as for a single call: checking it per WDEK (a read
+  // transaction on the shared file each time) cost more than the AES work itself.
+  unwrapBatch(keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<UnwrapResult>> {
+    return this.call(() => {
+      const id = checkKeyId(keyId);
+      checkBatch(wdeks, id);
+      const version = this.activeVersion(id);
+      return wdeks.map((wdek) => invalidAsValue(() => this.open(id, version, wdek)));
+    });
+  }
+
+  rewrapBatch(keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<RewrapResult>> {
+    return this.call(() => {
+      const id = checkKeyId(keyId);
+      checkBatch(wdeks, id);
+      const version = this.activeVersion(id);
+      const material = this.latestMaterial(id, version);
+      return wdeks.map((wdek) => invalidAsValue(() => this.rewrapOne(id, version, material, wdek)));
+    });
+  }
+
+  private rewrapOne(id: string, version: number, material: Buffer, wdek: Buffer): RewrapResult {
+    const { dek, keyVersion: previousVersion } = this.open(id, version, wdek);
+    const rewrapped = sealWdek(material, id, version, dek);
+    dek.fill(0);
+    return { wdek: rewrapped, keyVersion: version, previousVersion };
   }
 
   setRotationPolicy(keyId: string, policy: RotationPolicy | undefined): Promise<KeyMetadata> {

@@ -57,7 +57,9 @@ export class SqliteWdekRegistry implements WdekRegistry {
            wdek = excluded.wdek, owner = excluded.owner`,
       ),
       get: db.prepare<[string], Row>('SELECT * FROM wdeks WHERE id = ?'),
-      countBelow: db.prepare<[string, number], { n: number }>('SELECT count(*) AS n FROM wdeks WHERE key_id = ? AND key_version < ?'),
+      countBelow: db.prepare<[number, string], { total: number; below: number }>(
+        'SELECT count(*) AS total, coalesce(sum(key_version < ?), 0) AS below FROM wdeks WHERE key_id = ?',
+      ),
       countByVersion: db.prepare<[string], { key_version: number; n: number }>(
         'SELECT key_version, count(*) AS n FROM wdeks WHERE key_id = ? GROUP BY key_version',
       ),
@@ -103,8 +105,8 @@ export class SqliteWdekRegistry implements WdekRegistry {
     return row && toRecord(row);
   }
 
-  countBelowVersion(keyId: string, version: number): number {
-    return this.statements.countBelow.get(keyId, version)?.n ?? 0;
+  countBelowVersion(keyId: string, version: number): { total: number; below: number } {
+    return this.statements.countBelow.get(version, keyId) ?? { total: 0, below: 0 };
   }
 
   countByVersion(keyId: string): Map<number, number> {

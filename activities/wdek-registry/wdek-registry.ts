@@ -44,8 +44,8 @@ export interface WdekRegistry {
   /** Inserts many records in one transaction (setup, benchmarks). */
   registerMany(records: Iterable<WdekRecord>): void;
   get(id: string): WdekRecord | undefined;
-  /** How many WDEKs of the key are wrapped under a version lower than `version`. */
-  countBelowVersion(keyId: string, version: number): number;
+  /** How many WDEKs the key protects, and how many of them are on a version lower than `version` (one scan). */
+  countBelowVersion(keyId: string, version: number): { total: number; below: number };
   countByVersion(keyId: string): Map<number, number>;
   /** Up to `limit` WDEKs of the key below `version`, in id order, in the id range. */
   listBelowVersion(keyId: string, version: number, range: IdRange, limit: number): WdekRecord[];
