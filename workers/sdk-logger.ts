@@ -10,6 +10,8 @@ export class PinoSdkLogger implements SdkLogger {
 
   log(level: LogLevel, message: string, meta?: LogMetadata): void {
     const fields = meta ?? {};
+    // The bulk worker has no workflows by design; the SDK warns about that at every start.
+    if (level === 'WARN' && message.startsWith('No workflows registered') && String(fields.taskQueue).endsWith('-bulk')) level = 'DEBUG';
     switch (level) {
       case 'TRACE':
         return this.pino.trace(fields, message);
