@@ -57,6 +57,7 @@ export class SqliteWdekRegistry implements WdekRegistry {
            wdek = excluded.wdek, owner = excluded.owner`,
       ),
       get: db.prepare<[string], Row>('SELECT * FROM wdeks WHERE id = ?'),
+      remove: db.prepare<[string]>('DELETE FROM wdeks WHERE id = ?'),
       countBelow: db.prepare<[number, string], { total: number; below: number }>(
         'SELECT count(*) AS total, coalesce(sum(key_version < ?), 0) AS below FROM wdeks WHERE key_id = ?',
       ),
@@ -103,6 +104,10 @@ export class SqliteWdekRegistry implements WdekRegistry {
   get(id: string): WdekRecord | undefined {
     const row = this.statements.get.get(id);
     return row && toRecord(row);
+  }
+
+  remove(id: string): boolean {
+    return this.statements.remove.run(id).changes > 0;
   }
 
   countBelowVersion(keyId: string, version: number): { total: number; below: number } {

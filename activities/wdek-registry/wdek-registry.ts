@@ -44,6 +44,8 @@ export interface WdekRegistry {
   /** Inserts many records in one transaction (setup, benchmarks). */
   registerMany(records: Iterable<WdekRecord>): void;
   get(id: string): WdekRecord | undefined;
+  /** Forgets one record (its key is no longer needed by anything); true if it existed. */
+  remove(id: string): boolean;
   /** How many WDEKs the key protects, and how many of them are on a version lower than `version` (one scan). */
   countBelowVersion(keyId: string, version: number): { total: number; below: number };
   countByVersion(keyId: string): Map<number, number>;

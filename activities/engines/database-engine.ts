@@ -1,0 +1,55 @@
+/**
+ * The DatabaseEngine port: what keyops needs from an encrypted database to back it up across
+ * key rotations. Adapters: the embedded encrypted SQLite engine; command adapters (Db2, SAP HANA,
+ * SQL Server) build the engine's own commands. Every method may throw an `EngineError`.
+ */
+
+/** Which keys protect a database right now, and whether one of them is changing. */
+export interface DatabaseKeyState {
+  databaseId: string;
+  /** The KMS root key that wraps the database's DEK and backup keys. */
+  keyId: string;
+  /** The root-key version each of the database's WDEKs (DEK, backup keys) is wrapped under. */
+  wdekVersions: number[];
+  /** A DEK regeneration (all data re-encrypted) is running: backups must wait. */
+  keyChangeInProgress: boolean;
+  /** Hash of the backup key the next backup is encrypted with. */
+  backupKeyHash: string;
+}
+
+/** A written backup and everything needed to restore it, except key material. */
+export interface BackupImage {
+  databaseId: string;
+  path: string;
+  bytes: number;
+  sha256: string;
+  /** The root key and version that wrap the DEK stored in the backup. */
+  keyId: string;
+  keyVersion: number;
+  /** SHA-256 of the backup key that encrypted the file (restore looks the key up by it). */
+  backupKeyHash: string;
+  createdAt: string;
+}
+
+export interface RestoreCheck {
+  tables: number;
+  rows: number;
+}
+
+/** Called as work advances, e.g. to heartbeat; `total` is in the same unit as `done`. */
+export type Progress = (done: number, total: number) => void;
+
+export interface DatabaseEngine {
+  keyState(databaseId: string): Promise<DatabaseKeyState>;
+  /**
+   * Writes an encrypted backup to `path` (atomically: a partial file never carries the final
+   * name). Refuses with KEY_IN_TRANSITION while the database's keys are between versions.
+   */
+  backup(databaseId: string, path: string, progress?: Progress): Promise<BackupImage>;
+  /** Checks the file against its checksum and restores it to a scratch file that must open. */
+  verifyBackup(image: Pick<BackupImage, 'path' | 'sha256'>, progress?: Progress): Promise<RestoreCheck>;
+  /** Restores a backup as a database file at `targetPath` (never over an existing file). */
+  restore(image: Pick<BackupImage, 'path' | 'sha256'>, targetPath: string, progress?: Progress): Promise<RestoreCheck>;
+  /** Rewraps the database's WDEKs under the latest root-key version; data pages stay as they are. */
+  reprotect(databaseId: string): Promise<DatabaseKeyState>;
+}

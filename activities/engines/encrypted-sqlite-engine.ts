@@ -1,0 +1,363 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync } from 'node:fs';
+import { open, rename, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import Database from 'better-sqlite3-multiple-ciphers';
+import type { KeyManagementService } from '../kms/key-management-service';
+import { KmsError } from '../kms/kms-error';
+import type { WdekRegistry, WdekRecord } from '../wdek-registry/wdek-registry';
+import type { BackupImage, DatabaseEngine, DatabaseKeyState, Progress, RestoreCheck } from './database-engine';
+import { readBackupFile, writeBackupFile } from './backup-file-format';
+import { EngineError } from './engine-error';
+
+const DATABASE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+export const dekWdekId = (databaseId: string) => `db/${databaseId}/dek`;
+export const backupKeyWdekId = (databaseId: string, hash: string) => `db/${databaseId}/backup-key/${hash}`;
+const keyHash = (material: Buffer) => createHash('sha256').update(material).digest('hex');
+
+function checkDatabaseId(databaseId: unknown): string {
+  if (typeof databaseId !== 'string' || !DATABASE_ID.test(databaseId)) {
+    throw new EngineError('INVALID_CONFIGURATION', `database id ${JSON.stringify(databaseId)} must be 1 to 63 characters: a-z, 0-9, "_" or "-", starting with a letter or digit`);
+  }
+  return databaseId;
+}
+
+/** Opens a SQLCipher (v4) database keyed with the raw 32-byte DEK: no passphrase KDF. */
+function openKeyed(path: string, dek: Buffer, options: Database.Options = {}): Database.Database {
+  const db = new Database(path, options);
+  try {
+    db.pragma(`cipher='sqlcipher'`);
+    db.pragma('legacy=4');
+    db.pragma(`key="x'${dek.toString('hex')}'"`);
+    db.pragma('busy_timeout = 10000');
+    // Reading the schema proves the key: a wrong one fails here with SQLITE_NOTADB.
+    db.prepare('SELECT count(*) FROM sqlite_master').get();
+    return db;
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+/** What a restored file holds: tables and rows, after SQLite's own consistency check. */
+function inspect(db: Database.Database): RestoreCheck {
+  const check = db.pragma('quick_check', { simple: true });
+  if (check !== 'ok') throw new EngineError('BACKUP_INVALID', `the restored database fails SQLite's quick_check: ${String(check)}`);
+  const tables = db.prepare<[], { name: string }>(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'`).all();
+  let rows = 0;
+  for (const { name } of tables) rows += db.prepare<[], { n: number }>(`SELECT count(*) AS n FROM "${name.replace(/"/g, '""')}"`).get()!.n;
+  return { tables: tables.length, rows };
+}
+
+interface DatabaseRow {
+  database_id: string;
+  key_id: string;
+  created_at: string;
+  key_change: string | null;
+}
+
+/**
+ * The embedded engine: each database is a SQLCipher-encrypted SQLite file whose DEK exists on
+ * disk only as a WDEK in the registry, so opening it needs the KMS. Backups are the encrypted
+ * file, re-encrypted under a backup key (itself a registered WDEK) with the DEK's WDEK in the
+ * header: an old backup restores after any number of rotations, as retired versions unwrap.
+ * Databases use a rollback journal, so a read transaction freezes the file for a raw copy.
+ */
+export class EncryptedSqliteEngine implements DatabaseEngine {
+  private readonly meta: Database.Database;
+
+  private constructor(
+    private readonly dir: string,
+    private readonly kms: KeyManagementService,
+    private readonly registry: WdekRegistry,
+  ) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const path = join(dir, 'engine.sqlite');
+    const created = !existsSync(path);
+    this.meta = new Database(path);
+    if (created) chmodSync(path, 0o600);
+    this.meta.pragma('journal_mode = WAL');
+    this.meta.pragma('busy_timeout = 5000');
+    this.meta.exec(`
+      CREATE TABLE IF NOT EXISTS databases (
+        database_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        key_change TEXT
+      );
+      CREATE TABLE IF NOT EXISTS backup_keys (
+        database_id TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'active', 'retired')),
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (database_id, hash)
+      );
+    `);
+  }
+
+  /** `dir` holds the database files and the engine's metadata (no key material). */
+  static open(options: { dir: string; kms: KeyManagementService; registry: WdekRegistry }): EncryptedSqliteEngine {
+    return new EncryptedSqliteEngine(options.dir, options.kms, options.registry);
+  }
+
+  close(): void {
+    this.meta.close();
+  }
+
+  databasePath(databaseId: string): string {
+    return join(this.dir, `${checkDatabaseId(databaseId)}.db`);
+  }
+
+  listDatabases(): { databaseId: string; keyId: string; createdAt: string }[] {
+    return this.meta
+      .prepare<[], DatabaseRow>('SELECT * FROM databases ORDER BY database_id')
+      .all()
+      .map((r) => ({ databaseId: r.database_id, keyId: r.key_id, createdAt: r.created_at }));
+  }
+
+  /** A new encrypted database protected by root key `keyId`, with its first backup key active. */
+  async createDatabase(databaseId: string, keyId: string): Promise<DatabaseKeyState> {
+    const id = checkDatabaseId(databaseId);
+    const path = this.databasePath(id);
+    if (this.meta.prepare('SELECT 1 FROM databases WHERE database_id = ?').get(id) || existsSync(path)) {
+      throw new EngineError('DATABASE_EXISTS', `database ${id} already exists`);
+    }
+    const { dek, wdek, keyVersion } = await this.kmsCall(() => this.kms.wrap(keyId));
+    try {
+      this.registry.register({ id: dekWdekId(id), keyId, keyVersion, wdek, owner: `database ${id}` });
+      const db = openKeyed(path, dek);
+      chmodSync(path, 0o600);
+      db.close();
+    } finally {
+      dek.fill(0);
+    }
+    const now = new Date().toISOString();
+    this.meta.prepare('INSERT INTO databases (database_id, key_id, created_at) VALUES (?, ?, ?)').run(id, keyId, now);
+    await this.addBackupKey(id, 'active');
+    return this.keyState(id);
+  }
+
+  /** Runs `fn` on the open, keyed database (the application's view, for demos and tests). */
+  async withDatabase<T>(databaseId: string, fn: (db: Database.Database) => T): Promise<T> {
+    const row = this.requireDatabase(databaseId);
+    const dek = await this.unwrapDek(row);
+    try {
+      const db = openKeyed(this.databasePath(row.database_id), dek);
+      try {
+        return fn(db);
+      } finally {
+        db.close();
+      }
+    } finally {
+      dek.fill(0);
+    }
+  }
+
+  keyState(databaseId: string): Promise<DatabaseKeyState> {
+    const row = this.requireDatabase(databaseId);
+    const wdeks = this.wdeksOf(row);
+    const active = this.meta
+      .prepare<[string], { hash: string }>(`SELECT hash FROM backup_keys WHERE database_id = ? AND state = 'active'`)
+      .get(row.database_id);
+    if (!active) throw new EngineError('INVALID_CONFIGURATION', `database ${row.database_id} has no active backup key`);
+    return Promise.resolve({
+      databaseId: row.database_id,
+      keyId: row.key_id,
+      wdekVersions: wdeks.map((w) => w.keyVersion),
+      keyChangeInProgress: row.key_change !== null,
+      backupKeyHash: active.hash,
+    });
+  }
+
+  async backup(databaseId: string, path: string, progress?: Progress): Promise<BackupImage> {
+    const row = this.requireDatabase(databaseId);
+    const state = await this.keyState(row.database_id);
+    if (state.keyChangeInProgress) {
+      throw new EngineError('KEY_IN_TRANSITION', `database ${row.database_id} is being re-encrypted under a new DEK (${row.key_change}); back it up afterwards`);
+    }
+    const key = await this.kmsCall(() => this.kms.getKeyMetadata(row.key_id));
+    const behind = state.wdekVersions.filter((v) => v < key.currentVersion);
+    if (behind.length > 0) {
+      // Like Db2 during a Key Protect rotation (reference 000): the keys are between versions,
+      // and a backup now would record a key state that is already being replaced.
+      throw new EngineError(
+        'KEY_IN_TRANSITION',
+        `database ${row.database_id}: root key ${row.key_id} is at version ${key.currentVersion} but ${behind.length} of its WDEKs are still on version ${Math.min(...behind)}; the rewrap is in progress`,
+      );
+    }
+    const dekRecord = this.requireWdek(dekWdekId(row.database_id));
+    const backupKey = await this.backupKey(row.database_id, state.backupKeyHash);
+    const dek = await this.unwrapDek(row);
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    try {
+      // A read transaction holds SQLite's shared lock: no writer can commit into the file while
+      // its raw bytes are copied, so the copy is one consistent state.
+      const db = openKeyed(this.databasePath(row.database_id), dek, { readonly: true });
+      const source = await open(this.databasePath(row.database_id), 'r');
+      try {
+        db.exec('BEGIN');
+        db.prepare('SELECT count(*) FROM sqlite_master').get();
+        const { size } = await source.stat();
+        const createdAt = new Date().toISOString();
+        const written = await writeBackupFile({
+          path,
+          header: {
+            databaseId: row.database_id,
+            createdAt,
+            keyId: row.key_id,
+            keyVersion: dekRecord.keyVersion,
+            wdek: dekRecord.wdek.toString('base64'),
+            backupKeyHash: state.backupKeyHash,
+          },
+          plainBytes: size,
+          read: async (buffer, length, position) => (await source.read(buffer, 0, length, position)).bytesRead,
+          key: backupKey,
+          ...(progress ? { progress } : {}),
+        });
+        return {
+          databaseId: row.database_id,
+          path,
+          bytes: written.bytes,
+          sha256: written.sha256,
+          keyId: row.key_id,
+          keyVersion: dekRecord.keyVersion,
+          backupKeyHash: state.backupKeyHash,
+          createdAt,
+        };
+      } finally {
+        if (db.inTransaction) db.exec('COMMIT');
+        db.close();
+        await source.close();
+      }
+    } finally {
+      dek.fill(0);
+      backupKey.fill(0);
+    }
+  }
+
+  async verifyBackup(image: Pick<BackupImage, 'path' | 'sha256'>, progress?: Progress): Promise<RestoreCheck> {
+    const scratch = `${image.path}.verify-${randomBytes(4).toString('hex')}.db`;
+    try {
+      return await this.restoreTo(image, scratch, progress);
+    } finally {
+      await rm(scratch, { force: true });
+    }
+  }
+
+  async restore(image: Pick<BackupImage, 'path' | 'sha256'>, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
+    if (existsSync(targetPath)) throw new EngineError('INVALID_CONFIGURATION', `restore target ${targetPath} exists; restore never overwrites a file`);
+    const partial = `${targetPath}.partial-${randomBytes(4).toString('hex')}`;
+    try {
+      const check = await this.restoreTo(image, partial, progress);
+      await rename(partial, targetPath);
+      return check;
+    } finally {
+      await rm(partial, { force: true });
+    }
+  }
+
+  async reprotect(databaseId: string): Promise<DatabaseKeyState> {
+    const row = this.requireDatabase(databaseId);
+    const records = this.wdeksOf(row);
+    const results = await this.kmsCall(() => this.kms.rewrapBatch(row.key_id, records.map((r) => r.wdek)));
+    const updates = records.map((record, i) => {
+      const result = results[i]!;
+      if (result instanceof KmsError) throw new EngineError('KEY_UNAVAILABLE', `WDEK ${record.id} does not unwrap: ${result.message}`);
+      return { id: record.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: record.keyVersion, expectedWdek: record.wdek };
+    });
+    this.registry.update(updates);
+    return this.keyState(row.database_id);
+  }
+
+  /** Creates a backup key (wrapped by the database's root key); `pending` keys wait for activation. */
+  async addBackupKey(databaseId: string, state: 'pending' | 'active'): Promise<string> {
+    const row = this.requireDatabase(databaseId);
+    const material = randomBytes(32);
+    const hash = keyHash(material);
+    try {
+      const { wdek, keyVersion } = await this.kmsCall(() => this.kms.wrap(row.key_id, material));
+      this.registry.register({ id: backupKeyWdekId(row.database_id, hash), keyId: row.key_id, keyVersion, wdek, owner: `backup key of database ${row.database_id}` });
+    } finally {
+      material.fill(0);
+    }
+    this.meta.prepare('INSERT INTO backup_keys (database_id, hash, state, created_at) VALUES (?, ?, ?, ?)').run(row.database_id, hash, state, new Date().toISOString());
+    return hash;
+  }
+
+  private async restoreTo(image: Pick<BackupImage, 'path' | 'sha256'>, target: string, progress?: Progress): Promise<RestoreCheck> {
+    const out = await open(target, 'wx', 0o600);
+    let header;
+    try {
+      header = await readBackupFile({
+        path: image.path,
+        expectedSha256: image.sha256,
+        keyFor: (h) => this.backupKey(h.databaseId, h.backupKeyHash),
+        write: async (data, position) => {
+          let written = 0;
+          while (written < data.length) written += (await out.write(data, written, data.length - written, position + written)).bytesWritten;
+        },
+        ...(progress ? { progress } : {}),
+      });
+      await out.sync();
+    } finally {
+      await out.close();
+    }
+    // The DEK as the backup recorded it: a retired root-key version still unwraps it.
+    const { dek } = await this.kmsCall(() => this.kms.unwrap(header.keyId, Buffer.from(header.wdek, 'base64')));
+    try {
+      const db = openKeyed(target, dek);
+      try {
+        return inspect(db);
+      } finally {
+        db.close();
+      }
+    } catch (err) {
+      if (err instanceof EngineError) throw err;
+      throw new EngineError('BACKUP_INVALID', `backup ${image.path} decrypts but does not open as database ${header.databaseId}: ${String(err)}`);
+    } finally {
+      dek.fill(0);
+    }
+  }
+
+  private requireDatabase(databaseId: string): DatabaseRow {
+    const row = this.meta.prepare<[string], DatabaseRow>('SELECT * FROM databases WHERE database_id = ?').get(checkDatabaseId(databaseId));
+    if (!row) throw new EngineError('DATABASE_NOT_FOUND', `no database ${databaseId} in this engine`);
+    return row;
+  }
+
+  private requireWdek(id: string): WdekRecord {
+    const record = this.registry.get(id);
+    if (!record) throw new EngineError('INVALID_CONFIGURATION', `the WDEK registry lacks ${id}`);
+    return record;
+  }
+
+  /** The database's DEK and backup keys, as registered (their versions are what rewrap moves). */
+  private wdeksOf(row: DatabaseRow): WdekRecord[] {
+    const hashes = this.meta.prepare<[string], { hash: string }>('SELECT hash FROM backup_keys WHERE database_id = ? ORDER BY created_at').all(row.database_id);
+    return [dekWdekId(row.database_id), ...hashes.map((h) => backupKeyWdekId(row.database_id, h.hash))].map((id) => this.requireWdek(id));
+  }
+
+  private async unwrapDek(row: DatabaseRow): Promise<Buffer> {
+    const record = this.requireWdek(dekWdekId(row.database_id));
+    return (await this.kmsCall(() => this.kms.unwrap(record.keyId, record.wdek))).dek;
+  }
+
+  private async backupKey(databaseId: string, hash: string): Promise<Buffer> {
+    const record = this.registry.get(backupKeyWdekId(databaseId, hash));
+    if (!record) throw new EngineError('BACKUP_KEY_MISSING', `backup key ${hash.slice(0, 12)}… of database ${databaseId} is not in the key registry: restore its key backup first`);
+    const { dek } = await this.kmsCall(() => this.kms.unwrap(record.keyId, record.wdek));
+    if (keyHash(dek) !== hash) throw new EngineError('BACKUP_KEY_MISSING', `the registered backup key ${hash.slice(0, 12)}… of database ${databaseId} does not match its hash`);
+    return dek;
+  }
+
+  /** An unreachable KMS is the engine's "keystore not accessible" (Db2 SQL1728N): retryable. */
+  private async kmsCall<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof KmsError && err.code === 'KMS_UNAVAILABLE') throw new EngineError('KEY_UNAVAILABLE', `the keystore could not be accessed: ${err.message}`);
+      throw err;
+    }
+  }
+}

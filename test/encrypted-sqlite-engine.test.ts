@@ -1,0 +1,158 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3-multiple-ciphers';
+import { EngineError, type EngineErrorCode } from '../activities/engines/engine-error';
+import { EncryptedSqliteEngine, backupKeyWdekId } from '../activities/engines/encrypted-sqlite-engine';
+import { readBackupHeader } from '../activities/engines/backup-file-format';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+
+async function rejectsWith(promise: Promise<unknown>, code: EngineErrorCode, message?: RegExp): Promise<EngineError> {
+  let caught: unknown;
+  await assert.rejects(promise, (err: unknown) => ((caught = err), true));
+  assert.ok(caught instanceof EngineError, `expected an EngineError ${code}, got ${String(caught)}`);
+  assert.equal(caught.code, code, caught.message);
+  if (message) assert.match(caught.message, message);
+  return caught;
+}
+
+const rowsOf = (engine: EncryptedSqliteEngine, databaseId: string) =>
+  engine.withDatabase(databaseId, (db) => db.prepare('SELECT id, payload FROM orders ORDER BY id').all());
+
+describe('encrypted SQLite engine (real SQLCipher files, real KMS files)', () => {
+  let dir: string;
+  let now = new Date('2026-01-01T00:00:00Z');
+  let kms: LocalKms;
+  let registry: SqliteWdekRegistry;
+  let engine: EncryptedSqliteEngine;
+  let keyId: string;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'keyops-engine-'));
+    kms = LocalKms.open({ path: join(dir, 'kms.sqlite'), masterSecret: randomBytes(32), now: () => now });
+    registry = SqliteWdekRegistry.open(join(dir, 'wdeks.sqlite'));
+    engine = EncryptedSqliteEngine.open({ dir: join(dir, 'databases'), kms, registry });
+    keyId = (await kms.createKey({ name: 'engine-root' })).keyId;
+  });
+  after(async () => {
+    engine.close();
+    registry.close();
+    kms.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const seed = async (databaseId: string, rows: number) => {
+    await engine.createDatabase(databaseId, keyId);
+    await engine.withDatabase(databaseId, (db) => {
+      db.exec('CREATE TABLE orders (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)');
+      const insert = db.prepare('INSERT INTO orders (payload) VALUES (?)');
+      db.transaction(() => {
+        for (let i = 0; i < rows; i++) insert.run(`secret order ${i} ${'x'.repeat(100)}`);
+      })();
+    });
+  };
+  const rotate = async () => {
+    now = new Date(now.getTime() + 2 * 3600_000);
+    await kms.rotateKey(keyId, `rotate-${now.toISOString()}`);
+  };
+
+  it('keeps the database and its backups encrypted; a backup verifies and restores to the same rows', async () => {
+    await seed('shop', 2000);
+    const file = readFileSync(engine.databasePath('shop'));
+    assert.ok(!file.subarray(0, 16).toString('latin1').startsWith('SQLite format 3'), 'the database file has no plaintext header');
+    assert.ok(!file.includes('secret order'), 'no row is readable in the database file');
+
+    const path = join(dir, 'backups', 'shop-1.kob');
+    const image = await engine.backup('shop', path);
+    assert.equal(image.bytes, statSync(path).size);
+    assert.deepEqual({ keyId: image.keyId, keyVersion: image.keyVersion }, { keyId, keyVersion: 1 });
+    assert.equal(statSync(path).mode & 0o777, 0o600);
+    assert.ok(!readFileSync(path).includes('secret order'));
+    assert.deepEqual(await readdir(join(dir, 'backups')), ['shop-1.kob'], 'no partial or scratch file is left');
+    const header = await readBackupHeader(path);
+    assert.equal(header.backupKeyHash, (await engine.keyState('shop')).backupKeyHash);
+
+    assert.deepEqual(await engine.verifyBackup(image), { tables: 1, rows: 2000 });
+    const restored = join(dir, 'restored-shop.db');
+    assert.deepEqual(await engine.restore(image, restored), { tables: 1, rows: 2000 });
+    await rejectsWith(engine.restore(image, restored), 'INVALID_CONFIGURATION', /never overwrites/);
+  });
+
+  it('refuses a backup while the root key is between versions, and backs up once the WDEKs are rewrapped', async () => {
+    await seed('ledger', 50);
+    await rotate();
+    const err = await rejectsWith(engine.backup('ledger', join(dir, 'backups', 'ledger-1.kob')), 'KEY_IN_TRANSITION', /at version \d+ but 2 of its WDEKs are still on version/);
+    assert.equal(err.retryable, true);
+    const state = await engine.reprotect('ledger');
+    const current = (await kms.getKeyMetadata(keyId)).currentVersion;
+    assert.deepEqual(state.wdekVersions, [current, current], 'DEK and backup key rewrapped, pages untouched');
+    const image = await engine.backup('ledger', join(dir, 'backups', 'ledger-1.kob'));
+    assert.equal(image.keyVersion, current);
+  });
+
+  it('restores a backup taken before two rotations to identical rows', async () => {
+    await seed('archive', 300);
+    const before = await rowsOf(engine, 'archive');
+    await engine.reprotect('archive');
+    const old = await engine.backup('archive', join(dir, 'backups', 'archive-old.kob'));
+    for (let i = 0; i < 2; i++) {
+      await rotate();
+      await engine.reprotect('archive');
+      for (const db of ['shop', 'ledger']) await engine.reprotect(db);
+    }
+    assert.ok((await kms.getKeyMetadata(keyId)).currentVersion >= old.keyVersion + 2);
+    const target = join(dir, 'archive-restored.db');
+    assert.deepEqual(await engine.restore(old, target), { tables: 1, rows: 300 });
+    // The restored file opens with the DEK its backup recorded (under a now retired version).
+    const header = await readBackupHeader(old.path);
+    const { dek, keyVersion } = await kms.unwrap(header.keyId, Buffer.from(header.wdek, 'base64'));
+    assert.equal(keyVersion, old.keyVersion);
+    const db = new Database(target);
+    try {
+      db.pragma(`cipher='sqlcipher'`);
+      db.pragma('legacy=4');
+      db.pragma(`key="x'${dek.toString('hex')}'"`);
+      assert.deepEqual(db.prepare('SELECT id, payload FROM orders ORDER BY id').all(), before);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('rejects a tampered, truncated or foreign backup file with BACKUP_INVALID naming it', async () => {
+    const image = await engine.backup('shop', join(dir, 'backups', 'shop-2.kob'));
+    const bytes = readFileSync(image.path);
+    const flipped = Buffer.from(bytes);
+    flipped[Math.floor(bytes.length / 2)]! ^= 0x01;
+    const tamperedPath = join(dir, 'backups', 'shop-2-tampered.kob');
+    writeFileSync(tamperedPath, flipped);
+    await rejectsWith(engine.verifyBackup({ path: tamperedPath, sha256: image.sha256 }), 'BACKUP_INVALID', /shop-2-tampered\.kob is not valid: chunk \d+ fails authentication/);
+
+    const truncatedPath = join(dir, 'backups', 'shop-2-truncated.kob');
+    writeFileSync(truncatedPath, bytes.subarray(0, bytes.length - 1000));
+    await rejectsWith(engine.verifyBackup({ path: truncatedPath, sha256: image.sha256 }), 'BACKUP_INVALID', /ends inside chunk/);
+
+    await rejectsWith(engine.verifyBackup({ path: image.path, sha256: '0'.repeat(64) }), 'BACKUP_INVALID', /SHA-256 differs/);
+    const notBackup = join(dir, 'backups', 'not-a-backup.kob');
+    writeFileSync(notBackup, 'hello');
+    await rejectsWith(engine.verifyBackup({ path: notBackup, sha256: image.sha256 }), 'BACKUP_INVALID', /not a keyops backup file/);
+    assert.deepEqual((await readdir(join(dir, 'backups'))).filter((f) => f.includes('.verify-')), [], 'scratch files are removed');
+  });
+
+  it('names a missing backup key and refuses bad database ids', async () => {
+    await seed('lost-key', 5);
+    const image = await engine.backup('lost-key', join(dir, 'backups', 'lost-key.kob'));
+    const { backupKeyHash } = await engine.keyState('lost-key');
+    const record = registry.get(backupKeyWdekId('lost-key', backupKeyHash))!;
+    assert.equal(registry.remove(record.id), true);
+    await rejectsWith(engine.verifyBackup(image), 'BACKUP_KEY_MISSING', new RegExp(`backup key ${backupKeyHash.slice(0, 12)}… of database lost-key`));
+
+    await rejectsWith(engine.createDatabase('Bad Id!', keyId), 'INVALID_CONFIGURATION', /database id "Bad Id!" must be/);
+    await rejectsWith(engine.createDatabase('shop', keyId), 'DATABASE_EXISTS');
+    await rejectsWith(engine.backup('nope', join(dir, 'x.kob')), 'DATABASE_NOT_FOUND', /no database nope/);
+  });
+});
