@@ -1,7 +1,8 @@
+import { createBackupActivities, type BackupDeps } from './nightly-backup';
 import { createRootKeyActivities, type RootKeyDeps } from './root-key-rotation';
 import { createWorkerProbe, type WorkerProbeDeps } from './worker-probe';
 
-export type ActivityDeps = WorkerProbeDeps & RootKeyDeps;
+export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps;
 
 /**
  * Builds every activity from the adapters the worker chose. Tests call this with real local
@@ -11,9 +12,11 @@ export function createActivities(deps: ActivityDeps) {
   return {
     probeWorker: createWorkerProbe(deps),
     ...createRootKeyActivities(deps),
+    ...createBackupActivities(deps),
   };
 }
 
 export type Activities = ReturnType<typeof createActivities>;
 export type { WorkerProbeReport } from './worker-probe';
 export type { KeyStatus } from './root-key-rotation';
+export type { BackupKeyCheck } from './nightly-backup';

@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
-import { createActivities } from '../activities';
+import { localActivities } from './helpers/local-activities';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { awaitRewrap, rotateRootKey } from '../workflows';
@@ -31,7 +31,7 @@ describe('awaitRewrap released by the key entity', () => {
     const taskQueue = uniqueTaskQueue('await-rewrap');
     const worker = await createTestWorker(suite.env, {
       taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms, registry }),
+      activities: localActivities({ dataDir: suite.dir, kms, registry }).activities,
     });
     const wait = (name: string, extra: Partial<Parameters<typeof awaitRewrap>[0]> = {}) =>
       suite.client.workflow.start(awaitRewrap, { taskQueue, workflowId: `await/${taskQueue}/${name}`, args: [{ keyId, minVersion: 2, ...extra }] });

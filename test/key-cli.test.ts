@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { createActivities } from '../activities';
+import { localActivities } from './helpers/local-activities';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { WATCH_SCHEDULE_ID } from '../client/schedules/watch-root-keys-schedule';
@@ -28,7 +28,7 @@ describe('keyops key commands', () => {
     const taskQueue = uniqueTaskQueue('key-cli');
     const worker = await createTestWorker(suite.env, {
       taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms, registry }),
+      activities: localActivities({ dataDir: suite.dir, kms, registry }).activities,
     });
     const run = (...args: string[]) => keyops([...args, '--task-queue', taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
 

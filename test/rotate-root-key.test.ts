@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { createActivities } from '../activities';
+import { localActivities } from './helpers/local-activities';
 import type { KeyManagementService } from '../activities/kms/key-management-service';
 import { KmsError } from '../activities/kms/kms-error';
 import { LocalKms } from '../activities/kms/local-kms';
@@ -56,7 +56,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     const taskQueue = uniqueTaskQueue(label);
     const worker = await createTestWorker(suite.env, {
       taskQueue,
-      activities: createActivities({ dataDir: suite.dir, keyopsVersion: 'test', kms, registry: s.registry }),
+      activities: localActivities({ dataDir: suite.dir, kms, registry: s.registry }).activities,
     });
     return { taskQueue, worker };
   };

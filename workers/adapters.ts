@@ -1,5 +1,8 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import type { BackupCatalog } from '../activities/catalog/backup-catalog';
+import { SqliteBackupCatalog } from '../activities/catalog/sqlite-backup-catalog';
+import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
 import type { KeyManagementService } from '../activities/kms/key-management-service';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
@@ -10,12 +13,15 @@ import { loadKmsMasterSecret } from './kms-master-secret';
 export interface Adapters {
   kms: KeyManagementService;
   registry: WdekRegistry;
+  engine: EncryptedSqliteEngine;
+  catalog: BackupCatalog;
   close(): void;
 }
 
 /**
  * The one place that chooses adapters. Today: the embedded defaults, all under the data
- * directory (local KMS, SQLite WDEK registry); cloud adapters plug in here by configuration.
+ * directory (local KMS, SQLite WDEK registry, encrypted SQLite engine, backup catalog); cloud
+ * adapters plug in here by configuration.
  */
 export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
   const { secret, generatedAt } = loadKmsMasterSecret(config);
@@ -24,10 +30,16 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
   }
   const kms = LocalKms.open({ path: join(config.dataDir, 'kms', 'keys.sqlite'), masterSecret: secret });
   const registry = SqliteWdekRegistry.open(join(config.dataDir, 'registry', 'wdeks.sqlite'));
+  const engine = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
+  const catalog = SqliteBackupCatalog.open(join(config.dataDir, 'catalog', 'backups.sqlite'));
   return {
     kms,
     registry,
+    engine,
+    catalog,
     close() {
+      catalog.close();
+      engine.close();
       registry.close();
       kms.close();
     },

@@ -6,3 +6,4 @@ export { watchRootKeys } from './watch-root-keys';
 export { describeRootKey } from './describe-root-key';
 export { createRootKey } from './create-root-key';
 export { awaitRewrap } from './await-rewrap';
+export { nightlyBackup } from './nightly-backup';

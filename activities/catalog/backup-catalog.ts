@@ -1,0 +1,39 @@
+/**
+ * The backup catalog: every backup keyops took, with what restoring it needs (key id, key
+ * version, backup-key hash, checksum) and how its verification went; and every night's outcome,
+ * for the two-failed-nights alert.
+ */
+export type BackupStatus = 'good' | 'failed' | 'deleted';
+
+export interface CatalogEntry {
+  /** The nightly run's backup id, e.g. `backup/<databaseId>/<night>`. */
+  backupId: string;
+  databaseId: string;
+  /** The night it belongs to (YYYY-MM-DD). */
+  night: string;
+  createdAt: string;
+  path: string;
+  bytes: number;
+  sha256: string;
+  keyId: string;
+  keyVersion: number;
+  backupKeyHash: string;
+  /** What the test restore found; undefined when it was not verified. */
+  verification: { tables: number; rows: number } | undefined;
+  status: BackupStatus;
+}
+
+export type NightOutcome = 'succeeded' | 'failed';
+
+export interface BackupCatalog {
+  /** Inserts or replaces the entry with this backup id (a retried run records once). */
+  record(entry: CatalogEntry): void;
+  get(backupId: string): CatalogEntry | undefined;
+  /** Newest first. */
+  list(filter?: { databaseId?: string; status?: BackupStatus; limit?: number }): CatalogEntry[];
+  /** The newest good backup of the database. */
+  lastGood(databaseId: string): CatalogEntry | undefined;
+  /** Records how a night ended; returns how many nights in a row have now failed. */
+  recordNight(databaseId: string, night: string, outcome: NightOutcome, error?: string): number;
+  close(): void;
+}

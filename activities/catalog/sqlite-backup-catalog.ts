@@ -1,0 +1,138 @@
+import { chmodSync, existsSync, mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3-multiple-ciphers';
+import type { BackupCatalog, BackupStatus, CatalogEntry, NightOutcome } from './backup-catalog';
+
+interface Row {
+  backup_id: string;
+  database_id: string;
+  night: string;
+  created_at: string;
+  path: string;
+  bytes: number;
+  sha256: string;
+  key_id: string;
+  key_version: number;
+  backup_key_hash: string;
+  verified_tables: number | null;
+  verified_rows: number | null;
+  status: BackupStatus;
+}
+
+const toEntry = (r: Row): CatalogEntry => ({
+  backupId: r.backup_id,
+  databaseId: r.database_id,
+  night: r.night,
+  createdAt: r.created_at,
+  path: r.path,
+  bytes: r.bytes,
+  sha256: r.sha256,
+  keyId: r.key_id,
+  keyVersion: r.key_version,
+  backupKeyHash: r.backup_key_hash,
+  verification: r.verified_tables === null || r.verified_rows === null ? undefined : { tables: r.verified_tables, rows: r.verified_rows },
+  status: r.status,
+});
+
+/** The embedded catalog: one SQLite file (WAL: the CLI reads while a worker writes). */
+export class SqliteBackupCatalog implements BackupCatalog {
+  private readonly db: Database.Database;
+
+  private constructor(path: string) {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    const created = !existsSync(path);
+    this.db = new Database(path);
+    if (created) chmodSync(path, 0o600);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS backups (
+        backup_id TEXT PRIMARY KEY,
+        database_id TEXT NOT NULL,
+        night TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        path TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        key_version INTEGER NOT NULL,
+        backup_key_hash TEXT NOT NULL,
+        verified_tables INTEGER,
+        verified_rows INTEGER,
+        status TEXT NOT NULL CHECK (status IN ('good', 'failed', 'deleted'))
+      );
+      CREATE INDEX IF NOT EXISTS backups_by_database ON backups (database_id, created_at);
+      CREATE TABLE IF NOT EXISTS nights (
+        database_id TEXT NOT NULL,
+        night TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('succeeded', 'failed')),
+        error TEXT,
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (database_id, night)
+      );
+    `);
+  }
+
+  static open(path: string): SqliteBackupCatalog {
+    return new SqliteBackupCatalog(path);
+  }
+
+  record(entry: CatalogEntry): void {
+    this.db
+      .prepare(
+        `INSERT OR REPLACE INTO backups VALUES (@backupId, @databaseId, @night, @createdAt, @path, @bytes, @sha256, @keyId, @keyVersion,
+           @backupKeyHash, @tables, @rows, @status)`,
+      )
+      .run({
+        backupId: entry.backupId,
+        databaseId: entry.databaseId,
+        night: entry.night,
+        createdAt: entry.createdAt,
+        path: entry.path,
+        bytes: entry.bytes,
+        sha256: entry.sha256,
+        keyId: entry.keyId,
+        keyVersion: entry.keyVersion,
+        backupKeyHash: entry.backupKeyHash,
+        tables: entry.verification?.tables ?? null,
+        rows: entry.verification?.rows ?? null,
+        status: entry.status,
+      });
+  }
+
+  get(backupId: string): CatalogEntry | undefined {
+    const row = this.db.prepare<[string], Row>('SELECT * FROM backups WHERE backup_id = ?').get(backupId);
+    return row && toEntry(row);
+  }
+
+  list(filter: { databaseId?: string; status?: BackupStatus; limit?: number } = {}): CatalogEntry[] {
+    return this.db
+      .prepare<[{ databaseId: string | null; status: string | null; limit: number }], Row>(
+        `SELECT * FROM backups WHERE (@databaseId IS NULL OR database_id = @databaseId) AND (@status IS NULL OR status = @status)
+         ORDER BY created_at DESC, backup_id DESC LIMIT @limit`,
+      )
+      .all({ databaseId: filter.databaseId ?? null, status: filter.status ?? null, limit: filter.limit ?? -1 })
+      .map(toEntry);
+  }
+
+  lastGood(databaseId: string): CatalogEntry | undefined {
+    return this.list({ databaseId, status: 'good', limit: 1 })[0];
+  }
+
+  recordNight(databaseId: string, night: string, outcome: NightOutcome, error?: string): number {
+    return this.db.transaction(() => {
+      this.db
+        .prepare('INSERT OR REPLACE INTO nights VALUES (?, ?, ?, ?, ?)')
+        .run(databaseId, night, outcome, error ?? null, new Date().toISOString());
+      const recent = this.db
+        .prepare<[string], { outcome: NightOutcome }>('SELECT outcome FROM nights WHERE database_id = ? ORDER BY night DESC')
+        .all(databaseId);
+      const streak = recent.findIndex((n) => n.outcome === 'succeeded');
+      return streak === -1 ? recent.length : streak;
+    })();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,130 @@
+import { join } from 'node:path';
+import { rm, readdir } from 'node:fs/promises';
+import { heartbeat } from '@temporalio/activity';
+import type { BackupCatalog, CatalogEntry } from './catalog/backup-catalog';
+import type { BackupImage, DatabaseEngine, Progress, RestoreCheck } from './engines/database-engine';
+import { EngineError, engineFailure } from './engines/engine-error';
+import type { KeyManagementService } from './kms/key-management-service';
+import { KmsError, kmsFailure } from './kms/kms-error';
+
+export interface BackupDeps {
+  dataDir: string;
+  kms: KeyManagementService;
+  engine: DatabaseEngine;
+  catalog: BackupCatalog;
+}
+
+/** What the nightly run needs to decide whether to wait: ids, versions and dates only. */
+export interface BackupKeyCheck {
+  databaseId: string;
+  keyId: string;
+  currentVersion: number;
+  lastRotateDate: string | undefined;
+  /** The lowest root-key version among the database's WDEKs. */
+  oldestWdekVersion: number;
+  keyChangeInProgress: boolean;
+  lastGoodBackupAt: string | undefined;
+  /** DESIGN.md's test: the key rotated after the last good backup and the WDEKs are behind. */
+  rotationInProgress: boolean;
+  /** The WDEKs are behind the key, however that came about: a backup now would be refused. */
+  wdeksBehind: boolean;
+}
+
+/** Engine and KMS errors leave activities typed; retryable only where their code says so. */
+async function typed<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof EngineError) throw engineFailure(err);
+    if (err instanceof KmsError) throw kmsFailure(err);
+    throw err;
+  }
+}
+
+/** Progress as heartbeats, at most one a second (details are serialized for the server). */
+function heartbeatProgress(): Progress {
+  let last = 0;
+  return (done, total) => {
+    const now = Date.now();
+    if (now - last < 1000 && done < total) return;
+    last = now;
+    heartbeat({ done, total });
+  };
+}
+
+/** `backup/shop/2026-11-23` → `shop-2026-11-23`: a file name that says which backup it is. */
+const fileNameOf = (backupId: string) => backupId.replace(/^backup\//, '').replace(/[^A-Za-z0-9_.-]+/g, '-');
+
+export function createBackupActivities({ dataDir, kms, engine, catalog }: BackupDeps) {
+  const pathOf = (databaseId: string, backupId: string) => join(dataDir, 'backups', databaseId, `${fileNameOf(backupId)}.kob`);
+
+  return {
+    async checkBackupKeys(input: { databaseId: string }): Promise<BackupKeyCheck> {
+      return typed(async () => {
+        const state = await engine.keyState(input.databaseId);
+        const key = await kms.getKeyMetadata(state.keyId);
+        const lastGood = catalog.lastGood(input.databaseId);
+        const oldestWdekVersion = Math.min(...state.wdekVersions);
+        const wdeksBehind = oldestWdekVersion < key.currentVersion;
+        const rotatedSinceBackup = key.lastRotateDate !== undefined && (!lastGood || key.lastRotateDate > lastGood.createdAt);
+        return {
+          databaseId: input.databaseId,
+          keyId: state.keyId,
+          currentVersion: key.currentVersion,
+          lastRotateDate: key.lastRotateDate,
+          oldestWdekVersion,
+          keyChangeInProgress: state.keyChangeInProgress,
+          lastGoodBackupAt: lastGood?.createdAt,
+          rotationInProgress: rotatedSinceBackup && wdeksBehind,
+          wdeksBehind,
+        };
+      });
+    },
+
+    /**
+     * Writes the night's backup. Idempotent: a backup already catalogued as good is returned as
+     * is; otherwise each attempt writes a fresh partial file and renames it over the final name,
+     * so a killed attempt never leaves a half-written file under that name.
+     */
+    async backupDatabase(input: { databaseId: string; backupId: string }): Promise<BackupImage> {
+      const done = catalog.get(input.backupId);
+      if (done?.status === 'good') return imageOf(done);
+      const path = pathOf(input.databaseId, input.backupId);
+      await removePartials(path);
+      return typed(() => engine.backup(input.databaseId, path, heartbeatProgress()));
+    },
+
+    async verifyBackupImage(input: { path: string; sha256: string }): Promise<RestoreCheck> {
+      return typed(() => engine.verifyBackup(input, heartbeatProgress()));
+    },
+
+    async recordBackup(entry: CatalogEntry): Promise<void> {
+      catalog.record(entry);
+      return Promise.resolve();
+    },
+
+    /** Returns how many nights in a row have failed for the database, this one included. */
+    async recordNight(input: { databaseId: string; night: string; outcome: 'succeeded' | 'failed'; error?: string }): Promise<number> {
+      return Promise.resolve(catalog.recordNight(input.databaseId, input.night, input.outcome, input.error));
+    },
+  };
+}
+
+const imageOf = (e: CatalogEntry): BackupImage => ({
+  databaseId: e.databaseId,
+  path: e.path,
+  bytes: e.bytes,
+  sha256: e.sha256,
+  keyId: e.keyId,
+  keyVersion: e.keyVersion,
+  backupKeyHash: e.backupKeyHash,
+  createdAt: e.createdAt,
+});
+
+/** Partial files an earlier, killed attempt left beside `path` (its heartbeat timed out: it is gone). */
+async function removePartials(path: string): Promise<void> {
+  const dir = join(path, '..');
+  const base = path.slice(dir.length + 1);
+  const names = await readdir(dir).catch(() => [] as string[]);
+  await Promise.all(names.filter((n) => n.startsWith(`${base}.partial-`)).map((n) => rm(join(dir, n), { force: true })));
+}

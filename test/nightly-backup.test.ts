@@ -1,0 +1,143 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { WorkflowFailedError } from '@temporalio/client';
+import { EngineError } from '../activities/engines/engine-error';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { nightlyBackup, rotateRootKey } from '../workflows';
+import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
+import { keyEntityWorkflowId, rewrapProgressQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
+import { OutcomeAttribute } from '../workflows/search-attributes';
+import { localActivities } from './helpers/local-activities';
+import { recordHistory } from './helpers/record-history';
+import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+
+const eventMs = (e: { eventTime?: { seconds?: unknown; nanos?: number | null } | null }) =>
+  Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6);
+
+describe('nightlyBackup on a real worker, encrypted database, KMS and catalog files', () => {
+  const suite = useSuiteFixture('nightly-backup');
+
+  const setup = async (label: string) => {
+    const dataDir = join(suite.dir, label);
+    const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
+    const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
+    const local = localActivities({ dataDir, kms, registry });
+    const { keyId } = await kms.createKey({ name: `nightly-${label}` });
+    const taskQueue = uniqueTaskQueue(label);
+    const worker = await createTestWorker(suite.env, { taskQueue, activities: local.activities });
+    return { kms, registry, keyId, taskQueue, worker, ...local };
+  };
+
+  it('waits while a root-key rewrap is in progress, is released by its signal and backs up within 1 s; a naive backup then fails', async (t) => {
+    const s = await setup('incident');
+    await s.engine.createDatabase('payroll', s.keyId);
+    await s.engine.withDatabase('payroll', (db) => {
+      db.exec('CREATE TABLE pay (id INTEGER PRIMARY KEY, amount INTEGER)');
+      const insert = db.prepare('INSERT INTO pay (amount) VALUES (?)');
+      for (let i = 0; i < 500; i++) insert.run(i * 7);
+    });
+    // Application WDEKs that sort before the database's (`db/…`): the rewrap reaches the
+    // database's keys last, so the key stays in its transitional state for a while.
+    const filler = [];
+    for (let i = 0; i < 20_000; i++) {
+      const { wdek, keyVersion } = await s.kms.wrap(s.keyId);
+      filler.push({ id: `app/${String(i).padStart(6, '0')}`, keyId: s.keyId, keyVersion, wdek, owner: 'app' });
+    }
+    s.registry.registerMany(filler);
+    s.registry.setRewrappedVersion(s.keyId, 1);
+
+    await s.worker.runUntil(async () => {
+      const rewrap = await suite.client.workflow.start(rotateRootKey, {
+        taskQueue: s.taskQueue,
+        workflowId: rewrapWorkflowId(s.keyId, 2),
+        args: [{ keyId: s.keyId, targetVersion: 2, rotate: true, parallelism: 1, chunkSize: 1000, batchSize: 100 }],
+      });
+      for (let i = 0; (await rewrap.query(rewrapProgressQuery)).phase !== 'rewrapping'; i++) {
+        assert.ok(i < 200, 'the rewrap reached its rewrapping phase');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+
+      const night = '2026-12-01';
+      const backup = await suite.client.workflow.start(nightlyBackup, {
+        taskQueue: s.taskQueue,
+        workflowId: backupWorkflowId('payroll', night),
+        args: [{ databaseId: 'payroll', night }],
+      });
+      for (let i = 0; (await backup.query(backupProgressQuery)).phase !== 'awaiting-rewrap'; i++) {
+        assert.ok(i < 200, 'the backup saw the rotation and waits');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.equal((await rewrap.query(rewrapProgressQuery)).phase, 'rewrapping', 'the rewrap is still running');
+
+      // What a plain `backup database` at this moment gets: the engine refuses, retryably.
+      const naive = await s.engine.backup('payroll', join(suite.dir, 'incident', 'naive.kob')).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      assert.ok(naive instanceof EngineError && naive.code === 'KEY_IN_TRANSITION', `naive backup: ${String(naive)}`);
+      assert.match(naive.message, /root key .* is at version 2 but 2 of its WDEKs are still on version 1/);
+
+      const result = await backup.result();
+      await rewrap.result();
+      assert.deepEqual(
+        { phase: result.phase, awaitedVersion: result.awaitedVersion, keyVersion: result.keyVersion, failedNights: result.failedNights },
+        { phase: 'done', awaitedVersion: 2, keyVersion: 2, failedNights: 0 },
+      );
+
+      // The latency the operator cares about: rewrap announced → backup activity started.
+      const rewrapEvents = (await rewrap.fetchHistory()).events ?? [];
+      const scheduled = new Map(rewrapEvents.filter((e) => e.activityTaskScheduledEventAttributes).map((e) => [String(e.eventId), e]));
+      const announced = rewrapEvents.find(
+        (e) => scheduled.get(String(e.activityTaskCompletedEventAttributes?.scheduledEventId))?.activityTaskScheduledEventAttributes?.activityType?.name === 'announceRewrapComplete',
+      );
+      assert.ok(announced, 'the rewrap announced completion');
+      const backupEvents = (await backup.fetchHistory()).events ?? [];
+      const backupScheduled = backupEvents.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'backupDatabase');
+      const backupStarted = backupEvents.find((e) => String(e.activityTaskStartedEventAttributes?.scheduledEventId) === String(backupScheduled?.eventId));
+      assert.ok(backupStarted, 'the backup activity started');
+      const latency = eventMs(backupStarted) - eventMs(announced);
+      assert.ok(latency >= 0 && latency < 1000, `backup started ${latency} ms after the rewrap was announced`);
+      t.diagnostic(`rewrap announced -> backup started: ${latency} ms`);
+
+      const entry = s.catalog.get(backupWorkflowId('payroll', night));
+      assert.ok(entry);
+      assert.deepEqual(
+        { status: entry.status, keyId: entry.keyId, keyVersion: entry.keyVersion, verification: entry.verification },
+        { status: 'good', keyId: s.keyId, keyVersion: 2, verification: { tables: 1, rows: 500 } },
+      );
+      assert.deepEqual(await s.engine.verifyBackup(entry), { tables: 1, rows: 500 });
+      assert.equal((await backup.describe()).typedSearchAttributes.get(OutcomeAttribute), 'succeeded');
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backup.workflowId, 'nightly-backup.json');
+    });
+    await suite.client.workflow.getHandle(keyEntityWorkflowId(s.keyId)).terminate('test finished');
+  });
+
+  it('raises the alert after two failed nights in a row, and a good night clears it', async () => {
+    const s = await setup('alert');
+    const run = (night: string) =>
+      suite.client.workflow.execute(nightlyBackup, { taskQueue: s.taskQueue, workflowId: backupWorkflowId('crm', night), args: [{ databaseId: 'crm', night }] });
+    const outcome = async (night: string) => (await suite.client.workflow.getHandle(backupWorkflowId('crm', night)).describe()).typedSearchAttributes.get(OutcomeAttribute);
+    await s.worker.runUntil(async () => {
+      // No such database yet: a configuration error, not retried.
+      for (const [night, expected] of [
+        ['2026-12-01', 'failed'],
+        ['2026-12-02', 'alert'],
+      ] as const) {
+        const err = await run(night).then(() => undefined, (e: unknown) => e);
+        assert.ok(err instanceof WorkflowFailedError, String(err));
+        const cause = err.cause?.cause;
+        assert.ok(cause instanceof Error);
+        assert.match(cause.message, /no database crm/);
+        assert.equal(await outcome(night), expected);
+      }
+      await s.engine.createDatabase('crm', s.keyId);
+      const good = await run('2026-12-03');
+      assert.equal(good.failedNights, 0);
+      assert.equal(await outcome('2026-12-03'), 'succeeded');
+      assert.equal(s.catalog.recordNight('crm', '2026-12-04', 'failed'), 1, 'the streak restarted after the good night');
+    });
+  });
+});

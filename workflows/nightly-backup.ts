@@ -1,0 +1,119 @@
+import {
+  ApplicationFailure,
+  CancellationScope,
+  executeChild,
+  log,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import { awaitRewrap } from './await-rewrap';
+import { backupProgressQuery, backupWorkflowId, type BackupPhase, type BackupProgress } from './backup-messages';
+import { DatabaseIdAttribute, KeyIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+
+export interface NightlyBackupInput {
+  databaseId: string;
+  /** The night (YYYY-MM-DD) this backup belongs to; default: the run's start date (UTC). */
+  night?: string;
+  /** Longest wait for a rewrap in progress (ms); default 6 hours. */
+  rewrapWaitMs?: number;
+  /** How often the wait re-reads the key state, should a signal be lost (ms); default 10 min. */
+  recheckEveryMs?: number;
+}
+
+const { checkBackupKeys, recordBackup, recordNight } = proxyActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
+});
+
+// Key-unavailable and key-in-transition failures retry with exponential backoff (about 30 min
+// in all); permission, configuration and invalid-backup failures are non-retryable and end it.
+const { backupDatabase, verifyBackupImage } = proxyActivities<Activities>({
+  startToCloseTimeout: '6 hours',
+  heartbeatTimeout: '30 seconds',
+  retry: { initialInterval: '2 seconds', backoffCoefficient: 2, maximumInterval: '5 minutes', maximumAttempts: 10 },
+});
+
+/**
+ * One database's backup for one night (reference 000): checks whether a root-key rotation is in
+ * progress and, if so, waits for the rewrap-complete signal (bounded, with re-checks) instead of
+ * failing or sleeping; then backs up, verifies by a test restore, and catalogues the backup.
+ */
+export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupProgress> {
+  if (typeof input.databaseId !== 'string' || input.databaseId.length === 0) {
+    throw ApplicationFailure.nonRetryable('databaseId is required', 'INVALID_INPUT');
+  }
+  const night = input.night ?? new Date(workflowInfo().startTime).toISOString().slice(0, 10);
+  const progress: BackupProgress = {
+    databaseId: input.databaseId,
+    night,
+    phase: 'checking-keys',
+    keyId: undefined,
+    awaitedVersion: undefined,
+    releasedAt: undefined,
+    backupStartedAt: undefined,
+    backupId: backupWorkflowId(input.databaseId, night),
+    path: undefined,
+    bytes: undefined,
+    keyVersion: undefined,
+    failedNights: 0,
+  };
+  setHandler(backupProgressQuery, () => progress, { description: 'Phase, key versions and the backup written' });
+  const enter = (phase: BackupPhase, details: string) => {
+    progress.phase = phase;
+    upsertSearchAttributes([
+      { key: PhaseAttribute, value: phase },
+      { key: DatabaseIdAttribute, value: input.databaseId },
+      ...(progress.keyId ? [{ key: KeyIdAttribute, value: progress.keyId }] : []),
+    ]);
+    setCurrentDetails(`**${phase}** database \`${input.databaseId}\`, night ${night}: ${details}`);
+  };
+
+  try {
+    enter('checking-keys', 'reading the root key and the database key state');
+    const keys = await checkBackupKeys({ databaseId: input.databaseId });
+    progress.keyId = keys.keyId;
+    if (keys.wdeksBehind) {
+      progress.awaitedVersion = keys.currentVersion;
+      enter(
+        'awaiting-rewrap',
+        `root key \`${keys.keyId}\` rotated to version ${keys.currentVersion} (${keys.lastRotateDate ?? 'date unknown'}); waiting for the rewrap of its WDEKs (now at version ${keys.oldestWdekVersion})`,
+      );
+      await executeChild(awaitRewrap, {
+        workflowId: `${progress.backupId}/await-rewrap`,
+        args: [{ keyId: keys.keyId, minVersion: keys.currentVersion, timeoutMs: input.rewrapWaitMs, recheckEveryMs: input.recheckEveryMs }],
+        staticSummary: `Wait for key ${keys.keyId} to be rewrapped to version ${keys.currentVersion}`,
+      });
+      progress.releasedAt = Date.now();
+    }
+
+    enter('backing-up', 'writing the encrypted backup');
+    progress.backupStartedAt = Date.now();
+    const image = await backupDatabase({ databaseId: input.databaseId, backupId: progress.backupId });
+    Object.assign(progress, { path: image.path, bytes: image.bytes, keyVersion: image.keyVersion });
+
+    enter('verifying', `test restore of ${image.path}`);
+    const verification = await verifyBackupImage({ path: image.path, sha256: image.sha256 });
+
+    enter('recording', 'cataloguing the backup');
+    await recordBackup({ ...image, backupId: progress.backupId, night, verification, status: 'good' });
+    progress.failedNights = 0;
+    await recordNight({ databaseId: input.databaseId, night, outcome: 'succeeded' });
+    enter('done', `${image.bytes} bytes, key \`${image.keyId}\` version ${image.keyVersion}, ${verification.rows} rows restored in the test`);
+    upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
+    return progress;
+  } catch (err) {
+    const reason = err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
+    // Recorded even when the run was cancelled: the alert counts nights, however they ended.
+    progress.failedNights = await CancellationScope.nonCancellable(() => recordNight({ databaseId: input.databaseId, night, outcome: 'failed', error: reason }));
+    if (progress.failedNights >= 2) {
+      log.error('backup alert: nights in a row without a good backup', { databaseId: input.databaseId, failedNights: progress.failedNights, reason });
+    }
+    enter('failed', `${reason} (${progress.failedNights} failed night(s) in a row)`);
+    upsertSearchAttributes([{ key: OutcomeAttribute, value: progress.failedNights >= 2 ? 'alert' : 'failed' }]);
+    throw err;
+  }
+}
