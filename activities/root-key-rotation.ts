@@ -1,3 +1,4 @@
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { ApplicationFailure, type SignalDefinition } from '@temporalio/common';
 import { activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
 import type { KeyManagementService, KeyMetadata } from './kms/key-management-service';
@@ -181,6 +182,9 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
           cursor = updates[updates.length - 1]!.id;
           heartbeat({ cursor, processed } satisfies Cursor);
         }
+        // A local KMS answers without I/O: without this, a whole chunk would run as one task
+        // and starve every other activity and timer of this worker (a nightly backup's among them).
+        await yieldToEventLoop();
         if (invalid) {
           throw ApplicationFailure.create({
             type: 'CIPHERTEXT_INVALID',
@@ -221,6 +225,7 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
         processed += batch.length;
         cursor = batch[batch.length - 1]!.id;
         heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor);
+        await yieldToEventLoop();
       }
       return { processed, cursor, finished: registry.list(input.keyId, range(), 1).length === 0, failedIds, failed };
     },

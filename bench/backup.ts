@@ -1,0 +1,190 @@
+/**
+ * npm run bench:backup -- --size 1GiB
+ *
+ * Fills an encrypted database (the embedded engine) to the given size, rotates its root key so
+ * the nightly backup has to wait for the rewrap, and runs `nightlyBackup` on a real worker
+ * process against a local dev server. Prints the backup's throughput next to a plain `cp` of
+ * the same database file measured in the same run, their ratio, the whole night's time
+ * (backup + test restore + catalogue), and the rewrap-announced-to-backup-started latency.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { temporal } from '@temporalio/proto';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { nightlyBackup, rotateRootKey } from '../workflows';
+import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
+import { keyEntityWorkflowId, rewrapProgressQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
+import { keyopsSearchAttributes } from '../workflows/search-attributes';
+
+const ROOT = resolve(__dirname, '..');
+const UNITS: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
+
+function size(value: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?$/i.exec(value.trim());
+  const bytes = m ? Number(m[1]) * UNITS[(m[2] ?? 'b').toLowerCase()]! : NaN;
+  if (!Number.isFinite(bytes) || bytes < 1024 ** 2) throw new InvalidArgumentError('expected a size of at least 1MiB, such as 512MiB or 1GiB');
+  return Math.round(bytes);
+}
+
+const opts = new Command('bench:backup')
+  .option('--size <size>', 'database size (B, KB, MB, GB, KiB, MiB, GiB)', size, 1024 ** 3)
+  .option('--wdeks <n>', 'other WDEKs under the root key, so the rewrap takes a while', (v) => Number(v), 200_000)
+  .parse()
+  .opts<{ size: number; wdeks: number }>();
+
+const mibps = (bytes: number, ms: number) => `${((bytes / 1024 ** 2 / ms) * 1000).toFixed(0)} MiB/s`;
+const eventMs = (e: temporal.api.history.v1.IHistoryEvent) => Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6);
+
+async function until(check: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 2400; i++) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out waiting until ${what}`);
+}
+
+async function main() {
+  const dir = mkdtempSync(join(tmpdir(), 'keyops-bench-backup-'));
+  Runtime.install({ logger: new DefaultLogger('WARN') });
+  const cli = execFileSync(join(ROOT, 'temporal-dev.sh'), ['cli-path'], { encoding: 'utf8' }).trim();
+  const env = await TestWorkflowEnvironment.createLocal({
+    server: { executable: { type: 'existing-path', path: cli }, searchAttributes: [...keyopsSearchAttributes] },
+  });
+  const secret = randomBytes(32);
+  const kms = LocalKms.open({ path: join(dir, 'kms', 'keys.sqlite'), masterSecret: secret });
+  const registry = SqliteWdekRegistry.open(join(dir, 'registry', 'wdeks.sqlite'));
+  const engine = EncryptedSqliteEngine.open({ dir: join(dir, 'databases'), kms, registry });
+  try {
+    const { keyId } = await kms.createKey({ name: 'bench-backup' });
+    let started = performance.now();
+    await engine.createDatabase('bench', keyId);
+    const blob = 1024 ** 2;
+    await engine.withDatabase('bench', (db) => {
+      db.exec('CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB NOT NULL)');
+      const insert = db.prepare('INSERT INTO blobs (data) VALUES (?)');
+      const rows = Math.ceil(opts.size / blob);
+      for (let i = 0; i < rows; i += 64) {
+        db.transaction(() => {
+          for (let j = i; j < Math.min(rows, i + 64); j++) insert.run(randomBytes(blob));
+        })();
+      }
+    });
+    const dbPath = engine.databasePath('bench');
+    const dbBytes = statSync(dbPath).size;
+    const filler = [];
+    for (let i = 0; i < opts.wdeks; i++) {
+      const { wdek, keyVersion } = await kms.wrap(keyId);
+      filler.push({ id: `app/${String(i).padStart(8, '0')}`, keyId, keyVersion, wdek, owner: 'bench' });
+    }
+    registry.registerMany(filler);
+    registry.setRewrappedVersion(keyId, 1);
+    console.log(`seeded a ${(dbBytes / 1024 ** 3).toFixed(2)} GiB encrypted database and ${opts.wdeks} other WDEKs in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+
+    // The baseline, with the file in the page cache as the backup will find it.
+    execFileSync('cat', [dbPath], { stdio: ['ignore', 'ignore', 'inherit'], maxBuffer: 0 });
+    const copy = join(dir, 'cp-copy.db');
+    started = performance.now();
+    execFileSync('cp', [dbPath, copy]);
+    const cpMs = performance.now() - started;
+    rmSync(copy);
+    // The same, made durable as the backup is (it fsyncs before it is catalogued).
+    execFileSync('sync');
+    started = performance.now();
+    execFileSync('sh', ['-c', 'cp "$0" "$1" && sync "$1"', dbPath, copy]);
+    const cpSyncMs = performance.now() - started;
+    rmSync(copy);
+
+    const taskQueue = 'bench-backup';
+    const worker = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'workers', 'main.ts')], {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        TEMPORAL_ADDRESS: env.address,
+        KEYOPS_TASK_QUEUE: taskQueue,
+        KEYOPS_DATA_DIR: dir,
+        KEYOPS_LOG_FORMAT: 'json',
+        KEYOPS_LOG_LEVEL: 'warn',
+        KEYOPS_METRICS_ADDRESS: 'off',
+        KEYOPS_KMS_MASTER_SECRET: secret.toString('base64'),
+      },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    try {
+      await until(async () => {
+        const { pollers } = await env.connection.workflowService.describeTaskQueue({
+          namespace: 'default',
+          taskQueue: { name: taskQueue },
+          taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        });
+        return (pollers?.length ?? 0) > 0;
+      }, 'the worker polls');
+
+      const rewrap = await env.client.workflow.start(rotateRootKey, {
+        taskQueue,
+        workflowId: rewrapWorkflowId(keyId, 2),
+        args: [{ keyId, targetVersion: 2, rotate: true, parallelism: 1 }],
+      });
+      await until(async () => (await rewrap.query(rewrapProgressQuery)).phase === 'rewrapping', 'the rewrap runs');
+      const night = '2026-12-01';
+      started = performance.now();
+      const backup = await env.client.workflow.start(nightlyBackup, { taskQueue, workflowId: backupWorkflowId('bench', night), args: [{ databaseId: 'bench', night }] });
+      const waited = await backup
+        .query(backupProgressQuery)
+        .then((p) => p.phase)
+        .catch(() => 'unknown');
+      const result = await backup.result();
+      const nightMs = performance.now() - started;
+      await rewrap.result();
+
+      const rewrapEvents = (await rewrap.fetchHistory()).events ?? [];
+      const backupEvents = (await backup.fetchHistory()).events ?? [];
+      const activity = (events: typeof backupEvents, name: string) => {
+        const scheduled = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === name);
+        const id = String(scheduled?.eventId);
+        return {
+          started: events.find((e) => String(e.activityTaskStartedEventAttributes?.scheduledEventId) === id),
+          completed: events.find((e) => String(e.activityTaskCompletedEventAttributes?.scheduledEventId) === id),
+        };
+      };
+      const announced = activity(rewrapEvents, 'announceRewrapComplete').completed;
+      const backupRun = activity(backupEvents, 'backupDatabase');
+      const verifyRun = activity(backupEvents, 'verifyBackupImage');
+      if (!announced || !backupRun.started || !backupRun.completed || !verifyRun.started || !verifyRun.completed) throw new Error('incomplete histories');
+      const backupMs = eventMs(backupRun.completed) - eventMs(backupRun.started);
+      const verifyMs = eventMs(verifyRun.completed) - eventMs(verifyRun.started);
+
+      console.log(`database              ${(dbBytes / 1024 ** 2).toFixed(0)} MiB, backup file ${((result.bytes ?? 0) / 1024 ** 2).toFixed(0)} MiB (key version ${result.keyVersion})`);
+      console.log(`cp                    ${(cpMs / 1000).toFixed(2)} s, ${mibps(dbBytes, cpMs)}`);
+      console.log(`keyops backup         ${(backupMs / 1000).toFixed(2)} s, ${mibps(dbBytes, backupMs)} (encrypt + SHA-256 + fsync, backupDatabase activity)`);
+      console.log(`cp + sync             ${(cpSyncMs / 1000).toFixed(2)} s, ${mibps(dbBytes, cpSyncMs)} (the copy made durable, as a backup is)`);
+      console.log(`ratio                 ${(backupMs / cpMs).toFixed(2)}x the time of cp, ${(backupMs / cpSyncMs).toFixed(2)}x the time of cp + sync`);
+      console.log(`test restore          ${(verifyMs / 1000).toFixed(2)} s, ${mibps(dbBytes, verifyMs)} (decrypt + checksum + open + quick_check)`);
+      console.log(`whole night           ${(nightMs / 1000).toFixed(2)} s (${waited === 'awaiting-rewrap' ? 'waited for the rewrap, ' : ''}backup, verify, catalogue)`);
+      console.log(`rewrap -> backup      ${eventMs(backupRun.started) - eventMs(announced)} ms from "rewrap complete" to the backup starting`);
+      await env.client.workflow.getHandle(keyEntityWorkflowId(keyId)).terminate('benchmark finished');
+    } finally {
+      worker.kill('SIGTERM');
+      if (worker.exitCode === null) await once(worker, 'exit');
+    }
+  } finally {
+    engine.close();
+    registry.close();
+    kms.close();
+    await env.teardown();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
