@@ -15,7 +15,7 @@ export class ProcessCommandRunner implements CommandRunner {
         (err, stdout, stderr) => {
           if (err && typeof err.code !== 'number') {
             // Not an exit status: the tool is missing (ENOENT), was killed, or timed out.
-            reject(err instanceof Error ? err : new Error(String(err)));
+            reject(new Error(`${command}: ${err.message}`, { cause: err }));
             return;
           }
           resolve({ exitCode: err ? Number(err.code) : 0, stdout, stderr });
