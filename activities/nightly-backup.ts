@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { rm, readdir } from 'node:fs/promises';
 import { heartbeat } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
 import type { BackupCatalog, CatalogEntry } from './catalog/backup-catalog';
 import type { BackupImage, DatabaseEngine, Progress, RestoreCheck } from './engines/database-engine';
 import { EngineError, engineFailure } from './engines/engine-error';
@@ -96,6 +97,49 @@ export function createBackupActivities({ dataDir, kms, engine, catalog }: Backup
 
     async verifyBackupImage(input: { path: string; sha256: string }): Promise<RestoreCheck> {
       return typed(() => engine.verifyBackup(input, heartbeatProgress()));
+    },
+
+    /** The catalog, newest first, for `keyops backup list`. */
+    async listBackups(filter: { databaseId?: string; limit?: number }): Promise<CatalogEntry[]> {
+      return Promise.resolve(catalog.list(filter));
+    },
+
+    /**
+     * Before a restore touches anything: the backup is catalogued, its root-key version is
+     * still in the KMS and usable, and its backup key is still registered.
+     */
+    async checkRestorable(input: { backupId: string }): Promise<CatalogEntry> {
+      const entry = catalog.get(input.backupId);
+      if (!entry || entry.status === 'deleted') {
+        throw ApplicationFailure.create({
+          type: 'BACKUP_NOT_FOUND',
+          nonRetryable: true,
+          message: entry ? `backup ${input.backupId} was deleted by retention` : `no backup ${input.backupId} in the catalog`,
+        });
+      }
+      const key = await typed(() => kms.getKeyMetadata(entry.keyId));
+      if (!key.versions.some((v) => v.version === entry.keyVersion)) {
+        throw ApplicationFailure.create({
+          type: 'KEY_VERSION_MISSING',
+          nonRetryable: true,
+          message: `backup ${input.backupId} needs version ${entry.keyVersion} of root key ${entry.keyId}, which the KMS no longer has`,
+        });
+      }
+      if (key.state !== 'active') {
+        throw ApplicationFailure.create({ type: 'KEY_DISABLED', nonRetryable: true, message: `backup ${input.backupId} needs root key ${entry.keyId}, which is disabled` });
+      }
+      if (!engine.hasBackupKey(entry.databaseId, entry.backupKeyHash)) {
+        throw ApplicationFailure.create({
+          type: 'BACKUP_KEY_MISSING',
+          nonRetryable: true,
+          message: `backup ${input.backupId} was encrypted with backup key ${entry.backupKeyHash.slice(0, 12)}… of database ${entry.databaseId}, which is no longer registered: import its key backup first`,
+        });
+      }
+      return entry;
+    },
+
+    async restoreBackupImage(input: { path: string; sha256: string; targetPath: string }): Promise<RestoreCheck> {
+      return typed(() => engine.restore(input, input.targetPath, heartbeatProgress()));
     },
 
     async recordBackup(entry: CatalogEntry): Promise<void> {

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError, Option } from 'commander';
 import { CliError, ExitCode } from './cli-error';
+import { registerBackupCommands } from './commands/backup';
 import { registerKeyCommands } from './commands/key';
 import { registerPingCommand } from './commands/ping';
 import { registerVersionCommand } from './commands/version';
@@ -26,6 +27,7 @@ Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 Temporal unreachable.`,
   registerVersionCommand(program);
   registerPingCommand(program);
   registerKeyCommands(program);
+  registerBackupCommands(program);
   return program;
 }
 

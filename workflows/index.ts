@@ -7,3 +7,5 @@ export { describeRootKey } from './describe-root-key';
 export { createRootKey } from './create-root-key';
 export { awaitRewrap } from './await-rewrap';
 export { nightlyBackup } from './nightly-backup';
+export { restoreBackup } from './restore-backup';
+export { listBackups } from './list-backups';

@@ -50,6 +50,8 @@ export interface DatabaseEngine {
   verifyBackup(image: Pick<BackupImage, 'path' | 'sha256'>, progress?: Progress): Promise<RestoreCheck>;
   /** Restores a backup as a database file at `targetPath` (never over an existing file). */
   restore(image: Pick<BackupImage, 'path' | 'sha256'>, targetPath: string, progress?: Progress): Promise<RestoreCheck>;
+  /** Whether the backup key with this hash is still available to decrypt backups. */
+  hasBackupKey(databaseId: string, hash: string): boolean;
   /** Rewraps the database's WDEKs under the latest root-key version; data pages stay as they are. */
   reprotect(databaseId: string): Promise<DatabaseKeyState>;
 }

@@ -248,6 +248,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   async restore(image: Pick<BackupImage, 'path' | 'sha256'>, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
     if (existsSync(targetPath)) throw new EngineError('INVALID_CONFIGURATION', `restore target ${targetPath} exists; restore never overwrites a file`);
     const partial = `${targetPath}.partial-${randomBytes(4).toString('hex')}`;
+    mkdirSync(dirname(targetPath), { recursive: true, mode: 0o700 });
     try {
       const check = await this.restoreTo(image, partial, progress);
       await rename(partial, targetPath);
@@ -268,6 +269,10 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     });
     this.registry.update(updates);
     return this.keyState(row.database_id);
+  }
+
+  hasBackupKey(databaseId: string, hash: string): boolean {
+    return this.registry.get(backupKeyWdekId(databaseId, hash)) !== undefined;
   }
 
   /** Creates a backup key (wrapped by the database's root key); `pending` keys wait for activation. */

@@ -3,14 +3,13 @@ import { msToNumber } from '@temporalio/common/lib/time';
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import type { KeyStatus } from '../../activities';
 import { createRootKey, describeRootKey, rotateRootKey, watchRootKeys } from '../../workflows';
 import { rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
-import { connectOrExplain } from '../connect-or-explain';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
+import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
 import { WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
 
 interface KeyOptions {
@@ -27,14 +26,6 @@ function parseKeyId(raw: string): string {
     throw new CliError(`key id "${raw}" is malformed: expected a UUID such as 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90`, ExitCode.usage);
   }
   return parsed.data.toLowerCase();
-}
-
-/** The ApplicationFailure at the root of a workflow or activity failure, if any. */
-function rootApplicationFailure(err: unknown): ApplicationFailure | undefined {
-  for (let e: unknown = err; e instanceof Error; e = e.cause) {
-    if (e instanceof ApplicationFailure) return e;
-  }
-  return undefined;
 }
 
 /** Turns a KMS failure that travelled through a workflow into an operator-facing error. */
@@ -54,50 +45,13 @@ function explainKmsFailure(err: unknown, keyId: string): never {
   }
 }
 
-/**
- * Runs a short workflow whose one activity talks to the KMS (only workers hold its
- * credentials), bounded so that a missing worker gives an answer instead of a hang.
- */
-async function runOnWorker<A extends unknown[]>(
-  client: Client,
-  workflow: (...args: A) => Promise<KeyStatus>,
-  opts: { taskQueue: string; workflowId: string; args: A; summary: string; subject: string },
-): Promise<KeyStatus> {
-  try {
-    return await client.workflow.execute(workflow, {
-      taskQueue: opts.taskQueue,
-      workflowId: opts.workflowId,
-      args: opts.args,
-      staticSummary: opts.summary,
-      workflowExecutionTimeout: '30 seconds',
-    });
-  } catch (err) {
-    if (rootApplicationFailure(err)) explainKmsFailure(err, opts.subject);
-    throw new CliError(
-      `no worker answered within 30 s on task queue "${opts.taskQueue}"`,
-      ExitCode.failed,
-      'start a worker with ./temporal-dev.sh, and check it with keyops ping --workflow',
-    );
-  }
-}
-
 const describe = (client: Client, keyId: string, taskQueue: string) =>
-  runOnWorker(client, describeRootKey, {
-    taskQueue,
-    workflowId: `describe-key/${keyId}/${Date.now()}`,
-    args: [keyId],
-    summary: `keyops: read metadata of key ${keyId}`,
-    subject: keyId,
-  });
-
-async function withClient<T>(options: GlobalOptions, fn: (client: Client) => Promise<T>): Promise<T> {
-  const { client, connection } = await connectOrExplain(options);
-  try {
-    return await fn(client);
-  } finally {
-    await connection.close();
-  }
-}
+  runOnWorker(
+    client,
+    describeRootKey,
+    { taskQueue, workflowId: `describe-key/${keyId}/${Date.now()}`, args: [keyId], summary: `keyops: read metadata of key ${keyId}` },
+    (failure) => explainKmsFailure(failure, keyId),
+  );
 
 function parseEvery(raw: string): number {
   let ms: number;
@@ -162,13 +116,12 @@ Examples:
     .action(async (name: string, _opts: KeyOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
       const status = await withClient(options, (client) =>
-        runOnWorker(client, createRootKey, {
-          taskQueue: options.taskQueue,
-          workflowId: `create-key/${Date.now()}`,
-          args: [name],
-          summary: `keyops: create root key "${name}"`,
-          subject: name,
-        }),
+        runOnWorker(
+          client,
+          createRootKey,
+          { taskQueue: options.taskQueue, workflowId: `create-key/${Date.now()}`, args: [name], summary: `keyops: create root key "${name}"` },
+          (failure) => explainKmsFailure(failure, name),
+        ),
       );
       emit(options, status, () => [`created key ${status.keyId} ("${name}"), version ${status.currentVersion}`]);
     });

@@ -1,0 +1,178 @@
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
+import type { ApplicationFailure } from '@temporalio/common';
+import type { Command } from 'commander';
+import { listBackups, nightlyBackup, restoreBackup } from '../../workflows';
+import { backupWorkflowId } from '../../workflows/backup-messages';
+import { TASK_QUEUE } from '../../workflows/task-queue';
+import { CliError, ExitCode } from '../cli-error';
+import type { GlobalOptions } from '../global-options';
+import { emit } from '../output';
+import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
+import { applyBackupSchedule, backupScheduleId } from '../schedules/nightly-backup-schedule';
+
+interface BackupOptions {
+  taskQueue: string;
+}
+
+const DATABASE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+function parseDatabaseId(raw: string): string {
+  if (!DATABASE_ID.test(raw)) throw new CliError(`database id "${raw}" is malformed: 1 to 63 characters a-z, 0-9, "_" or "-"`, ExitCode.usage);
+  return raw;
+}
+
+function parseNight(raw: string): string {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(raw) || Number.isNaN(Date.parse(`${raw}T00:00:00Z`))) {
+    throw new CliError(`--night "${raw}" is not a date such as 2026-12-01`, ExitCode.usage);
+  }
+  return raw;
+}
+
+function parseAt(raw: string): { hour: number; minute: number } {
+  const m = /^([01]?\d|2[0-3]):([0-5]\d)$/.exec(raw);
+  if (!m) throw new CliError(`--at "${raw}" is not a time of day such as 02:00`, ExitCode.usage);
+  return { hour: Number(m[1]), minute: Number(m[2]) };
+}
+
+function parseTimeZone(raw: string): string {
+  try {
+    return new Intl.DateTimeFormat('en', { timeZone: raw }).resolvedOptions().timeZone;
+  } catch {
+    throw new CliError(`--time-zone "${raw}" is not an IANA time zone such as Europe/Berlin or UTC`, ExitCode.usage);
+  }
+}
+
+/** Turns a backup or restore failure that travelled through a workflow into an operator-facing error. */
+function explainBackupFailure(failure: ApplicationFailure | undefined, fallback: unknown): never {
+  const message = failure?.message ?? (fallback instanceof Error ? fallback.message : String(fallback));
+  switch (failure?.type) {
+    case 'DATABASE_NOT_FOUND':
+    case 'BACKUP_NOT_FOUND':
+    case 'INVALID_INPUT':
+      throw new CliError(message, ExitCode.usage);
+    case 'BACKUP_KEY_MISSING':
+    case 'KEY_VERSION_MISSING':
+      throw new CliError(message, ExitCode.failed, 'keys that a retained backup needs must outlive it; restore the key backup, then retry');
+    default:
+      throw new CliError(message, ExitCode.failed);
+  }
+}
+
+export function registerBackupCommands(program: Command): void {
+  const backup = program.command('backup').description('take, list, restore and schedule encrypted database backups');
+
+  backup
+    .command('run <databaseId>')
+    .description('take the night\'s backup now (workflow backup/<databaseId>/<night>); waits out a key rotation in progress')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .option('--night <date>', 'the night it counts for (YYYY-MM-DD); default today (UTC)')
+    .option('--wait', 'wait for the backup to be verified and catalogued; the exit code reflects the outcome')
+    .action(async (raw: string, _opts: BackupOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { night?: string; wait?: boolean }>();
+      const databaseId = parseDatabaseId(raw);
+      const night = options.night === undefined ? new Date().toISOString().slice(0, 10) : parseNight(options.night);
+      const workflowId = backupWorkflowId(databaseId, night);
+      await withClient(options, async (client) => {
+        let handle;
+        try {
+          handle = await client.workflow.start(nightlyBackup, {
+            taskQueue: options.taskQueue,
+            workflowId,
+            args: [{ databaseId, night }],
+            staticSummary: `Backup of database ${databaseId} for ${night}`,
+          });
+        } catch (err) {
+          if (err instanceof WorkflowExecutionAlreadyStartedError) throw new CliError(`the backup of ${databaseId} for ${night} is already running: ${workflowId}`, ExitCode.failed);
+          throw err;
+        }
+        if (!options.wait) {
+          emit(options, { workflowId, databaseId, night }, () => [`started ${workflowId}`]);
+          return;
+        }
+        const result = await handle.result().catch((err: unknown) => explainBackupFailure(rootApplicationFailure(err), err));
+        emit(options, { workflowId, ...result }, () => [
+          `${workflowId}: ${result.bytes ?? 0} bytes at ${result.path ?? '?'}, root key ${result.keyId ?? '?'} version ${result.keyVersion ?? '?'}${result.awaitedVersion ? ` (waited for the rewrap to version ${result.awaitedVersion})` : ''}`,
+        ]);
+      });
+    });
+
+  backup
+    .command('list')
+    .description('list catalogued backups, newest first')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers (they hold the catalog)', TASK_QUEUE)
+    .option('--database <id>', 'only this database')
+    .option('--limit <n>', 'at most this many', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n <= 0) throw new CliError(`--limit "${v}" is not a positive whole number`, ExitCode.usage);
+      return n;
+    })
+    .action(async (_opts: BackupOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { database?: string; limit?: number }>();
+      const filter = { ...(options.database ? { databaseId: parseDatabaseId(options.database) } : {}), ...(options.limit ? { limit: options.limit } : {}) };
+      const entries = await withClient(options, (client) =>
+        runOnWorker(
+          client,
+          listBackups,
+          { taskQueue: options.taskQueue, workflowId: `list-backups/${Date.now()}`, args: [filter], summary: 'keyops: read the backup catalog' },
+          (failure) => explainBackupFailure(failure, failure),
+        ),
+      );
+      emit(options, entries, () =>
+        entries.length === 0
+          ? ['no backups catalogued']
+          : entries.map(
+              (e) =>
+                `${e.backupId}  ${e.status}  ${e.createdAt}  ${e.bytes} B  key ${e.keyId} v${e.keyVersion}  backup key ${e.backupKeyHash.slice(0, 12)}  ${e.verification ? `verified ${e.verification.rows} rows` : 'unverified'}`,
+            ),
+      );
+    });
+
+  backup
+    .command('restore <backupId>')
+    .description('restore a catalogued backup to a new file, after checking that its keys still exist')
+    .requiredOption('--to <path>', 'the restored database file (must not exist)')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .addHelpText(
+      'after',
+      `
+Examples:
+  keyops backup list --database payroll
+  keyops backup restore backup/payroll/2026-12-01 --to /srv/restore/payroll.db`,
+    )
+    .action(async (backupId: string, _opts: BackupOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { to: string }>();
+      if (!options.to.startsWith('/')) throw new CliError(`--to "${options.to}" must be an absolute path (the worker resolves it, not this shell)`, ExitCode.usage);
+      const workflowId = `restore/${backupId}/${Date.now()}`;
+      const result = await withClient(options, (client) =>
+        client.workflow
+          .execute(restoreBackup, {
+            taskQueue: options.taskQueue,
+            workflowId,
+            args: [{ backupId, targetPath: options.to }],
+            staticSummary: `Restore ${backupId} to ${options.to}`,
+          })
+          .catch((err: unknown) => explainBackupFailure(rootApplicationFailure(err), err)),
+      );
+      emit(options, { workflowId, ...result }, () => [
+        `restored ${backupId} to ${result.targetPath}: ${result.rows} rows in ${result.tables} table(s) (root key ${result.keyId} version ${result.keyVersion})`,
+      ]);
+    });
+
+  backup
+    .command('schedule <databaseId>')
+    .description('create or update the nightly backup schedule of a database')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .option('--at <HH:MM>', 'time of day', '02:00')
+    .option('--time-zone <tz>', 'IANA time zone of --at (default: KEYOPS_TIME_ZONE, else this machine\'s)')
+    .action(async (raw: string, _opts: BackupOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { at: string; timeZone?: string }>();
+      const databaseId = parseDatabaseId(raw);
+      const at = parseAt(options.at);
+      const timeZone = parseTimeZone(options.timeZone ?? process.env.KEYOPS_TIME_ZONE ?? Intl.DateTimeFormat().resolvedOptions().timeZone);
+      const change = await withClient(options, (client) => applyBackupSchedule(client, { databaseId, ...at, timeZone, taskQueue: options.taskQueue }));
+      const scheduleId = backupScheduleId(databaseId);
+      emit(options, { scheduleId, databaseId, at: options.at, timeZone, change }, () => [
+        `schedule ${scheduleId} ${change}: nightlyBackup of ${databaseId} at ${options.at} ${timeZone}`,
+      ]);
+    });
+}

@@ -1,0 +1,55 @@
+import { ApplicationFailure } from '@temporalio/common';
+import type { Client, Workflow, WorkflowStartOptions } from '@temporalio/client';
+import { CliError, ExitCode } from './cli-error';
+import { connectOrExplain } from './connect-or-explain';
+import type { GlobalOptions } from './global-options';
+
+/** The ApplicationFailure at the root of a workflow or activity failure, if any. */
+export function rootApplicationFailure(err: unknown): ApplicationFailure | undefined {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (e instanceof ApplicationFailure) return e;
+  }
+  return undefined;
+}
+
+/** Connects as the global options say, runs `fn`, and always closes the connection. */
+export async function withClient<T>(options: GlobalOptions, fn: (client: Client) => Promise<T>): Promise<T> {
+  const { client, connection } = await connectOrExplain(options);
+  try {
+    return await fn(client);
+  } finally {
+    await connection.close();
+  }
+}
+
+/**
+ * Runs a short workflow whose activities need what only workers hold (KMS credentials, the
+ * catalog), bounded so that a missing worker gives an answer instead of a hang. A typed
+ * failure from the worker goes to `explain`, which turns it into an operator-facing error.
+ */
+export async function runOnWorker<W extends Workflow>(
+  client: Client,
+  workflow: W,
+  opts: { taskQueue: string; workflowId: string; args: Parameters<W>; summary: string },
+  explain: (failure: ApplicationFailure) => never,
+): Promise<Awaited<ReturnType<W>>> {
+  try {
+    // The generic args cannot be checked against WorkflowStartOptions' conditional type.
+    const start = {
+      taskQueue: opts.taskQueue,
+      workflowId: opts.workflowId,
+      args: opts.args,
+      staticSummary: opts.summary,
+      workflowExecutionTimeout: '30 seconds',
+    } as unknown as WorkflowStartOptions<W>;
+    return (await client.workflow.execute(workflow, start)) as Awaited<ReturnType<W>>;
+  } catch (err) {
+    const failure = rootApplicationFailure(err);
+    if (failure) explain(failure);
+    throw new CliError(
+      `no worker answered within 30 s on task queue "${opts.taskQueue}"`,
+      ExitCode.failed,
+      'start a worker with ./temporal-dev.sh, and check it with keyops ping --workflow',
+    );
+  }
+}

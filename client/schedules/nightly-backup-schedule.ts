@@ -1,0 +1,55 @@
+import { type Client, ScheduleAlreadyRunning, ScheduleOverlapPolicy, type ScheduleOptionsStartWorkflowAction } from '@temporalio/client';
+import { nightlyBackup } from '../../workflows';
+import type { ScheduleChange } from './watch-root-keys-schedule';
+
+export const backupScheduleId = (databaseId: string): string => `nightly-backup/${databaseId}`;
+
+export interface BackupScheduleOptions {
+  databaseId: string;
+  hour: number;
+  minute: number;
+  timeZone: string;
+  taskQueue: string;
+}
+
+function action(o: BackupScheduleOptions): ScheduleOptionsStartWorkflowAction<typeof nightlyBackup> {
+  return {
+    type: 'startWorkflow',
+    workflowType: nightlyBackup,
+    taskQueue: o.taskQueue,
+    // The schedule appends the fire time to the id.
+    workflowId: `backup/${o.databaseId}`,
+    args: [{ databaseId: o.databaseId }],
+    staticSummary: `Nightly backup of database ${o.databaseId}`,
+  };
+}
+
+/**
+ * Creates or updates the nightly schedule of one database. A night still running (waiting for
+ * a rewrap, say) when the next is due is not doubled (SKIP); a night missed while the server
+ * was down is caught up within 6 hours.
+ */
+export async function applyBackupSchedule(client: Client, o: BackupScheduleOptions): Promise<ScheduleChange> {
+  const spec = { calendars: [{ hour: o.hour, minute: o.minute }], timezone: o.timeZone };
+  const policies = { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '6 hours' };
+  const scheduleId = backupScheduleId(o.databaseId);
+  try {
+    await client.schedule.create({ scheduleId, spec, action: action(o), policies });
+    return 'created';
+  } catch (err) {
+    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+  }
+  const handle = client.schedule.getHandle(scheduleId);
+  const current = await handle.describe();
+  const calendar = current.spec.calendars?.[0];
+  const same =
+    current.spec.calendars?.length === 1 &&
+    JSON.stringify(calendar?.hour) === JSON.stringify([{ start: o.hour, end: o.hour, step: 1 }]) &&
+    JSON.stringify(calendar?.minute) === JSON.stringify([{ start: o.minute, end: o.minute, step: 1 }]) &&
+    current.spec.timezone === o.timeZone &&
+    current.action.type === 'startWorkflow' &&
+    current.action.taskQueue === o.taskQueue;
+  if (same) return 'unchanged';
+  await handle.update((previous) => ({ ...previous, spec, action: action(o), policies }));
+  return 'updated';
+}

@@ -1,0 +1,13 @@
+import { proxyActivities } from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import type { CatalogEntry } from '../activities/catalog/backup-catalog';
+
+const { listBackups: readCatalog } = proxyActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '500 milliseconds', maximumAttempts: 3 },
+});
+
+/** The backup catalog through a worker (it lives with the workers), for `keyops backup list`. */
+export async function listBackups(filter: { databaseId?: string; limit?: number }): Promise<CatalogEntry[]> {
+  return readCatalog(filter);
+}
