@@ -1,8 +1,9 @@
+import { createBackupKeyActivities, type BackupKeyDeps } from './backup-key-rotation';
 import { createBackupActivities, type BackupDeps } from './nightly-backup';
 import { createRootKeyActivities, type RootKeyDeps } from './root-key-rotation';
 import { createWorkerProbe, type WorkerProbeDeps } from './worker-probe';
 
-export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps;
+export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps;
 
 /**
  * Builds every activity from the adapters the worker chose. Tests call this with real local
@@ -13,6 +14,7 @@ export function createActivities(deps: ActivityDeps) {
     probeWorker: createWorkerProbe(deps),
     ...createRootKeyActivities(deps),
     ...createBackupActivities(deps),
+    ...createBackupKeyActivities(deps),
   };
 }
 

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { BackupCatalog } from '../activities/catalog/backup-catalog';
@@ -15,6 +16,8 @@ export interface Adapters {
   registry: WdekRegistry;
   engine: EncryptedSqliteEngine;
   catalog: BackupCatalog;
+  /** The backup-key passphrase, read from its variable or file when a key is exported. */
+  backupKeyPassphrase: () => string | undefined;
   close(): void;
 }
 
@@ -37,6 +40,11 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
     registry,
     engine,
     catalog,
+    backupKeyPassphrase: () => {
+      const source = config.backupKeyPassphrase;
+      if (!source) return undefined;
+      return 'value' in source ? source.value : readFileSync(source.file, 'utf8').replace(/\r?\n$/, '');
+    },
     close() {
       catalog.close();
       engine.close();

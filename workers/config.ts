@@ -25,6 +25,9 @@ export const workerConfigSchema = z.object({
   /** The local KMS's master secret (base64, at least 32 bytes), or a file holding it. */
   KEYOPS_KMS_MASTER_SECRET: z.string().optional(),
   KEYOPS_KMS_MASTER_SECRET_FILE: z.string().optional(),
+  /** Protects exported backup keys (rotateBackupKey); read when a key is exported. */
+  KEYOPS_BACKUP_KEY_PASSPHRASE: z.string().min(12, 'a backup-key passphrase needs at least 12 characters').optional(),
+  KEYOPS_BACKUP_KEY_PASSPHRASE_FILE: z.string().optional(),
   /** How long in-flight activities get to finish after SIGINT/SIGTERM before they are cancelled. */
   KEYOPS_SHUTDOWN_GRACE_SECONDS: z.coerce
     .number(wholeSeconds)
@@ -42,6 +45,7 @@ export interface WorkerConfig {
   metricsAddress: string | undefined;
   shutdownGraceSeconds: number;
   kmsMasterSecret: { base64: string } | { file: string } | undefined;
+  backupKeyPassphrase: { value: string } | { file: string } | undefined;
 }
 
 export class ConfigError extends Error {
@@ -75,6 +79,11 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv, stdoutIsTty: boolean): 
       ? { base64: c.KEYOPS_KMS_MASTER_SECRET }
       : c.KEYOPS_KMS_MASTER_SECRET_FILE
         ? { file: resolve(c.KEYOPS_KMS_MASTER_SECRET_FILE) }
+        : undefined,
+    backupKeyPassphrase: c.KEYOPS_BACKUP_KEY_PASSPHRASE
+      ? { value: c.KEYOPS_BACKUP_KEY_PASSPHRASE }
+      : c.KEYOPS_BACKUP_KEY_PASSPHRASE_FILE
+        ? { file: resolve(c.KEYOPS_BACKUP_KEY_PASSPHRASE_FILE) }
         : undefined,
   };
 }

@@ -9,3 +9,4 @@ export { awaitRewrap } from './await-rewrap';
 export { nightlyBackup } from './nightly-backup';
 export { restoreBackup } from './restore-backup';
 export { listBackups } from './list-backups';
+export { rotateBackupKey } from './rotate-backup-key';

@@ -50,6 +50,12 @@ export interface DatabaseEngine {
   verifyBackup(image: Pick<BackupImage, 'path' | 'sha256'>, progress?: Progress): Promise<RestoreCheck>;
   /** Restores a backup as a database file at `targetPath` (never over an existing file). */
   restore(image: Pick<BackupImage, 'path' | 'sha256'>, targetPath: string, progress?: Progress): Promise<RestoreCheck>;
+  /** A new backup key, not yet used for backups (idempotent: an existing pending key is returned). */
+  createPendingBackupKey(databaseId: string): Promise<string>;
+  /** The material of one backup key, for its passphrase-protected export. Never log or return it. */
+  backupKeyMaterial(databaseId: string, hash: string): Promise<Buffer>;
+  /** Makes a (pending) backup key the one later backups use; the previous one stays, retired. */
+  activateBackupKey(databaseId: string, hash: string): Promise<void>;
   /** Whether the backup key with this hash is still available to decrypt backups. */
   hasBackupKey(databaseId: string, hash: string): boolean;
   /** Rewraps the database's WDEKs under the latest root-key version; data pages stay as they are. */

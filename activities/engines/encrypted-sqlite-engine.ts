@@ -271,6 +271,30 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     return this.keyState(row.database_id);
   }
 
+  async createPendingBackupKey(databaseId: string): Promise<string> {
+    const row = this.requireDatabase(databaseId);
+    const pending = this.meta
+      .prepare<[string], { hash: string }>(`SELECT hash FROM backup_keys WHERE database_id = ? AND state = 'pending'`)
+      .get(row.database_id);
+    return pending?.hash ?? this.addBackupKey(row.database_id, 'pending');
+  }
+
+  backupKeyMaterial(databaseId: string, hash: string): Promise<Buffer> {
+    return this.backupKey(this.requireDatabase(databaseId).database_id, hash);
+  }
+
+  activateBackupKey(databaseId: string, hash: string): Promise<void> {
+    const row = this.requireDatabase(databaseId);
+    this.meta.transaction(() => {
+      const key = this.meta.prepare<[string, string], { state: string }>('SELECT state FROM backup_keys WHERE database_id = ? AND hash = ?').get(row.database_id, hash);
+      if (!key) throw new EngineError('BACKUP_KEY_MISSING', `database ${row.database_id} has no backup key ${hash.slice(0, 12)}…`);
+      if (key.state === 'active') return;
+      this.meta.prepare(`UPDATE backup_keys SET state = 'retired' WHERE database_id = ? AND state = 'active'`).run(row.database_id);
+      this.meta.prepare(`UPDATE backup_keys SET state = 'active' WHERE database_id = ? AND hash = ?`).run(row.database_id, hash);
+    })();
+    return Promise.resolve();
+  }
+
   hasBackupKey(databaseId: string, hash: string): boolean {
     return this.registry.get(backupKeyWdekId(databaseId, hash)) !== undefined;
   }

@@ -1,0 +1,52 @@
+import { proxyActivities, setCurrentDetails, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import { DatabaseIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+
+export interface RotateBackupKeyInput {
+  databaseId: string;
+}
+
+export interface RotateBackupKeyResult {
+  databaseId: string;
+  /** SHA-256 of the new backup key: what later backups record. */
+  hash: string;
+  exportPath: string;
+}
+
+const { createPendingBackupKey, exportBackupKey, verifyBackupKeyExport, activateBackupKey } = proxyActivities<Activities>({
+  startToCloseTimeout: '2 minutes',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
+});
+
+/**
+ * SAP HANA's staged backup-key rotation (reference 004): create the new key without activating
+ * it, export it under the passphrase to a new file, read the export back, and only then
+ * activate it. A failure before activation leaves backups on the old key, which still works.
+ */
+export async function rotateBackupKey(input: RotateBackupKeyInput): Promise<RotateBackupKeyResult> {
+  const phase = (value: string, details: string) => {
+    upsertSearchAttributes([
+      { key: PhaseAttribute, value },
+      { key: DatabaseIdAttribute, value: input.databaseId },
+    ]);
+    setCurrentDetails(`**${value}** backup key of database \`${input.databaseId}\`: ${details}`);
+  };
+  try {
+    phase('creating', 'a new backup key, not yet active');
+    const { hash } = await createPendingBackupKey({ databaseId: input.databaseId });
+    phase('exporting', `key ${hash.slice(0, 12)}… to a passphrase-protected file`);
+    // One file per rotation run: a retry finds its own file, another rotation never touches it.
+    const fileName = `${hash.slice(0, 16)}-${workflowInfo().runId}.json`;
+    const { path } = await exportBackupKey({ databaseId: input.databaseId, hash, fileName });
+    phase('verifying-export', path);
+    await verifyBackupKeyExport({ databaseId: input.databaseId, hash, path });
+    phase('activating', `key ${hash.slice(0, 12)}…: later backups use it`);
+    await activateBackupKey({ databaseId: input.databaseId, hash });
+    phase('done', `active backup key ${hash.slice(0, 12)}…, exported to ${path}`);
+    upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
+    return { databaseId: input.databaseId, hash, exportPath: path };
+  } catch (err) {
+    upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
+    throw err;
+  }
+}
