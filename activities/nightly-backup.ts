@@ -142,6 +142,24 @@ export function createBackupActivities({ dataDir, kms, engine, catalog }: Backup
       return typed(() => engine.restore(input, input.targetPath, heartbeatProgress()));
     },
 
+    /**
+     * Keeps the newest `keep` good backups of the database and deletes the files of older ones
+     * (catalogued as deleted). The newest verified backup is never deleted, whatever `keep`
+     * says; no key is ever removed here, so every retained backup keeps the keys it names.
+     */
+    async applyRetention(input: { databaseId: string; keep: number }): Promise<{ deleted: string[]; retained: number }> {
+      const good = catalog.list({ databaseId: input.databaseId, status: 'good' });
+      const newestVerified = good.find((e) => e.verification !== undefined);
+      const keep = Math.max(1, input.keep);
+      const doomed = good.slice(keep).filter((e) => e.backupId !== newestVerified?.backupId);
+      for (const entry of doomed) {
+        await rm(entry.path, { force: true });
+        catalog.record({ ...entry, status: 'deleted' });
+        heartbeat({ deleted: entry.backupId });
+      }
+      return { deleted: doomed.map((e) => e.backupId), retained: good.length - doomed.length };
+    },
+
     async recordBackup(entry: CatalogEntry): Promise<void> {
       catalog.record(entry);
       return Promise.resolve();

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
@@ -139,5 +140,36 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       assert.equal(await outcome('2026-12-03'), 'succeeded');
       assert.equal(s.catalog.recordNight('crm', '2026-12-04', 'failed'), 1, 'the streak restarted after the good night');
     });
+  });
+
+  it('retention keeps the newest good backups, deletes older files only after a new good one, and keeps the keys they need', async () => {
+    const s = await setup('retention');
+    await s.engine.createDatabase('logs', s.keyId);
+    await s.engine.withDatabase('logs', (db) => db.exec('CREATE TABLE l (v); INSERT INTO l VALUES (1);'));
+    const nights = ['2026-12-01', '2026-12-02', '2026-12-03', '2026-12-04'];
+    await s.worker.runUntil(async () => {
+      for (const night of nights) {
+        const result = await suite.client.workflow.execute(nightlyBackup, {
+          taskQueue: s.taskQueue,
+          workflowId: backupWorkflowId('logs', night),
+          args: [{ databaseId: 'logs', night, retain: 2 }],
+        });
+        assert.equal(result.phase, 'done');
+      }
+    });
+    const entries = s.catalog.list({ databaseId: 'logs' });
+    assert.deepEqual(
+      entries.map((e) => [e.night, e.status, existsSync(e.path)]),
+      [
+        ['2026-12-04', 'good', true],
+        ['2026-12-03', 'good', true],
+        ['2026-12-02', 'deleted', false],
+        ['2026-12-01', 'deleted', false],
+      ],
+    );
+    for (const e of entries.filter((x) => x.status === 'good')) {
+      assert.ok(s.engine.hasBackupKey('logs', e.backupKeyHash), 'the backup key of a retained backup is still registered');
+      assert.deepEqual(await s.engine.verifyBackup(e), { tables: 1, rows: 1 });
+    }
   });
 });

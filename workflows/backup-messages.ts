@@ -1,7 +1,7 @@
 import { defineQuery } from '@temporalio/workflow';
 
 /** Phases of a nightly backup, as shown by the query, the `Phase` search attribute and the UI. */
-export type BackupPhase = 'checking-keys' | 'awaiting-rewrap' | 'backing-up' | 'verifying' | 'recording' | 'done' | 'failed';
+export type BackupPhase = 'checking-keys' | 'awaiting-rewrap' | 'backing-up' | 'verifying' | 'recording' | 'retention' | 'done' | 'failed';
 
 export interface BackupProgress {
   databaseId: string;
@@ -19,6 +19,8 @@ export interface BackupProgress {
   keyVersion: number | undefined;
   /** Nights in a row that failed, this one included (0 after a success). */
   failedNights: number;
+  /** Backups retention deleted after this one was catalogued. */
+  deleted?: string[];
 }
 
 export const backupProgressQuery = defineQuery<BackupProgress>('backupProgress');

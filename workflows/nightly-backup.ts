@@ -3,6 +3,7 @@ import {
   CancellationScope,
   executeChild,
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -22,9 +23,13 @@ export interface NightlyBackupInput {
   rewrapWaitMs?: number;
   /** How often the wait re-reads the key state, should a signal be lost (ms); default 10 min. */
   recheckEveryMs?: number;
+  /** Good backups to keep (the newest verified one is always kept); default 7. */
+  retain?: number;
 }
 
-const { checkBackupKeys, recordBackup, recordNight } = proxyActivities<Activities>({
+const DEFAULT_RETAIN = 7;
+
+const { checkBackupKeys, recordBackup, recordNight, applyRetention } = proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 });
@@ -102,6 +107,13 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     await recordBackup({ ...image, backupId: progress.backupId, night, verification, status: 'good' });
     progress.failedNights = 0;
     await recordNight({ databaseId: input.databaseId, night, outcome: 'succeeded' });
+    // Only after a good, verified backup is catalogued may older ones go. (Runs started before
+    // retention existed finish without it.)
+    if (patched('nightly-backup-retention')) {
+      enter('retention', `keeping the newest ${input.retain ?? DEFAULT_RETAIN} good backups`);
+      const retention = await applyRetention({ databaseId: input.databaseId, keep: input.retain ?? DEFAULT_RETAIN });
+      progress.deleted = retention.deleted;
+    }
     enter('done', `${image.bytes} bytes, key \`${image.keyId}\` version ${image.keyVersion}, ${verification.rows} rows restored in the test`);
     upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
     return progress;
