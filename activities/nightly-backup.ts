@@ -95,6 +95,12 @@ export function createBackupActivities({ dataDir, kms, engine, catalog }: Backup
       return typed(() => engine.backup(input.databaseId, path, heartbeatProgress()));
     },
 
+    /** Re-encrypts the whole database under a new DEK, heartbeating rows copied. */
+    async regenerateDek(input: { databaseId: string }): Promise<{ wdekVersions: number[] }> {
+      const state = await typed(() => engine.regenerate(input.databaseId, heartbeatProgress()));
+      return { wdekVersions: state.wdekVersions };
+    },
+
     async verifyBackupImage(input: { path: string; sha256: string }): Promise<RestoreCheck> {
       return typed(() => engine.verifyBackup(input, heartbeatProgress()));
     },

@@ -155,4 +155,34 @@ describe('encrypted SQLite engine (real SQLCipher files, real KMS files)', () =>
     await rejectsWith(engine.createDatabase('shop', keyId), 'DATABASE_EXISTS');
     await rejectsWith(engine.backup('nope', join(dir, 'x.kob')), 'DATABASE_NOT_FOUND', /no database nope/);
   });
+
+  it('regenerates the DEK: every page re-encrypted under a new key, rows identical, old backups still restore', async () => {
+    await seed('rekeyed', 12_000);
+    await engine.withDatabase('rekeyed', (db) => db.exec('CREATE INDEX orders_payload ON orders (payload); CREATE VIEW first_orders AS SELECT * FROM orders WHERE id < 10;'));
+    const before = await rowsOf(engine, 'rekeyed');
+    const oldWdek = registry.get('db/rekeyed/dek')!;
+    const { dek: oldDek } = await kms.unwrap(keyId, oldWdek.wdek);
+    const earlier = await engine.backup('rekeyed', join(dir, 'backups', 'rekeyed-before.kob'));
+
+    const reports: number[] = [];
+    const state = await engine.regenerate('rekeyed', (done, total) => reports.push(done / total));
+    assert.equal(state.keyChangeInProgress, false);
+    assert.ok(reports.length >= 3 && reports[reports.length - 1] === 1, `progress reported in batches: ${reports.join(', ')}`);
+    assert.ok(!registry.get('db/rekeyed/dek')!.wdek.equals(oldWdek.wdek), 'a new DEK is registered');
+    assert.equal(registry.get('db/rekeyed/dek-next'), undefined);
+    assert.deepEqual(await rowsOf(engine, 'rekeyed'), before);
+    assert.deepEqual(await engine.withDatabase('rekeyed', (db) => db.prepare('SELECT count(*) AS n FROM first_orders').get()), { n: 9 }, 'views come along');
+    const old = new Database(engine.databasePath('rekeyed'));
+    try {
+      old.pragma(`cipher='sqlcipher'`);
+      old.pragma('legacy=4');
+      old.pragma(`key="x'${oldDek.toString('hex')}'"`);
+      assert.throws(() => old.prepare('SELECT count(*) FROM orders').get(), /file is not a database/, 'the old DEK no longer opens the file');
+    } finally {
+      old.close();
+    }
+    assert.deepEqual(await engine.verifyBackup(earlier), { tables: 1, rows: 12_000 }, 'a backup from before carries its own DEK');
+    const after = await engine.backup('rekeyed', join(dir, 'backups', 'rekeyed-after.kob'));
+    assert.deepEqual(await engine.verifyBackup(after), { tables: 1, rows: 12_000 });
+  });
 });

@@ -7,7 +7,8 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { EngineError } from '../activities/engines/engine-error';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
-import { nightlyBackup, rotateRootKey } from '../workflows';
+import { nightlyBackup, regenerateDataKey, rotateRootKey } from '../workflows';
+import { regenerateWorkflowId } from '../workflows/regenerate-data-key';
 import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
 import { keyEntityWorkflowId, rewrapProgressQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { OutcomeAttribute } from '../workflows/search-attributes';
@@ -171,5 +172,46 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       assert.ok(s.engine.hasBackupKey('logs', e.backupKeyHash), 'the backup key of a retained backup is still registered');
       assert.deepEqual(await s.engine.verifyBackup(e), { tables: 1, rows: 1 });
     }
+  });
+
+  it('waits while the DEK is being regenerated (an interrupted regeneration resumed by regenerateDataKey), then backs up under the new DEK', async () => {
+    const s = await setup('regenerate');
+    await s.engine.createDatabase('orders', s.keyId);
+    await s.engine.withDatabase('orders', (db) => {
+      db.exec('CREATE TABLE o (id INTEGER PRIMARY KEY, v TEXT)');
+      const insert = db.prepare('INSERT INTO o (v) VALUES (?)');
+      db.transaction(() => {
+        for (let i = 0; i < 20_000; i++) insert.run(`order ${i}`);
+      })();
+    });
+    const oldDek = s.registry.get('db/orders/dek')!.wdek;
+    // A regeneration that dies after its first batch: the key change stays in progress.
+    await assert.rejects(
+      s.engine.regenerate('orders', () => {
+        throw new Error('worker lost');
+      }),
+      /worker lost/,
+    );
+    assert.equal((await s.engine.keyState('orders')).keyChangeInProgress, true);
+
+    await s.worker.runUntil(async () => {
+      const night = '2026-12-05';
+      const backup = await suite.client.workflow.start(nightlyBackup, {
+        taskQueue: s.taskQueue,
+        workflowId: backupWorkflowId('orders', night),
+        args: [{ databaseId: 'orders', night, keyChangeRecheckMs: 200 }],
+      });
+      for (let i = 0; (await backup.query(backupProgressQuery)).phase !== 'awaiting-key-change'; i++) {
+        assert.ok(i < 200, 'the backup waits for the key change');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const regenerated = await suite.client.workflow.execute(regenerateDataKey, { taskQueue: s.taskQueue, workflowId: regenerateWorkflowId('orders'), args: [{ databaseId: 'orders' }] });
+      assert.equal(regenerated.databaseId, 'orders');
+      const result = await backup.result();
+      assert.equal(result.phase, 'done');
+      assert.ok(!s.registry.get('db/orders/dek')!.wdek.equals(oldDek), 'the database is under a new DEK');
+      const entry = s.catalog.get(backupWorkflowId('orders', night))!;
+      assert.deepEqual(await s.engine.verifyBackup(entry), { tables: 1, rows: 20_000 });
+    });
   });
 });

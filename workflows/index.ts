@@ -10,3 +10,4 @@ export { nightlyBackup } from './nightly-backup';
 export { restoreBackup } from './restore-backup';
 export { listBackups } from './list-backups';
 export { rotateBackupKey } from './rotate-backup-key';
+export { regenerateDataKey } from './regenerate-data-key';

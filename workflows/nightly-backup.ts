@@ -7,6 +7,7 @@ import {
   proxyActivities,
   setCurrentDetails,
   setHandler,
+  sleep,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -23,6 +24,8 @@ export interface NightlyBackupInput {
   rewrapWaitMs?: number;
   /** How often the wait re-reads the key state, should a signal be lost (ms); default 10 min. */
   recheckEveryMs?: number;
+  /** How often to re-check a DEK regeneration in progress (ms); default 1 min. */
+  keyChangeRecheckMs?: number;
   /** Good backups to keep (the newest verified one is always kept); default 7. */
   retain?: number;
 }
@@ -79,8 +82,19 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
 
   try {
     enter('checking-keys', 'reading the root key and the database key state');
-    const keys = await checkBackupKeys({ databaseId: input.databaseId });
+    let keys = await checkBackupKeys({ databaseId: input.databaseId });
     progress.keyId = keys.keyId;
+    // A DEK regeneration re-encrypts every page and announces nothing: re-check until it ends
+    // (every minute by default), within the same bounded wait as a rewrap.
+    const waitUntil = Date.now() + (input.rewrapWaitMs ?? 6 * 3600_000);
+    while (keys.keyChangeInProgress) {
+      enter('awaiting-key-change', `database ${input.databaseId} is being re-encrypted under a new DEK; re-checking every ${Math.round((input.keyChangeRecheckMs ?? 60_000) / 1000)} s`);
+      if (Date.now() >= waitUntil) {
+        throw ApplicationFailure.nonRetryable(`database ${input.databaseId} was still being re-encrypted when the wait ended`, 'KEY_CHANGE_WAIT_TIMEOUT');
+      }
+      await sleep(Math.min(input.keyChangeRecheckMs ?? 60_000, waitUntil - Date.now()));
+      keys = await checkBackupKeys({ databaseId: input.databaseId });
+    }
     if (keys.wdeksBehind) {
       progress.awaitedVersion = keys.currentVersion;
       enter(

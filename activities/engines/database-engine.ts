@@ -56,6 +56,8 @@ export interface DatabaseEngine {
   backupKeyMaterial(databaseId: string, hash: string): Promise<Buffer>;
   /** Makes a (pending) backup key the one later backups use; the previous one stays, retired. */
   activateBackupKey(databaseId: string, hash: string): Promise<void>;
+  /** A new DEK with every data page re-encrypted under it: long, reports progress; backups wait. */
+  regenerate(databaseId: string, progress?: Progress): Promise<DatabaseKeyState>;
   /** Whether the backup key with this hash is still available to decrypt backups. */
   hasBackupKey(databaseId: string, hash: string): boolean;
   /** Rewraps the database's WDEKs under the latest root-key version; data pages stay as they are. */

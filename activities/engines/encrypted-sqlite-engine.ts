@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { open, rename, rm } from 'node:fs/promises';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
 import type { KeyManagementService } from '../kms/key-management-service';
@@ -13,6 +14,10 @@ import { EngineError } from './engine-error';
 const DATABASE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 export const dekWdekId = (databaseId: string) => `db/${databaseId}/dek`;
+/** The DEK a regeneration is moving the database to, until it takes the place of `dek`. */
+const nextDekWdekId = (databaseId: string) => `db/${databaseId}/dek-next`;
+const SCHEMA_OBJECT = /^(CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?)/i;
+const COPY_BATCH_ROWS = 5000;
 export const backupKeyWdekId = (databaseId: string, hash: string) => `db/${databaseId}/backup-key/${hash}`;
 const keyHash = (material: Buffer) => createHash('sha256').update(material).digest('hex');
 
@@ -37,6 +42,16 @@ function openKeyed(path: string, dek: Buffer, options: Database.Options = {}): D
   } catch (err) {
     db.close();
     throw err;
+  }
+}
+
+/** Whether the file opens with this DEK (a regeneration may have swapped it in before a crash). */
+function opensWith(path: string, dek: Buffer): boolean {
+  try {
+    openKeyed(path, dek).close();
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -297,6 +312,96 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
 
   hasBackupKey(databaseId: string, hash: string): boolean {
     return this.registry.get(backupKeyWdekId(databaseId, hash)) !== undefined;
+  }
+
+  /**
+   * A new DEK, and every page re-encrypted under it: the database is copied, table by table in
+   * batches (progress in rows), into a new file keyed with the new DEK, which then replaces the
+   * old file. Writers wait for the duration (the copy holds the write lock), and so do backups
+   * (keyState reports the key change). Resumable: a crash before the swap leaves the old file and
+   * DEK in use and the copy starts again; a crash after it finishes the registry swap.
+   */
+  async regenerate(databaseId: string, progress?: Progress): Promise<DatabaseKeyState> {
+    const row = this.requireDatabase(databaseId);
+    const id = row.database_id;
+    let next = this.registry.get(nextDekWdekId(id));
+    if (!next) {
+      const { dek, wdek, keyVersion } = await this.kmsCall(() => this.kms.wrap(row.key_id));
+      dek.fill(0);
+      next = { id: nextDekWdekId(id), keyId: row.key_id, keyVersion, wdek, owner: `database ${id} (regenerating)` };
+      this.registry.register(next);
+    }
+    this.meta.prepare('UPDATE databases SET key_change = ? WHERE database_id = ? AND key_change IS NULL').run(`DEK regeneration since ${new Date().toISOString()}`, id);
+    const newDek = (await this.kmsCall(() => this.kms.unwrap(next.keyId, next.wdek))).dek;
+    const path = this.databasePath(id);
+    try {
+      if (!opensWith(path, newDek)) {
+        const oldDek = await this.unwrapDek(row);
+        try {
+          await this.copyUnderNewKey(path, oldDek, newDek, progress);
+        } finally {
+          oldDek.fill(0);
+        }
+      }
+    } finally {
+      newDek.fill(0);
+    }
+    // The file is under the new DEK: make it the database's DEK, then end the key change.
+    const current = this.requireWdek(dekWdekId(id));
+    this.registry.update([{ id: current.id, wdek: next.wdek, keyVersion: next.keyVersion, expectedVersion: current.keyVersion, expectedWdek: current.wdek }]);
+    this.registry.remove(next.id);
+    this.meta.prepare('UPDATE databases SET key_change = NULL WHERE database_id = ?').run(id);
+    return this.keyState(id);
+  }
+
+  private async copyUnderNewKey(path: string, oldDek: Buffer, newDek: Buffer, progress?: Progress): Promise<void> {
+    const fresh = `${path}.rekey`;
+    await rm(fresh, { force: true });
+    const db = openKeyed(path, oldDek);
+    try {
+      db.prepare('ATTACH DATABASE ? AS fresh KEY ?').run(fresh, `x'${newDek.toString('hex')}'`);
+      const objects = db
+        .prepare<[], { type: string; name: string; sql: string }>(`SELECT type, name, sql FROM main.sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid`)
+        .all();
+      const tables = objects.filter((o) => o.type === 'table');
+      const quoted = (name: string) => `"${name.replace(/"/g, '""')}"`;
+      const total = tables.reduce((n, t) => n + db.prepare<[], { n: number }>(`SELECT count(*) AS n FROM main.${quoted(t.name)}`).get()!.n, 0);
+      let done = 0;
+      db.exec('BEGIN IMMEDIATE');
+      try {
+        for (const t of tables) db.exec(t.sql.replace(SCHEMA_OBJECT, '$1fresh.'));
+        for (const t of tables) {
+          const withRowid = !/WITHOUT\s+ROWID\s*$/i.test(t.sql);
+          if (!withRowid) {
+            done += db.prepare(`INSERT INTO fresh.${quoted(t.name)} SELECT * FROM main.${quoted(t.name)}`).run().changes;
+            continue;
+          }
+          const copy = db.prepare(`INSERT INTO fresh.${quoted(t.name)} SELECT * FROM main.${quoted(t.name)} WHERE rowid > ? ORDER BY rowid LIMIT ${COPY_BATCH_ROWS}`);
+          const last = db.prepare<[], { r: number | null }>(`SELECT max(rowid) AS r FROM fresh.${quoted(t.name)}`);
+          for (let after = Number.MIN_SAFE_INTEGER; ; ) {
+            const copied = copy.run(after).changes;
+            if (copied === 0) break;
+            done += copied;
+            after = last.get()!.r ?? after;
+            progress?.(done, total);
+            await yieldToEventLoop();
+          }
+        }
+        for (const o of objects.filter((x) => x.type !== 'table')) db.exec(o.sql.replace(SCHEMA_OBJECT, '$1fresh.'));
+        db.exec('COMMIT');
+      } catch (err) {
+        db.exec('ROLLBACK');
+        throw err;
+      }
+      db.exec('DETACH DATABASE fresh');
+    } finally {
+      db.close();
+    }
+    const handle = await open(fresh, 'r');
+    await handle.sync();
+    await handle.close();
+    chmodSync(fresh, 0o600);
+    await rename(fresh, path);
   }
 
   /** Creates a backup key (wrapped by the database's root key); `pending` keys wait for activation. */
