@@ -13,6 +13,8 @@ export interface BackupDeps {
   kms: KeyManagementService;
   engine: DatabaseEngine;
   catalog: BackupCatalog;
+  /** Where the two-failed-nights alert is POSTed as JSON (optional). */
+  alertWebhook?: string;
 }
 
 /** What the nightly run needs to decide whether to wait: ids, versions and dates only. */
@@ -56,7 +58,7 @@ function heartbeatProgress(): Progress {
 /** `backup/shop/2026-11-23` → `shop-2026-11-23`: a file name that says which backup it is. */
 const fileNameOf = (backupId: string) => backupId.replace(/^backup\//, '').replace(/[^A-Za-z0-9_.-]+/g, '-');
 
-export function createBackupActivities({ dataDir, kms, engine, catalog }: BackupDeps) {
+export function createBackupActivities({ dataDir, kms, engine, catalog, alertWebhook }: BackupDeps) {
   const pathOf = (databaseId: string, backupId: string) => join(dataDir, 'backups', databaseId, `${fileNameOf(backupId)}.kob`);
 
   return {
@@ -169,6 +171,19 @@ export function createBackupActivities({ dataDir, kms, engine, catalog }: Backup
     async recordBackup(entry: CatalogEntry): Promise<void> {
       catalog.record(entry);
       return Promise.resolve();
+    },
+
+    /** POSTs the alert to the configured webhook; without one, does nothing. A refusal is retried. */
+    async sendBackupAlert(alert: { databaseId: string; night: string; failedNights: number; reason: string; workflowId: string }): Promise<{ sent: boolean }> {
+      if (!alertWebhook) return { sent: false };
+      const response = await fetch(alertWebhook, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ event: 'keyops.backup.alert', ...alert }),
+        signal: AbortSignal.timeout(10_000),
+      });
+      if (!response.ok) throw new Error(`alert webhook answered HTTP ${response.status}`);
+      return { sent: true };
     },
 
     /** Returns how many nights in a row have failed for the database, this one included. */

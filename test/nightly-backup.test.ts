@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, describe, it } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
 import { EngineError } from '../activities/engines/engine-error';
 import { LocalKms } from '../activities/kms/local-kms';
@@ -22,11 +24,11 @@ const eventMs = (e: { eventTime?: { seconds?: unknown; nanos?: number | null } |
 describe('nightlyBackup on a real worker, encrypted database, KMS and catalog files', () => {
   const suite = useSuiteFixture('nightly-backup');
 
-  const setup = async (label: string) => {
+  const setup = async (label: string, alertWebhook?: string) => {
     const dataDir = join(suite.dir, label);
     const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
     const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
-    const local = localActivities({ dataDir, kms, registry });
+    const local = localActivities({ dataDir, kms, registry, ...(alertWebhook ? { alertWebhook } : {}) });
     const { keyId } = await kms.createKey({ name: `nightly-${label}` });
     const taskQueue = uniqueTaskQueue(label);
     const worker = await createTestWorker(suite.env, { taskQueue, activities: local.activities });
@@ -117,8 +119,19 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
     await suite.client.workflow.getHandle(keyEntityWorkflowId(s.keyId)).terminate('test finished');
   });
 
-  it('raises the alert after two failed nights in a row, and a good night clears it', async () => {
-    const s = await setup('alert');
+  it('raises the alert after two failed nights in a row (search attribute, webhook), and a good night clears it', async () => {
+    const received: Record<string, unknown>[] = [];
+    const hook = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        received.push(JSON.parse(body) as Record<string, unknown>);
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+    after(() => hook.close());
+    const s = await setup('alert', `http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`);
     const run = (night: string) =>
       suite.client.workflow.execute(nightlyBackup, { taskQueue: s.taskQueue, workflowId: backupWorkflowId('crm', night), args: [{ databaseId: 'crm', night }] });
     const outcome = async (night: string) => (await suite.client.workflow.getHandle(backupWorkflowId('crm', night)).describe()).typedSearchAttributes.get(OutcomeAttribute);
@@ -135,6 +148,12 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
         assert.match(cause.message, /no database crm/);
         assert.equal(await outcome(night), expected);
       }
+      assert.deepEqual(
+        received.map((a) => ({ event: a.event, databaseId: a.databaseId, night: a.night, failedNights: a.failedNights })),
+        [{ event: 'keyops.backup.alert', databaseId: 'crm', night: '2026-12-02', failedNights: 2 }],
+        'one webhook call, on the second failed night',
+      );
+      assert.match(String(received[0]!.reason), /no database crm/);
       await s.engine.createDatabase('crm', s.keyId);
       const good = await run('2026-12-03');
       assert.equal(good.failedNights, 0);

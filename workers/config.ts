@@ -25,6 +25,8 @@ export const workerConfigSchema = z.object({
   /** The local KMS's master secret (base64, at least 32 bytes), or a file holding it. */
   KEYOPS_KMS_MASTER_SECRET: z.string().optional(),
   KEYOPS_KMS_MASTER_SECRET_FILE: z.string().optional(),
+  /** Receives a JSON POST when a database has two failed backup nights in a row. */
+  KEYOPS_ALERT_WEBHOOK: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
   /** Protects exported backup keys (rotateBackupKey); read when a key is exported. */
   KEYOPS_BACKUP_KEY_PASSPHRASE: z.string().min(12, 'a backup-key passphrase needs at least 12 characters').optional(),
   KEYOPS_BACKUP_KEY_PASSPHRASE_FILE: z.string().optional(),
@@ -46,6 +48,7 @@ export interface WorkerConfig {
   shutdownGraceSeconds: number;
   kmsMasterSecret: { base64: string } | { file: string } | undefined;
   backupKeyPassphrase: { value: string } | { file: string } | undefined;
+  alertWebhook: string | undefined;
 }
 
 export class ConfigError extends Error {
@@ -85,5 +88,6 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv, stdoutIsTty: boolean): 
       : c.KEYOPS_BACKUP_KEY_PASSPHRASE_FILE
         ? { file: resolve(c.KEYOPS_BACKUP_KEY_PASSPHRASE_FILE) }
         : undefined,
+    alertWebhook: c.KEYOPS_ALERT_WEBHOOK,
   };
 }

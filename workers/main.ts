@@ -80,7 +80,7 @@ async function main(): Promise<number> {
       namespace: target.namespace,
       taskQueue: config.taskQueue,
       workflowsPath: require.resolve('../workflows'),
-      activities: createActivities({ dataDir: config.dataDir, keyopsVersion, ...adapters }),
+      activities: createActivities({ dataDir: config.dataDir, keyopsVersion, alertWebhook: config.alertWebhook, ...adapters }),
       shutdownGraceTime: `${config.shutdownGraceSeconds} seconds`,
     });
     logger.info(

@@ -32,7 +32,7 @@ export interface NightlyBackupInput {
 
 const DEFAULT_RETAIN = 7;
 
-const { checkBackupKeys, recordBackup, recordNight, applyRetention } = proxyActivities<Activities>({
+const { checkBackupKeys, recordBackup, recordNight, applyRetention, sendBackupAlert } = proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 });
@@ -137,6 +137,13 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     progress.failedNights = await CancellationScope.nonCancellable(() => recordNight({ databaseId: input.databaseId, night, outcome: 'failed', error: reason }));
     if (progress.failedNights >= 2) {
       log.error('backup alert: nights in a row without a good backup', { databaseId: input.databaseId, failedNights: progress.failedNights, reason });
+      if (patched('backup-alert-webhook')) {
+        const alert = { databaseId: input.databaseId, night, failedNights: progress.failedNights, reason, workflowId: workflowInfo().workflowId };
+        // A webhook that is down must not hide why the night failed.
+        await CancellationScope.nonCancellable(() => sendBackupAlert(alert)).catch((e: unknown) =>
+          log.warn('the alert webhook could not be reached', { error: e instanceof Error ? e.message : String(e) }),
+        );
+      }
     }
     enter('failed', `${reason} (${progress.failedNights} failed night(s) in a row)`);
     upsertSearchAttributes([{ key: OutcomeAttribute, value: progress.failedNights >= 2 ? 'alert' : 'failed' }]);
