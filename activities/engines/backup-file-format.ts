@@ -13,6 +13,7 @@ import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:
 import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { z } from 'zod';
 import { EngineError } from './engine-error';
+import { Sha256Thread } from './sha256-thread';
 
 const MAGIC = Buffer.from('KOBK', 'ascii');
 const FORMAT = 1;
@@ -77,44 +78,56 @@ export async function writeBackupFile(options: {
   prefix[4] = FORMAT;
   prefix.writeUInt32BE(json.length, 5);
   const headerDigest = createHash('sha256').update(prefix).update(json).digest();
-  const fileHash = createHash('sha256');
-
   const partial = `${options.path}.partial-${randomBytes(4).toString('hex')}`;
   const out = await open(partial, 'wx', 0o600);
-  // Encryption (this thread) overlaps with writes and write-back (libuv threads): a few writes
-  // stay in flight, and a background fdatasync every SYNC_EVERY bytes keeps the final one short.
-  const inFlight: Promise<unknown>[] = [];
+  const fileHash = new Sha256Thread();
+  // Three things overlap: the next chunk's read and the writes (libuv threads), AES-GCM (this
+  // thread) and SHA-256 (its own thread, fed each chunk once its write is done). A background
+  // fdatasync every SYNC_EVERY bytes keeps the final one short.
+  const inFlight: { done: Promise<unknown>; parts?: Buffer[] }[] = [];
+  const settleOldest = async () => {
+    const oldest = inFlight.shift()!;
+    await oldest.done;
+    if (oldest.parts) await fileHash.update(oldest.parts);
+  };
   let syncing: Promise<void> | undefined;
   let unsynced = 0;
   let bytes = 0;
   const write = async (parts: Buffer[]) => {
     const position = bytes;
     const length = parts.reduce((n, p) => n + p.length, 0);
-    for (const part of parts) fileHash.update(part);
     bytes += length;
     unsynced += length;
-    inFlight.push(writeFully(out, parts, position, length));
-    if (inFlight.length > MAX_IN_FLIGHT) await inFlight.shift();
+    inFlight.push({ done: writeFully(out, parts, position, length), parts });
+    while (inFlight.length > MAX_IN_FLIGHT) await settleOldest();
     if (unsynced >= SYNC_EVERY && !syncing) {
       unsynced = 0;
       syncing = out.datasync().finally(() => (syncing = undefined));
-      inFlight.push(syncing);
+      inFlight.push({ done: syncing });
     }
   };
+  const plain = [Buffer.allocUnsafeSlow(BACKUP_CHUNK_BYTES), Buffer.allocUnsafeSlow(BACKUP_CHUNK_BYTES)];
+  const readChunk = async (index: number): Promise<number> => {
+    const position = index * BACKUP_CHUNK_BYTES;
+    const want = Math.min(BACKUP_CHUNK_BYTES, options.plainBytes - position);
+    const got = want > 0 ? await options.read(plain[index % 2]!, want, position) : 0;
+    if (got !== want) throw new Error(`the database file ended at ${position + got} bytes, expected ${options.plainBytes}`);
+    return got;
+  };
+  let next: Promise<number> = Promise.resolve(0);
   try {
-    await write([prefix, json]);
-    const plain = Buffer.allocUnsafe(BACKUP_CHUNK_BYTES);
+    await write([Buffer.concat([prefix, json])]);
+    next = readChunk(0);
     let done = 0;
     for (let index = 0; ; index++) {
-      const want = Math.min(BACKUP_CHUNK_BYTES, options.plainBytes - done);
-      const got = want > 0 ? await options.read(plain, want, done) : 0;
-      if (got !== want) throw new Error(`the database file ended at ${done + got} bytes, expected ${options.plainBytes}`);
+      const got: number = await next;
       done += got;
       const final = done === options.plainBytes;
+      next = final ? Promise.resolve(0) : readChunk(index + 1);
       const iv = randomBytes(IV);
       const cipher = createCipheriv('aes-256-gcm', options.key, iv);
       cipher.setAAD(chunkAad(headerDigest, index, final));
-      const ct = cipher.update(plain.subarray(0, got));
+      const ct = cipher.update(plain[index % 2]!.subarray(0, got));
       cipher.final(); // GCM adds no bytes at the end
       const head = Buffer.alloc(CHUNK_HEAD);
       head.writeUInt32BE(ct.length, 0);
@@ -124,13 +137,16 @@ export async function writeBackupFile(options: {
       options.progress?.(done, options.plainBytes);
       if (final) break;
     }
-    await Promise.all(inFlight);
+    while (inFlight.length > 0) await settleOldest();
     await out.sync();
     await out.close();
+    const sha256 = await fileHash.digest();
     await rename(partial, options.path);
-    return { bytes, sha256: fileHash.digest('hex') };
+    return { bytes, sha256 };
   } catch (err) {
-    await Promise.allSettled(inFlight);
+    await next.catch(() => undefined);
+    await Promise.allSettled(inFlight.map((w) => w.done));
+    await fileHash.close();
     await out.close().catch(() => undefined);
     await rm(partial, { force: true });
     throw err;
@@ -200,43 +216,62 @@ export async function readBackupFile(options: {
 }): Promise<BackupHeader> {
   const { path } = options;
   const file = await openBackup(path);
+  const fileHash = new Sha256Thread();
+  // Plaintext writes stay in flight (bounded) while the next chunk is read and decrypted; the
+  // checksum runs on its own thread. Every chunk is authenticated before any of it is written.
+  const writes: Promise<void>[] = [];
+  type Chunk = { head: Buffer; ct: Buffer };
+  let next: Promise<Chunk | undefined> = Promise.resolve(undefined);
   try {
     const { size } = await file.stat();
     const { header, prefix, json, offset: start } = await readHeader(file, path);
-    const fileHash = createHash('sha256').update(prefix).update(json);
-    const scratch = Buffer.allocUnsafe(header.chunkBytes);
-    const key = await options.keyFor(header);
     const headerDigest = createHash('sha256').update(prefix).update(json).digest();
-    let offset = start;
-    let done = 0;
-    for (let index = 0; ; index++) {
+    await fileHash.update([prefix, json]); // hands them over: not to be read again here
+    const key = await options.keyFor(header);
+    const readChunk = async (index: number, at: number): Promise<Chunk> => {
       const head = Buffer.alloc(CHUNK_HEAD);
-      if ((await readAt(file, head, CHUNK_HEAD, offset)) < CHUNK_HEAD) throw invalid(path, `it ends before chunk ${index}`);
+      if ((await readAt(file, head, CHUNK_HEAD, at)) < CHUNK_HEAD) throw invalid(path, `it ends before chunk ${index}`);
       const length = head.readUInt32BE(0);
       if (length > header.chunkBytes) throw invalid(path, `chunk ${index} claims ${length} bytes`);
-      const ct = scratch.subarray(0, length);
-      if ((await readAt(file, ct, length, offset + CHUNK_HEAD)) < length) throw invalid(path, `it ends inside chunk ${index}`);
-      fileHash.update(head).update(ct);
-      offset += CHUNK_HEAD + length;
-      const final = done + length === header.plainBytes;
+      const ct = Buffer.allocUnsafeSlow(length);
+      if ((await readAt(file, ct, length, at + CHUNK_HEAD)) < length) throw invalid(path, `it ends inside chunk ${index}`);
+      return { head, ct };
+    };
+    let offset = start;
+    let done = 0;
+    next = readChunk(0, offset);
+    for (let index = 0; ; index++) {
+      const chunk: Chunk | undefined = await next;
+      if (!chunk) break;
+      const { head, ct } = chunk;
+      offset += CHUNK_HEAD + ct.length;
+      const final = done + ct.length === header.plainBytes;
+      next = final ? Promise.resolve(undefined) : readChunk(index + 1, offset);
       const decipher = createDecipheriv('aes-256-gcm', key, head.subarray(4, 4 + IV));
       decipher.setAAD(chunkAad(headerDigest, index, final));
       decipher.setAuthTag(head.subarray(4 + IV));
       let plain: Buffer;
       try {
-        plain = Buffer.concat([decipher.update(ct), decipher.final()]);
+        plain = decipher.update(ct);
+        decipher.final();
       } catch {
         throw invalid(path, `chunk ${index} fails authentication (altered, truncated, or not made with backup key ${header.backupKeyHash.slice(0, 12)}…)`);
       }
-      await options.write(plain, done);
+      await fileHash.update([head, ct]);
+      writes.push(options.write(plain, done));
+      if (writes.length > MAX_IN_FLIGHT) await writes.shift();
       done += plain.length;
       options.progress?.(done, header.plainBytes);
       if (final) break;
     }
+    await Promise.all(writes);
     if (offset !== size) throw invalid(path, 'it has bytes after its final chunk');
-    if (fileHash.digest('hex') !== options.expectedSha256) throw invalid(path, 'its SHA-256 differs from the one recorded when it was written');
+    if ((await fileHash.digest()) !== options.expectedSha256) throw invalid(path, 'its SHA-256 differs from the one recorded when it was written');
     return header;
   } finally {
+    await next.catch(() => undefined);
+    await Promise.allSettled(writes);
+    await fileHash.close();
     await file.close();
   }
 }

@@ -1,0 +1,92 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { BACKUP_CHUNK_BYTES, readBackupFile, writeBackupFile } from '../activities/engines/backup-file-format';
+
+const header = { databaseId: 'files', createdAt: '2026-11-23T02:00:00.000Z', keyId: 'key-1', keyVersion: 3, wdek: 'd2Rlaw==', backupKeyHash: 'a'.repeat(64) };
+
+describe('backup file format (real AES-256-GCM, real files)', () => {
+  let dir: string;
+  const key = randomBytes(32);
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'keyops-backup-file-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Backs `source` up, then restores it into memory through the same reader a restore uses. */
+  async function roundTrip(name: string, source: Buffer) {
+    const sourcePath = join(dir, `${name}.src`);
+    writeFileSync(sourcePath, source);
+    const input = await open(sourcePath, 'r');
+    const path = join(dir, `${name}.kob`);
+    let written;
+    try {
+      written = await writeBackupFile({
+        path,
+        header,
+        plainBytes: source.length,
+        key,
+        read: async (buffer, length, position) => (await input.read(buffer, 0, length, position)).bytesRead,
+      });
+    } finally {
+      await input.close();
+    }
+    const restored = Buffer.alloc(source.length);
+    const back = await readBackupFile({
+      path,
+      expectedSha256: written.sha256,
+      keyFor: () => Promise.resolve(key),
+      write: (data, position) => {
+        data.copy(restored, position);
+        return Promise.resolve();
+      },
+    });
+    return { path, written, restored, back };
+  }
+
+  it('round-trips a multi-chunk file; the recorded checksum is the SHA-256 of the file on disk', async () => {
+    const source = randomBytes(3 * BACKUP_CHUNK_BYTES + 12_345);
+    const { path, written, restored, back } = await roundTrip('multi', source);
+    const onDisk = readFileSync(path);
+    assert.equal(written.bytes, onDisk.length);
+    assert.equal(written.sha256, createHash('sha256').update(onDisk).digest('hex'), 'the checksum is what sha256sum would print');
+    assert.ok(restored.equals(source), 'every byte restores');
+    assert.equal(back.plainBytes, source.length);
+    assert.ok(!onDisk.includes(source.subarray(1000, 1064)), 'no plaintext run appears in the file');
+    assert.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), [], 'no partial file is left');
+  });
+
+  it('round-trips an empty database file and one of exactly one chunk', async () => {
+    for (const [name, source] of [
+      ['empty', Buffer.alloc(0)],
+      ['one-chunk', randomBytes(BACKUP_CHUNK_BYTES)],
+    ] as const) {
+      const { path, written, restored } = await roundTrip(name, source);
+      assert.equal(written.sha256, createHash('sha256').update(readFileSync(path)).digest('hex'), name);
+      assert.ok(restored.equals(source), name);
+    }
+  });
+
+  it('fails naming the short source and leaves no partial file', async () => {
+    const path = join(dir, 'short.kob');
+    const source = randomBytes(BACKUP_CHUNK_BYTES + 10);
+    await assert.rejects(
+      writeBackupFile({
+        path,
+        header,
+        plainBytes: source.length + BACKUP_CHUNK_BYTES,
+        key,
+        read: (buffer, length, position) => Promise.resolve(source.copy(buffer, 0, position, Math.min(source.length, position + length))),
+      }),
+      /the database file ended at 4194314 bytes, expected 8388618/,
+    );
+    assert.deepEqual((await readdir(dir)).filter((f) => f.startsWith('short')), []);
+  });
+});
