@@ -1,12 +1,14 @@
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { rm, readdir } from 'node:fs/promises';
-import { heartbeat } from '@temporalio/activity';
+import { Context, heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { BackupCatalog, CatalogEntry } from './catalog/backup-catalog';
 import type { BackupImage, DatabaseEngine, Progress, RestoreCheck } from './engines/database-engine';
 import { EngineError, engineFailure } from './engines/engine-error';
 import type { KeyManagementService } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
+import { systemFailure } from './system-failure';
 
 export interface BackupDeps {
   dataDir: string;
@@ -40,7 +42,7 @@ async function typed<T>(fn: () => Promise<T>): Promise<T> {
   } catch (err) {
     if (err instanceof EngineError) throw engineFailure(err);
     if (err instanceof KmsError) throw kmsFailure(err);
-    throw err;
+    throw systemFailure(err);
   }
 }
 
@@ -59,7 +61,11 @@ function heartbeatProgress(): Progress {
 const fileNameOf = (backupId: string) => backupId.replace(/^backup\//, '').replace(/[^A-Za-z0-9_.-]+/g, '-');
 
 export function createBackupActivities({ dataDir, kms, engine, catalog, alertWebhook }: BackupDeps) {
-  const pathOf = (databaseId: string, backupId: string) => join(dataDir, 'backups', databaseId, `${fileNameOf(backupId)}.kob`);
+  // One file per workflow run: a scheduled run and a manual `keyops backup run` of the same night
+  // have different workflow ids, may overlap, and must never write or delete each other's file.
+  // (Run ids can be time-ordered UUIDs: two runs started together share a prefix, not a suffix.)
+  const pathOf = (databaseId: string, backupId: string) =>
+    join(dataDir, 'backups', databaseId, `${fileNameOf(backupId)}-${(Context.current().info.workflowExecution?.runId ?? 'local').replace(/-/g, '').slice(-12)}.kob`);
 
   return {
     async checkBackupKeys(input: { databaseId: string }): Promise<BackupKeyCheck> {
@@ -116,7 +122,11 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
      * Before a restore touches anything: the backup is catalogued, its root-key version is
      * still in the KMS and usable, and its backup key is still registered.
      */
-    async checkRestorable(input: { backupId: string }): Promise<CatalogEntry> {
+    async checkRestorable(input: { backupId: string; targetPath?: string }): Promise<CatalogEntry> {
+      // Refused before any work; the restore itself publishes with link(), which never replaces.
+      if (input.targetPath !== undefined && existsSync(input.targetPath)) {
+        throw ApplicationFailure.create({ type: 'INVALID_CONFIGURATION', nonRetryable: true, message: `restore target ${input.targetPath} exists; restore never overwrites a file` });
+      }
       const entry = catalog.get(input.backupId);
       if (!entry || entry.status === 'deleted') {
         throw ApplicationFailure.create({
@@ -168,9 +178,14 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
       return { deleted: doomed.map((e) => e.backupId), retained: good.length - doomed.length };
     },
 
-    async recordBackup(entry: CatalogEntry): Promise<void> {
-      catalog.record(entry);
-      return Promise.resolve();
+    /**
+     * Catalogues the backup. When another run of the same night catalogued its own good backup
+     * first, that one stays and this run's file, a duplicate nothing refers to, is removed.
+     */
+    async recordBackup(entry: CatalogEntry): Promise<CatalogEntry> {
+      const kept = catalog.record(entry);
+      if (kept.path !== entry.path) await rm(entry.path, { force: true });
+      return kept;
     },
 
     /** POSTs the alert to the configured webhook; without one, does nothing. A refusal is retried. */

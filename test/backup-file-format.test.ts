@@ -89,4 +89,39 @@ describe('backup file format (real AES-256-GCM, real files)', () => {
     );
     assert.deepEqual((await readdir(dir)).filter((f) => f.startsWith('short')), []);
   });
+
+  it('fails, without ending the process, when a read-ahead or a restore write fails while other work is pending', async () => {
+    // Each of these rejects while the loop awaits something else: before the fix the rejection
+    // was unhandled for a moment, and Node ended the whole worker process.
+    const source = randomBytes(3 * BACKUP_CHUNK_BYTES);
+    await assert.rejects(
+      writeBackupFile({
+        path: join(dir, 'bad-read.kob'),
+        header,
+        plainBytes: source.length,
+        key,
+        read: (buffer, length, position) =>
+          position >= BACKUP_CHUNK_BYTES ? Promise.reject(new Error('EIO: the disk went away')) : Promise.resolve(source.copy(buffer, 0, position, position + length)),
+      }),
+      /EIO: the disk went away/,
+    );
+    assert.deepEqual((await readdir(dir)).filter((f) => f.startsWith('bad-read')), []);
+
+    const { path, written } = await roundTrip('to-truncate', source);
+    const truncated = join(dir, 'truncated.kob');
+    writeFileSync(truncated, readFileSync(path).subarray(0, 2 * BACKUP_CHUNK_BYTES + 100));
+    await assert.rejects(
+      readBackupFile({
+        path: truncated,
+        expectedSha256: written.sha256,
+        keyFor: () => Promise.resolve(key),
+        write: () => new Promise((resolve) => setTimeout(resolve, 50)),
+      }),
+      /truncated\.kob is not valid: it ends inside chunk 1/,
+    );
+    await assert.rejects(
+      readBackupFile({ path, expectedSha256: written.sha256, keyFor: () => Promise.resolve(key), write: () => Promise.reject(new Error('ENOSPC: no space left')) }),
+      /ENOSPC/,
+    );
+  });
 });

@@ -80,7 +80,15 @@ describe('encrypted SQLite engine (real SQLCipher files, real KMS files)', () =>
     assert.deepEqual(await engine.verifyBackup(image), { tables: 1, rows: 2000 });
     const restored = join(dir, 'restored-shop.db');
     assert.deepEqual(await engine.restore(image, restored), { tables: 1, rows: 2000 });
-    await rejectsWith(engine.restore(image, restored), 'INVALID_CONFIGURATION', /never overwrites/);
+    // A retry of a restore whose worker died after publishing finds its own bytes: done.
+    assert.deepEqual(await engine.restore(image, restored), { tables: 1, rows: 2000 });
+    // A different backup never replaces what is there.
+    await engine.withDatabase('shop', (db) => db.prepare('INSERT INTO orders (payload) VALUES (?)').run('one more'));
+    const later = await engine.backup('shop', join(dir, 'backups', 'shop-later.kob'));
+    await rejectsWith(engine.restore(later, restored), 'INVALID_CONFIGURATION', /restore target .*restored-shop\.db exists; restore never overwrites/);
+    assert.deepEqual(await engine.restore(later, join(dir, 'restored-shop-later.db')), { tables: 1, rows: 2001 });
+    assert.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), [], 'no partial restore is left');
+    await rm(later.path);
   });
 
   it('refuses a backup while the root key is between versions, and backs up once the WDEKs are rewrapped', async () => {

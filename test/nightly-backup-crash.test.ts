@@ -71,13 +71,14 @@ describe('nightlyBackup survives SIGKILL of its worker in the middle of writing'
       const result = await handle.result();
       assert.equal(result.phase, 'done');
       const left = files();
-      assert.deepEqual(left, ['big-2026-12-01.kob'], 'one backup file, no partial one left');
+      const own = `big-2026-12-01-${(await handle.describe()).runId.replace(/-/g, '').slice(-12)}.kob`;
+      assert.deepEqual(left, [own], 'one backup file, named for its run, no partial one left');
       const catalog = SqliteBackupCatalog.open(join(suite.dir, 'catalog', 'backups.sqlite'));
       try {
         const entries = catalog.list({ databaseId: 'big' });
         assert.deepEqual(
           entries.map((e) => ({ status: e.status, path: e.path, rows: e.verification?.rows })),
-          [{ status: 'good', path: join(backupDir, 'big-2026-12-01.kob'), rows: 384 }],
+          [{ status: 'good', path: join(backupDir, own), rows: 384 }],
         );
         assert.deepEqual(await engine.verifyBackup(entries[0]!), { tables: 1, rows: 384 });
       } finally {

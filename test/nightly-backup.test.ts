@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, describe, it } from 'node:test';
@@ -32,7 +32,7 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
     const { keyId } = await kms.createKey({ name: `nightly-${label}` });
     const taskQueue = uniqueTaskQueue(label);
     const worker = await createTestWorker(suite.env, { taskQueue, activities: local.activities });
-    return { kms, registry, keyId, taskQueue, worker, ...local };
+    return { dataDir, kms, registry, keyId, taskQueue, worker, ...local };
   };
 
   it('waits while a root-key rewrap is in progress, is released by its signal and backs up within 1 s; a naive backup then fails', async (t) => {
@@ -191,6 +191,32 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       assert.ok(s.engine.hasBackupKey('logs', e.backupKeyHash), 'the backup key of a retained backup is still registered');
       assert.deepEqual(await s.engine.verifyBackup(e), { tables: 1, rows: 1 });
     }
+  });
+
+  it('two runs of the same night (the schedule and a manual run) keep one good backup and no stray file', async () => {
+    const s = await setup('same-night');
+    await s.engine.createDatabase('crm', s.keyId);
+    await s.engine.withDatabase('crm', (db) => {
+      db.exec('CREATE TABLE c (id INTEGER PRIMARY KEY, v BLOB)');
+      const insert = db.prepare('INSERT INTO c (v) VALUES (?)');
+      for (let i = 0; i < 300; i++) insert.run(randomBytes(16 * 1024));
+    });
+    const night = '2026-12-07';
+    const results = await s.worker.runUntil(() =>
+      Promise.all(
+        // A schedule names its runs `<id>-<fire time>`: the two ids differ, Temporal runs both.
+        [backupWorkflowId('crm', night), `${backupWorkflowId('crm', night)}-2026-12-07T02:00:00Z`].map((workflowId) =>
+          suite.client.workflow.execute(nightlyBackup, { taskQueue: s.taskQueue, workflowId, args: [{ databaseId: 'crm', night }] }),
+        ),
+      ),
+    );
+    assert.deepEqual(results.map((r) => r.phase), ['done', 'done']);
+    const entries = s.catalog.list({ databaseId: 'crm' });
+    assert.equal(entries.length, 1);
+    assert.equal(entries[0]!.status, 'good');
+    assert.deepEqual(results.map((r) => r.path), [entries[0]!.path, entries[0]!.path], 'both runs report the backup that was kept');
+    assert.deepEqual(readdirSync(join(s.dataDir, 'backups', 'crm')), [basename(entries[0]!.path)], 'the duplicate file is gone, nothing partial is left');
+    assert.deepEqual(await s.engine.verifyBackup(entries[0]!), { tables: 1, rows: 300 });
   });
 
   it('waits while the DEK is being regenerated (an interrupted regeneration resumed by regenerateDataKey), then backs up under the new DEK', async () => {

@@ -118,7 +118,9 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     const verification = await verifyBackupImage({ path: image.path, sha256: image.sha256 });
 
     enter('recording', 'cataloguing the backup');
-    await recordBackup({ ...image, backupId: progress.backupId, night, verification, status: 'good' });
+    // Another run of the same night may have catalogued its backup first: that one is kept.
+    const kept = await recordBackup({ ...image, backupId: progress.backupId, night, verification, status: 'good' });
+    Object.assign(progress, { path: kept?.path ?? image.path, bytes: kept?.bytes ?? image.bytes });
     progress.failedNights = 0;
     await recordNight({ databaseId: input.databaseId, night, outcome: 'succeeded' });
     // Only after a good, verified backup is catalogued may older ones go. (Runs started before

@@ -37,7 +37,7 @@ export async function restoreBackup(input: RestoreBackupInput): Promise<RestoreB
   phase('checking-keys', 'is its root-key version still in the KMS, its backup key still registered?');
   let entry;
   try {
-    entry = await checkRestorable({ backupId: input.backupId });
+    entry = await checkRestorable({ backupId: input.backupId, targetPath: input.targetPath });
   } catch (err) {
     upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
     throw err;

@@ -27,7 +27,11 @@ export type NightOutcome = 'succeeded' | 'failed';
 
 export interface BackupCatalog {
   /** Inserts or replaces the entry with this backup id (a retried run records once). */
-  record(entry: CatalogEntry): void;
+  /**
+   * Records or updates an entry and returns the entry as kept. A good backup is never replaced
+   * by another file for the same backup id (two runs of one night): the first one kept wins.
+   */
+  record(entry: CatalogEntry): CatalogEntry;
   get(backupId: string): CatalogEntry | undefined;
   /** Newest first. */
   list(filter?: { databaseId?: string; status?: BackupStatus; limit?: number }): CatalogEntry[];

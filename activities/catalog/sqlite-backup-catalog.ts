@@ -77,7 +77,16 @@ export class SqliteBackupCatalog implements BackupCatalog {
     return new SqliteBackupCatalog(path);
   }
 
-  record(entry: CatalogEntry): void {
+  record(entry: CatalogEntry): CatalogEntry {
+    return this.db.transaction(() => {
+      const kept = this.get(entry.backupId);
+      if (kept?.status === 'good' && kept.path !== entry.path) return kept;
+      this.insert(entry);
+      return entry;
+    }).immediate();
+  }
+
+  private insert(entry: CatalogEntry): void {
     this.db
       .prepare(
         `INSERT OR REPLACE INTO backups VALUES (@backupId, @databaseId, @night, @createdAt, @path, @bytes, @sha256, @keyId, @keyVersion,

@@ -11,6 +11,7 @@
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { type FileHandle, open, rename, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { z } from 'zod';
 import { EngineError } from './engine-error';
 import { Sha256Thread } from './sha256-thread';
@@ -46,6 +47,26 @@ function chunkAad(headerDigest: Buffer, index: number, final: boolean): Buffer {
   aad.writeBigUInt64BE(BigInt(index), 32);
   aad[40] = final ? 1 : 0;
   return aad;
+}
+
+/**
+ * Marks a promise as handled now and returns it: one that rejects while the loop is busy
+ * elsewhere (a write failing on a full disk) must fail the backup when it is awaited, not end
+ * the worker process as an unhandled rejection first.
+ */
+function pending<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
+}
+
+/** Makes a rename durable: the directory entry is flushed, not only the file. */
+export async function syncDirectory(path: string): Promise<void> {
+  const dir = await open(dirname(path), 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
 }
 
 /** Reads exactly `length` bytes at `position`, or fewer only at the end of the file. */
@@ -98,11 +119,11 @@ export async function writeBackupFile(options: {
     const length = parts.reduce((n, p) => n + p.length, 0);
     bytes += length;
     unsynced += length;
-    inFlight.push({ done: writeFully(out, parts, position, length), parts });
+    inFlight.push({ done: pending(writeFully(out, parts, position, length)), parts });
     while (inFlight.length > MAX_IN_FLIGHT) await settleOldest();
     if (unsynced >= SYNC_EVERY && !syncing) {
       unsynced = 0;
-      syncing = out.datasync().finally(() => (syncing = undefined));
+      syncing = pending(out.datasync().finally(() => (syncing = undefined)));
       inFlight.push({ done: syncing });
     }
   };
@@ -117,13 +138,13 @@ export async function writeBackupFile(options: {
   let next: Promise<number> = Promise.resolve(0);
   try {
     await write([Buffer.concat([prefix, json])]);
-    next = readChunk(0);
+    next = pending(readChunk(0));
     let done = 0;
     for (let index = 0; ; index++) {
       const got: number = await next;
       done += got;
       const final = done === options.plainBytes;
-      next = final ? Promise.resolve(0) : readChunk(index + 1);
+      next = final ? Promise.resolve(0) : pending(readChunk(index + 1));
       const iv = randomBytes(IV);
       const cipher = createCipheriv('aes-256-gcm', options.key, iv);
       cipher.setAAD(chunkAad(headerDigest, index, final));
@@ -142,6 +163,7 @@ export async function writeBackupFile(options: {
     await out.close();
     const sha256 = await fileHash.digest();
     await rename(partial, options.path);
+    await syncDirectory(options.path);
     return { bytes, sha256 };
   } catch (err) {
     await next.catch(() => undefined);
@@ -239,14 +261,14 @@ export async function readBackupFile(options: {
     };
     let offset = start;
     let done = 0;
-    next = readChunk(0, offset);
+    next = pending(readChunk(0, offset));
     for (let index = 0; ; index++) {
       const chunk: Chunk | undefined = await next;
       if (!chunk) break;
       const { head, ct } = chunk;
       offset += CHUNK_HEAD + ct.length;
       const final = done + ct.length === header.plainBytes;
-      next = final ? Promise.resolve(undefined) : readChunk(index + 1, offset);
+      next = final ? Promise.resolve(undefined) : pending(readChunk(index + 1, offset));
       const decipher = createDecipheriv('aes-256-gcm', key, head.subarray(4, 4 + IV));
       decipher.setAAD(chunkAad(headerDigest, index, final));
       decipher.setAuthTag(head.subarray(4 + IV));
@@ -258,7 +280,7 @@ export async function readBackupFile(options: {
         throw invalid(path, `chunk ${index} fails authentication (altered, truncated, or not made with backup key ${header.backupKeyHash.slice(0, 12)}…)`);
       }
       await fileHash.update([head, ct]);
-      writes.push(options.write(plain, done));
+      writes.push(pending(options.write(plain, done)));
       if (writes.length > MAX_IN_FLIGHT) await writes.shift();
       done += plain.length;
       options.progress?.(done, header.plainBytes);

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync } from 'node:fs';
-import { open, rename, rm } from 'node:fs/promises';
+import { link, open, readdir, rename, rm } from 'node:fs/promises';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
@@ -8,7 +8,8 @@ import type { KeyManagementService } from '../kms/key-management-service';
 import { KmsError } from '../kms/kms-error';
 import type { WdekRegistry, WdekRecord } from '../wdek-registry/wdek-registry';
 import type { BackupImage, DatabaseEngine, DatabaseKeyState, Progress, RestoreCheck } from './database-engine';
-import { readBackupFile, writeBackupFile } from './backup-file-format';
+import { readBackupFile, syncDirectory, writeBackupFile } from './backup-file-format';
+import { InspectError, inspectInThread } from './inspect-thread';
 import { EngineError } from './engine-error';
 
 const DATABASE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -20,6 +21,17 @@ const SCHEMA_OBJECT = /^(CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|VIEW|TRIGGER)\s+(
 const COPY_BATCH_ROWS = 5000;
 export const backupKeyWdekId = (databaseId: string, hash: string) => `db/${databaseId}/backup-key/${hash}`;
 const keyHash = (material: Buffer) => createHash('sha256').update(material).digest('hex');
+
+async function fileSha256(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  const file = await open(path, 'r');
+  try {
+    for await (const chunk of file.createReadStream({ highWaterMark: 4 * 1024 * 1024, autoClose: false })) hash.update(chunk as Buffer);
+  } finally {
+    await file.close();
+  }
+  return hash.digest('hex');
+}
 
 function checkDatabaseId(databaseId: unknown): string {
   if (typeof databaseId !== 'string' || !DATABASE_ID.test(databaseId)) {
@@ -55,16 +67,6 @@ function opensWith(path: string, dek: Buffer): boolean {
   }
 }
 
-/** What a restored file holds: tables and rows, after SQLite's own consistency check. */
-function inspect(db: Database.Database): RestoreCheck {
-  const check = db.pragma('quick_check', { simple: true });
-  if (check !== 'ok') throw new EngineError('BACKUP_INVALID', `the restored database fails SQLite's quick_check: ${String(check)}`);
-  const tables = db.prepare<[], { name: string }>(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'`).all();
-  let rows = 0;
-  for (const { name } of tables) rows += db.prepare<[], { n: number }>(`SELECT count(*) AS n FROM "${name.replace(/"/g, '""')}"`).get()!.n;
-  return { tables: tables.length, rows };
-}
-
 interface DatabaseRow {
   database_id: string;
   key_id: string;
@@ -81,6 +83,7 @@ interface DatabaseRow {
  */
 export class EncryptedSqliteEngine implements DatabaseEngine {
   private readonly meta: Database.Database;
+  private readonly busy = new Map<string, Promise<unknown>>();
 
   private constructor(
     private readonly dir: string,
@@ -156,6 +159,10 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   /** Runs `fn` on the open, keyed database (the application's view, for demos and tests). */
   async withDatabase<T>(databaseId: string, fn: (db: Database.Database) => T): Promise<T> {
     const row = this.requireDatabase(databaseId);
+    return this.exclusive(row.database_id, () => this.openAndRun(row, fn));
+  }
+
+  private async openAndRun<T>(row: DatabaseRow, fn: (db: Database.Database) => T): Promise<T> {
     const dek = await this.unwrapDek(row);
     try {
       const db = openKeyed(this.databasePath(row.database_id), dek);
@@ -183,6 +190,25 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
       keyChangeInProgress: row.key_change !== null,
       backupKeyHash: active.hash,
     });
+  }
+
+  /**
+   * Runs `fn` alone among this process's users of the database: a regeneration's swap of the
+   * file must not race a write, which would land in the file being replaced and be lost.
+   */
+  private async exclusive<T>(databaseId: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.busy.get(databaseId) ?? Promise.resolve();
+    const mine = before.then(fn, fn);
+    const settled = mine.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.busy.set(databaseId, settled);
+    try {
+      return await mine;
+    } finally {
+      if (this.busy.get(databaseId) === settled) this.busy.delete(databaseId);
+    }
   }
 
   async backup(databaseId: string, path: string, progress?: Progress): Promise<BackupImage> {
@@ -261,12 +287,22 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   }
 
   async restore(image: Pick<BackupImage, 'path' | 'sha256'>, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
-    if (existsSync(targetPath)) throw new EngineError('INVALID_CONFIGURATION', `restore target ${targetPath} exists; restore never overwrites a file`);
     const partial = `${targetPath}.partial-${randomBytes(4).toString('hex')}`;
     mkdirSync(dirname(targetPath), { recursive: true, mode: 0o700 });
     try {
       const check = await this.restoreTo(image, partial, progress);
-      await rename(partial, targetPath);
+      // link() publishes without ever replacing: a file that appeared at the target meanwhile
+      // (another restore, the operator) stays. The same bytes there mean an earlier attempt of
+      // this restore got that far before its worker died: done.
+      try {
+        await link(partial, targetPath);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        if ((await fileSha256(targetPath)) !== (await fileSha256(partial))) {
+          throw new EngineError('INVALID_CONFIGURATION', `restore target ${targetPath} exists; restore never overwrites a file`);
+        }
+      }
+      await syncDirectory(targetPath);
       return check;
     } finally {
       await rm(partial, { force: true });
@@ -334,30 +370,38 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     this.meta.prepare('UPDATE databases SET key_change = ? WHERE database_id = ? AND key_change IS NULL').run(`DEK regeneration since ${new Date().toISOString()}`, id);
     const newDek = (await this.kmsCall(() => this.kms.unwrap(next.keyId, next.wdek))).dek;
     const path = this.databasePath(id);
-    try {
-      if (!opensWith(path, newDek)) {
-        const oldDek = await this.unwrapDek(row);
-        try {
-          await this.copyUnderNewKey(path, oldDek, newDek, progress);
-        } finally {
-          oldDek.fill(0);
+    await this.exclusive(id, async () => {
+      try {
+        if (!opensWith(path, newDek)) {
+          const oldDek = await this.unwrapDek(row);
+          try {
+            await this.copyUnderNewKey(path, oldDek, newDek, progress);
+          } finally {
+            oldDek.fill(0);
+          }
         }
+      } finally {
+        newDek.fill(0);
       }
-    } finally {
-      newDek.fill(0);
-    }
-    // The file is under the new DEK: make it the database's DEK, then end the key change.
-    const current = this.requireWdek(dekWdekId(id));
-    this.registry.update([{ id: current.id, wdek: next.wdek, keyVersion: next.keyVersion, expectedVersion: current.keyVersion, expectedWdek: current.wdek }]);
-    this.registry.remove(next.id);
-    this.meta.prepare('UPDATE databases SET key_change = NULL WHERE database_id = ?').run(id);
+      // The file is under the new DEK: make it the database's DEK, then end the key change. The
+      // record is read again: a root-key rewrap during the copy may have moved it to a newer version.
+      const latest = this.requireWdek(nextDekWdekId(id));
+      const current = this.requireWdek(dekWdekId(id));
+      this.registry.update([{ id: current.id, wdek: latest.wdek, keyVersion: latest.keyVersion, expectedVersion: current.keyVersion, expectedWdek: current.wdek }]);
+      this.registry.remove(latest.id);
+      this.meta.prepare('UPDATE databases SET key_change = NULL WHERE database_id = ?').run(id);
+    });
     return this.keyState(id);
   }
 
   private async copyUnderNewKey(path: string, oldDek: Buffer, newDek: Buffer, progress?: Progress): Promise<void> {
-    const fresh = `${path}.rekey`;
-    await rm(fresh, { force: true });
+    // A name per attempt: an earlier attempt's copy (its worker died) is removed, never reused.
+    const base = `${path.slice(dirname(path).length + 1)}.rekey-`;
+    for (const name of await readdir(dirname(path))) if (name.startsWith(base)) await rm(join(dirname(path), name), { force: true });
+    const fresh = `${path}.rekey-${randomBytes(4).toString('hex')}`;
     const db = openKeyed(path, oldDek);
+    let rowsCopied = 0;
+    let rowsExpected = 0;
     try {
       db.prepare('ATTACH DATABASE ? AS fresh KEY ?').run(fresh, `x'${newDek.toString('hex')}'`);
       const objects = db
@@ -365,9 +409,10 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
         .all();
       const tables = objects.filter((o) => o.type === 'table');
       const quoted = (name: string) => `"${name.replace(/"/g, '""')}"`;
+      // Counted inside the write lock, so the count is of the rows the copy sees.
+      db.exec('BEGIN IMMEDIATE');
       const total = tables.reduce((n, t) => n + db.prepare<[], { n: number }>(`SELECT count(*) AS n FROM main.${quoted(t.name)}`).get()!.n, 0);
       let done = 0;
-      db.exec('BEGIN IMMEDIATE');
       try {
         for (const t of tables) db.exec(t.sql.replace(SCHEMA_OBJECT, '$1fresh.'));
         for (const t of tables) {
@@ -389,6 +434,8 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
         }
         for (const o of objects.filter((x) => x.type !== 'table')) db.exec(o.sql.replace(SCHEMA_OBJECT, '$1fresh.'));
         db.exec('COMMIT');
+        rowsCopied = done;
+        rowsExpected = total;
       } catch (err) {
         db.exec('ROLLBACK');
         throw err;
@@ -397,11 +444,20 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     } finally {
       db.close();
     }
+    // The copy replaces the only file of the database: it must open with the new DEK, pass
+    // SQLite's check and hold every row first.
+    const check = await inspectInThread(fresh, newDek, () => progress?.(rowsCopied, rowsExpected)).catch((err: unknown) => {
+      throw new EngineError('ENGINE_COMMAND_FAILED', `the re-encrypted copy ${fresh} fails its check (${String(err)}); the database keeps its old file and DEK`);
+    });
+    if (check.rows !== rowsExpected) {
+      throw new EngineError('ENGINE_COMMAND_FAILED', `the re-encrypted copy holds ${check.rows} rows, the database ${rowsExpected}; the database keeps its old file and DEK`);
+    }
     const handle = await open(fresh, 'r');
     await handle.sync();
     await handle.close();
     chmodSync(fresh, 0o600);
     await rename(fresh, path);
+    await syncDirectory(path);
   }
 
   /** Creates a backup key (wrapped by the database's root key); `pending` keys wait for activation. */
@@ -440,14 +496,10 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     // The DEK as the backup recorded it: a retired root-key version still unwraps it.
     const { dek } = await this.kmsCall(() => this.kms.unwrap(header.keyId, Buffer.from(header.wdek, 'base64')));
     try {
-      const db = openKeyed(target, dek);
-      try {
-        return inspect(db);
-      } finally {
-        db.close();
-      }
+      // What the restored file holds, after SQLite's own consistency check.
+      return await inspectInThread(target, dek, () => progress?.(header.plainBytes, header.plainBytes));
     } catch (err) {
-      if (err instanceof EngineError) throw err;
+      if (err instanceof InspectError) throw new EngineError('BACKUP_INVALID', `the database restored from ${image.path} fails SQLite's quick_check: ${err.message}`);
       throw new EngineError('BACKUP_INVALID', `backup ${image.path} decrypts but does not open as database ${header.databaseId}: ${String(err)}`);
     } finally {
       dek.fill(0);
