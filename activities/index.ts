@@ -1,9 +1,10 @@
 import { createBackupKeyActivities, type BackupKeyDeps } from './backup-key-rotation';
+import { createMasterKeyActivities, type MasterKeyDeps } from './master-key-rotation';
 import { createBackupActivities, type BackupDeps } from './nightly-backup';
 import { createRootKeyActivities, type RootKeyDeps } from './root-key-rotation';
 import { createWorkerProbe, type WorkerProbeDeps } from './worker-probe';
 
-export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps;
+export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps;
 
 /**
  * Builds every activity from the adapters the worker chose. Tests call this with real local
@@ -15,6 +16,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createRootKeyActivities(deps),
     ...createBackupActivities(deps),
     ...createBackupKeyActivities(deps),
+    ...createMasterKeyActivities(deps),
   };
 }
 

@@ -17,6 +17,8 @@ export interface BackupDeps {
   catalog: BackupCatalog;
   /** Where the two-failed-nights alert is POSTed as JSON (optional). */
   alertWebhook?: string;
+  /** Whether the HSM master key protecting the KMS's key storage is being rotated (optional). */
+  keyStorageRotation?: () => Promise<{ inProgress: boolean; reason: string | undefined }>;
 }
 
 /** What the nightly run needs to decide whether to wait: ids, versions and dates only. */
@@ -33,6 +35,8 @@ export interface BackupKeyCheck {
   rotationInProgress: boolean;
   /** The WDEKs are behind the key, however that came about: a backup now would be refused. */
   wdeksBehind: boolean;
+  /** Why the KMS's key storage is unusable now (an HSM master-key rotation), if it is. */
+  masterKeyRotation?: string;
 }
 
 /** Engine and KMS errors leave activities typed; retryable only where their code says so. */
@@ -60,7 +64,7 @@ function heartbeatProgress(): Progress {
 /** `backup/shop/2026-11-23` → `shop-2026-11-23`: a file name that says which backup it is. */
 const fileNameOf = (backupId: string) => backupId.replace(/^backup\//, '').replace(/[^A-Za-z0-9_.-]+/g, '-');
 
-export function createBackupActivities({ dataDir, kms, engine, catalog, alertWebhook }: BackupDeps) {
+export function createBackupActivities({ dataDir, kms, engine, catalog, alertWebhook, keyStorageRotation }: BackupDeps) {
   // One file per workflow run: a scheduled run and a manual `keyops backup run` of the same night
   // have different workflow ids, may overlap, and must never write or delete each other's file.
   // (Run ids can be time-ordered UUIDs: two runs started together share a prefix, not a suffix.)
@@ -76,6 +80,7 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
         const oldestWdekVersion = Math.min(...state.wdekVersions);
         const wdeksBehind = oldestWdekVersion < key.currentVersion;
         const rotatedSinceBackup = key.lastRotateDate !== undefined && (!lastGood || key.lastRotateDate > lastGood.createdAt);
+        const masterKey = await keyStorageRotation?.();
         return {
           databaseId: input.databaseId,
           keyId: state.keyId,
@@ -86,6 +91,7 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
           lastGoodBackupAt: lastGood?.createdAt,
           rotationInProgress: rotatedSinceBackup && wdeksBehind,
           wdeksBehind,
+          ...(masterKey?.inProgress ? { masterKeyRotation: masterKey.reason ?? 'a master-key rotation is running' } : {}),
         };
       });
     },

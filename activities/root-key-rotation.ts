@@ -17,6 +17,8 @@ import type { keyEntity } from '../workflows/key-entity';
 export interface RootKeyDeps {
   kms: KeyManagementService;
   registry: WdekRegistry;
+  /** Whether the HSM master key protecting the KMS's key storage is being rotated (optional). */
+  keyStorageRotation?: () => Promise<{ inProgress: boolean; reason: string | undefined }>;
 }
 
 /** Metadata a workflow may carry: ids, versions and dates, never key material. */
@@ -88,7 +90,7 @@ function resumePoint(input: ChunkInput): Cursor {
   return details ?? { cursor: input.afterId, processed: 0 };
 }
 
-export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
+export function createRootKeyActivities({ kms, registry, keyStorageRotation }: RootKeyDeps) {
   const toStatus = (meta: KeyMetadata): KeyStatus => ({
     keyId: meta.keyId,
     state: meta.state,
@@ -159,6 +161,12 @@ export function createRootKeyActivities({ kms, registry }: RootKeyDeps) {
      * attempt makes progress even against a KMS that fails often.
      */
     async rewrapChunk(input: ChunkInput): Promise<ChunkResult> {
+      // Operational work waits while the master key under key storage changes (reference 002):
+      // retried with backoff, it resumes by itself once the rotation ends.
+      const masterKey = await keyStorageRotation?.();
+      if (masterKey?.inProgress) {
+        throw ApplicationFailure.create({ type: 'MASTER_KEY_ROTATION_IN_PROGRESS', message: `rewrap of ${input.keyId} waits: ${masterKey.reason ?? 'a master-key rotation is running'}` });
+      }
       let { cursor, processed } = resumePoint(input);
       const range = () => ({ afterId: cursor, untilId: input.untilId });
       while (processed < input.maxItems) {

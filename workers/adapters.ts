@@ -3,6 +3,9 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { BackupCatalog } from '../activities/catalog/backup-catalog';
 import { SqliteBackupCatalog } from '../activities/catalog/sqlite-backup-catalog';
+import type { CryptoUnitSet } from '../activities/crypto-units/crypto-unit-set';
+import { SimulatedUnitSets } from '../activities/crypto-units/simulated-unit-sets';
+import { masterKeyRotationState } from '../activities/master-key-rotation';
 import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
 import type { KeyManagementService } from '../activities/kms/key-management-service';
 import { LocalKms } from '../activities/kms/local-kms';
@@ -18,6 +21,9 @@ export interface Adapters {
   catalog: BackupCatalog;
   /** The backup-key passphrase, read from its variable or file when a key is exported. */
   backupKeyPassphrase: () => string | undefined;
+  cryptoUnitSet: (unitSetId: string) => CryptoUnitSet;
+  /** Whether the master key protecting the KMS's key storage is being rotated. */
+  keyStorageRotation: () => Promise<{ inProgress: boolean; reason: string | undefined }>;
   close(): void;
 }
 
@@ -35,6 +41,7 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
   const registry = SqliteWdekRegistry.open(join(config.dataDir, 'registry', 'wdeks.sqlite'));
   const engine = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
   const catalog = SqliteBackupCatalog.open(join(config.dataDir, 'catalog', 'backups.sqlite'));
+  const unitSets = new SimulatedUnitSets(join(config.dataDir, 'crypto-units'));
   return {
     kms,
     registry,
@@ -45,7 +52,12 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
       if (!source) return undefined;
       return 'value' in source ? source.value : readFileSync(source.file, 'utf8').replace(/\r?\n$/, '');
     },
+    cryptoUnitSet: (unitSetId) => unitSets.get(unitSetId),
+    // No unit set of that name: no HSM behind this KMS, so never a rotation to wait for.
+    keyStorageRotation: async () =>
+      unitSets.exists(config.kmsUnitSet) ? masterKeyRotationState(await unitSets.get(config.kmsUnitSet).listUnits()) : { inProgress: false, reason: undefined },
     close() {
+      unitSets.close();
       catalog.close();
       engine.close();
       registry.close();

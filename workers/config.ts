@@ -30,6 +30,8 @@ export const workerConfigSchema = z.object({
   /** Protects exported backup keys (rotateBackupKey); read when a key is exported. */
   KEYOPS_BACKUP_KEY_PASSPHRASE: z.string().min(12, 'a backup-key passphrase needs at least 12 characters').optional(),
   KEYOPS_BACKUP_KEY_PASSPHRASE_FILE: z.string().optional(),
+  /** The crypto-unit set whose master key protects the KMS's key storage: backups and rewraps wait while it rotates. */
+  KEYOPS_KMS_UNIT_SET: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'must be a crypto-unit set id: letters, digits, "_", "." or "-"').default('default'),
   /** How long in-flight activities get to finish after SIGINT/SIGTERM before they are cancelled. */
   KEYOPS_SHUTDOWN_GRACE_SECONDS: z.coerce
     .number(wholeSeconds)
@@ -49,6 +51,7 @@ export interface WorkerConfig {
   kmsMasterSecret: { base64: string } | { file: string } | undefined;
   backupKeyPassphrase: { value: string } | { file: string } | undefined;
   alertWebhook: string | undefined;
+  kmsUnitSet: string;
 }
 
 export class ConfigError extends Error {
@@ -89,5 +92,6 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv, stdoutIsTty: boolean): 
         ? { file: resolve(c.KEYOPS_BACKUP_KEY_PASSPHRASE_FILE) }
         : undefined,
     alertWebhook: c.KEYOPS_ALERT_WEBHOOK,
+    kmsUnitSet: c.KEYOPS_KMS_UNIT_SET,
   };
 }

@@ -1,7 +1,7 @@
 import { defineQuery } from '@temporalio/workflow';
 
 /** Phases of a nightly backup, as shown by the query, the `Phase` search attribute and the UI. */
-export type BackupPhase = 'checking-keys' | 'awaiting-key-change' | 'awaiting-rewrap' | 'backing-up' | 'verifying' | 'recording' | 'retention' | 'done' | 'failed';
+export type BackupPhase = 'checking-keys' | 'awaiting-key-change' | 'awaiting-master-key' | 'awaiting-rewrap' | 'backing-up' | 'verifying' | 'recording' | 'retention' | 'done' | 'failed';
 
 export interface BackupProgress {
   databaseId: string;

@@ -11,3 +11,4 @@ export { restoreBackup } from './restore-backup';
 export { listBackups } from './list-backups';
 export { rotateBackupKey } from './rotate-backup-key';
 export { regenerateDataKey } from './regenerate-data-key';
+export { rotateMasterKey } from './rotate-master-key';

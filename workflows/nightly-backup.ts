@@ -84,13 +84,20 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     enter('checking-keys', 'reading the root key and the database key state');
     let keys = await checkBackupKeys({ databaseId: input.databaseId });
     progress.keyId = keys.keyId;
-    // A DEK regeneration re-encrypts every page and announces nothing: re-check until it ends
+    // A DEK regeneration re-encrypts every page, and an HSM master-key rotation makes the KMS's
+    // key storage unusable (reference 002); neither announces its end: re-check until it ends
     // (every minute by default), within the same bounded wait as a rewrap.
     const waitUntil = Date.now() + (input.rewrapWaitMs ?? 6 * 3600_000);
-    while (keys.keyChangeInProgress) {
-      enter('awaiting-key-change', `database ${input.databaseId} is being re-encrypted under a new DEK; re-checking every ${Math.round((input.keyChangeRecheckMs ?? 60_000) / 1000)} s`);
+    const recheckS = Math.round((input.keyChangeRecheckMs ?? 60_000) / 1000);
+    while (keys.keyChangeInProgress || keys.masterKeyRotation) {
+      if (keys.masterKeyRotation) {
+        enter('awaiting-master-key', `the master key under the KMS's key storage is being rotated (${keys.masterKeyRotation}); re-checking every ${recheckS} s`);
+      } else {
+        enter('awaiting-key-change', `database ${input.databaseId} is being re-encrypted under a new DEK; re-checking every ${recheckS} s`);
+      }
       if (Date.now() >= waitUntil) {
-        throw ApplicationFailure.nonRetryable(`database ${input.databaseId} was still being re-encrypted when the wait ended`, 'KEY_CHANGE_WAIT_TIMEOUT');
+        const what = keys.masterKeyRotation ? 'the master-key rotation was still running' : `database ${input.databaseId} was still being re-encrypted`;
+        throw ApplicationFailure.nonRetryable(`${what} when the wait ended`, 'KEY_CHANGE_WAIT_TIMEOUT');
       }
       await sleep(Math.min(input.keyChangeRecheckMs ?? 60_000, waitUntil - Date.now()));
       keys = await checkBackupKeys({ databaseId: input.databaseId });

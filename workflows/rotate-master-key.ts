@@ -1,0 +1,203 @@
+import {
+  ApplicationFailure,
+  condition,
+  isCancellation,
+  log,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import type { CryptoUnit } from '../activities/crypto-units/crypto-unit-set';
+import { type MasterKeyPhase, type MasterKeyRotationState, type OperatorDecision, decideRecoveryUpdate, masterKeyRotationQuery } from './master-key-messages';
+import { type RecoveryActionName, type RecoveryDecision, decideRecovery, forbiddenReason } from './master-key-recovery';
+import { OutcomeAttribute, PhaseAttribute } from './search-attributes';
+
+export interface RotateMasterKeyInput {
+  unitSetId: string;
+  /** Part of the workflow id (`mk-rotation/<set>/<request>`); defaults to the run's start time. */
+  requestId?: string;
+  /** How soon a step whose worker died is retried elsewhere (default 30 s). */
+  heartbeatTimeout?: string;
+}
+
+const ACTIONS: readonly RecoveryActionName[] = ['restart', 'reencrypt', 'promote', 'finish', 'abort'];
+
+/** Automatic recoveries before the rotation stops for an operator instead of trying again. */
+const MAX_AUTOMATIC_RECOVERIES = 3;
+
+type Step = Exclude<RecoveryDecision, { action: 'needs-operator' }>;
+
+const errorText = (err: unknown) => {
+  const root = err instanceof Error && err.cause instanceof Error ? err.cause : err;
+  return root instanceof Error ? root.message : String(root);
+};
+
+/**
+ * Staged HSM master-key rotation (DESIGN.md, reference 002): pre-check → load a new MK →
+ * re-encrypt key storage → promote on every unit → prove key storage opens under the new MK.
+ * Each stage is a durable checkpoint. After any failure, the recovery is decided from the
+ * checkpoint and the registers as observed then; where no rule of reference 002 applies the run
+ * stops in `needs-operator` and waits for a `decideRecovery` update, whose validator refuses
+ * forbidden actions. It never generates a new MK once one is loaded, and never re-encrypts once
+ * re-encryption completed.
+ */
+export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<MasterKeyRotationState> {
+  if (typeof input.unitSetId !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(input.unitSetId)) {
+    throw ApplicationFailure.nonRetryable(`unit set id ${JSON.stringify(input.unitSetId)} must be 1 to 63 letters, digits, "_", "." or "-"`, 'INVALID_INPUT');
+  }
+  const unitSetId = input.unitSetId;
+  const state: MasterKeyRotationState = {
+    unitSetId,
+    requestId: input.requestId ?? new Date(workflowInfo().startTime).toISOString(),
+    phase: 'pre-check',
+    checkpoint: 'none',
+    currentVp: undefined,
+    newVp: undefined,
+    deselected: [],
+    recoveries: 0,
+    evidence: undefined,
+    decisions: [],
+    keyStorage: undefined,
+  };
+  let decision: OperatorDecision | undefined;
+  setHandler(masterKeyRotationQuery, () => state, { description: 'Phase, checkpoint, verification patterns and the evidence of the last recovery' });
+  setHandler(
+    decideRecoveryUpdate,
+    (d) => {
+      decision = d;
+      return { accepted: d.action };
+    },
+    {
+      description: 'An operator decision for a rotation in needs-operator: restart, reencrypt, promote, finish or abort',
+      validator: (d: OperatorDecision) => {
+        if (!ACTIONS.includes(d.action)) throw new Error(`unknown action ${JSON.stringify(d.action)}: use one of ${ACTIONS.join(', ')}`);
+        if (state.phase !== 'needs-operator') throw new Error(`the rotation is not waiting for a decision (phase ${state.phase})`);
+        const why = forbiddenReason(state.checkpoint, d.action);
+        if (why) throw new Error(`${d.action} is refused at checkpoint ${state.checkpoint}: ${why}`);
+        if (d.action === 'finish' && !state.evidence?.units.every((u) => promoted(u))) {
+          throw new Error('finish is refused: not every unit holds the new master key as current (promote first)');
+        }
+      },
+    },
+  );
+
+  const acts = proxyActivities<Activities>({
+    startToCloseTimeout: '2 hours',
+    heartbeatTimeout: input.heartbeatTimeout ?? '30 seconds',
+    retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds', maximumAttempts: 5 },
+  });
+  const promoted = (u: CryptoUnit) => u.current.state === 'valid' && u.current.verificationPattern === state.newVp && u.next.state === 'empty';
+  const pending = (u: CryptoUnit) => u.current.verificationPattern === state.currentVp && u.next.state === 'valid' && u.next.verificationPattern === state.newVp;
+
+  const enter = (phase: MasterKeyPhase, details: string) => {
+    state.phase = phase;
+    upsertSearchAttributes([{ key: PhaseAttribute, value: phase }]);
+    setCurrentDetails(`**${phase}** crypto-unit set \`${unitSetId}\` (checkpoint ${state.checkpoint}): ${details}`);
+  };
+
+  /** Runs the rotation from `step` to its end, advancing the checkpoint as each stage completes. */
+  const run = async (step: Step) => {
+    let next: Step['action'] = step.action;
+    if (next === 'restart') {
+      if (state.checkpoint === 'none') {
+        enter('pre-check', 'login, imprint mode, signature thresholds, administrators, current registers');
+        state.currentVp = (await acts.precheckMasterKeyRotation({ unitSetId })).currentVp;
+        state.checkpoint = 'prechecked';
+      }
+      enter('loading-new-mk', 'a fresh random value into every new master-key register');
+      state.newVp = (await acts.loadNewMasterKey({ unitSetId })).newVp;
+      state.checkpoint = 'new-mk-loaded';
+      next = 'reencrypt';
+    }
+    if (next === 'reencrypt') {
+      enter('reencrypting', `key storage from ${state.currentVp} to ${state.newVp}; operational work on it waits`);
+      await acts.reencryptKeyStorage({ unitSetId, currentVp: state.currentVp!, newVp: state.newVp! });
+      state.checkpoint = 'reencrypted';
+      next = 'promote';
+    }
+    if (next === 'promote') {
+      state.checkpoint = 'promoting';
+      enter('promoting', `set-immediate: ${state.newVp} becomes the current master key`);
+      if (step.action === 'promote') {
+        if (step.deselect.length > 0) {
+          await acts.removeUnitsFromSelection({ unitSetId, unitIds: step.deselect });
+          state.deselected.push(...step.deselect.filter((id) => !state.deselected.includes(id)));
+        }
+        if (step.select.length > 0) await acts.addUnitsToSelection({ unitSetId, unitIds: step.select });
+      }
+      await acts.promoteNewMasterKey({ unitSetId, newVp: state.newVp! });
+      next = 'finish';
+    }
+    if (state.deselected.length > 0) {
+      await acts.addUnitsToSelection({ unitSetId, unitIds: state.deselected });
+      state.deselected = [];
+    }
+    state.checkpoint = 'done';
+    enter('checking-key-storage', `every entry must open under ${state.newVp}`);
+    state.keyStorage = await acts.checkKeyStorage({ unitSetId, expectedVp: state.newVp! });
+  };
+
+  let step: Step = { action: 'restart', reason: 'start' };
+  for (;;) {
+    try {
+      await run(step);
+      break;
+    } catch (err) {
+      if (isCancellation(err)) throw err;
+      const error = errorText(err);
+      if (state.checkpoint === 'none') {
+        // The pre-check (or the login) failed: nothing was changed. Fix it and start again.
+        enter('failed', error);
+        upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
+        throw ApplicationFailure.nonRetryable(error, 'PRECHECK_FAILED');
+      }
+      state.recoveries += 1;
+      enter('recovering', `after "${error}": reading the registers`);
+      const units = await acts.observeCryptoUnits({ unitSetId });
+      const decided: RecoveryDecision =
+        state.recoveries > MAX_AUTOMATIC_RECOVERIES
+          ? { action: 'needs-operator', reason: `${state.recoveries - 1} automatic recoveries did not finish the rotation` }
+          : decideRecovery(state, units);
+      state.evidence = { error, units, decision: decided.action, reason: decided.reason };
+      log.warn('master-key rotation recovering', { unitSetId, checkpoint: state.checkpoint, error, decision: decided.action, reason: decided.reason });
+      if (decided.action !== 'needs-operator') {
+        step = decided;
+        continue;
+      }
+      enter(
+        'needs-operator',
+        `${decided.reason}. Registers: ${units.map((u) => `unit ${u.unitId} current ${u.current.verificationPattern ?? u.current.state}, new ${u.next.verificationPattern ?? u.next.state}`).join('; ')}. ` +
+          `Answer with \`keyops mk decide ${unitSetId} ${state.requestId} --action <restart|reencrypt|promote|finish|abort>\`; forbidden actions are refused.`,
+      );
+      upsertSearchAttributes([{ key: OutcomeAttribute, value: 'needs-operator' }]);
+      await condition(() => decision !== undefined);
+      const chosen = decision!;
+      decision = undefined;
+      state.decisions.push({ action: chosen.action, operator: chosen.operator, note: chosen.note });
+      upsertSearchAttributes([{ key: OutcomeAttribute, value: 'running' }]);
+      if (chosen.action === 'abort') {
+        enter('failed', `aborted by ${chosen.operator ?? 'an operator'}${chosen.note ? `: ${chosen.note}` : ''}; registers left as observed`);
+        upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
+        throw ApplicationFailure.nonRetryable(`master-key rotation of ${unitSetId} aborted by ${chosen.operator ?? 'an operator'}`, 'ABORTED_BY_OPERATOR');
+      }
+      // An operator's choice gets a fresh start on automatic recoveries.
+      state.recoveries = 0;
+      const latest = await acts.observeCryptoUnits({ unitSetId });
+      step =
+        chosen.action === 'promote'
+          ? {
+              action: 'promote',
+              reason: 'operator',
+              deselect: latest.filter((u) => u.selected && promoted(u)).map((u) => u.unitId),
+              select: latest.filter((u) => !u.selected && pending(u)).map((u) => u.unitId),
+            }
+          : { action: chosen.action, reason: 'operator' };
+    }
+  }
+  enter('done', `every unit's current master key is ${state.newVp}; ${state.keyStorage?.readable ?? 0} of ${state.keyStorage?.entries ?? 0} key-storage entries open under it`);
+  upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
+  return state;
+}
