@@ -19,9 +19,11 @@
  * | done                    | every unit promoted                                       | finish          |
  * | done                    | anything else                                             | needs-operator  |
  *
- * Forbidden whatever the registers say: `restart` once the new MK is loaded (re-encryption may
- * have begun: a new value makes key storage unusable), `reencrypt` once re-encryption completed
- * (promotion may have begun), `promote` or `finish` before it completed.
+ * Also needs-operator: a recorded new VP equal to the current one (the registers then cannot show
+ * progress). Forbidden whatever the registers say: `restart` once the new MK is loaded
+ * (re-encryption may have begun: a new value makes key storage unusable), `reencrypt` before this
+ * rotation loaded a new MK or once re-encryption completed (promotion may have begun), `promote`
+ * or `finish` before it completed.
  */
 import type { CryptoUnit } from '../activities/crypto-units/crypto-unit-set';
 
@@ -63,6 +65,9 @@ export function forbiddenReason(checkpoint: Checkpoint, action: RecoveryActionNa
   if (action === 'restart' && reached(checkpoint, 'new-mk-loaded')) {
     return 'a new master key is already loaded and key storage may be partly re-encrypted under it: generating another one makes key storage unusable (reference 002: do not rerun auto-mk-rotate)';
   }
+  if (action === 'reencrypt' && !reached(checkpoint, 'new-mk-loaded')) {
+    return 'this rotation has not loaded a new master key: there is no value to re-encrypt key storage towards (restart instead)';
+  }
   if (action === 'reencrypt' && reached(checkpoint, 'reencrypted')) {
     return 'key storage is already re-encrypted and promotion may have begun: re-encrypting now is forbidden (reference 002); promote the remaining units instead';
   }
@@ -79,11 +84,20 @@ export function decideRecovery(state: RecoveryState, units: readonly UnitRegiste
   }
   const evidence = units.map(describe).join('; ');
   if (units.length === 0) return { action: 'needs-operator', reason: 'no crypto unit was observed' };
+  // Reference 002 promotes only when the current registers hold a *different* pattern: equal
+  // ones cannot show whether the new value was ever loaded or moved.
+  if (state.currentVp === state.newVp) {
+    return { action: 'needs-operator', reason: `the recorded current and new master keys have the same verification pattern ${state.newVp ?? '(none)'}, so the registers cannot show how far the rotation got (${evidence})` };
+  }
   if (checkpoint === 'new-mk-loaded') {
     if (units.every((u) => u.selected && pending(u, state))) {
       return { action: 'reencrypt', reason: 'the new master key is loaded on every unit and key storage may be partly re-encrypted: re-encryption runs again, the new value is kept' };
     }
     return { action: 'needs-operator', reason: `stage 1 was reached but the registers no longer hold the new master key ${state.newVp ?? '?'} on every selected unit (${evidence})` };
+  }
+  if (checkpoint === 'done' && !units.every((u) => promoted(u, state))) {
+    const behind = units.filter((u) => !promoted(u, state));
+    return { action: 'needs-operator', reason: `the rotation was done, but ${behind.map(describe).join('; ')} does not hold the new master key ${state.newVp ?? '?'} as current` };
   }
   const others = units.filter((u) => !pending(u, state) && !promoted(u, state));
   if (others.length > 0) {
@@ -91,9 +105,6 @@ export function decideRecovery(state: RecoveryState, units: readonly UnitRegiste
   }
   if (units.every((u) => promoted(u, state))) {
     return { action: 'finish', reason: 'every unit holds the new master key as current' };
-  }
-  if (checkpoint === 'done') {
-    return { action: 'needs-operator', reason: `the rotation was done but units are back on the old master key (${evidence})` };
   }
   return {
     action: 'promote',

@@ -90,7 +90,7 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
     retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds', maximumAttempts: 5 },
   });
   const promoted = (u: CryptoUnit) => u.current.state === 'valid' && u.current.verificationPattern === state.newVp && u.next.state === 'empty';
-  const pending = (u: CryptoUnit) => u.current.verificationPattern === state.currentVp && u.next.state === 'valid' && u.next.verificationPattern === state.newVp;
+  const pending = (u: CryptoUnit) => u.current.state === 'valid' && u.current.verificationPattern === state.currentVp && u.next.state === 'valid' && u.next.verificationPattern === state.newVp;
 
   const enter = (phase: MasterKeyPhase, details: string) => {
     state.phase = phase;

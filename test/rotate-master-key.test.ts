@@ -1,0 +1,213 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { WorkflowFailedError, WorkflowUpdateFailedError } from '@temporalio/client';
+import type { temporal } from '@temporalio/proto';
+import type { Fault } from '../activities/crypto-units/simulated-crypto-units';
+import { SimulatedUnitSets } from '../activities/crypto-units/simulated-unit-sets';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { rotateMasterKey } from '../workflows';
+import { decideRecoveryUpdate, masterKeyRotationQuery, masterKeyRotationWorkflowId } from '../workflows/master-key-messages';
+import { freePort } from './helpers/child-process';
+import { localActivities } from './helpers/local-activities';
+import { recordHistory } from './helpers/record-history';
+import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { WorkerProcess } from './helpers/worker-process';
+
+const UNITS = ['1', '2', '3'];
+const ENTRIES = 16;
+
+/** The activities a run scheduled, in order, from its recorded history. */
+const scheduled = (events: temporal.api.history.v1.IHistoryEvent[]) =>
+  events.flatMap((e) => (e.activityTaskScheduledEventAttributes?.activityType?.name ? [e.activityTaskScheduledEventAttributes.activityType.name] : []));
+
+describe('rotateMasterKey on a real worker and simulated crypto units', () => {
+  const suite = useSuiteFixture('rotate-master-key');
+
+  const setup = async (label: string) => {
+    const dataDir = join(suite.dir, label);
+    const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
+    const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
+    const local = localActivities({ dataDir, kms, registry });
+    const taskQueue = uniqueTaskQueue(label);
+    const worker = await createTestWorker(suite.env, { taskQueue, activities: local.activities });
+    return { dataDir, taskQueue, worker, unitSets: local.unitSets };
+  };
+
+  /** Every unit on one new current MK, new registers empty, all selected, key storage whole under it. */
+  const assertRotated = async (unitSets: SimulatedUnitSets, unitSetId: string, newVp: string | undefined, what: string) => {
+    const set = unitSets.get(unitSetId);
+    const units = await set.listUnits();
+    assert.ok(newVp, what);
+    assert.deepEqual(
+      units.map((u) => [u.unitId, u.selected, u.current.verificationPattern, u.next.state]),
+      UNITS.map((id) => [id, true, newVp, 'empty']),
+      what,
+    );
+    assert.deepEqual(await set.checkKeyStorage(), { entries: ENTRIES, readable: ENTRIES, verificationPattern: newVp }, what);
+  };
+
+  /** Neither forbidden move appears in the history: a new MK after re-encryption began, re-encryption after promotion began. */
+  const assertNoForbiddenStep = (steps: string[], what: string) => {
+    const firstReencrypt = steps.indexOf('reencryptKeyStorage');
+    const firstPromote = steps.indexOf('promoteNewMasterKey');
+    assert.ok(firstReencrypt > 0 && firstPromote > firstReencrypt, `${what}: ${steps.join(', ')}`);
+    assert.equal(steps.lastIndexOf('loadNewMasterKey') < firstReencrypt, true, `${what}: a new MK was loaded after re-encryption began: ${steps.join(', ')}`);
+    assert.equal(steps.lastIndexOf('reencryptKeyStorage') < firstPromote, true, `${what}: re-encryption after promotion began: ${steps.join(', ')}`);
+  };
+
+  it('rotates every unit in stages and proves key storage opens under the new master key', async () => {
+    const s = await setup('happy');
+    const before = s.unitSets.create('hsm', { units: 3, entries: ENTRIES });
+    const oldVp = (await before.listUnits())[0]!.current.verificationPattern;
+    const workflowId = masterKeyRotationWorkflowId('hsm', 'happy');
+    const result = await s.worker.runUntil(() => suite.client.workflow.execute(rotateMasterKey, { taskQueue: s.taskQueue, workflowId, args: [{ unitSetId: 'hsm', requestId: 'happy' }] }));
+    assert.equal(result.phase, 'done');
+    assert.equal(result.checkpoint, 'done');
+    assert.equal(result.currentVp, oldVp);
+    assert.notEqual(result.newVp, oldVp);
+    assert.deepEqual(result.keyStorage, { entries: ENTRIES, readable: ENTRIES });
+    assert.equal(result.recoveries, 0);
+    await assertRotated(s.unitSets, 'hsm', result.newVp, 'happy path');
+    const steps = scheduled((await suite.client.workflow.getHandle(workflowId).fetchHistory()).events ?? []);
+    assert.deepEqual(steps, ['precheckMasterKeyRotation', 'loadNewMasterKey', 'reencryptKeyStorage', 'promoteNewMasterKey', 'checkKeyStorage']);
+    const text = JSON.stringify(result);
+    assert.ok(!/"[0-9a-f]{64}"/.test(text), 'no 32-byte value in hex in the result');
+    if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'rotate-master-key.json');
+  });
+
+  it('fails the pre-check without changing anything, naming what to fix', async () => {
+    const s = await setup('precheck');
+    const set = s.unitSets.create('hsm', { units: 2, entries: ENTRIES });
+    set.setUnit('2', { imprintMode: true });
+    const err = await s.worker
+      .runUntil(() => suite.client.workflow.execute(rotateMasterKey, { taskQueue: s.taskQueue, workflowId: masterKeyRotationWorkflowId('hsm', 'pre'), args: [{ unitSetId: 'hsm', requestId: 'pre' }] }))
+      .catch((e: unknown) => e);
+    assert.ok(err instanceof WorkflowFailedError, String(err));
+    assert.match(String(err.cause?.message), /not ready for a master-key rotation; nothing was changed: unit\(s\) 2 are in imprint mode/);
+    assert.ok((await set.listUnits()).every((u) => u.next.state === 'empty'));
+  });
+
+  it('recovers from a failure at every step, before and after its effect on each unit, by the rule of reference 002', async () => {
+    const s = await setup('every-fault');
+    const points: (Omit<Fault, 'action'> & { expect: string })[] = [
+      ...UNITS.flatMap((unitId) => (['before', 'after'] as const).map((timing) => ({ step: 'load' as const, unitId, timing, expect: 'restart' }))),
+      ...[1, ENTRIES / 2, ENTRIES].map((afterEntries) => ({ step: 'reencrypt' as const, timing: 'after' as const, afterEntries, expect: 'reencrypt' })),
+      ...UNITS.flatMap((unitId) => (['before', 'after'] as const).map((timing) => ({ step: 'promote' as const, unitId, timing, expect: timing === 'after' && unitId === '3' ? 'finish' : 'promote' }))),
+    ];
+    const cases = points.flatMap((point) => (['fatal', 'transient'] as const).map((action) => ({ ...point, action })));
+    await s.worker.runUntil(async () => {
+      // Six at a time: each case has its own unit set and run.
+      for (let i = 0; i < cases.length; i += 6) {
+        await Promise.all(
+          cases.slice(i, i + 6).map(async (c, j) => {
+            const id = `case-${i + j}`;
+            const what = `${c.action} fault ${c.timing} ${c.step}${c.unitId ? ` on unit ${c.unitId}` : ` after ${c.afterEntries} entries`}`;
+            s.unitSets.create(id, { units: 3, entries: ENTRIES }).injectFault(c);
+            const workflowId = masterKeyRotationWorkflowId(id, 'r');
+            const result = await suite.client.workflow.execute(rotateMasterKey, { taskQueue: s.taskQueue, workflowId, args: [{ unitSetId: id, requestId: 'r' }] });
+            assert.equal(result.phase, 'done', what);
+            await assertRotated(s.unitSets, id, result.newVp, what);
+            // A retried set-immediate that finds the selection partly promoted is refused, by
+            // design: the recovery decision takes the promoted units out first.
+            const partlyPromoted = c.step === 'promote' && (c.timing === 'after' ? c.unitId !== '3' : c.unitId !== '1');
+            if (c.action === 'transient' && !partlyPromoted) {
+              assert.equal(result.recoveries, 0, `${what}: a retry of the step was enough`);
+            } else {
+              assert.equal(result.recoveries, 1, what);
+              assert.equal(result.evidence?.decision, c.expect, `${what}: ${result.evidence?.reason}`);
+            }
+            assertNoForbiddenStep(scheduled((await suite.client.workflow.getHandle(workflowId).fetchHistory()).events ?? []), what);
+          }),
+        );
+      }
+    });
+  });
+
+  it('stops in needs-operator when recoveries do not finish; refuses forbidden decisions with the reason, resumes on a valid one', async () => {
+    const s = await setup('operator');
+    const set = s.unitSets.create('hsm', { units: 3, entries: ENTRIES });
+    for (let i = 0; i < 4; i++) set.injectFault({ step: 'promote', unitId: '2', timing: 'before', action: 'fatal' });
+    const workflowId = masterKeyRotationWorkflowId('hsm', 'operator');
+    await s.worker.runUntil(async () => {
+      const handle = await suite.client.workflow.start(rotateMasterKey, { taskQueue: s.taskQueue, workflowId, args: [{ unitSetId: 'hsm', requestId: 'operator' }] });
+      const early = await handle.executeUpdate(decideRecoveryUpdate, { args: [{ action: 'promote' }] }).catch((e: unknown) => e);
+      assert.ok(early instanceof WorkflowUpdateFailedError, 'a decision while the rotation is not waiting for one is refused');
+      let state = await handle.query(masterKeyRotationQuery);
+      for (let i = 0; state.phase !== 'needs-operator'; i++) {
+        assert.ok(i < 400, `reaches needs-operator (phase ${state.phase})`);
+        await new Promise((r) => setTimeout(r, 50));
+        state = await handle.query(masterKeyRotationQuery);
+      }
+      assert.equal(state.checkpoint, 'promoting');
+      assert.match(state.evidence?.reason ?? '', /3 automatic recoveries did not finish the rotation/);
+      assert.equal(state.evidence?.units.length, 3, 'the registers are part of the evidence');
+      const refused = async (action: 'restart' | 'reencrypt' | 'finish', reason: RegExp) => {
+        const err = await handle.executeUpdate(decideRecoveryUpdate, { args: [{ action, operator: 'test' }] }).catch((e: unknown) => e);
+        assert.ok(err instanceof WorkflowUpdateFailedError, `${action} must be refused`);
+        assert.match(String(err.cause?.message), reason);
+      };
+      await refused('restart', /restart is refused at checkpoint promoting: .*makes key storage unusable/);
+      await refused('reencrypt', /reencrypt is refused at checkpoint promoting: .*re-encrypting now is forbidden/);
+      await refused('finish', /finish is refused: not every unit holds the new master key/);
+      assert.deepEqual(await handle.executeUpdate(decideRecoveryUpdate, { args: [{ action: 'promote', operator: 'test', note: 'unit 2 is back' }] }), { accepted: 'promote' });
+      const result = await handle.result();
+      assert.equal(result.phase, 'done');
+      assert.deepEqual(result.decisions, [{ action: 'promote', operator: 'test', note: 'unit 2 is back' }]);
+      await assertRotated(s.unitSets, 'hsm', result.newVp, 'after the operator decision');
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'rotate-master-key-operator.json');
+    });
+  });
+
+  it('survives SIGKILL of its worker while loading, re-encrypting and promoting', async () => {
+    const dataDir = join(suite.dir, 'sigkill');
+    const unitSets = new SimulatedUnitSets(join(dataDir, 'crypto-units'));
+    const taskQueue = uniqueTaskQueue('mk-sigkill');
+    const secret = randomBytes(32).toString('base64');
+    const env = async () => ({
+      TEMPORAL_ADDRESS: testServerAddress(),
+      KEYOPS_TASK_QUEUE: taskQueue,
+      KEYOPS_DATA_DIR: dataDir,
+      KEYOPS_LOG_FORMAT: 'json',
+      KEYOPS_METRICS_ADDRESS: `127.0.0.1:${await freePort()}`,
+      KEYOPS_KMS_MASTER_SECRET: secret,
+    });
+    const kills: Fault[] = [
+      { step: 'load', unitId: '2', timing: 'after', action: 'kill' },
+      { step: 'reencrypt', timing: 'after', afterEntries: ENTRIES / 2, action: 'kill' },
+      { step: 'promote', unitId: '1', timing: 'after', action: 'kill' },
+    ];
+    for (const [i, fault] of kills.entries()) {
+      const id = `kill-${i}`;
+      unitSets.create(id, { units: 3, entries: ENTRIES }).injectFault(fault);
+      const first = new WorkerProcess(await env());
+      await first.waitFor('worker started');
+      const handle = await suite.client.workflow.start(rotateMasterKey, {
+        taskQueue,
+        workflowId: masterKeyRotationWorkflowId(id, 'r'),
+        args: [{ unitSetId: id, requestId: 'r', heartbeatTimeout: '2 seconds' }],
+      });
+      if (first.child.exitCode === null && first.child.signalCode === null) await once(first.child, 'exit');
+      assert.equal(first.child.signalCode, 'SIGKILL', `the ${fault.step} fault killed the worker`);
+      const second = new WorkerProcess(await env());
+      try {
+        const result = await Promise.race([
+          handle.result(),
+          new Promise<never>((_, reject) =>
+            setTimeout(() => reject(new Error(`no result after the ${fault.step} kill within 60 s; second worker: ${second.stderr} ${JSON.stringify(second.lines.slice(-5))}`)), 60_000).unref(),
+          ),
+        ]);
+        assert.equal(result.phase, 'done');
+        await assertRotated(unitSets, id, result.newVp, `SIGKILL ${fault.timing} ${fault.step}`);
+        assertNoForbiddenStep(scheduled((await handle.fetchHistory()).events ?? []), `SIGKILL ${fault.step}`);
+      } finally {
+        second.child.kill('SIGTERM');
+        if (second.child.exitCode === null) await once(second.child, 'exit');
+      }
+    }
+    unitSets.close();
+  });
+});
