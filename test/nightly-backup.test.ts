@@ -24,11 +24,11 @@ const eventMs = (e: { eventTime?: { seconds?: unknown; nanos?: number | null } |
 describe('nightlyBackup on a real worker, encrypted database, KMS and catalog files', () => {
   const suite = useSuiteFixture('nightly-backup');
 
-  const setup = async (label: string, alertWebhook?: string) => {
+  const setup = async (label: string, alertWebhook?: string, kmsUnitSet?: string) => {
     const dataDir = join(suite.dir, label);
     const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
     const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
-    const local = localActivities({ dataDir, kms, registry, ...(alertWebhook ? { alertWebhook } : {}) });
+    const local = localActivities({ dataDir, kms, registry, ...(alertWebhook ? { alertWebhook } : {}), ...(kmsUnitSet ? { kmsUnitSet } : {}) });
     const { keyId } = await kms.createKey({ name: `nightly-${label}` });
     const taskQueue = uniqueTaskQueue(label);
     const worker = await createTestWorker(suite.env, { taskQueue, activities: local.activities });
@@ -191,6 +191,37 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       assert.ok(s.engine.hasBackupKey('logs', e.backupKeyHash), 'the backup key of a retained backup is still registered');
       assert.deepEqual(await s.engine.verifyBackup(e), { tables: 1, rows: 1 });
     }
+  });
+
+  it('waits while the HSM master key under the KMS key storage rotates, and backs up once it is promoted', async () => {
+    const s = await setup('mk-wait', undefined, 'kms-hsm');
+    const units = s.unitSets.create('kms-hsm', { units: 2, entries: 4 });
+    await s.engine.createDatabase('hr', s.keyId);
+    await s.engine.withDatabase('hr', (db) => db.exec('CREATE TABLE staff (name TEXT); INSERT INTO staff VALUES (1), (2), (3);'));
+    await units.loadNewMasterKey(); // stage 1 of a rotation: key storage is about to change
+    const night = '2026-12-08';
+    await s.worker.runUntil(async () => {
+      const handle = await suite.client.workflow.start(nightlyBackup, {
+        taskQueue: s.taskQueue,
+        workflowId: backupWorkflowId('hr', night),
+        args: [{ databaseId: 'hr', night, keyChangeRecheckMs: 300 }],
+      });
+      let progress = await handle.query(backupProgressQuery);
+      for (let i = 0; progress.phase !== 'awaiting-master-key'; i++) {
+        assert.ok(i < 200, `waits for the master key (phase ${progress.phase})`);
+        await new Promise((r) => setTimeout(r, 50));
+        progress = await handle.query(backupProgressQuery);
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.equal((await handle.query(backupProgressQuery)).phase, 'awaiting-master-key', 'still waiting while the rotation runs');
+      await units.reencryptKeyStorage();
+      await units.promoteNewMasterKey();
+      const promotedAt = Date.now();
+      const result = await handle.result();
+      assert.equal(result.phase, 'done');
+      assert.ok(result.backupStartedAt! >= promotedAt, 'the backup started only after the rotation ended');
+      assert.ok(result.backupStartedAt! - promotedAt < 2000, `re-checks every 300 ms: started ${result.backupStartedAt! - promotedAt} ms after`);
+    });
   });
 
   it('two runs of the same night (the schedule and a manual run) keep one good backup and no stray file', async () => {

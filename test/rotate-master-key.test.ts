@@ -9,7 +9,8 @@ import type { Fault } from '../activities/crypto-units/simulated-crypto-units';
 import { SimulatedUnitSets } from '../activities/crypto-units/simulated-unit-sets';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
-import { rotateMasterKey } from '../workflows';
+import { rotateMasterKey, rotateRootKey } from '../workflows';
+import { keyEntityWorkflowId, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { decideRecoveryUpdate, masterKeyRotationQuery, masterKeyRotationWorkflowId } from '../workflows/master-key-messages';
 import { freePort } from './helpers/child-process';
 import { localActivities } from './helpers/local-activities';
@@ -27,14 +28,14 @@ const scheduled = (events: temporal.api.history.v1.IHistoryEvent[]) =>
 describe('rotateMasterKey on a real worker and simulated crypto units', () => {
   const suite = useSuiteFixture('rotate-master-key');
 
-  const setup = async (label: string) => {
+  const setup = async (label: string, kmsUnitSet?: string) => {
     const dataDir = join(suite.dir, label);
     const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
     const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
-    const local = localActivities({ dataDir, kms, registry });
+    const local = localActivities({ dataDir, kms, registry, ...(kmsUnitSet ? { kmsUnitSet } : {}) });
     const taskQueue = uniqueTaskQueue(label);
     const worker = await createTestWorker(suite.env, { taskQueue, activities: local.activities });
-    return { dataDir, taskQueue, worker, unitSets: local.unitSets };
+    return { dataDir, taskQueue, worker, unitSets: local.unitSets, kms, registry };
   };
 
   /** Every unit on one new current MK, new registers empty, all selected, key storage whole under it. */
@@ -159,6 +160,34 @@ describe('rotateMasterKey on a real worker and simulated crypto units', () => {
       assert.deepEqual(result.decisions, [{ action: 'promote', operator: 'test', note: 'unit 2 is back' }]);
       await assertRotated(s.unitSets, 'hsm', result.newVp, 'after the operator decision');
       if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'rotate-master-key-operator.json');
+    });
+  });
+
+  it('holds a root-key rewrap while the master key under the KMS rotates; the rewrap finishes after promotion', async () => {
+    const s = await setup('rewrap-waits', 'kms-hsm');
+    const units = s.unitSets.create('kms-hsm', { units: 2, entries: 4 });
+    const { keyId } = await s.kms.createKey({ name: 'held' });
+    const wdeks = [];
+    for (let i = 0; i < 50; i++) {
+      const { wdek, keyVersion } = await s.kms.wrap(keyId);
+      wdeks.push({ id: `app/${i}`, keyId, keyVersion, wdek, owner: 'app' });
+    }
+    s.registry.registerMany(wdeks);
+    s.registry.setRewrappedVersion(keyId, 1);
+    await units.loadNewMasterKey();
+    await s.worker.runUntil(async () => {
+      const rewrap = await suite.client.workflow.start(rotateRootKey, {
+        taskQueue: s.taskQueue,
+        workflowId: rewrapWorkflowId(keyId, 2),
+        args: [{ keyId, targetVersion: 2, rotate: true, parallelism: 1, chunkSize: 1000, batchSize: 100 }],
+      });
+      await new Promise((r) => setTimeout(r, 2500));
+      assert.deepEqual(s.registry.countBelowVersion(keyId, 2), { total: 50, below: 50 }, 'no WDEK moves while the master key rotates');
+      await units.reencryptKeyStorage();
+      await units.promoteNewMasterKey();
+      await rewrap.result();
+      assert.deepEqual(s.registry.countBelowVersion(keyId, 2), { total: 50, below: 0 });
+      await suite.client.workflow.getHandle(keyEntityWorkflowId(keyId)).terminate('test finished');
     });
   });
 
