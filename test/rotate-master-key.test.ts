@@ -99,15 +99,24 @@ describe('rotateMasterKey on a real worker and simulated crypto units', () => {
       ...[1, ENTRIES / 2, ENTRIES].map((afterEntries) => ({ step: 'reencrypt' as const, timing: 'after' as const, afterEntries, expect: 'reencrypt' })),
       ...UNITS.flatMap((unitId) => (['before', 'after'] as const).map((timing) => ({ step: 'promote' as const, unitId, timing, expect: timing === 'after' && unitId === '3' ? 'finish' : 'promote' }))),
     ];
-    const cases = points.flatMap((point) => (['fatal', 'transient'] as const).map((action) => ({ ...point, action })));
+    const cases: (Fault & { expect: string; then?: Fault })[] = points.flatMap((point) => (['fatal', 'transient'] as const).map((action) => ({ ...point, action })));
+    // The recovery's own steps (taking a promoted unit out of the selection, putting it back)
+    // failing too, before and after their effect.
+    for (const step of ['remove', 'add'] as const) {
+      for (const timing of ['before', 'after'] as const) {
+        cases.push({ step: 'promote', unitId: '1', timing: 'after', action: 'fatal', expect: 'promote', then: { step, unitId: '1', timing, action: 'fatal' } });
+      }
+    }
     await s.worker.runUntil(async () => {
       // Six at a time: each case has its own unit set and run.
       for (let i = 0; i < cases.length; i += 6) {
         await Promise.all(
           cases.slice(i, i + 6).map(async (c, j) => {
             const id = `case-${i + j}`;
-            const what = `${c.action} fault ${c.timing} ${c.step}${c.unitId ? ` on unit ${c.unitId}` : ` after ${c.afterEntries} entries`}`;
-            s.unitSets.create(id, { units: 3, entries: ENTRIES }).injectFault(c);
+            const what = `${c.action} fault ${c.timing} ${c.step}${c.unitId ? ` on unit ${c.unitId}` : ` after ${c.afterEntries} entries`}${c.then ? `, then ${c.then.timing} ${c.then.step}` : ''}`;
+            const set = s.unitSets.create(id, { units: 3, entries: ENTRIES });
+            set.injectFault(c);
+            if (c.then) set.injectFault(c.then);
             const workflowId = masterKeyRotationWorkflowId(id, 'r');
             const result = await suite.client.workflow.execute(rotateMasterKey, { taskQueue: s.taskQueue, workflowId, args: [{ unitSetId: id, requestId: 'r' }] });
             assert.equal(result.phase, 'done', what);
@@ -117,6 +126,8 @@ describe('rotateMasterKey on a real worker and simulated crypto units', () => {
             const partlyPromoted = c.step === 'promote' && (c.timing === 'after' ? c.unitId !== '3' : c.unitId !== '1');
             if (c.action === 'transient' && !partlyPromoted) {
               assert.equal(result.recoveries, 0, `${what}: a retry of the step was enough`);
+            } else if (c.then) {
+              assert.equal(result.recoveries, 2, `${what}, then ${c.then.step} ${c.then.timing}: ${result.evidence?.reason}`);
             } else {
               assert.equal(result.recoveries, 1, what);
               assert.equal(result.evidence?.decision, c.expect, `${what}: ${result.evidence?.reason}`);

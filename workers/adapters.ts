@@ -42,6 +42,11 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
   const engine = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
   const catalog = SqliteBackupCatalog.open(join(config.dataDir, 'catalog', 'backups.sqlite'));
   const unitSets = new SimulatedUnitSets(join(config.dataDir, 'crypto-units'));
+  // The embedded default (DESIGN.md): a simulated unit set behind the local KMS, ready to rotate.
+  if (!unitSets.exists(config.kmsUnitSet)) {
+    unitSets.create(config.kmsUnitSet);
+    logger.info({ unitSet: config.kmsUnitSet }, 'created the simulated crypto-unit set (3 units, 16 key-storage entries)');
+  }
   return {
     kms,
     registry,

@@ -131,8 +131,11 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
       await acts.promoteNewMasterKey({ unitSetId, newVp: state.newVp! });
       next = 'finish';
     }
-    if (state.deselected.length > 0) {
-      await acts.addUnitsToSelection({ unitSetId, unitIds: state.deselected });
+    if (state.recoveries > 0 || state.decisions.length > 0) {
+      // After a recovery, units may be out of the selection, whether the step that took them out
+      // completed or not: every unit took part in the pre-check, so every unit goes back.
+      const outside = (await acts.observeCryptoUnits({ unitSetId })).filter((u) => !u.selected).map((u) => u.unitId);
+      if (outside.length > 0) await acts.addUnitsToSelection({ unitSetId, unitIds: outside });
       state.deselected = [];
     }
     state.checkpoint = 'done';

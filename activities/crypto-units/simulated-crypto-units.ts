@@ -72,7 +72,7 @@ export class SimulatedCryptoUnits implements CryptoUnitSet {
 
   /** Opens an existing unit set; a missing file is a configuration error naming it. */
   static open(path: string): SimulatedCryptoUnits {
-    if (!existsSync(path)) throw new CryptoUnitError('COMMAND_FAILED', `no crypto-unit set at ${path} (keyops init creates the demo set)`);
+    if (!existsSync(path)) throw new CryptoUnitError('COMMAND_FAILED', `no crypto-unit set at ${path} (a worker creates the one named by KEYOPS_KMS_UNIT_SET at start)`);
     return new SimulatedCryptoUnits(basename(path).replace(/\.sqlite$/, ''), SimulatedCryptoUnits.connect(path));
   }
 
