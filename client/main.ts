@@ -3,6 +3,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { CliError, ExitCode } from './cli-error';
 import { registerBackupCommands } from './commands/backup';
 import { registerKeyCommands } from './commands/key';
+import { registerMasterKeyCommands } from './commands/mk';
 import { registerPingCommand } from './commands/ping';
 import { registerVersionCommand } from './commands/version';
 
@@ -28,6 +29,7 @@ Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 Temporal unreachable.`,
   registerPingCommand(program);
   registerKeyCommands(program);
   registerBackupCommands(program);
+  registerMasterKeyCommands(program);
   return program;
 }
 
