@@ -1,11 +1,27 @@
-import { heartbeat } from '@temporalio/activity';
+import { Context, heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { type CryptoUnit, CryptoUnitError, type CryptoUnitSet } from './crypto-units/crypto-unit-set';
 import { precheckProblems } from './crypto-units/precheck';
+import type { RotationLedger } from './crypto-units/rotation-ledger';
 
 export interface MasterKeyDeps {
   /** The crypto-unit set with this id, or an error naming it. */
   cryptoUnitSet: (unitSetId: string) => CryptoUnitSet;
+  rotationLedger: RotationLedger;
+}
+
+/** The rotation an activity runs for: its workflow id. */
+const owner = () => Context.current().info.workflowExecution?.workflowId ?? 'local';
+
+/** Heartbeats while `work` runs: a step that hangs is retried elsewhere, one that works is not. */
+async function withHeartbeats<T>(work: () => Promise<T>): Promise<T> {
+  heartbeat();
+  const tick = setInterval(() => heartbeat(), 1000);
+  try {
+    return await work();
+  } finally {
+    clearInterval(tick);
+  }
 }
 
 function failure(err: unknown): unknown {
@@ -28,7 +44,7 @@ const isPromoted = (u: CryptoUnit, newVp: string) => u.current.state === 'valid'
  * a durable checkpoint in the workflow's history. Each one is safe to retry at the point where
  * the workflow calls it; the workflow never calls one where it would not be.
  */
-export function createMasterKeyActivities({ cryptoUnitSet }: MasterKeyDeps) {
+export function createMasterKeyActivities({ cryptoUnitSet, rotationLedger }: MasterKeyDeps) {
   const set = (unitSetId: string) => {
     try {
       return cryptoUnitSet(unitSetId);
@@ -47,6 +63,8 @@ export function createMasterKeyActivities({ cryptoUnitSet }: MasterKeyDeps) {
         return s.listUnits();
       });
       const problems = precheckProblems(units);
+      const held = rotationLedger.get(input.unitSetId);
+      if (held && held.owner !== owner()) problems.push(`rotation ${held.owner} holds this unit set: finish or abort it first`);
       if (problems.length > 0) {
         throw ApplicationFailure.create({
           type: 'PRECHECK_FAILED',
@@ -54,6 +72,11 @@ export function createMasterKeyActivities({ cryptoUnitSet }: MasterKeyDeps) {
           message: `crypto-unit set ${input.unitSetId} is not ready for a master-key rotation; nothing was changed: ${problems.join('; ')}`,
           details: [{ problems }],
         });
+      }
+      // One rotation per unit set: two could each load a new MK over the other's.
+      const claim = rotationLedger.claim(input.unitSetId, owner());
+      if (claim.owner !== owner()) {
+        throw ApplicationFailure.create({ type: 'PRECHECK_FAILED', nonRetryable: true, message: `rotation ${claim.owner} holds crypto-unit set ${input.unitSetId}; nothing was changed` });
       }
       return { currentVp: units[0]!.current.verificationPattern!, units };
     },
@@ -68,7 +91,19 @@ export function createMasterKeyActivities({ cryptoUnitSet }: MasterKeyDeps) {
      * workflow calls this before re-encryption can have started (a retry included).
      */
     async loadNewMasterKey(input: { unitSetId: string }): Promise<{ newVp: string }> {
-      return typed(async () => ({ newVp: (await set(input.unitSetId).loadNewMasterKey()).verificationPattern }));
+      // The ledger, not the workflow's memory, decides: an attempt that stalled and resumes after
+      // its retry moved on must not overwrite the value key storage is being re-encrypted to.
+      const claim = rotationLedger.get(input.unitSetId);
+      if (claim?.owner !== owner() || claim.reencryptingVp !== undefined) {
+        throw ApplicationFailure.create({
+          type: 'FORBIDDEN_STEP',
+          nonRetryable: true,
+          message: claim?.reencryptingVp
+            ? `re-encryption of key storage towards ${claim.reencryptingVp} began: a new master key must not be generated now (reference 002)`
+            : `this rotation does not hold crypto-unit set ${input.unitSetId}`,
+        });
+      }
+      return typed(() => withHeartbeats(async () => ({ newVp: (await set(input.unitSetId).loadNewMasterKey()).verificationPattern })));
     },
 
     /**
@@ -84,6 +119,7 @@ export function createMasterKeyActivities({ cryptoUnitSet }: MasterKeyDeps) {
         if (wrong.length > 0) {
           throw new CryptoUnitError('PRECONDITION_FAILED', `unit(s) ${wrong.map((u) => u.unitId).join(', ')} do not hold current MK ${input.currentVp} and new MK ${input.newVp}`, wrong.map((u) => u.unitId));
         }
+        rotationLedger.markReencrypting(input.unitSetId, owner(), input.newVp);
         return s.reencryptKeyStorage((done, total) => heartbeat({ done, total }));
       });
     },
@@ -93,7 +129,7 @@ export function createMasterKeyActivities({ cryptoUnitSet }: MasterKeyDeps) {
      * succeeds; a partly promoted selection is refused, for the workflow's recovery to handle
      * as reference 002 says (take the promoted units out, then promote the rest).
      */
-    async promoteNewMasterKey(input: { unitSetId: string; newVp: string }): Promise<{ promoted: string[] }> {
+    async promoteNewMasterKey(input: { unitSetId: string; currentVp: string; newVp: string }): Promise<{ promoted: string[] }> {
       return typed(async () => {
         const s = set(input.unitSetId);
         const selected = (await s.listUnits()).filter((u) => u.selected);
@@ -102,7 +138,13 @@ export function createMasterKeyActivities({ cryptoUnitSet }: MasterKeyDeps) {
         if (done.length > 0) {
           throw new CryptoUnitError('PRECONDITION_FAILED', `unit(s) ${done.map((u) => u.unitId).join(', ')} are already promoted; take them out of the selection first`, done.map((u) => u.unitId));
         }
-        await s.promoteNewMasterKey();
+        // Set-immediate promotes whatever the new registers hold: it must be the value key
+        // storage was re-encrypted to, on every unit.
+        const wrong = selected.filter((u) => u.current.verificationPattern !== input.currentVp || u.next.state !== 'valid' || u.next.verificationPattern !== input.newVp);
+        if (wrong.length > 0) {
+          throw new CryptoUnitError('PRECONDITION_FAILED', `unit(s) ${wrong.map((u) => u.unitId).join(', ')} do not hold current MK ${input.currentVp} and new MK ${input.newVp}: not promoting`, wrong.map((u) => u.unitId));
+        }
+        await withHeartbeats(() => s.promoteNewMasterKey());
         return { promoted: selected.map((u) => u.unitId) };
       });
     },
@@ -117,7 +159,16 @@ export function createMasterKeyActivities({ cryptoUnitSet }: MasterKeyDeps) {
 
     /** The proof at the end: every entry of key storage opens under the new current MK. */
     async checkKeyStorage(input: { unitSetId: string; expectedVp: string }): Promise<{ entries: number; readable: number }> {
-      const check = await typed(() => set(input.unitSetId).checkKeyStorage());
+      const s = set(input.unitSetId);
+      const behind = (await typed(() => s.listUnits())).filter((u) => !u.selected || !isPromoted(u, input.expectedVp));
+      if (behind.length > 0) {
+        throw ApplicationFailure.create({
+          type: 'KEY_STORAGE_UNUSABLE',
+          nonRetryable: true,
+          message: `unit(s) ${behind.map((u) => u.unitId).join(', ')} of ${input.unitSetId} are not selected with ${input.expectedVp} as their only master key`,
+        });
+      }
+      const check = await typed(() => s.checkKeyStorage());
       if (check.readable !== check.entries || check.verificationPattern !== input.expectedVp) {
         throw ApplicationFailure.create({
           type: 'KEY_STORAGE_UNUSABLE',
@@ -125,7 +176,15 @@ export function createMasterKeyActivities({ cryptoUnitSet }: MasterKeyDeps) {
           message: `key storage of ${input.unitSetId}: ${check.readable} of ${check.entries} entries open under the current master key ${check.verificationPattern ?? '(units disagree)'}, expected all under ${input.expectedVp}`,
         });
       }
+      // Proven: the set is free for the next rotation.
+      rotationLedger.release(input.unitSetId, owner());
       return { entries: check.entries, readable: check.readable };
+    },
+
+    /** An operator aborted: the set is released; a new rotation's pre-check still refuses loaded registers. */
+    async releaseMasterKeyRotation(input: { unitSetId: string }): Promise<void> {
+      rotationLedger.release(input.unitSetId, owner());
+      return Promise.resolve();
     },
 
     /** Whether a master-key rotation is under way on the set: backups and rewraps wait for it. */

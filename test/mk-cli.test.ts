@@ -35,7 +35,7 @@ describe('keyops mk commands', () => {
       assert.equal(stopped.code, 1, 'a run that waits for an operator is not a success');
       assert.match(stopped.stderr, /mk-rotation\/hsm-b\/r2 waits for an operator decision/);
       assert.match(stopped.stdout, /needs-operator \(checkpoint promoting\)/);
-      assert.match(stopped.stdout, /unit 1 \(not selected\): current [0-9a-f]{32}, new empty\n    unit 2: current [0-9a-f]{32}, new [0-9a-f]{32}/);
+      assert.match(stopped.stdout, /unit 1 \(not selected\): current [0-9a-f]{32}, new empty\n {4}unit 2: current [0-9a-f]{32}, new [0-9a-f]{32}/);
       assert.match(stopped.stdout, /answer: keyops mk decide hsm-b r2 --action <restart\|reencrypt\|promote\|finish\|abort>/);
 
       const refused = await plain('mk', 'decide', 'hsm-b', 'r2', '--action', 'restart', '--operator', 'alice');

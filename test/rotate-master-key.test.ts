@@ -166,6 +166,9 @@ describe('rotateMasterKey on a real worker and simulated crypto units', () => {
       await refused('reencrypt', /reencrypt is refused at checkpoint promoting: .*re-encrypting now is forbidden/);
       await refused('finish', /finish is refused: not every unit holds the new master key/);
       assert.deepEqual(await handle.executeUpdate(decideRecoveryUpdate, { args: [{ action: 'promote', operator: 'test', note: 'unit 2 is back' }] }), { accepted: 'promote' });
+      // A second decision right behind the first is refused, not kept for a later stop.
+      const second = await handle.executeUpdate(decideRecoveryUpdate, { args: [{ action: 'promote', operator: 'someone else' }] }).catch((e: unknown) => e);
+      assert.ok(second instanceof WorkflowUpdateFailedError, 'a decision already being applied closes the question');
       const result = await handle.result();
       assert.equal(result.phase, 'done');
       assert.deepEqual(result.decisions, [{ action: 'promote', operator: 'test', note: 'unit 2 is back' }]);

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { BackupCatalog } from '../activities/catalog/backup-catalog';
 import { SqliteBackupCatalog } from '../activities/catalog/sqlite-backup-catalog';
 import type { CryptoUnitSet } from '../activities/crypto-units/crypto-unit-set';
+import { RotationLedger } from '../activities/crypto-units/rotation-ledger';
 import { SimulatedUnitSets } from '../activities/crypto-units/simulated-unit-sets';
 import { masterKeyRotationState } from '../activities/master-key-rotation';
 import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
@@ -22,6 +23,7 @@ export interface Adapters {
   /** The backup-key passphrase, read from its variable or file when a key is exported. */
   backupKeyPassphrase: () => string | undefined;
   cryptoUnitSet: (unitSetId: string) => CryptoUnitSet;
+  rotationLedger: RotationLedger;
   /** Whether the master key protecting the KMS's key storage is being rotated. */
   keyStorageRotation: () => Promise<{ inProgress: boolean; reason: string | undefined }>;
   close(): void;
@@ -42,6 +44,7 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
   const engine = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
   const catalog = SqliteBackupCatalog.open(join(config.dataDir, 'catalog', 'backups.sqlite'));
   const unitSets = new SimulatedUnitSets(join(config.dataDir, 'crypto-units'));
+  const rotationLedger = RotationLedger.open(join(config.dataDir, 'ledger', 'mk-rotations.sqlite'));
   // The embedded default (DESIGN.md): a simulated unit set behind the local KMS, ready to rotate.
   if (!unitSets.exists(config.kmsUnitSet)) {
     unitSets.create(config.kmsUnitSet);
@@ -58,11 +61,13 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
       return 'value' in source ? source.value : readFileSync(source.file, 'utf8').replace(/\r?\n$/, '');
     },
     cryptoUnitSet: (unitSetId) => unitSets.get(unitSetId),
+    rotationLedger,
     // No unit set of that name: no HSM behind this KMS, so never a rotation to wait for.
     keyStorageRotation: async () =>
       unitSets.exists(config.kmsUnitSet) ? masterKeyRotationState(await unitSets.get(config.kmsUnitSet).listUnits()) : { inProgress: false, reason: undefined },
     close() {
       unitSets.close();
+      rotationLedger.close();
       catalog.close();
       engine.close();
       registry.close();

@@ -68,16 +68,19 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
     decideRecoveryUpdate,
     (d) => {
       decision = d;
+      // Leaves needs-operator at once: a second decision sent before this one is applied is
+      // refused, never kept for a later stop where it could be forbidden.
+      state.phase = 'recovering';
       return { accepted: d.action };
     },
     {
       description: 'An operator decision for a rotation in needs-operator: restart, reencrypt, promote, finish or abort',
       validator: (d: OperatorDecision) => {
         if (!ACTIONS.includes(d.action)) throw new Error(`unknown action ${JSON.stringify(d.action)}: use one of ${ACTIONS.join(', ')}`);
-        if (state.phase !== 'needs-operator') throw new Error(`the rotation is not waiting for a decision (phase ${state.phase})`);
+        if (state.phase !== 'needs-operator' || decision !== undefined) throw new Error(`the rotation is not waiting for a decision (phase ${state.phase})`);
         const why = forbiddenReason(state.checkpoint, d.action);
         if (why) throw new Error(`${d.action} is refused at checkpoint ${state.checkpoint}: ${why}`);
-        if (d.action === 'finish' && !state.evidence?.units.every((u) => promoted(u))) {
+        if (d.action === 'finish' && !(state.evidence?.units.length && state.evidence.units.every((u) => promoted(u)))) {
           throw new Error('finish is refused: not every unit holds the new master key as current (promote first)');
         }
       },
@@ -91,6 +94,15 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
   });
   const promoted = (u: CryptoUnit) => u.current.state === 'valid' && u.current.verificationPattern === state.newVp && u.next.state === 'empty';
   const pending = (u: CryptoUnit) => u.current.state === 'valid' && u.current.verificationPattern === state.currentVp && u.next.state === 'valid' && u.next.verificationPattern === state.newVp;
+
+  const observe = async (): Promise<{ units: CryptoUnit[]; error?: string }> => {
+    try {
+      return { units: await acts.observeCryptoUnits({ unitSetId }) };
+    } catch (err) {
+      if (isCancellation(err)) throw err;
+      return { units: [], error: errorText(err) };
+    }
+  };
 
   const enter = (phase: MasterKeyPhase, details: string) => {
     state.phase = phase;
@@ -128,7 +140,7 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
         }
         if (step.select.length > 0) await acts.addUnitsToSelection({ unitSetId, unitIds: step.select });
       }
-      await acts.promoteNewMasterKey({ unitSetId, newVp: state.newVp! });
+      await acts.promoteNewMasterKey({ unitSetId, currentVp: state.currentVp!, newVp: state.newVp! });
       next = 'finish';
     }
     if (state.recoveries > 0 || state.decisions.length > 0) {
@@ -159,9 +171,13 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
       }
       state.recoveries += 1;
       enter('recovering', `after "${error}": reading the registers`);
-      const units = await acts.observeCryptoUnits({ unitSetId });
-      const decided: RecoveryDecision =
-        state.recoveries > MAX_AUTOMATIC_RECOVERIES
+      // Registers that cannot be read (the same unreachable unit, an expired login) leave the
+      // decision to an operator: the run must not end half-way through a rotation.
+      const observed = await observe();
+      const units = observed.units;
+      const decided: RecoveryDecision = observed.error
+        ? { action: 'needs-operator', reason: `the registers could not be read (${observed.error})` }
+        : state.recoveries > MAX_AUTOMATIC_RECOVERIES
           ? { action: 'needs-operator', reason: `${state.recoveries - 1} automatic recoveries did not finish the rotation` }
           : decideRecovery(state, units);
       state.evidence = { error, units, decision: decided.action, reason: decided.reason };
@@ -176,19 +192,24 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
           `Answer with \`keyops mk decide ${unitSetId} ${state.requestId} --action <restart|reencrypt|promote|finish|abort>\`; forbidden actions are refused.`,
       );
       upsertSearchAttributes([{ key: OutcomeAttribute, value: 'needs-operator' }]);
+      decision = undefined;
       await condition(() => decision !== undefined);
       const chosen = decision!;
       decision = undefined;
+      // Checked again where it is applied, whatever the validator saw.
+      const why = forbiddenReason(state.checkpoint, chosen.action);
+      if (why) throw ApplicationFailure.nonRetryable(`${chosen.action} at checkpoint ${state.checkpoint}: ${why}`, 'FORBIDDEN_DECISION');
       state.decisions.push({ action: chosen.action, operator: chosen.operator, note: chosen.note });
       upsertSearchAttributes([{ key: OutcomeAttribute, value: 'running' }]);
       if (chosen.action === 'abort') {
+        await acts.releaseMasterKeyRotation({ unitSetId });
         enter('failed', `aborted by ${chosen.operator ?? 'an operator'}${chosen.note ? `: ${chosen.note}` : ''}; registers left as observed`);
         upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
         throw ApplicationFailure.nonRetryable(`master-key rotation of ${unitSetId} aborted by ${chosen.operator ?? 'an operator'}`, 'ABORTED_BY_OPERATOR');
       }
       // An operator's choice gets a fresh start on automatic recoveries.
       state.recoveries = 0;
-      const latest = await acts.observeCryptoUnits({ unitSetId });
+      const latest = (await observe()).units;
       step =
         chosen.action === 'promote'
           ? {

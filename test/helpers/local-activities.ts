@@ -3,6 +3,7 @@ import { createActivities } from '../../activities';
 import { SqliteBackupCatalog } from '../../activities/catalog/sqlite-backup-catalog';
 import { EncryptedSqliteEngine } from '../../activities/engines/encrypted-sqlite-engine';
 import type { KeyManagementService } from '../../activities/kms/key-management-service';
+import { RotationLedger } from '../../activities/crypto-units/rotation-ledger';
 import { SimulatedUnitSets } from '../../activities/crypto-units/simulated-unit-sets';
 import { masterKeyRotationState } from '../../activities/master-key-rotation';
 import type { WdekRegistry } from '../../activities/wdek-registry/wdek-registry';
@@ -30,6 +31,7 @@ export function localActivities(options: {
     engine,
     catalog,
     cryptoUnitSet: (id) => unitSets.get(id),
+    rotationLedger: RotationLedger.open(join(options.dataDir, 'ledger', 'mk-rotations.sqlite')),
     keyStorageRotation: async () =>
       kmsUnitSet && unitSets.exists(kmsUnitSet) ? masterKeyRotationState(await unitSets.get(kmsUnitSet).listUnits()) : { inProgress: false, reason: undefined },
   });
