@@ -4,6 +4,7 @@ import { CliError, ExitCode } from './cli-error';
 import { registerBackupCommands } from './commands/backup';
 import { registerKeyCommands } from './commands/key';
 import { registerMasterKeyCommands } from './commands/mk';
+import { registerScheduleCommands } from './commands/schedule';
 import { registerPingCommand } from './commands/ping';
 import { registerVersionCommand } from './commands/version';
 
@@ -30,6 +31,7 @@ Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 Temporal unreachable.`,
   registerKeyCommands(program);
   registerBackupCommands(program);
   registerMasterKeyCommands(program);
+  registerScheduleCommands(program);
   return program;
 }
 

@@ -10,7 +10,15 @@ export interface BackupScheduleOptions {
   minute: number;
   timeZone: string;
   taskQueue: string;
+  /** What happens when a night is still running as the next is due (default skip). */
+  overlap?: 'skip' | 'buffer-one' | 'allow-all';
+  /** Nights missed while the server was down are caught up within this (default 6 h). */
+  catchupWindowMs?: number;
+  /** Each night starts up to this much later, at random (default 0). */
+  jitterMs?: number;
 }
+
+const OVERLAP = { skip: ScheduleOverlapPolicy.SKIP, 'buffer-one': ScheduleOverlapPolicy.BUFFER_ONE, 'allow-all': ScheduleOverlapPolicy.ALLOW_ALL } as const;
 
 function action(o: BackupScheduleOptions): ScheduleOptionsStartWorkflowAction<typeof nightlyBackup> {
   return {
@@ -30,8 +38,9 @@ function action(o: BackupScheduleOptions): ScheduleOptionsStartWorkflowAction<ty
  * was down is caught up within 6 hours.
  */
 export async function applyBackupSchedule(client: Client, o: BackupScheduleOptions): Promise<ScheduleChange> {
-  const spec = { calendars: [{ hour: o.hour, minute: o.minute }], timezone: o.timeZone };
-  const policies = { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '6 hours' };
+  const jitter = o.jitterMs ?? 0;
+  const spec = { calendars: [{ hour: o.hour, minute: o.minute }], timezone: o.timeZone, ...(jitter > 0 ? { jitter } : {}) };
+  const policies = { overlap: OVERLAP[o.overlap ?? 'skip'], catchupWindow: o.catchupWindowMs ?? 6 * 3_600_000 };
   const scheduleId = backupScheduleId(o.databaseId);
   try {
     await client.schedule.create({ scheduleId, spec, action: action(o), policies });
@@ -47,6 +56,9 @@ export async function applyBackupSchedule(client: Client, o: BackupScheduleOptio
     JSON.stringify(calendar?.hour) === JSON.stringify([{ start: o.hour, end: o.hour, step: 1 }]) &&
     JSON.stringify(calendar?.minute) === JSON.stringify([{ start: o.minute, end: o.minute, step: 1 }]) &&
     current.spec.timezone === o.timeZone &&
+    (current.spec.jitter ?? 0) === jitter &&
+    current.policies.overlap === policies.overlap &&
+    current.policies.catchupWindow === policies.catchupWindow &&
     current.action.type === 'startWorkflow' &&
     current.action.taskQueue === o.taskQueue;
   if (same) return 'unchanged';

@@ -1,0 +1,167 @@
+import { readFileSync } from 'node:fs';
+import { type Client, ScheduleNotFoundError } from '@temporalio/client';
+import type { Command } from 'commander';
+import { TASK_QUEUE } from '../../workflows/task-queue';
+import { CliError, ExitCode } from '../cli-error';
+import type { GlobalOptions } from '../global-options';
+import { emit } from '../output';
+import { withClient } from '../run-on-worker';
+import { applyBackupSchedule, backupScheduleId } from '../schedules/nightly-backup-schedule';
+import { ScheduleFileError, parseDuration, parseScheduleFile } from '../schedules/schedule-file';
+import { type ScheduleChange, WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
+
+const defaultTimeZone = () => process.env.KEYOPS_TIME_ZONE ?? Intl.DateTimeFormat().resolvedOptions().timeZone;
+
+/** Runs `fn` on an existing schedule; an unknown id is the user's mistake (exit 2). */
+async function onSchedule<T>(client: Client, scheduleId: string, fn: (handle: ReturnType<Client['schedule']['getHandle']>) => Promise<T>): Promise<T> {
+  try {
+    return await fn(client.schedule.getHandle(scheduleId));
+  } catch (err) {
+    if (err instanceof ScheduleNotFoundError) throw new CliError(`no schedule ${scheduleId}`, ExitCode.usage, 'keyops schedule list shows them');
+    throw err;
+  }
+}
+
+function parseDate(what: string, raw: string): Date {
+  const date = new Date(raw);
+  if (Number.isNaN(date.getTime())) throw new CliError(`${what} "${raw}" is not a date-time such as 2026-12-01T00:00:00Z`, ExitCode.usage);
+  return date;
+}
+
+export function registerScheduleCommands(program: Command): void {
+  const schedule = program.command('schedule').description('declare, list and steer the Temporal schedules that start keyops workflows');
+
+  schedule
+    .command('apply')
+    .description('create or update the schedules a YAML file declares (idempotent: applying it again changes nothing)')
+    .requiredOption('-f, --file <path>', 'the schedule file')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .addHelpText(
+      'after',
+      `
+File:
+  timeZone: Europe/Berlin      # default for every entry (else KEYOPS_TIME_ZONE, else this machine's)
+  backups:
+    - database: payroll
+      at: "02:00"              # quoted: YAML reads 02:00 as a number
+      overlap: skip            # skip | buffer-one | allow-all   (default skip)
+      catchupWindow: 6h        # missed nights caught up within  (default 6h)
+      jitter: 10m              # random delay per night          (default 0s)
+  watch:
+    every: 1h                  # the rotation watcher
+
+A mistake is reported as file:line:column: field: problem, and nothing is applied.`,
+    )
+    .action(async (_opts: unknown, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & { file: string; taskQueue: string }>();
+      let text: string;
+      try {
+        text = readFileSync(options.file, 'utf8');
+      } catch (err) {
+        throw new CliError(`cannot read ${options.file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, ExitCode.usage);
+      }
+      let file;
+      try {
+        file = parseScheduleFile(text, options.file);
+      } catch (err) {
+        if (err instanceof ScheduleFileError) throw new CliError(`${options.file} is not valid; nothing was applied:\n  ${err.problems.join('\n  ')}`, ExitCode.usage);
+        throw err;
+      }
+      const applied = await withClient(options, async (client) => {
+        const results: { scheduleId: string; change: ScheduleChange; what: string }[] = [];
+        for (const b of file.backups) {
+          const [hour, minute] = b.at.split(':').map(Number) as [number, number];
+          const timeZone = b.timeZone ?? file.timeZone ?? defaultTimeZone();
+          const change = await applyBackupSchedule(client, {
+            databaseId: b.database,
+            hour,
+            minute,
+            timeZone,
+            taskQueue: options.taskQueue,
+            overlap: b.overlap,
+            catchupWindowMs: parseDuration(b.catchupWindow)!,
+            jitterMs: parseDuration(b.jitter)!,
+          });
+          results.push({ scheduleId: backupScheduleId(b.database), change, what: `nightlyBackup of ${b.database} at ${b.at} ${timeZone}` });
+        }
+        if (file.watch) {
+          const change = await applyWatchSchedule(client, parseDuration(file.watch.every)!, options.taskQueue);
+          results.push({ scheduleId: WATCH_SCHEDULE_ID, change, what: `watchRootKeys every ${file.watch.every}` });
+        }
+        return results;
+      });
+      emit(options, applied, () => (applied.length === 0 ? ['the file declares no schedule'] : applied.map((r) => `${r.scheduleId} ${r.change}: ${r.what}`)));
+    });
+
+  schedule
+    .command('list')
+    .description('every schedule: id, paused or not, workflow, next run')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions>();
+      const rows = await withClient(options, async (client) => {
+        const found = [];
+        for await (const s of client.schedule.list()) {
+          found.push({
+            scheduleId: s.scheduleId,
+            paused: s.state.paused,
+            note: s.state.note ?? null,
+            workflowType: s.action?.type === 'startWorkflow' ? s.action.workflowType : null,
+            nextActionTimes: (s.info.nextActionTimes ?? []).slice(0, 1).map((d) => d.toISOString()),
+          });
+        }
+        return found.sort((a, b) => a.scheduleId.localeCompare(b.scheduleId));
+      });
+      emit(options, rows, () =>
+        rows.length === 0
+          ? ['no schedules']
+          : rows.map((r) => `${r.scheduleId}  ${r.paused ? 'paused' : 'active'}  ${r.workflowType ?? '?'}  next ${r.nextActionTimes[0] ?? '-'}${r.note ? `  (${r.note})` : ''}`),
+      );
+    });
+
+  for (const [verb, description] of [
+    ['pause', 'stop starting runs until unpaused'],
+    ['unpause', 'start runs again'],
+  ] as const) {
+    schedule
+      .command(`${verb} <scheduleId>`)
+      .description(description)
+      .option('--note <text>', 'why, shown in keyops schedule list and the Web UI')
+      .action(async (scheduleId: string, _opts: unknown, cmd: Command) => {
+        const options = cmd.optsWithGlobals<GlobalOptions & { note?: string }>();
+        await withClient(options, (client) => onSchedule(client, scheduleId, (h) => (verb === 'pause' ? h.pause(options.note) : h.unpause(options.note))));
+        emit(options, { scheduleId, paused: verb === 'pause' }, () => [`${scheduleId} ${verb}d`]);
+      });
+  }
+
+  schedule
+    .command('trigger <scheduleId>')
+    .description('start one run now, as if it were due')
+    .action(async (scheduleId: string, _opts: unknown, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions>();
+      await withClient(options, (client) => onSchedule(client, scheduleId, (h) => h.trigger()));
+      emit(options, { scheduleId, triggered: true }, () => [`${scheduleId} triggered`]);
+    });
+
+  schedule
+    .command('backfill <scheduleId>')
+    .description('start the runs that were due between two times (e.g. nights missed during an outage)')
+    .requiredOption('--from <time>', 'start, e.g. 2026-12-01T00:00:00Z')
+    .requiredOption('--to <time>', 'end, e.g. 2026-12-03T00:00:00Z')
+    .action(async (scheduleId: string, _opts: unknown, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & { from: string; to: string }>();
+      const start = parseDate('--from', options.from);
+      const end = parseDate('--to', options.to);
+      if (end <= start) throw new CliError(`--to ${options.to} is not after --from ${options.from}`, ExitCode.usage);
+      await withClient(options, (client) => onSchedule(client, scheduleId, (h) => h.backfill({ start, end })));
+      emit(options, { scheduleId, from: start.toISOString(), to: end.toISOString() }, () => [`${scheduleId} backfilled from ${start.toISOString()} to ${end.toISOString()}`]);
+    });
+
+  schedule
+    .command('delete <scheduleId>')
+    .description('delete a schedule (runs it started are not affected)')
+    .action(async (scheduleId: string, _opts: unknown, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions>();
+      await withClient(options, (client) => onSchedule(client, scheduleId, (h) => h.delete()));
+      emit(options, { scheduleId, deleted: true }, () => [`${scheduleId} deleted`]);
+    });
+}

@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { ScheduleFileError, parseScheduleFile } from '../client/schedules/schedule-file';
+import { keyops } from './helpers/child-process';
+import { testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+
+const problemsOf = (text: string): string[] => {
+  try {
+    parseScheduleFile(text, 'schedules.yaml');
+  } catch (err) {
+    if (err instanceof ScheduleFileError) return err.problems;
+    throw err;
+  }
+  return [];
+};
+
+describe('schedule file', () => {
+  it('points every mistake at its line, column and field', () => {
+    assert.deepEqual(problemsOf('backups:\n  - database: payroll\n    at: "25:00"\n'), ['schedules.yaml:3:9: backups[0].at: must be a time of day such as "02:00" (quote it: YAML reads 02:00 as a number)']);
+    assert.deepEqual(problemsOf('backups:\n  - database: payroll\n    at: "02:00"\n    atTime: "03:00"\n'), ['schedules.yaml:2:5: backups[0]: Unrecognized key: "atTime" (atTime)']);
+    assert.deepEqual(problemsOf('timeZone: Mars/Olympus\nwatch:\n  every: often\n'), [
+      'schedules.yaml:1:11: timeZone: must be an IANA time zone such as Europe/Berlin or UTC',
+      'schedules.yaml:3:10: watch.every: every must be a duration such as 90s, 10m, 6h or 1d',
+    ]);
+    assert.match(problemsOf('backups:\n  - database: payroll\n   at: "02:00"\n')[0] ?? '', /^schedules\.yaml:3:\d+: /, 'malformed YAML names its line');
+    assert.deepEqual(problemsOf('backups:\n  - { database: a, at: "01:00" }\n  - { database: a, at: "02:00" }\n'), ['schedules.yaml: backups: database a is listed twice']);
+  });
+
+  it('fills in the safe defaults', () => {
+    assert.deepEqual(parseScheduleFile('backups:\n  - database: payroll\n    at: "02:00"\n', 'f'), {
+      backups: [{ database: 'payroll', at: '02:00', overlap: 'skip', catchupWindow: '6h', jitter: '0s' }],
+    });
+  });
+});
+
+describe('keyops schedule commands against the dev server', () => {
+  const suite = useSuiteFixture('schedule-cli');
+
+  it('applies a file idempotently, updates on change, and lists, pauses, triggers, backfills and deletes', async () => {
+    const taskQueue = uniqueTaskQueue('schedule-cli');
+    const db = `sched-${randomBytes(3).toString('hex')}`;
+    const scheduleId = `nightly-backup/${db}`;
+    const file = join(suite.dir, 'schedules.yaml');
+    const run = (...args: string[]) => keyops(args, { TEMPORAL_ADDRESS: testServerAddress() });
+    const apply = () => run('schedule', 'apply', '-f', file, '--task-queue', taskQueue, '--json');
+    const changes = (out: string) => (JSON.parse(out) as { scheduleId: string; change: string }[]).filter((r) => r.scheduleId === scheduleId).map((r) => r.change);
+
+    writeFileSync(file, `timeZone: Europe/Berlin\nbackups:\n  - database: ${db}\n    at: "02:00"\n    jitter: 5m\n`);
+    const first = await apply();
+    assert.equal(first.code, 0, first.stderr);
+    assert.deepEqual(changes(first.stdout), ['created']);
+    const again = await apply();
+    assert.equal(again.code, 0, again.stderr);
+    assert.deepEqual(changes(again.stdout), ['unchanged'], 'applying the same file again changes nothing');
+    const described = await suite.client.schedule.getHandle(scheduleId).describe();
+    assert.equal(described.spec.timezone, 'Europe/Berlin');
+    assert.equal(described.spec.jitter, 5 * 60_000);
+    assert.equal(described.policies.overlap, 'SKIP');
+
+    writeFileSync(file, `timeZone: Europe/Berlin\nbackups:\n  - database: ${db}\n    at: "03:30"\n    overlap: buffer-one\n    jitter: 5m\n`);
+    const changed = await apply();
+    assert.deepEqual(changes(changed.stdout), ['updated']);
+    const updated = await suite.client.schedule.getHandle(scheduleId).describe();
+    assert.deepEqual(updated.spec.calendars?.[0]?.hour, [{ start: 3, end: 3, step: 1 }]);
+    assert.equal(updated.policies.overlap, 'BUFFER_ONE');
+
+    writeFileSync(file, `backups:\n  - database: ${db}\n    at: 3:30\n`);
+    const bad = await apply();
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /schedules\.yaml is not valid; nothing was applied:\n {2}.*schedules\.yaml:3:9: backups\[0\]\.at: must be a time of day/);
+
+    const paused = await run('schedule', 'pause', scheduleId, '--note', 'disk swap tonight');
+    assert.equal(paused.code, 0, paused.stderr);
+    const listed = await run('schedule', 'list', '--json');
+    const row = (JSON.parse(listed.stdout) as { scheduleId: string; paused: boolean; note: string | null; workflowType: string }[]).find((r) => r.scheduleId === scheduleId);
+    assert.deepEqual(row && { paused: row.paused, note: row.note, workflowType: row.workflowType }, { paused: true, note: 'disk swap tonight', workflowType: 'nightlyBackup' });
+    assert.equal((await run('schedule', 'unpause', scheduleId)).code, 0);
+    assert.equal((await suite.client.schedule.getHandle(scheduleId).describe()).state.paused, false);
+
+    const triggered = await run('schedule', 'trigger', scheduleId);
+    assert.equal(triggered.code, 0, triggered.stderr);
+    const backfilled = await run('schedule', 'backfill', scheduleId, '--from', '2026-12-01T00:00:00Z', '--to', '2026-11-30T00:00:00Z');
+    assert.equal(backfilled.code, 2);
+    assert.match(backfilled.stderr, /--to 2026-11-30T00:00:00Z is not after --from/);
+    for (let i = 0; (await suite.client.schedule.getHandle(scheduleId).describe()).info.recentActions.length === 0; i++) {
+      assert.ok(i < 100, 'the trigger started a run');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+
+    assert.equal((await run('schedule', 'delete', scheduleId)).code, 0);
+    const gone = await run('schedule', 'delete', scheduleId);
+    assert.equal(gone.code, 2);
+    assert.match(gone.stderr, new RegExp(`no schedule ${scheduleId}`));
+    for await (const w of suite.client.workflow.list({ query: `TaskQueue = "${taskQueue}" AND ExecutionStatus = "Running"` })) {
+      await suite.client.workflow.getHandle(w.workflowId, w.runId).terminate('test finished');
+    }
+  });
+});
