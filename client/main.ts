@@ -5,6 +5,8 @@ import { registerBackupCommands } from './commands/backup';
 import { registerKeyCommands } from './commands/key';
 import { registerMasterKeyCommands } from './commands/mk';
 import { registerScheduleCommands } from './commands/schedule';
+import { registerSignalCommands } from './commands/signal';
+import { registerRunsCommand } from './commands/runs';
 import { registerPingCommand } from './commands/ping';
 import { registerVersionCommand } from './commands/version';
 
@@ -32,6 +34,8 @@ Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 Temporal unreachable.`,
   registerBackupCommands(program);
   registerMasterKeyCommands(program);
   registerScheduleCommands(program);
+  registerSignalCommands(program);
+  registerRunsCommand(program);
   return program;
 }
 
