@@ -27,8 +27,9 @@ usage() {
 Usage: ./temporal-dev.sh [command] [options]
 
 Runs the keyops stack locally: the Temporal dev server (gRPC, Web UI, SQLite persistence),
-the keyops worker on task queue "keyops", the custom search attributes they need, and the
-hourly watch-root-keys schedule.
+the keyops worker on task queue "keyops", the custom search attributes they need, the demo
+data of `keyops init` (first start) and the schedules of schedules.yaml (nightly backup of the
+demo database, hourly rotation watcher).
 
 Commands:
   up [-d|--detach]   start whatever is not running yet (default command). In the foreground it
@@ -295,9 +296,13 @@ cmd_up() {
     start_worker
   fi
 
-  # The hourly watcher that notices rotations the KMS does by itself (idempotent).
-  if ! keyops_cli key watch --every 1h >/dev/null 2>>"$WORKER_LOG"; then
-    say "warning: could not apply the watch-root-keys schedule (see ./temporal-dev.sh logs worker)"
+  # The demo data (once), then the nightly backup of the demo database and the hourly
+  # rotation watcher from schedules.yaml (both idempotent).
+  if ! keyops_cli init >/dev/null 2>>"$WORKER_LOG"; then
+    say "warning: keyops init failed (see ./temporal-dev.sh logs worker)"
+  fi
+  if ! keyops_cli schedule apply -f "$ROOT/schedules.yaml" >/dev/null 2>>"$WORKER_LOG"; then
+    say "warning: could not apply schedules.yaml (see ./temporal-dev.sh logs worker)"
   fi
 
   cat >&2 <<EOF
@@ -307,7 +312,7 @@ cmd_up() {
     Temporal gRPC     $IP:$PORT (namespace default)
     Worker metrics    http://$IP:$METRICS_PORT/metrics
     Logs              ${LOG_DIR/#"$ROOT"\//}/  (./temporal-dev.sh logs)
-    Try               npx keyops ping --workflow
+    Try               npx keyops ping --workflow; npx keyops init (prints the demo key)
     Stop              ./temporal-dev.sh down
 
 EOF

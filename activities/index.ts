@@ -1,10 +1,11 @@
 import { createBackupKeyActivities, type BackupKeyDeps } from './backup-key-rotation';
+import { createDemoActivities, type DemoDeps } from './demo-data';
 import { createMasterKeyActivities, type MasterKeyDeps } from './master-key-rotation';
 import { createBackupActivities, type BackupDeps } from './nightly-backup';
 import { createRootKeyActivities, type RootKeyDeps } from './root-key-rotation';
 import { createWorkerProbe, type WorkerProbeDeps } from './worker-probe';
 
-export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps;
+export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps & DemoDeps;
 
 /**
  * Builds every activity from the adapters the worker chose. Tests call this with real local
@@ -17,6 +18,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createBackupActivities(deps),
     ...createBackupKeyActivities(deps),
     ...createMasterKeyActivities(deps),
+    ...createDemoActivities(deps),
   };
 }
 

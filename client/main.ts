@@ -7,6 +7,7 @@ import { registerMasterKeyCommands } from './commands/mk';
 import { registerScheduleCommands } from './commands/schedule';
 import { registerSignalCommands } from './commands/signal';
 import { registerRunsCommand } from './commands/runs';
+import { registerInitCommand } from './commands/init';
 import { registerPingCommand } from './commands/ping';
 import { registerVersionCommand } from './commands/version';
 
@@ -36,6 +37,7 @@ Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 Temporal unreachable.`,
   registerScheduleCommands(program);
   registerSignalCommands(program);
   registerRunsCommand(program);
+  registerInitCommand(program);
   return program;
 }
 

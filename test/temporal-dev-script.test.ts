@@ -109,6 +109,22 @@ describe('temporal-dev.sh', () => {
     const schedule = await runToEnd(temporalCliPath(), ['schedule', 'describe', '--schedule-id', 'watch-root-keys', '--address', `127.0.0.1:${ports.grpc}`, '-o', 'json']);
     assert.equal(schedule.code, 0, `the hourly watcher schedule exists: ${schedule.stderr}`);
     assert.match(schedule.stdout, /watchRootKeys/);
+    // First start: the demo data of keyops init, and schedules.yaml's nightly backup of it.
+    const schedules = await keyops(['schedule', 'list', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${ports.grpc}` });
+    assert.deepEqual(
+      (JSON.parse(schedules.stdout) as { scheduleId: string; workflowType: string }[]).map((r) => [r.scheduleId, r.workflowType]),
+      [
+        ['nightly-backup/demo', 'nightlyBackup'],
+        ['watch-root-keys', 'watchRootKeys'],
+      ],
+    );
+    const demo = await keyops(['init', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${ports.grpc}` });
+    assert.equal(demo.code, 0, demo.stderr);
+    assert.deepEqual((({ created, databaseId, rows }) => ({ created, databaseId, rows }))(JSON.parse(demo.stdout) as { created: boolean; databaseId: string; rows: number }), {
+      created: false,
+      databaseId: 'demo',
+      rows: 1000,
+    });
 
     const status = await runToEnd(SCRIPT, ['status'], { env });
     assert.equal(status.code, 0, status.stdout + status.stderr);

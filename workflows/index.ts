@@ -12,3 +12,4 @@ export { listBackups } from './list-backups';
 export { rotateBackupKey } from './rotate-backup-key';
 export { regenerateDataKey } from './regenerate-data-key';
 export { rotateMasterKey } from './rotate-master-key';
+export { initDemo } from './init-demo';

@@ -1,0 +1,34 @@
+import type { Command } from 'commander';
+import { initDemo } from '../../workflows';
+import { TASK_QUEUE } from '../../workflows/task-queue';
+import { CliError, ExitCode } from '../cli-error';
+import type { GlobalOptions } from '../global-options';
+import { emit } from '../output';
+import { runOnWorker, withClient } from '../run-on-worker';
+
+export function registerInitCommand(program: Command): void {
+  program
+    .command('init')
+    .description('create the demo data once: a root key, an encrypted database "demo" with rows, and WDEKs to rewrap (./temporal-dev.sh up runs it)')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers (they hold the KMS and the files)', TASK_QUEUE)
+    .addHelpText(
+      'after',
+      `
+Then, for example:
+  keyops key rotate <the demo key id> --wait     # rewrap every WDEK of the demo key
+  keyops backup run demo --wait                  # a verified, catalogued backup of "demo"
+  keyops mk rotate default --wait                # the simulated HSM's master key`,
+    )
+    .action(async (_opts: unknown, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & { taskQueue: string }>();
+      const demo = await withClient(options, (client) =>
+        runOnWorker(client, initDemo, { taskQueue: options.taskQueue, workflowId: `init-demo/${Date.now()}`, args: [], summary: 'keyops init: demo key, database and WDEKs' }, (failure) => {
+          throw new CliError(`init failed: ${failure.message}`, ExitCode.failed);
+        }),
+      );
+      emit(options, demo, () => [
+        `${demo.created ? 'created' : 'already there'}: root key ${demo.keyId}, encrypted database ${demo.databaseId} (${demo.rows} rows), ${demo.wdeks} WDEKs under the key`,
+        `try: keyops key rotate ${demo.keyId} --wait`,
+      ]);
+    });
+}

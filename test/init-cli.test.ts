@@ -1,0 +1,41 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import type { DemoData } from '../activities/demo-data';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { keyops } from './helpers/child-process';
+import { localActivities } from './helpers/local-activities';
+import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+
+describe('keyops init', () => {
+  const suite = useSuiteFixture('init-cli');
+
+  it('creates the demo key, encrypted database and WDEKs once; the demo database then backs up', async () => {
+    const kms = LocalKms.open({ path: join(suite.dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
+    const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks.sqlite'));
+    const { activities, engine } = localActivities({ dataDir: suite.dir, kms, registry });
+    const taskQueue = uniqueTaskQueue('init-cli');
+    const worker = await createTestWorker(suite.env, { taskQueue, activities });
+    const run = (...args: string[]) => keyops([...args, '--task-queue', taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
+
+    await worker.runUntil(async () => {
+      const first = await run('init', '--json');
+      assert.equal(first.code, 0, first.stderr);
+      const demo = JSON.parse(first.stdout) as DemoData;
+      assert.deepEqual([demo.created, demo.databaseId, demo.rows], [true, 'demo', 1000]);
+      assert.ok(demo.wdeks >= 2000, `${demo.wdeks} WDEKs`);
+      assert.equal((await kms.getKeyMetadata(demo.keyId)).currentVersion, 1);
+      assert.equal((await engine.keyState('demo')).keyId, demo.keyId, 'the database is protected by the demo key');
+
+      const again = await run('init');
+      assert.equal(again.code, 0, again.stderr);
+      assert.match(again.stdout, new RegExp(`already there: root key ${demo.keyId}, encrypted database demo \\(1000 rows\\)`));
+
+      const backup = await run('backup', 'run', 'demo', '--night', '2026-12-01', '--wait', '--json');
+      assert.equal(backup.code, 0, backup.stderr);
+      assert.equal((JSON.parse(backup.stdout) as { phase: string }).phase, 'done');
+    });
+  });
+});
