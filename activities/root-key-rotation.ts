@@ -28,6 +28,8 @@ export interface KeyStatus {
   currentVersion: number;
   lastRotateDate: string | undefined;
   rewrappedVersion: number | undefined;
+  /** The KMS's automatic rotation interval, when a policy is set. */
+  rotationPolicyMonths?: number;
 }
 
 export interface ChunkInput {
@@ -97,6 +99,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation }: R
     currentVersion: meta.currentVersion,
     lastRotateDate: meta.lastRotateDate,
     rewrappedVersion: registry.getRewrappedVersion(meta.keyId),
+    ...(meta.rotationPolicy ? { rotationPolicyMonths: meta.rotationPolicy.intervalMonths } : {}),
   });
 
   async function describeKey(keyId: string): Promise<KeyStatus> {
@@ -121,6 +124,11 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation }: R
 
   return {
     describeKey,
+
+    /** Sets (or, without a interval, removes) the KMS's automatic rotation policy of a key. */
+    async setRotationPolicy(input: { keyId: string; intervalMonths?: number }): Promise<KeyStatus> {
+      return toStatus(await kmsCall(() => kms.setRotationPolicy(input.keyId, input.intervalMonths === undefined ? undefined : { intervalMonths: input.intervalMonths })));
+    },
 
     async createKey(input: { name: string }): Promise<KeyStatus> {
       return toStatus(await kmsCall(() => kms.createKey(input)));

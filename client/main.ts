@@ -8,6 +8,7 @@ import { registerScheduleCommands } from './commands/schedule';
 import { registerSignalCommands } from './commands/signal';
 import { registerRunsCommand } from './commands/runs';
 import { registerInitCommand } from './commands/init';
+import { registerRewrapCommands } from './commands/rewrap';
 import { registerPingCommand } from './commands/ping';
 import { registerVersionCommand } from './commands/version';
 
@@ -38,6 +39,7 @@ Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 Temporal unreachable.`,
   registerSignalCommands(program);
   registerRunsCommand(program);
   registerInitCommand(program);
+  registerRewrapCommands(program);
   return program;
 }
 

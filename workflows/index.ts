@@ -13,3 +13,4 @@ export { rotateBackupKey } from './rotate-backup-key';
 export { regenerateDataKey } from './regenerate-data-key';
 export { rotateMasterKey } from './rotate-master-key';
 export { initDemo } from './init-demo';
+export { setRootKeyPolicy } from './set-root-key-policy';

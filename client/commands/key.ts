@@ -3,7 +3,7 @@ import { msToNumber } from '@temporalio/common/lib/time';
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { createRootKey, describeRootKey, rotateRootKey, watchRootKeys } from '../../workflows';
+import { createRootKey, describeRootKey, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
 import { rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
@@ -138,6 +138,39 @@ Examples:
         `key ${status.keyId}: ${status.state}, version ${status.currentVersion}`,
         `last rotated: ${status.lastRotateDate ?? 'never'}`,
         `WDEKs rewrapped to: ${status.rewrappedVersion === undefined ? 'none recorded' : `version ${status.rewrappedVersion}`}`,
+        `rotation policy: ${status.rotationPolicyMonths === undefined ? 'none' : `every ${status.rotationPolicyMonths} month(s), by the KMS`}`,
+      ]);
+    });
+
+  key
+    .command('policy <keyId>')
+    .description("set or remove the KMS's automatic rotation of a key (the hourly watcher then rewraps after each)")
+    .option('--every <months>', 'rotate every N months, 1 to 12 (Key Protect\'s range)', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 12) throw new CliError(`--every "${v}" is not a whole number of months from 1 to 12`, ExitCode.usage);
+      return n;
+    })
+    .option('--off', 'remove the policy: the key rotates only when asked')
+    .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
+    .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions & { every?: number; off?: boolean }>();
+      const keyId = parseKeyId(raw);
+      if ((options.every === undefined) === (options.off === undefined)) throw new CliError('give exactly one of --every <months> or --off', ExitCode.usage);
+      const status = await withClient(options, (client) =>
+        runOnWorker(
+          client,
+          setRootKeyPolicy,
+          {
+            taskQueue: options.taskQueue,
+            workflowId: `key-policy/${keyId}/${Date.now()}`,
+            args: [{ keyId, ...(options.every === undefined ? {} : { intervalMonths: options.every }) }],
+            summary: `keyops: rotation policy of key ${keyId}`,
+          },
+          (failure) => explainKmsFailure(failure, keyId),
+        ),
+      );
+      emit(options, status, () => [
+        status.rotationPolicyMonths === undefined ? `key ${keyId}: no rotation policy` : `key ${keyId}: the KMS rotates it every ${status.rotationPolicyMonths} month(s)`,
       ]);
     });
 

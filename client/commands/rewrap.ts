@@ -1,0 +1,64 @@
+import { WorkflowNotFoundError } from '@temporalio/client';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { describeRootKey } from '../../workflows';
+import { type KeyEntityState, type RewrapProgress, keyEntityWorkflowId, keyStateQuery, rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
+import { TASK_QUEUE } from '../../workflows/task-queue';
+import { CliError, ExitCode } from '../cli-error';
+import type { GlobalOptions } from '../global-options';
+import { emit } from '../output';
+import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
+
+/** A query of a workflow that may not exist (yet): undefined instead of an error. */
+async function queryIfExists<T>(run: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await run();
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) return undefined;
+    throw err;
+  }
+}
+
+export function registerRewrapCommands(program: Command): void {
+  const rewrap = program.command('rewrap').description('follow the rewrap of WDEKs after a root-key rotation');
+
+  rewrap
+    .command('status <keyId>')
+    .description("the key's current version, the version its WDEKs are rewrapped to, the rewrap run and who waits for it")
+    .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
+    .action(async (raw: string, _opts: unknown, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & { taskQueue: string }>();
+      const parsed = z.uuid().safeParse(raw.trim());
+      if (!parsed.success) throw new CliError(`key id "${raw}" is malformed: expected a UUID`, ExitCode.usage);
+      const keyId = parsed.data.toLowerCase();
+      const status = await withClient(options, async (client) => {
+        const key = await runOnWorker(
+          client,
+          describeRootKey,
+          { taskQueue: options.taskQueue, workflowId: `describe-key/${keyId}/${Date.now()}`, args: [keyId], summary: `keyops: read metadata of key ${keyId}` },
+          (failure) => {
+            if (failure.type === 'KEY_NOT_FOUND') throw new CliError(`key ${keyId} does not exist in the KMS`, ExitCode.usage);
+            throw new CliError(rootApplicationFailure(failure)?.message ?? failure.message, ExitCode.failed);
+          },
+        );
+        const runId = rewrapWorkflowId(keyId, key.currentVersion);
+        const run = await queryIfExists<RewrapProgress>(() => client.workflow.getHandle(runId).query(rewrapProgressQuery));
+        const entity = await queryIfExists<KeyEntityState>(() => client.workflow.getHandle(keyEntityWorkflowId(keyId)).query(keyStateQuery));
+        return {
+          keyId,
+          currentVersion: key.currentVersion,
+          rewrappedVersion: key.rewrappedVersion ?? null,
+          upToDate: (key.rewrappedVersion ?? 0) >= key.currentVersion,
+          rewrap: run ? { workflowId: runId, phase: run.phase, total: run.total, rewrapped: run.rewrapped, verified: run.verified } : null,
+          waiting: entity?.waiters.map((w) => ({ workflowId: w.workflowId, minVersion: w.minVersion })) ?? [],
+        };
+      });
+      emit(options, status, () => [
+        `key ${keyId}: version ${status.currentVersion}, WDEKs rewrapped to ${status.rewrappedVersion ?? 'none recorded'}${status.upToDate ? ' (up to date)' : ' (behind: backups of its databases wait)'}`,
+        status.rewrap
+          ? `rewrap ${status.rewrap.workflowId}: ${status.rewrap.phase}, ${status.rewrap.rewrapped} of ${status.rewrap.total} rewrapped, ${status.rewrap.verified} verified`
+          : `no rewrap run for version ${status.currentVersion}${status.upToDate ? '' : ` (keyops key rotate ${keyId}, or wait for the hourly watcher)`}`,
+        ...(status.waiting.length ? status.waiting.map((w) => `waiting for version ${w.minVersion}: ${w.workflowId}`) : ['no workflow waiting']),
+      ]);
+    });
+}

@@ -1,0 +1,15 @@
+import { proxyActivities } from '@temporalio/workflow';
+import type { Activities, KeyStatus } from '../activities';
+
+const { setRotationPolicy } = proxyActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '500 milliseconds', maximumAttempts: 3 },
+});
+
+/**
+ * `keyops key policy`: the KMS rotates the key by itself every N months (Key Protect's policy,
+ * 1 to 12); the hourly watcher then notices each rotation and starts its rewrap.
+ */
+export async function setRootKeyPolicy(input: { keyId: string; intervalMonths?: number }): Promise<KeyStatus> {
+  return setRotationPolicy(input);
+}
