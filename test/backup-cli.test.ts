@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { backupKeyWdekId } from '../activities/engines/encrypted-sqlite-engine';
@@ -54,6 +55,19 @@ describe('keyops backup commands', () => {
       const again = await run('backup', 'restore', backupId, '--to', target);
       assert.equal(again.code, 1);
       assert.match(again.stderr, /exists; restore never overwrites a file/);
+
+      const verified = await run('backup', 'verify', backupId);
+      assert.equal(verified.code, 0, verified.stderr);
+      assert.match(verified.stdout, /restores: 42 rows in 1 table\(s\), root key .* version 1/);
+      const file = entries[0] as unknown as { path: string };
+      const original = readFileSync(file.path);
+      const tampered = Buffer.from(original);
+      tampered.writeUInt8(tampered.readUInt8(tampered.length - 100) ^ 0xff, tampered.length - 100);
+      writeFileSync(file.path, tampered);
+      const broken = await run('backup', 'verify', backupId);
+      assert.equal(broken.code, 1);
+      assert.match(broken.stderr, /is not valid: chunk \d+ fails authentication/);
+      writeFileSync(file.path, original);
 
       const unknown = await run('backup', 'restore', `backup/${databaseId}/1999-01-01`, '--to', join(suite.dir, 'x.db'));
       assert.equal(unknown.code, 2);

@@ -14,3 +14,4 @@ export { regenerateDataKey } from './regenerate-data-key';
 export { rotateMasterKey } from './rotate-master-key';
 export { initDemo } from './init-demo';
 export { setRootKeyPolicy } from './set-root-key-policy';
+export { verifyBackup } from './verify-backup';

@@ -1,7 +1,7 @@
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { ApplicationFailure } from '@temporalio/common';
 import type { Command } from 'commander';
-import { listBackups, nightlyBackup, restoreBackup } from '../../workflows';
+import { listBackups, nightlyBackup, restoreBackup, verifyBackup } from '../../workflows';
 import { backupWorkflowId } from '../../workflows/backup-messages';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
@@ -155,6 +155,23 @@ Examples:
       );
       emit(options, { workflowId, ...result }, () => [
         `restored ${backupId} to ${result.targetPath}: ${result.rows} rows in ${result.tables} table(s) (root key ${result.keyId} version ${result.keyVersion})`,
+      ]);
+    });
+
+  backup
+    .command('verify <backupId>')
+    .description('prove a catalogued backup still restores: its keys exist, its checksum matches, a test restore opens')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .action(async (backupId: string, _opts: BackupOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions>();
+      const workflowId = `verify/${backupId}/${Date.now()}`;
+      const result = await withClient(options, (client) =>
+        client.workflow
+          .execute(verifyBackup, { taskQueue: options.taskQueue, workflowId, args: [{ backupId }], staticSummary: `Verify ${backupId}` })
+          .catch((err: unknown) => explainBackupFailure(rootApplicationFailure(err), err)),
+      );
+      emit(options, { workflowId, ...result }, () => [
+        `${backupId} restores: ${result.rows} rows in ${result.tables} table(s), root key ${result.keyId} version ${result.keyVersion}, file ${result.path}`,
       ]);
     });
 

@@ -1,0 +1,48 @@
+import { proxyActivities, setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import { DatabaseIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+
+export interface VerifyBackupResult {
+  backupId: string;
+  databaseId: string;
+  path: string;
+  keyId: string;
+  keyVersion: number;
+  tables: number;
+  rows: number;
+}
+
+const { checkRestorable } = proxyActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 5 },
+});
+const { verifyBackupImage } = proxyActivities<Activities>({
+  startToCloseTimeout: '6 hours',
+  heartbeatTimeout: '30 seconds',
+  retry: { initialInterval: '2 seconds', backoffCoefficient: 2, maximumInterval: '5 minutes', maximumAttempts: 10 },
+});
+
+/**
+ * `keyops backup verify`: proves a catalogued backup still restores today, with today's keys:
+ * its key version and backup key still exist, its checksum matches, and a test restore opens
+ * and passes SQLite's check. Nothing is kept but the answer.
+ */
+export async function verifyBackup(input: { backupId: string }): Promise<VerifyBackupResult> {
+  const phase = (value: string, details: string) => {
+    upsertSearchAttributes([{ key: PhaseAttribute, value }]);
+    setCurrentDetails(`**${value}** backup \`${input.backupId}\`: ${details}`);
+  };
+  try {
+    phase('checking-keys', 'is its root-key version still in the KMS, its backup key still registered?');
+    const entry = await checkRestorable({ backupId: input.backupId });
+    upsertSearchAttributes([{ key: DatabaseIdAttribute, value: entry.databaseId }]);
+    phase('verifying', `checksum and test restore of ${entry.path}`);
+    const check = await verifyBackupImage({ path: entry.path, sha256: entry.sha256 });
+    phase('done', `${check.rows} rows in ${check.tables} table(s) restore`);
+    upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
+    return { backupId: input.backupId, databaseId: entry.databaseId, path: entry.path, keyId: entry.keyId, keyVersion: entry.keyVersion, ...check };
+  } catch (err) {
+    upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
+    throw err;
+  }
+}
