@@ -5,6 +5,7 @@ import { describe, it } from 'node:test';
 import type { DemoData } from '../activities/demo-data';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { keyEntityWorkflowId } from '../workflows/root-key-messages';
 import { keyops } from './helpers/child-process';
 import { localActivities } from './helpers/local-activities';
 import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
@@ -36,6 +37,14 @@ describe('keyops init', () => {
       const backup = await run('backup', 'run', 'demo', '--night', '2026-12-01', '--wait', '--json');
       assert.equal(backup.code, 0, backup.stderr);
       assert.equal((JSON.parse(backup.stdout) as { phase: string }).phase, 'done');
+
+      // --wait follows the run: off a terminal, one stderr line per change of phase or count.
+      const rotated = await run('key', 'rotate', demo.keyId, '--wait');
+      assert.equal(rotated.code, 0, rotated.stderr);
+      assert.match(rotated.stderr, /^ {2}(rotating|rewrapping|verifying|recording|announcing|done)\b/m);
+      assert.match(rotated.stderr, new RegExp(`^ {2}\\w+ \\d+/${demo.wdeks}$`, 'm'), 'progress counts against every WDEK of the key');
+      assert.match(rotated.stdout, new RegExp(`key ${demo.keyId} rotated at version 2; ${demo.wdeks} WDEK\\(s\\) rewrapped and verified`));
+      await suite.client.workflow.getHandle(keyEntityWorkflowId(demo.keyId)).terminate('test finished');
     });
   });
 });

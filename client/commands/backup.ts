@@ -2,7 +2,8 @@ import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { ApplicationFailure } from '@temporalio/common';
 import type { Command } from 'commander';
 import { listBackups, nightlyBackup, restoreBackup, verifyBackup } from '../../workflows';
-import { backupWorkflowId } from '../../workflows/backup-messages';
+import { backupProgressQuery, backupWorkflowId } from '../../workflows/backup-messages';
+import { followRun } from '../follow-run';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
@@ -89,7 +90,9 @@ export function registerBackupCommands(program: Command): void {
           emit(options, { workflowId, databaseId, night }, () => [`started ${workflowId}`]);
           return;
         }
-        const result = await handle.result().catch((err: unknown) => explainBackupFailure(rootApplicationFailure(err), err));
+        const result = await followRun(options, handle, backupProgressQuery, (p) => ({ phase: p.phase }), () => handle.result()).catch((err: unknown) =>
+          explainBackupFailure(rootApplicationFailure(err), err),
+        );
         emit(options, { workflowId, ...result }, () => [
           `${workflowId}: ${result.bytes ?? 0} bytes at ${result.path ?? '?'}, root key ${result.keyId ?? '?'} version ${result.keyVersion ?? '?'}${result.awaitedVersion ? ` (waited for the rewrap to version ${result.awaitedVersion})` : ''}`,
         ]);

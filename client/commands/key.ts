@@ -4,7 +4,8 @@ import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { createRootKey, describeRootKey, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
-import { rewrapWorkflowId } from '../../workflows/root-key-messages';
+import { rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
+import { followRun } from '../follow-run';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
@@ -227,7 +228,13 @@ Examples:
           ]);
           return;
         }
-        const result = await handle.result().catch((err: unknown) => explainKmsFailure(err, keyId));
+        const result = await followRun(
+          options,
+          handle,
+          rewrapProgressQuery,
+          (p) => ({ phase: p.phase, done: p.phase === 'verifying' ? p.verified : p.rewrapped, total: p.total }),
+          () => handle.result(),
+        ).catch((err: unknown) => explainKmsFailure(err, keyId));
         emit(options, { workflowId, ...result }, () => [
           `${workflowId}: key ${keyId} ${result.rotated ? 'rotated' : 'was already'} at version ${result.targetVersion}; ${result.verified} WDEK(s) rewrapped and verified`,
         ]);
