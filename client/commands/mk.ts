@@ -102,6 +102,9 @@ Examples:
             workflowId,
             args: [{ unitSetId, requestId }],
             staticSummary: `Master-key rotation of crypto-unit set ${unitSetId}`,
+            staticDetails:
+              'Stages: pre-check, load a new master key, re-encrypt key storage, promote on every unit, check key storage. ' +
+              `After a failure the recovery follows reference 002; otherwise the run stops in needs-operator: \`keyops mk status ${unitSetId} ${requestId}\`, then \`keyops mk decide\`.`,
           });
         } catch (err) {
           if (err instanceof WorkflowExecutionAlreadyStartedError) throw new CliError(`${workflowId} already exists`, ExitCode.usage, `follow it with: keyops mk status ${unitSetId} ${requestId}`);
