@@ -66,14 +66,14 @@ describe('Temporal Web UI', () => {
       // Also on failure: the screenshot shows what the UI showed instead.
       const shot = () => page.screenshot({ path: join(ARTIFACTS, 'web-ui-mk-rotation.png'), fullPage: true });
       try {
-      const query = 'WorkflowType = "rotateMasterKey" AND Phase = "done" AND Outcome = "succeeded"';
-      await page.goto(`http://127.0.0.1:${ports.ui}/namespaces/default/workflows?query=${encodeURIComponent(query)}`);
-      await page.getByRole('link', { name: workflowId }).first().click({ timeout: 60_000 });
-      await page.getByText('User Metadata').first().click({ timeout: 60_000 });
-      await page.getByText('Master-key rotation of crypto-unit set default').filter({ visible: true }).first().waitFor({ timeout: 60_000 });
-      // Details are rendered from markdown in sandboxed frames: read every frame's text.
-      await shows(page, /Stages: pre-check, load a new master key, re-encrypt key storage, promote on every unit/);
-      await shows(page, /done crypto-unit set default \(checkpoint done\): every unit.s current master key is [0-9a-f]{32}; 16 of 16 key-storage entries open under it/);
+        const query = 'WorkflowType = "rotateMasterKey" AND Phase = "done" AND Outcome = "succeeded"';
+        await page.goto(`http://127.0.0.1:${ports.ui}/namespaces/default/workflows?query=${encodeURIComponent(query)}`);
+        await page.getByRole('link', { name: workflowId }).first().click({ timeout: 60_000 });
+        await page.getByText('User Metadata').first().click({ timeout: 60_000 });
+        await page.getByText('Master-key rotation of crypto-unit set default').filter({ visible: true }).first().waitFor({ timeout: 60_000 });
+        // Details are rendered from markdown in sandboxed frames: read every frame's text.
+        await shows(page, /Stages: pre-check, load a new master key, re-encrypt key storage, promote on every unit/);
+        await shows(page, /done crypto-unit set default \(checkpoint done\): every unit.s current master key is [0-9a-f]{32}; 16 of 16 key-storage entries open under it/);
       } finally {
         await shot();
       }
