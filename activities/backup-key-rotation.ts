@@ -3,24 +3,14 @@ import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { readBackupKeyExport, writeBackupKeyExport } from './engines/backup-key-export';
 import type { DatabaseEngine } from './engines/database-engine';
-import { EngineError, engineFailure } from './engines/engine-error';
-import { KmsError, kmsFailure } from './kms/kms-error';
+import { EngineError } from './engines/engine-error';
+import { typed } from './typed';
 
 export interface BackupKeyDeps {
   dataDir: string;
   engine: DatabaseEngine;
   /** Read at export time, so a rotated passphrase file needs no worker restart. */
   backupKeyPassphrase?: () => string | undefined;
-}
-
-async function typed<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    if (err instanceof EngineError) throw engineFailure(err);
-    if (err instanceof KmsError) throw kmsFailure(err);
-    throw err;
-  }
 }
 
 export function createBackupKeyActivities({ dataDir, engine, backupKeyPassphrase }: BackupKeyDeps) {

@@ -5,10 +5,8 @@ import { Context, heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { BackupCatalog, CatalogEntry } from './catalog/backup-catalog';
 import type { BackupImage, DatabaseEngine, Progress, RestoreCheck } from './engines/database-engine';
-import { EngineError, engineFailure } from './engines/engine-error';
 import type { KeyManagementService } from './kms/key-management-service';
-import { KmsError, kmsFailure } from './kms/kms-error';
-import { systemFailure } from './system-failure';
+import { typed } from './typed';
 
 export interface BackupDeps {
   dataDir: string;
@@ -37,17 +35,6 @@ export interface BackupKeyCheck {
   wdeksBehind: boolean;
   /** Why the KMS's key storage is unusable now (an HSM master-key rotation), if it is. */
   masterKeyRotation?: string;
-}
-
-/** Engine and KMS errors leave activities typed; retryable only where their code says so. */
-async function typed<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    if (err instanceof EngineError) throw engineFailure(err);
-    if (err instanceof KmsError) throw kmsFailure(err);
-    throw systemFailure(err);
-  }
 }
 
 /** Progress as heartbeats, at most one a second (details are serialized for the server). */

@@ -2,16 +2,13 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { ROOT, finish, freePort, keyops, runToEnd } from './helpers/child-process';
+import { describe, it } from 'node:test';
+import { ROOT, finish, keyops, runToEnd } from './helpers/child-process';
+import { DEV_SCRIPT, useDevStack } from './helpers/dev-stack';
 import { temporalCliPath } from './helpers/temporal';
 import { keyopsSearchAttributes } from '../workflows/search-attributes';
-
-const SCRIPT = join(ROOT, 'temporal-dev.sh');
 
 const isAlive = (pid: number) => {
   try {
@@ -24,35 +21,17 @@ const isAlive = (pid: number) => {
 
 /** Runs temporal-dev.sh on its own ports and data directory, beside the suite's server. */
 describe('temporal-dev.sh', () => {
-  let dataDir: string;
-  let env: NodeJS.ProcessEnv;
-  let ports: { grpc: number; ui: number; metrics: number };
+  const stack = useDevStack('dev');
 
-  before(async () => {
-    dataDir = await mkdtemp(join(tmpdir(), 'keyops-dev-'));
-    ports = { grpc: await freePort(), ui: await freePort(), metrics: await freePort() };
-    env = {
-      KEYOPS_TEMPORAL_CLI: temporalCliPath(),
-      KEYOPS_DATA_DIR: dataDir,
-      KEYOPS_TEMPORAL_PORT: String(ports.grpc),
-      KEYOPS_UI_PORT: String(ports.ui),
-      KEYOPS_WORKER_METRICS_PORT: String(ports.metrics),
-    };
-  });
-  after(async () => {
-    await runToEnd(SCRIPT, ['down'], { env });
-    await rm(dataDir, { recursive: true, force: true });
-  });
-
-  const pidOf = (name: 'temporal' | 'worker') => Number(readFileSync(join(dataDir, 'run', `${name}.pid`), 'utf8'));
+  const pidOf = (name: 'temporal' | 'worker') => Number(readFileSync(join(stack.dataDir, 'run', `${name}.pid`), 'utf8'));
 
   it('--help teaches the commands and settings; an unknown command is exit 2', async () => {
-    const help = await runToEnd(SCRIPT, ['--help'], { env });
+    const help = await runToEnd(DEV_SCRIPT, ['--help'], { env: stack.env });
     assert.equal(help.code, 0);
     for (const text of ['up', 'down', 'status', 'logs', 'KEYOPS_TEMPORAL_PORT', 'KEYOPS_UI_PORT', 'KEYOPS_DATA_DIR', '@v1.5.1']) {
       assert.ok(help.stdout.includes(text), `--help lacks ${text}`);
     }
-    const bad = await runToEnd(SCRIPT, ['launch'], { env });
+    const bad = await runToEnd(DEV_SCRIPT, ['launch'], { env: stack.env });
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /unknown command: launch/);
   });
@@ -62,7 +41,7 @@ describe('temporal-dev.sh', () => {
     await once(blocker, 'listening');
     const { port } = blocker.address() as { port: number };
     try {
-      const r = await runToEnd(SCRIPT, ['up', '-d'], { env: { ...env, KEYOPS_TEMPORAL_PORT: String(port) }, timeoutMs: 120_000 });
+      const r = await runToEnd(DEV_SCRIPT, ['up', '-d'], { env: { ...stack.env, KEYOPS_TEMPORAL_PORT: String(port) }, timeoutMs: 120_000 });
       assert.equal(r.code, 1, r.stderr);
       assert.match(r.stderr, new RegExp(`port ${port} \\(Temporal gRPC\\) on 127\\.0\\.0\\.1 is already in use`));
       // The owner is named where iproute2's ss can see it (it is on Debian's base image).
@@ -74,14 +53,14 @@ describe('temporal-dev.sh', () => {
   });
 
   it('a failed start stops the server it had started', async () => {
-    const blocker = createServer().listen(ports.metrics, '127.0.0.1');
+    const blocker = createServer().listen(stack.ports.metrics, '127.0.0.1');
     await once(blocker, 'listening');
     try {
-      const r = await runToEnd(SCRIPT, ['up', '-d'], { env, timeoutMs: 120_000 });
+      const r = await runToEnd(DEV_SCRIPT, ['up', '-d'], { env: stack.env, timeoutMs: 120_000 });
       assert.equal(r.code, 1, r.stderr);
-      assert.match(r.stderr, new RegExp(`port ${ports.metrics} \\(worker metrics\\)`));
+      assert.match(r.stderr, new RegExp(`port ${stack.ports.metrics} \\(worker metrics\\)`));
       assert.match(r.stderr, /stopped the Temporal dev server/);
-      assert.ok(!existsSync(join(dataDir, 'run', 'temporal.pid')), 'no pid file left behind');
+      assert.ok(!existsSync(join(stack.dataDir, 'run', 'temporal.pid')), 'no pid file left behind');
     } finally {
       blocker.close();
     }
@@ -90,27 +69,27 @@ describe('temporal-dev.sh', () => {
   it('up -d starts server, Web UI and a polling worker once; status and down behave', async () => {
     // The operator's Cloud settings must not leak into the local stack.
     const operatorCloud = { TEMPORAL_API_KEY: 'cloud-key', TEMPORAL_TLS: 'true', TEMPORAL_ADDRESS: 'example.tmprl.cloud:7233' };
-    const up = await runToEnd(SCRIPT, ['up', '-d'], { env: { ...env, ...operatorCloud }, timeoutMs: 180_000 });
+    const up = await runToEnd(DEV_SCRIPT, ['up', '-d'], { env: { ...stack.env, ...operatorCloud }, timeoutMs: 180_000 });
     assert.equal(up.code, 0, up.stderr);
-    assert.equal(up.stdout.trim(), `http://127.0.0.1:${ports.ui}`);
+    assert.equal(up.stdout.trim(), `http://127.0.0.1:${stack.ports.ui}`);
     const [server, worker] = [pidOf('temporal'), pidOf('worker')];
 
-    const ui = await fetch(`http://127.0.0.1:${ports.ui}/`);
+    const ui = await fetch(`http://127.0.0.1:${stack.ports.ui}/`);
     assert.equal(ui.status, 200);
     assert.match(await ui.text(), /<html/i);
 
-    const ping = await keyops(['ping', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${ports.grpc}` });
+    const ping = await keyops(['ping', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${stack.ports.grpc}` });
     assert.equal(ping.code, 0, ping.stderr);
     assert.equal((JSON.parse(ping.stdout) as { workers: unknown[] }).workers.length, 1);
 
-    const attrs = await runToEnd(temporalCliPath(), ['operator', 'search-attribute', 'list', '--address', `127.0.0.1:${ports.grpc}`, '-o', 'json']);
+    const attrs = await runToEnd(temporalCliPath(), ['operator', 'search-attribute', 'list', '--address', `127.0.0.1:${stack.ports.grpc}`, '-o', 'json']);
     for (const key of keyopsSearchAttributes) assert.ok(attrs.stdout.includes(`"${key.name}"`), `${key.name} registered`);
 
-    const schedule = await runToEnd(temporalCliPath(), ['schedule', 'describe', '--schedule-id', 'watch-root-keys', '--address', `127.0.0.1:${ports.grpc}`, '-o', 'json']);
+    const schedule = await runToEnd(temporalCliPath(), ['schedule', 'describe', '--schedule-id', 'watch-root-keys', '--address', `127.0.0.1:${stack.ports.grpc}`, '-o', 'json']);
     assert.equal(schedule.code, 0, `the hourly watcher schedule exists: ${schedule.stderr}`);
     assert.match(schedule.stdout, /watchRootKeys/);
     // First start: the demo data of keyops init, and schedules.yaml's nightly backup of it.
-    const schedules = await keyops(['schedule', 'list', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${ports.grpc}` });
+    const schedules = await keyops(['schedule', 'list', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${stack.ports.grpc}` });
     assert.deepEqual(
       (JSON.parse(schedules.stdout) as { scheduleId: string; workflowType: string }[]).map((r) => [r.scheduleId, r.workflowType]),
       [
@@ -118,7 +97,7 @@ describe('temporal-dev.sh', () => {
         ['watch-root-keys', 'watchRootKeys'],
       ],
     );
-    const demo = await keyops(['init', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${ports.grpc}` });
+    const demo = await keyops(['init', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${stack.ports.grpc}` });
     assert.equal(demo.code, 0, demo.stderr);
     assert.deepEqual((({ created, databaseId, rows }) => ({ created, databaseId, rows }))(JSON.parse(demo.stdout) as { created: boolean; databaseId: string; rows: number }), {
       created: false,
@@ -126,31 +105,31 @@ describe('temporal-dev.sh', () => {
       rows: 1000,
     });
 
-    const status = await runToEnd(SCRIPT, ['status'], { env });
+    const status = await runToEnd(DEV_SCRIPT, ['status'], { env: stack.env });
     assert.equal(status.code, 0, status.stdout + status.stderr);
     assert.match(status.stdout, new RegExp(`Temporal dev server\\s+running, pid ${server}`));
     assert.match(status.stdout, new RegExp(`keyops worker\\s+running, pid ${worker}, polling`));
 
-    const logs = await runToEnd(SCRIPT, ['logs', 'worker'], { env });
+    const logs = await runToEnd(DEV_SCRIPT, ['logs', 'worker'], { env: stack.env });
     assert.equal(logs.code, 0, logs.stderr);
     assert.match(logs.stdout, /"msg":"worker started"/);
 
-    const again = await runToEnd(SCRIPT, ['up', '-d'], { env, timeoutMs: 60_000 });
+    const again = await runToEnd(DEV_SCRIPT, ['up', '-d'], { env: stack.env, timeoutMs: 60_000 });
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stderr, /already running/);
     assert.deepEqual([pidOf('temporal'), pidOf('worker')], [server, worker], 'no second server or worker');
 
-    const down = await runToEnd(SCRIPT, ['down'], { env, timeoutMs: 90_000 });
+    const down = await runToEnd(DEV_SCRIPT, ['down'], { env: stack.env, timeoutMs: 90_000 });
     assert.equal(down.code, 0, down.stderr);
     assert.ok(!isAlive(server) && !isAlive(worker), 'both processes ended');
-    const stopped = await runToEnd(SCRIPT, ['status'], { env });
+    const stopped = await runToEnd(DEV_SCRIPT, ['status'], { env: stack.env });
     assert.equal(stopped.code, 3);
     assert.match(stopped.stdout, /Temporal dev server\s+stopped/);
   });
 
   it('Ctrl-C on a foreground up stops what it started', async () => {
     // detached: its own process group, so the group signal below is what a terminal's Ctrl-C sends.
-    const child = spawn(SCRIPT, ['up'], { cwd: ROOT, env: { ...process.env, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(DEV_SCRIPT, ['up'], { cwd: ROOT, env: { ...process.env, ...stack.env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     const done = finish(child, 180_000);
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));

@@ -1,15 +1,12 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { type Page, chromium } from 'playwright-core';
-import { ROOT, freePort, keyops, runToEnd } from './helpers/child-process';
-import { temporalCliPath } from './helpers/temporal';
+import { ROOT, keyops, runToEnd } from './helpers/child-process';
+import { DEV_SCRIPT, useDevStack } from './helpers/dev-stack';
 
-const SCRIPT = join(ROOT, 'temporal-dev.sh');
 
 /** Waits until the page, or one of its frames, shows text matching `pattern`. */
 async function shows(page: Page, pattern: RegExp, timeoutMs = 60_000): Promise<void> {
@@ -31,30 +28,12 @@ const ARTIFACTS = join(ROOT, '.cache', 'test-artifacts');
  * did from its summary and current details.
  */
 describe('Temporal Web UI', () => {
-  let dataDir: string;
-  let env: NodeJS.ProcessEnv;
-  let ports: { grpc: number; ui: number; metrics: number };
-
-  before(async () => {
-    dataDir = await mkdtemp(join(tmpdir(), 'keyops-web-ui-'));
-    ports = { grpc: await freePort(), ui: await freePort(), metrics: await freePort() };
-    env = {
-      KEYOPS_TEMPORAL_CLI: temporalCliPath(),
-      KEYOPS_DATA_DIR: dataDir,
-      KEYOPS_TEMPORAL_PORT: String(ports.grpc),
-      KEYOPS_UI_PORT: String(ports.ui),
-      KEYOPS_WORKER_METRICS_PORT: String(ports.metrics),
-    };
-  });
-  after(async () => {
-    await runToEnd(SCRIPT, ['down'], { env });
-    await rm(dataDir, { recursive: true, force: true });
-  });
+  const stack = useDevStack('web-ui');
 
   it('finds a finished rotation by search attributes and shows its summary and current details', async () => {
-    const up = await runToEnd(SCRIPT, ['up', '-d'], { env, timeoutMs: 180_000 });
+    const up = await runToEnd(DEV_SCRIPT, ['up', '-d'], { env: stack.env, timeoutMs: 180_000 });
     assert.equal(up.code, 0, up.stderr);
-    const rotated = await keyops(['mk', 'rotate', 'default', '--request', 'ui-test', '--wait', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${ports.grpc}` });
+    const rotated = await keyops(['mk', 'rotate', 'default', '--request', 'ui-test', '--wait', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${stack.ports.grpc}` });
     assert.equal(rotated.code, 0, rotated.stderr);
     const workflowId = 'mk-rotation/default/ui-test';
 
@@ -67,11 +46,11 @@ describe('Temporal Web UI', () => {
       const shot = () => page.screenshot({ path: join(ARTIFACTS, 'web-ui-mk-rotation.png'), fullPage: true });
       try {
         const query = 'WorkflowType = "rotateMasterKey" AND Phase = "done" AND Outcome = "succeeded"';
-        await page.goto(`http://127.0.0.1:${ports.ui}/namespaces/default/workflows?query=${encodeURIComponent(query)}`);
+        await page.goto(`http://127.0.0.1:${stack.ports.ui}/namespaces/default/workflows?query=${encodeURIComponent(query)}`);
         await page.getByRole('link', { name: workflowId }).first().click({ timeout: 60_000 });
         await page.getByText('User Metadata').first().click({ timeout: 60_000 });
-        await page.getByText('Master-key rotation of crypto-unit set default').filter({ visible: true }).first().waitFor({ timeout: 60_000 });
-        // Details are rendered from markdown in sandboxed frames: read every frame's text.
+        // Summary and details are rendered from markdown, in frames: read every frame's text.
+        await shows(page, /Master-key rotation of crypto-unit set default/);
         await shows(page, /Stages: pre-check, load a new master key, re-encrypt key storage, promote on every unit/);
         await shows(page, /done crypto-unit set default \(checkpoint done\): every unit.s current master key is [0-9a-f]{32}; 16 of 16 key-storage entries open under it/);
       } finally {

@@ -1,5 +1,5 @@
-import { proxyActivities, setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
-import type { Activities } from '../activities';
+import { setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
+import { checkRestorable, restoreBackupImage } from './restore-activities';
 import { DatabaseIdAttribute, KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 
 export interface RestoreBackupInput {
@@ -17,16 +17,6 @@ export interface RestoreBackupResult {
   tables: number;
   rows: number;
 }
-
-const { checkRestorable } = proxyActivities<Activities>({
-  startToCloseTimeout: '1 minute',
-  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 5 },
-});
-const { restoreBackupImage } = proxyActivities<Activities>({
-  startToCloseTimeout: '6 hours',
-  heartbeatTimeout: '30 seconds',
-  retry: { initialInterval: '2 seconds', backoffCoefficient: 2, maximumInterval: '5 minutes', maximumAttempts: 10 },
-});
 
 /** Restores a catalogued backup, after checking that every key it needs is still there. */
 export async function restoreBackup(input: RestoreBackupInput): Promise<RestoreBackupResult> {

@@ -1,5 +1,5 @@
-import { proxyActivities, setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
-import type { Activities } from '../activities';
+import { setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
+import { checkRestorable, verifyBackupImage } from './restore-activities';
 import { DatabaseIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 
 export interface VerifyBackupResult {
@@ -11,16 +11,6 @@ export interface VerifyBackupResult {
   tables: number;
   rows: number;
 }
-
-const { checkRestorable } = proxyActivities<Activities>({
-  startToCloseTimeout: '1 minute',
-  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 5 },
-});
-const { verifyBackupImage } = proxyActivities<Activities>({
-  startToCloseTimeout: '6 hours',
-  heartbeatTimeout: '30 seconds',
-  retry: { initialInterval: '2 seconds', backoffCoefficient: 2, maximumInterval: '5 minutes', maximumAttempts: 10 },
-});
 
 /**
  * `keyops backup verify`: proves a catalogued backup still restores today, with today's keys:
