@@ -24,5 +24,5 @@ export function createActivities(deps: ActivityDeps) {
 
 export type Activities = ReturnType<typeof createActivities>;
 export type { WorkerProbeReport } from './worker-probe';
-export type { KeyStatus } from './root-key-rotation';
+export type { KeyRef, KeyStatus } from './root-key-rotation';
 export type { BackupKeyCheck } from './nightly-backup';

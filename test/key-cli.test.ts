@@ -41,7 +41,8 @@ describe('keyops key commands', () => {
       assert.equal(badName.code, 2);
       assert.match(badName.stderr, /key name "x" must be 2 to 90 characters/);
 
-      const rotated = await run('key', 'rotate', keyId, '--wait', '--json');
+      // By name: the key keyops protects WDEKs with.
+      const rotated = await run('key', 'rotate', 'cli-key', '--wait', '--json');
       assert.equal(rotated.code, 0, rotated.stderr);
       const out = JSON.parse(rotated.stdout) as { workflowId: string; verified: number; targetVersion: number; rotated: boolean };
       assert.deepEqual(
@@ -60,9 +61,15 @@ describe('keyops key commands', () => {
       assert.equal(again.code, 1);
       assert.match(again.stderr, /one rotation per hour, so the next is allowed at \d{4}-\d\d-\d\dT/);
 
-      const malformed = await run('key', 'rotate', 'not-a-key');
+      const malformed = await run('key', 'rotate', 'not/a key!');
       assert.equal(malformed.code, 2);
-      assert.match(malformed.stderr, /key id "not-a-key" is malformed: expected a UUID/);
+      assert.match(malformed.stderr, /key "not\/a key!" is neither a key id \(a UUID/);
+      const unknownName = await run('key', 'rotate', 'no-such-key');
+      assert.equal(unknownName.code, 2);
+      assert.match(unknownName.stderr, /no key named "no-such-key" protects WDEKs registered with keyops; give the key's id/);
+      // A key without WDEKs is not found by name: rotating it would rewrap nothing keyops knows.
+      const notRegistered = await run('key', 'show', 'cli-disabled');
+      assert.equal(notRegistered.code, 2);
 
       const unknown = randomUUID();
       const missing = await run('key', 'rotate', unknown);
@@ -73,7 +80,7 @@ describe('keyops key commands', () => {
       assert.equal(disabled.code, 1);
       assert.match(disabled.stderr, /is disabled/);
 
-      for (const r of [again, malformed, missing, disabled]) assert.doesNotMatch(r.stderr, /^\s+at /m);
+      for (const r of [again, malformed, unknownName, notRegistered, missing, disabled]) assert.doesNotMatch(r.stderr, /^\s+at /m);
 
       const watched = await run('key', 'watch', '--json');
       assert.equal(watched.code, 0, watched.stderr);

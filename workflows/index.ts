@@ -15,3 +15,5 @@ export { rotateMasterKey } from './rotate-master-key';
 export { initDemo } from './init-demo';
 export { setRootKeyPolicy } from './set-root-key-policy';
 export { verifyBackup } from './verify-backup';
+export { rotateRootKeyOnSchedule } from './rotate-root-key-on-schedule';
+export { resolveRootKeys } from './resolve-root-keys';

@@ -2,10 +2,10 @@ import { ApplicationFailure, type Duration, WorkflowExecutionAlreadyStartedError
 import { msToNumber } from '@temporalio/common/lib/time';
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
-import { z } from 'zod';
 import { createRootKey, describeRootKey, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
 import { rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { followRun } from '../follow-run';
+import { resolveKeyId } from '../key-ref';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
@@ -19,15 +19,6 @@ interface KeyOptions {
 }
 
 const ROTATION_SPACING_MS = 3600_000;
-
-/** Key Protect key ids are UUIDs; checking here saves a round trip and names the mistake. */
-function parseKeyId(raw: string): string {
-  const parsed = z.uuid().safeParse(raw.trim());
-  if (!parsed.success) {
-    throw new CliError(`key id "${raw}" is malformed: expected a UUID such as 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90`, ExitCode.usage);
-  }
-  return parsed.data.toLowerCase();
-}
 
 /** Turns a KMS failure that travelled through a workflow into an operator-facing error. */
 function explainKmsFailure(err: unknown, keyId: string): never {
@@ -68,7 +59,10 @@ function parseEvery(raw: string): number {
 }
 
 export function registerKeyCommands(program: Command): void {
-  const key = program.command('key').description('inspect, rotate and watch KMS root keys');
+  const key = program
+    .command('key')
+    .description('inspect, rotate and watch KMS root keys')
+    .addHelpText('after', '\n<key> is a key id (a UUID) or the name of a key keyops protects WDEKs with, such as the demo key "demo".');
 
   key
     .command('watch')
@@ -128,13 +122,12 @@ Examples:
     });
 
   key
-    .command('show <keyId>')
+    .command('show <key>')
     .description('show a root key: state, current version, last rotation, version keyops rewrapped to')
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
     .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
-      const keyId = parseKeyId(raw);
-      const status = await withClient(options, (client) => describe(client, keyId, options.taskQueue));
+      const status = await withClient(options, async (client) => describe(client, await resolveKeyId(client, raw, options.taskQueue), options.taskQueue));
       emit(options, status, () => [
         `key ${status.keyId}: ${status.state}, version ${status.currentVersion}`,
         `last rotated: ${status.lastRotateDate ?? 'never'}`,
@@ -144,7 +137,7 @@ Examples:
     });
 
   key
-    .command('policy <keyId>')
+    .command('policy <key>')
     .description("set or remove the KMS's automatic rotation of a key (the hourly watcher then rewraps after each)")
     .option('--every <months>', 'rotate every N months, 1 to 12 (Key Protect\'s range)', (v) => {
       const n = Number(v);
@@ -155,10 +148,11 @@ Examples:
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
     .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions & { every?: number; off?: boolean }>();
-      const keyId = parseKeyId(raw);
       if ((options.every === undefined) === (options.off === undefined)) throw new CliError('give exactly one of --every <months> or --off', ExitCode.usage);
-      const status = await withClient(options, (client) =>
-        runOnWorker(
+      let keyId = '';
+      const status = await withClient(options, async (client) => {
+        keyId = await resolveKeyId(client, raw, options.taskQueue);
+        return runOnWorker(
           client,
           setRootKeyPolicy,
           {
@@ -168,15 +162,15 @@ Examples:
             summary: `keyops: rotation policy of key ${keyId}`,
           },
           (failure) => explainKmsFailure(failure, keyId),
-        ),
-      );
+        );
+      });
       emit(options, status, () => [
         status.rotationPolicyMonths === undefined ? `key ${keyId}: no rotation policy` : `key ${keyId}: the KMS rotates it every ${status.rotationPolicyMonths} month(s)`,
       ]);
     });
 
   key
-    .command('rotate <keyId>')
+    .command('rotate <key>')
     .description('rotate a root key and rewrap every WDEK it protects (workflow rewrap/<keyId>/v<version>)')
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
     .option('--wait', 'wait for the rewrap to finish; the exit code reflects the outcome')
@@ -188,13 +182,13 @@ are released when every WDEK is on the new version. Follow the run in the Web UI
 query: WorkflowId = "rewrap/<keyId>/v<version>"
 
 Examples:
-  keyops key rotate 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90 --wait
+  keyops key rotate demo --wait
   keyops key rotate 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90 --json`,
     )
     .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
-      const keyId = parseKeyId(raw);
       await withClient(options, async (client) => {
+        const keyId = await resolveKeyId(client, raw, options.taskQueue);
         const status = await describe(client, keyId, options.taskQueue);
         if (status.state === 'disabled') explainKmsFailure(ApplicationFailure.create({ type: 'KEY_DISABLED' }), keyId);
         if (status.lastRotateDate) {

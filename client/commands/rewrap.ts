@@ -1,11 +1,11 @@
 import { WorkflowNotFoundError } from '@temporalio/client';
 import type { Command } from 'commander';
-import { z } from 'zod';
 import { describeRootKey } from '../../workflows';
 import { type KeyEntityState, type RewrapProgress, keyEntityWorkflowId, keyStateQuery, rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
+import { resolveKeyId } from '../key-ref';
 import { emit } from '../output';
 import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
 
@@ -23,15 +23,13 @@ export function registerRewrapCommands(program: Command): void {
   const rewrap = program.command('rewrap').description('follow the rewrap of WDEKs after a root-key rotation');
 
   rewrap
-    .command('status <keyId>')
+    .command('status <key>')
     .description("the key's current version, the version its WDEKs are rewrapped to, the rewrap run and who waits for it")
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
     .action(async (raw: string, _opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & { taskQueue: string }>();
-      const parsed = z.uuid().safeParse(raw.trim());
-      if (!parsed.success) throw new CliError(`key id "${raw}" is malformed: expected a UUID`, ExitCode.usage);
-      const keyId = parsed.data.toLowerCase();
       const status = await withClient(options, async (client) => {
+        const keyId = await resolveKeyId(client, raw, options.taskQueue);
         const key = await runOnWorker(
           client,
           describeRootKey,
@@ -54,10 +52,10 @@ export function registerRewrapCommands(program: Command): void {
         };
       });
       emit(options, status, () => [
-        `key ${keyId}: version ${status.currentVersion}, WDEKs rewrapped to ${status.rewrappedVersion ?? 'none recorded'}${status.upToDate ? ' (up to date)' : ' (behind: backups of its databases wait)'}`,
+        `key ${status.keyId}: version ${status.currentVersion}, WDEKs rewrapped to ${status.rewrappedVersion ?? 'none recorded'}${status.upToDate ? ' (up to date)' : ' (behind: backups of its databases wait)'}`,
         status.rewrap
           ? `rewrap ${status.rewrap.workflowId}: ${status.rewrap.phase}, ${status.rewrap.rewrapped} of ${status.rewrap.total} rewrapped, ${status.rewrap.verified} verified`
-          : `no rewrap run for version ${status.currentVersion}${status.upToDate ? '' : ` (keyops key rotate ${keyId}, or wait for the hourly watcher)`}`,
+          : `no rewrap run for version ${status.currentVersion}${status.upToDate ? '' : ` (keyops key rotate ${status.keyId}, or wait for the hourly watcher)`}`,
         ...(status.waiting.length ? status.waiting.map((w) => `waiting for version ${w.minVersion}: ${w.workflowId}`) : ['no workflow waiting']),
       ]);
     });

@@ -1,0 +1,47 @@
+import type { Client } from '@temporalio/client';
+import { z } from 'zod';
+import type { KeyRef } from '../activities';
+import { resolveRootKeys } from '../workflows';
+import { CliError, ExitCode } from './cli-error';
+import { runOnWorker } from './run-on-worker';
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,89}$/;
+
+const asKeyId = (raw: string): string | undefined => {
+  const parsed = z.uuid().safeParse(raw.trim());
+  return parsed.success ? parsed.data.toLowerCase() : undefined;
+};
+
+/**
+ * Resolves key references through a worker (only workers hold KMS credentials): a key id (a
+ * UUID, as Key Protect issues them) must exist in the KMS; anything else is the name of a key
+ * keyops protects WDEKs with, and must name exactly one.
+ */
+export async function resolveKeyRefs(client: Client, raws: string[], taskQueue: string): Promise<KeyRef[]> {
+  const refs = raws.map((raw) => raw.trim());
+  for (const ref of refs) {
+    if (!asKeyId(ref) && !NAME.test(ref)) {
+      throw new CliError(`key "${ref}" is neither a key id (a UUID such as 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90) nor a key name`, ExitCode.usage);
+    }
+  }
+  return runOnWorker(
+    client,
+    resolveRootKeys,
+    { taskQueue, workflowId: `resolve-keys/${Date.now()}`, args: [refs], summary: `keyops: look up key(s) ${refs.join(', ')}` },
+    (failure) => {
+      throw new CliError(`could not look up key(s) ${refs.join(', ')}: ${failure.message}`, ExitCode.failed);
+    },
+  );
+}
+
+/**
+ * What `keyops key rotate <key>` and friends take: a key id as it is (the command's own call to
+ * the KMS reports a missing key), or a key name, looked up (`keyops key rotate demo`).
+ */
+export async function resolveKeyId(client: Client, raw: string, taskQueue: string): Promise<string> {
+  const id = asKeyId(raw);
+  if (id) return id;
+  const [ref] = await resolveKeyRefs(client, [raw], taskQueue);
+  if (!ref?.keyId) throw new CliError(ref?.problem ?? `key "${raw}" not found`, ExitCode.usage, 'keyops key show <id> takes the id that keyops init or keyops key create printed');
+  return ref.keyId;
+}

@@ -1,0 +1,126 @@
+import {
+  ApplicationFailure,
+  ParentClosePolicy,
+  WorkflowIdReusePolicy,
+  executeChild,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  sleep,
+  startChild,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
+import type { Activities } from '../activities';
+import { awaitRewrap } from './await-rewrap';
+import { rewrapWorkflowId } from './root-key-messages';
+import { rotateRootKey } from './rotate-root-key';
+import { scheduledRotationQuery, type ScheduledRotationPhase, type ScheduledRotationProgress } from './scheduled-rotation-messages';
+import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+
+const { describeKey } = proxyActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
+  summary: 'Read the key version, last rotation and rewrapped version',
+});
+
+export interface RotateRootKeyOnScheduleInput {
+  keyId: string;
+  /** Bounded wait for a rewrap that was already pending when the schedule fired (default 6 h). */
+  pendingRewrapWaitMs?: number;
+}
+
+// Key Protect allows one manual rotation per key per hour (reference 001).
+const ROTATION_SPACING_MS = 3_600_000;
+
+/**
+ * What a `rotations:` entry of the schedule file starts every N days: picks the next version and
+ * runs the rotation and rewrap `rewrap/<keyId>/v<next>` as a child, so the same run a manual
+ * `keyops key rotate` starts does the work. A rewrap still pending from a rotation the KMS did
+ * by itself is finished first, so the two never rewrap the same WDEKs at once; a rotation done by
+ * hand within the hour is waited out rather than refused by the KMS.
+ */
+export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInput): Promise<ScheduledRotationProgress> {
+  const progress: ScheduledRotationProgress = { keyId: input.keyId, phase: 'checking', rotated: false, rewrapped: 0 };
+  setHandler(scheduledRotationQuery, () => progress, { description: 'Phase and versions of this scheduled rotation' });
+  const enter = (phase: ScheduledRotationPhase, details: string) => {
+    progress.phase = phase;
+    upsertSearchAttributes([
+      { key: PhaseAttribute, value: phase },
+      { key: KeyIdAttribute, value: input.keyId },
+      ...(progress.toVersion === undefined ? [] : [{ key: KeyVersionAttribute, value: progress.toVersion }]),
+    ]);
+    setCurrentDetails(`**${phase}** scheduled rotation of key \`${input.keyId}\`: ${details}`);
+  };
+  try {
+    enter('checking', 'reading the key');
+    let key = await describeKey(input.keyId);
+    if (key.state === 'disabled') {
+      throw ApplicationFailure.nonRetryable(`key ${input.keyId} is disabled: the KMS refuses to rotate it`, 'KEY_DISABLED');
+    }
+    if ((key.rewrappedVersion ?? 0) < key.currentVersion) {
+      enter('awaiting-rewrap', `the KMS is at version ${key.currentVersion} but WDEKs are recorded on ${key.rewrappedVersion ?? 'no version'}: finishing that rewrap first`);
+      await startRewrap(input.keyId, key.currentVersion, false, 'pending when the scheduled rotation fired').catch(ignoreAlreadyStarted);
+      await executeChild(awaitRewrap, {
+        workflowId: `${workflowInfo().workflowId}/await-rewrap`,
+        args: [{ keyId: input.keyId, minVersion: key.currentVersion, timeoutMs: input.pendingRewrapWaitMs }],
+        staticSummary: `Wait for key ${input.keyId} to be rewrapped to version ${key.currentVersion} before the scheduled rotation`,
+      });
+      key = await describeKey(input.keyId);
+    }
+    progress.fromVersion = key.currentVersion;
+    progress.toVersion = key.currentVersion + 1;
+    if (key.lastRotateDate) {
+      const allowedAt = Date.parse(key.lastRotateDate) + ROTATION_SPACING_MS;
+      if (allowedAt > Date.now()) {
+        enter('awaiting-quota', `rotated at ${key.lastRotateDate}; the KMS allows the next rotation at ${new Date(allowedAt).toISOString()}`);
+        await sleep(allowedAt - Date.now());
+      }
+    }
+
+    enter('rotating', `to version ${progress.toVersion} and rewrapping every WDEK in \`${rewrapWorkflowId(input.keyId, progress.toVersion)}\``);
+    let result;
+    try {
+      const child = await startRewrap(input.keyId, progress.toVersion, true, 'scheduled rotation');
+      result = await child.result();
+    } catch (err) {
+      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+      // Someone rotated to the same version by hand meanwhile: wait for their rewrap instead.
+      await executeChild(awaitRewrap, {
+        workflowId: `${workflowInfo().workflowId}/await-rewrap-v${progress.toVersion}`,
+        args: [{ keyId: input.keyId, minVersion: progress.toVersion }],
+        staticSummary: `Wait for the rewrap of key ${input.keyId} to version ${progress.toVersion}, started elsewhere`,
+      });
+    }
+    progress.rotated = result?.rotated ?? false;
+    progress.rewrapped = result?.verified ?? 0;
+    enter('done', `key at version ${progress.toVersion}${result ? `; ${result.verified} WDEK(s) rewrapped and verified` : ' (rewrapped by another run)'}`);
+    upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
+    return progress;
+  } catch (err) {
+    upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
+    throw err;
+  }
+}
+
+/** The rewrap run outlives this one (ABANDON): a terminated schedule run must not stop a rewrap halfway. */
+function startRewrap(keyId: string, targetVersion: number, rotate: boolean, why: string) {
+  return startChild(rotateRootKey, {
+    workflowId: rewrapWorkflowId(keyId, targetVersion),
+    args: [{ keyId, targetVersion, rotate }],
+    parentClosePolicy: ParentClosePolicy.ABANDON,
+    // A failed rewrap may be retried; a completed one is never redone.
+    workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+    staticSummary: `${rotate ? 'Rotate' : 'Rewrap'} key ${keyId} to version ${targetVersion} (${why})`,
+    staticDetails: [
+      `Started by the rotation schedule of key \`${keyId}\` (\`${workflowInfo().workflowId}\`).`,
+      rotate ? `Creates version ${targetVersion} in the KMS, then rewraps every WDEK to it.` : `The KMS is already at version ${targetVersion}; rewraps every WDEK to it.`,
+      'Waiting backups are released when every WDEK is on the new version.',
+    ].join('\n\n'),
+  });
+}
+
+function ignoreAlreadyStarted(err: unknown): void {
+  if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+}
