@@ -4,8 +4,12 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ScheduleFileError, parseScheduleFile } from '../client/schedules/schedule-file';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import type { rotateRootKeyOnSchedule } from '../workflows';
 import { keyops } from './helpers/child-process';
-import { testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { localActivities } from './helpers/local-activities';
+import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 
 const problemsOf = (text: string): string[] => {
   try {
@@ -26,13 +30,20 @@ describe('schedule file', () => {
       'schedules.yaml:3:10: watch.every: every must be a duration such as 90s, 10m, 6h or 1d',
     ]);
     assert.match(problemsOf('backups:\n  - database: payroll\n   at: "02:00"\n')[0] ?? '', /^schedules\.yaml:3:\d+: /, 'malformed YAML names its line');
-    assert.deepEqual(problemsOf('backups:\n  - { database: a, at: "01:00" }\n  - { database: a, at: "02:00" }\n'), ['schedules.yaml: backups: database a is listed twice']);
+    assert.deepEqual(problemsOf('backups:\n  - { database: a, at: "01:00" }\n  - { database: a, at: "02:00" }\n'), ['schedules.yaml:3:5: backups[1]: database a is listed twice']);
+    assert.deepEqual(problemsOf('rotations:\n  - key: demo\n    every: 12h\n  - key: demo\n    every: 30d\n'), [
+      'schedules.yaml:3:12: rotations[0].every: must be a whole number of days such as 30d or 90d',
+    ]);
+    assert.deepEqual(problemsOf('rotations:\n  - key: demo\n    every: 30d\n  - key: demo\n    every: 90d\n'), ['schedules.yaml:4:5: rotations[1]: key demo is listed twice']);
+    assert.deepEqual(problemsOf('rotations:\n  - every: 30d\n'), ['schedules.yaml:2:5: rotations[0].key: must be a key id (a UUID) or the name of a key keyops protects WDEKs with']);
   });
 
   it('fills in the safe defaults', () => {
     assert.deepEqual(parseScheduleFile('backups:\n  - database: payroll\n    at: "02:00"\n', 'f'), {
       backups: [{ database: 'payroll', at: '02:00', overlap: 'skip', catchupWindow: '6h', jitter: '0s' }],
+      rotations: [],
     });
+    assert.deepEqual(parseScheduleFile('rotations:\n  - key: demo\n    every: 30d\n', 'f').rotations, [{ key: 'demo', every: '30d', catchupWindow: '1d', jitter: '0s' }]);
   });
 });
 
@@ -97,5 +108,64 @@ describe('keyops schedule commands against the dev server', () => {
     for await (const w of suite.client.workflow.list({ query: `TaskQueue = "${taskQueue}" AND ExecutionStatus = "Running"` })) {
       await suite.client.workflow.getHandle(w.workflowId, w.runId).terminate('test finished');
     }
+  });
+
+  it('rotations: every N days per key, by name or id; a wrong key changes nothing; a fired rotation rewraps every WDEK', async () => {
+    const kms = LocalKms.open({ path: join(suite.dir, 'rot-kms.sqlite'), masterSecret: randomBytes(32) });
+    const registry = SqliteWdekRegistry.open(join(suite.dir, 'rot-wdeks.sqlite'));
+    const name = `rot-${randomBytes(3).toString('hex')}`;
+    const { keyId } = await kms.createKey({ name });
+    for (let i = 0; i < 12; i++) {
+      const { wdek, keyVersion } = await kms.wrap(keyId);
+      registry.register({ id: `rot-${i}`, keyId, keyVersion, wdek, owner: 'schedule-test' });
+    }
+    const taskQueue = uniqueTaskQueue('schedule-rot');
+    const worker = await createTestWorker(suite.env, { taskQueue, activities: localActivities({ dataDir: join(suite.dir, 'rot'), kms, registry }).activities });
+    const file = join(suite.dir, 'rotations.yaml');
+    const scheduleId = `rotate-key/${keyId}`;
+    const apply = () => keyops(['schedule', 'apply', '-f', file, '--task-queue', taskQueue, '--json'], { TEMPORAL_ADDRESS: testServerAddress() });
+    const changes = (out: string) => (JSON.parse(out) as { scheduleId: string; change: string }[]).map((r) => `${r.scheduleId} ${r.change}`);
+
+    await worker.runUntil(async () => {
+      writeFileSync(file, `rotations:\n  - key: ${name}\n    every: 30d\n`);
+      const first = await apply();
+      assert.equal(first.code, 0, first.stderr);
+      assert.deepEqual(changes(first.stdout), [`${scheduleId} created`]);
+      // The same key by id is the same schedule: nothing changes.
+      writeFileSync(file, `rotations:\n  - key: ${keyId}\n    every: 30d\n`);
+      const byId = await apply();
+      assert.deepEqual(changes(byId.stdout), [`${scheduleId} unchanged`]);
+      writeFileSync(file, `rotations:\n  - key: ${name}\n    every: 90d\n    jitter: 1h\n`);
+      assert.deepEqual(changes((await apply()).stdout), [`${scheduleId} updated`]);
+      const described = await suite.client.schedule.getHandle(scheduleId).describe();
+      assert.equal(described.spec.intervals?.[0]?.every, 90 * 86_400_000);
+      assert.equal(described.spec.jitter, 3_600_000);
+      assert.equal(described.policies.overlap, 'SKIP');
+      assert.equal(described.action.type === 'startWorkflow' && described.action.workflowType, 'rotateRootKeyOnSchedule');
+      assert.match(String(described.action.type === 'startWorkflow' && described.action.staticSummary), new RegExp(`Scheduled rotation of root key "${name}" \\(${keyId}\\), every 90 day`));
+
+      // An unknown name, and the same key twice: each named at its line; nothing is applied.
+      const db = `rotdb-${randomBytes(3).toString('hex')}`;
+      writeFileSync(file, `backups:\n  - database: ${db}\n    at: "02:00"\nrotations:\n  - key: ${name}\n    every: 30d\n  - key: no-such-key\n    every: 30d\n  - key: ${keyId}\n    every: 7d\n`);
+      const bad = await apply();
+      assert.equal(bad.code, 2, bad.stderr);
+      assert.match(bad.stderr, /rotations\.yaml:7:10: rotations\[1\]\.key: no key named "no-such-key" protects WDEKs registered with keyops/);
+      assert.match(bad.stderr, new RegExp(`rotations\\.yaml:9:10: rotations\\[2\\]\\.key: names key ${keyId} again \\(as rotations\\[0\\] does\\)`));
+      await assert.rejects(suite.client.schedule.getHandle(`nightly-backup/${db}`).describe(), /not found/i, 'the backup of the same file was not applied either');
+      assert.equal((await suite.client.schedule.getHandle(scheduleId).describe()).spec.intervals?.[0]?.every, 90 * 86_400_000);
+
+      // Fired now (as on day 90): the key gets one new version and every WDEK moves to it.
+      assert.equal((await keyops(['schedule', 'trigger', scheduleId], { TEMPORAL_ADDRESS: testServerAddress() })).code, 0);
+      let fired: string | undefined;
+      for (let i = 0; i < 100 && !fired; i++) {
+        fired = (await suite.client.schedule.getHandle(scheduleId).describe()).info.recentActions[0]?.action.workflow.workflowId;
+        if (!fired) await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.ok(fired?.startsWith(`${scheduleId}-`), `the trigger started ${fired}`);
+      const result = await suite.client.workflow.getHandle<typeof rotateRootKeyOnSchedule>(fired!).result();
+      assert.deepEqual({ toVersion: result.toVersion, rotated: result.rotated, rewrapped: result.rewrapped }, { toVersion: 2, rotated: true, rewrapped: 12 });
+      for (const r of registry.list(keyId, {}, 100)) assert.equal((await kms.unwrap(keyId, r.wdek)).keyVersion, 2, `${r.id} is under v2`);
+      await suite.client.schedule.getHandle(scheduleId).delete();
+    });
   });
 });

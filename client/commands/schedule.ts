@@ -7,7 +7,10 @@ import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 import { withClient } from '../run-on-worker';
 import { applyBackupSchedule, backupScheduleId } from '../schedules/nightly-backup-schedule';
-import { ScheduleFileError, parseDuration, parseScheduleFile } from '../schedules/schedule-file';
+import type { KeyRef } from '../../activities';
+import { resolveKeyRefs } from '../key-ref';
+import { applyRotationSchedule, rotationScheduleId } from '../schedules/root-key-rotation-schedule';
+import { ScheduleFileError, parseDuration, parseScheduleFile, scheduleFileProblem } from '../schedules/schedule-file';
 import { type ScheduleChange, WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
 
 const defaultTimeZone = () => process.env.KEYOPS_TIME_ZONE ?? Intl.DateTimeFormat().resolvedOptions().timeZone;
@@ -47,6 +50,11 @@ File:
       overlap: skip            # skip | buffer-one | allow-all   (default skip)
       catchupWindow: 6h        # missed nights caught up within  (default 6h)
       jitter: 10m              # random delay per night          (default 0s)
+  rotations:
+    - key: payroll-root        # key id, or name of a key keyops protects WDEKs with
+      every: 90d               # whole days; the rotation rewraps every WDEK
+      catchupWindow: 1d        # a missed rotation caught up within (default 1d)
+      jitter: 1h               # random delay                    (default 0s)
   watch:
     every: 1h                  # the rotation watcher
 
@@ -68,6 +76,14 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
         throw err;
       }
       const applied = await withClient(options, async (client) => {
+        // Every key is looked up before anything is applied: a wrong name changes nothing.
+        const keys = file.rotations.length === 0 ? [] : await resolveKeyRefs(client, file.rotations.map((r) => r.key), options.taskQueue);
+        const problems = keys.flatMap((k, i) => (k.problem ? [scheduleFileProblem(text, options.file, ['rotations', i, 'key'], k.problem)] : []));
+        keys.forEach((k, i) => {
+          const first = keys.findIndex((other) => other.keyId === k.keyId);
+          if (k.keyId !== undefined && first !== i) problems.push(scheduleFileProblem(text, options.file, ['rotations', i, 'key'], `names key ${k.keyId} again (as rotations[${first}] does)`));
+        });
+        if (problems.length > 0) throw new CliError(`${options.file} is not valid; nothing was applied:\n  ${problems.join('\n  ')}`, ExitCode.usage);
         const results: { scheduleId: string; change: ScheduleChange; what: string }[] = [];
         for (const b of file.backups) {
           const [hour, minute] = b.at.split(':').map(Number) as [number, number];
@@ -83,6 +99,19 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
             jitterMs: parseDuration(b.jitter)!,
           });
           results.push({ scheduleId: backupScheduleId(b.database), change, what: `nightlyBackup of ${b.database} at ${b.at} ${timeZone}` });
+        }
+        for (const [i, r] of file.rotations.entries()) {
+          // Every key resolved: problems stopped the apply above.
+          const key = keys[i] as Extract<KeyRef, { keyId: string }>;
+          const change = await applyRotationSchedule(client, {
+            keyId: key.keyId,
+            keyName: key.name,
+            everyDays: Number(r.every.slice(0, -1)),
+            taskQueue: options.taskQueue,
+            catchupWindowMs: parseDuration(r.catchupWindow)!,
+            jitterMs: parseDuration(r.jitter)!,
+          });
+          results.push({ scheduleId: rotationScheduleId(key.keyId), change, what: `rotation of key ${r.key} every ${r.every}` });
         }
         if (file.watch) {
           const change = await applyWatchSchedule(client, parseDuration(file.watch.every)!, options.taskQueue);

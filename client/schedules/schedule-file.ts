@@ -10,6 +10,11 @@
  *       overlap: skip                # skip | buffer-one | allow-all (default skip)
  *       catchupWindow: 6h            # default 6h
  *       jitter: 10m                  # default 0s
+ *   rotations:
+ *     - key: payroll-root            # a key id, or the name of a key keyops protects WDEKs with
+ *       every: 90d                   # whole days
+ *       catchupWindow: 1d            # default 1d
+ *       jitter: 1h                   # default 0s
  *   watch:
  *     every: 1h                      # the rotation watcher
  */
@@ -46,14 +51,25 @@ const backupEntry = z.strictObject({
   jitter: duration('jitter').default('0s'),
 });
 
+const KEY_REF = 'must be a key id (a UUID) or the name of a key keyops protects WDEKs with';
+
+const rotationEntry = z.strictObject({
+  key: z.string({ error: KEY_REF }).trim().min(1, KEY_REF),
+  every: z.string().regex(/^[1-9]\d*d$/, 'must be a whole number of days such as 30d or 90d'),
+  catchupWindow: duration('catchupWindow').default('1d'),
+  jitter: duration('jitter').default('0s'),
+});
+
 export const scheduleFileSchema = z.strictObject({
   timeZone: timeZone.optional(),
   backups: z.array(backupEntry).default([]),
+  rotations: z.array(rotationEntry).default([]),
   watch: z.strictObject({ every: duration('every') }).optional(),
 });
 
 export type ScheduleFile = z.infer<typeof scheduleFileSchema>;
 export type BackupEntry = ScheduleFile['backups'][number];
+export type RotationEntry = ScheduleFile['rotations'][number];
 
 export class ScheduleFileError extends Error {
   constructor(readonly problems: string[]) {
@@ -62,36 +78,59 @@ export class ScheduleFileError extends Error {
   }
 }
 
-/** Parses and validates the file's text; throws ScheduleFileError with `file:line:col: field: problem` lines. */
-export function parseScheduleFile(text: string, fileName: string): ScheduleFile {
+type Path = (string | number)[];
+
+/** Reads the YAML and answers where a path of it is: the deepest node of the path that exists. */
+function openDocument(text: string, fileName: string) {
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false });
   const at = (offset: number) => {
     const { line, col } = lineCounter.linePos(offset);
     return `${fileName}:${line}:${col}`;
   };
+  const where = (fullPath: Path): string => {
+    // An unknown or missing field points at the object that holds (or lacks) it.
+    let path = fullPath;
+    let node: unknown = doc.getIn(path, true);
+    while (!isNode(node) && path.length > 0) {
+      path = path.slice(0, -1);
+      node = path.length > 0 ? doc.getIn(path, true) : doc.contents;
+    }
+    return isNode(node) && node.range ? at(node.range[0]) : fileName;
+  };
+  return { doc, at, where };
+}
+
+const fieldName = (path: Path) => path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${p}`)).join('').replace(/^\./, '');
+
+/** `file:line:col: field: problem` for a problem found after parsing (an unknown key, say). */
+export function scheduleFileProblem(text: string, fileName: string, path: Path, problem: string): string {
+  return `${openDocument(text, fileName).where(path)}: ${fieldName(path)}: ${problem}`;
+}
+
+/** Parses and validates the file's text; throws ScheduleFileError with `file:line:col: field: problem` lines. */
+export function parseScheduleFile(text: string, fileName: string): ScheduleFile {
+  const { doc, at, where } = openDocument(text, fileName);
   if (doc.errors.length > 0) throw new ScheduleFileError(doc.errors.map((e) => `${at(e.pos[0])}: ${e.message.split('\n')[0]}`));
   const parsed = scheduleFileSchema.safeParse(doc.toJS() ?? {});
   if (parsed.success) {
-    const names = parsed.data.backups.map((b) => b.database);
-    const twice = names.filter((n, i) => names.indexOf(n) !== i);
-    if (twice.length > 0) throw new ScheduleFileError([`${fileName}: backups: database ${twice[0]} is listed twice`]);
+    const problems = [
+      ...twice(parsed.data.backups.map((b) => b.database)).map((i) => `${where(['backups', i])}: backups[${i}]: database ${parsed.data.backups[i]!.database} is listed twice`),
+      ...twice(parsed.data.rotations.map((r) => r.key)).map((i) => `${where(['rotations', i])}: rotations[${i}]: key ${parsed.data.rotations[i]!.key} is listed twice`),
+    ];
+    if (problems.length > 0) throw new ScheduleFileError(problems);
     return parsed.data;
   }
   throw new ScheduleFileError(
     parsed.error.issues.map((issue) => {
-      // The deepest node of the path that exists in the document: an unknown or missing field
-      // points at the object that holds (or lacks) it.
-      let path = issue.path.filter((p): p is string | number => typeof p !== 'symbol');
-      let node: unknown = doc.getIn(path, true);
-      while (!isNode(node) && path.length > 0) {
-        path = path.slice(0, -1);
-        node = path.length > 0 ? doc.getIn(path, true) : doc.contents;
-      }
-      const where = isNode(node) && node.range ? at(node.range[0]) : fileName;
-      const field = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
+      const path = issue.path.filter((p): p is string | number => typeof p !== 'symbol');
       const extra = issue.code === 'unrecognized_keys' ? ` (${issue.keys.join(', ')})` : '';
-      return `${where}: ${field || '(top level)'}: ${issue.message}${extra}`;
+      return `${where(path)}: ${fieldName(path) || '(top level)'}: ${issue.message}${extra}`;
     }),
   );
+}
+
+/** Indexes of entries that repeat an earlier one. */
+function twice(values: string[]): number[] {
+  return values.flatMap((v, i) => (values.indexOf(v) !== i ? [i] : []));
 }
