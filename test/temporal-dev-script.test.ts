@@ -88,17 +88,19 @@ describe('temporal-dev.sh', () => {
     const schedule = await runToEnd(temporalCliPath(), ['schedule', 'describe', '--schedule-id', 'watch-root-keys', '--address', `127.0.0.1:${stack.ports.grpc}`, '-o', 'json']);
     assert.equal(schedule.code, 0, `the hourly watcher schedule exists: ${schedule.stderr}`);
     assert.match(schedule.stdout, /watchRootKeys/);
-    // First start: the demo data of keyops init, and schedules.yaml's nightly backup of it.
+    // First start: the demo data of keyops init, and schedules.yaml's nightly backup of it and
+    // 30-day rotation of its key (by name).
+    const demo = await keyops(['init', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${stack.ports.grpc}` });
+    assert.equal(demo.code, 0, demo.stderr);
     const schedules = await keyops(['schedule', 'list', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${stack.ports.grpc}` });
     assert.deepEqual(
       (JSON.parse(schedules.stdout) as { scheduleId: string; workflowType: string }[]).map((r) => [r.scheduleId, r.workflowType]),
       [
         ['nightly-backup/demo', 'nightlyBackup'],
+        [`rotate-key/${(JSON.parse(demo.stdout) as { keyId: string }).keyId}`, 'rotateRootKeyOnSchedule'],
         ['watch-root-keys', 'watchRootKeys'],
       ],
     );
-    const demo = await keyops(['init', '--json'], { TEMPORAL_ADDRESS: `127.0.0.1:${stack.ports.grpc}` });
-    assert.equal(demo.code, 0, demo.stderr);
     assert.deepEqual((({ created, databaseId, rows }) => ({ created, databaseId, rows }))(JSON.parse(demo.stdout) as { created: boolean; databaseId: string; rows: number }), {
       created: false,
       databaseId: 'demo',

@@ -6,6 +6,7 @@ import type { RecoveryActionName } from '../../workflows/master-key-recovery';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
+import { followRun } from '../follow-run';
 import { emit } from '../output';
 import { rootApplicationFailure, withClient } from '../run-on-worker';
 
@@ -53,14 +54,10 @@ async function queryState(client: Client, unitSetId: string, requestId: string):
   }
 }
 
-/** Follows a run until it ends or needs an operator, one line per phase change on stderr. */
-async function follow(client: Client, unitSetId: string, requestId: string): Promise<MasterKeyRotationState> {
-  let last = '';
+/** Resolves when the run ends or stops for an operator: the state to report. */
+async function stopped(client: Client, unitSetId: string, requestId: string): Promise<MasterKeyRotationState> {
   for (;;) {
     const { handle, state } = await queryState(client, unitSetId, requestId);
-    const line = `${state.phase} (checkpoint ${state.checkpoint})`;
-    if (line !== last) process.stderr.write(`  ${line}\n`);
-    last = line;
     if (state.phase === 'needs-operator' || state.phase === 'failed') return state;
     if (state.phase === 'done') {
       // The run may still be finishing its last task: its result is the final state.
@@ -70,6 +67,9 @@ async function follow(client: Client, unitSetId: string, requestId: string): Pro
   }
 }
 
+// The five stages, counted by the last checkpoint reached: the bar's done/total.
+const STAGES_DONE: Record<MasterKeyRotationState['checkpoint'], number> = { none: 0, prechecked: 1, 'new-mk-loaded': 2, reencrypted: 3, promoting: 4, done: 5 };
+
 export function registerMasterKeyCommands(program: Command): void {
   const mk = program.command('mk').description('rotate the HSM master key of a crypto-unit set in stages, and answer its recovery questions');
 
@@ -77,7 +77,7 @@ export function registerMasterKeyCommands(program: Command): void {
     .description('start a staged master-key rotation (workflow mk-rotation/<unitSetId>/<request>)')
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
     .option('--request <id>', 'the request id, part of the workflow id (default: the UTC time now)')
-    .option('--wait', 'follow the run; exit 0 when done, 1 when it failed or stopped for an operator decision')
+    .option('--wait', 'follow the run (stage bar: done/5); exit 0 when done, 1 when it failed or stopped for an operator decision')
     .addHelpText(
       'after',
       `
@@ -114,7 +114,14 @@ Examples:
           emit(options, { workflowId, unitSetId, requestId }, () => [`started ${workflowId}`, `follow it with: keyops mk status ${unitSetId} ${requestId}`]);
           return;
         }
-        const state = await follow(client, unitSetId, requestId).catch(async (err: unknown) => {
+        const handle = client.workflow.getHandle(workflowId);
+        const state = await followRun(
+          options,
+          handle,
+          masterKeyRotationQuery,
+          (p) => ({ phase: p.phase, done: STAGES_DONE[p.checkpoint], total: 5 }),
+          () => stopped(client, unitSetId, requestId),
+        ).catch(async (err: unknown) => {
           const failure = rootApplicationFailure(err);
           if (!failure) throw err;
           return (await queryState(client, unitSetId, requestId)).state;
