@@ -13,6 +13,7 @@ import {
   type RewrapWaiter,
 } from '../workflows/root-key-messages';
 import type { keyEntity } from '../workflows/key-entity';
+import { keyEntityMetadata } from '../workflows/key-entity-metadata';
 
 export interface RootKeyDeps {
   kms: KeyManagementService;
@@ -127,7 +128,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation }: R
       args: [initialEntityState(keyId)],
       signal,
       signalArgs: [arg],
-      staticSummary: `Key ${keyId}: knows the rewrapped version and releases waiting workflows`,
+      ...keyEntityMetadata(keyId),
     });
   }
 

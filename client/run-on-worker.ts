@@ -40,6 +40,7 @@ export async function runOnWorker<W extends Workflow>(
       workflowId: opts.workflowId,
       args: opts.args,
       staticSummary: opts.summary,
+      staticDetails: 'A short step of the keyops CLI, run on a worker because only workers hold the KMS credentials, the files and the catalog. It changes nothing unless its summary says so.',
       workflowExecutionTimeout: '30 seconds',
     } as unknown as WorkflowStartOptions<W>;
     return (await client.workflow.execute(workflow, start)) as Awaited<ReturnType<W>>;

@@ -33,7 +33,12 @@ describe('keyops backup commands', () => {
     await worker.runUntil(async () => {
       const took = await run('backup', 'run', databaseId, '--night', '2026-12-01', '--wait', '--json');
       assert.equal(took.code, 0, took.stderr);
-      assert.equal((JSON.parse(took.stdout) as { workflowId: string; phase: string }).phase, 'done');
+      const tookRun = JSON.parse(took.stdout) as { workflowId: string; phase: string };
+      assert.equal(tookRun.phase, 'done');
+      // The Web UI shows what the run is and how to follow it.
+      const described = await suite.client.workflow.getHandle(tookRun.workflowId).describe();
+      assert.equal(await described.staticSummary(), `Backup of database ${databaseId} for 2026-12-01`);
+      assert.match((await described.staticDetails()) ?? '', /^Started by `keyops backup run`\.[\s\S]*awaiting-rewrap[\s\S]*keyops backup list/);
 
       const listed = await run('backup', 'list', '--database', databaseId, '--json');
       assert.equal(listed.code, 0, listed.stderr);

@@ -50,6 +50,9 @@ describe('keyops key commands', () => {
         { workflowId: `rewrap/${keyId}/v2`, verified: 25, targetVersion: 2, rotated: true },
       );
 
+      const rotation = await suite.client.workflow.getHandle(out.workflowId).describe();
+      assert.match((await rotation.staticDetails()) ?? '', new RegExp(`^Started by \`keyops key rotate\`\\. Creates version 2 of root key \`${keyId}\`[\\s\\S]*keyops rewrap status ${keyId}`));
+
       const shown = await run('key', 'show', keyId, '--json');
       assert.equal(shown.code, 0, shown.stderr);
       assert.deepEqual(

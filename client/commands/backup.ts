@@ -2,14 +2,14 @@ import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { ApplicationFailure } from '@temporalio/common';
 import type { Command } from 'commander';
 import { listBackups, nightlyBackup, restoreBackup, verifyBackup } from '../../workflows';
-import { backupProgressQuery, backupWorkflowId } from '../../workflows/backup-messages';
+import { type BackupPhase, backupProgressQuery, backupWorkflowId } from '../../workflows/backup-messages';
 import { followRun } from '../follow-run';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
-import { applyBackupSchedule, backupScheduleId } from '../schedules/nightly-backup-schedule';
+import { applyBackupSchedule, backupDetails, backupScheduleId } from '../schedules/nightly-backup-schedule';
 
 interface BackupOptions {
   taskQueue: string;
@@ -59,6 +59,20 @@ function explainBackupFailure(failure: ApplicationFailure | undefined, fallback:
   }
 }
 
+// Stages a backup has behind it, for the --wait bar: the waits count as the first stage.
+const BACKUP_STAGES_DONE: Record<BackupPhase, number> = {
+  'checking-keys': 0,
+  'awaiting-key-change': 0,
+  'awaiting-master-key': 0,
+  'awaiting-rewrap': 0,
+  'backing-up': 1,
+  verifying: 2,
+  recording: 3,
+  retention: 3,
+  done: 4,
+  failed: 0,
+};
+
 export function registerBackupCommands(program: Command): void {
   const backup = program.command('backup').description('take, list, restore and schedule encrypted database backups');
 
@@ -81,6 +95,7 @@ export function registerBackupCommands(program: Command): void {
             workflowId,
             args: [{ databaseId, night }],
             staticSummary: `Backup of database ${databaseId} for ${night}`,
+            staticDetails: backupDetails(databaseId, '`keyops backup run`'),
           });
         } catch (err) {
           if (err instanceof WorkflowExecutionAlreadyStartedError) throw new CliError(`the backup of ${databaseId} for ${night} is already running: ${workflowId}`, ExitCode.failed);
@@ -90,7 +105,7 @@ export function registerBackupCommands(program: Command): void {
           emit(options, { workflowId, databaseId, night }, () => [`started ${workflowId}`]);
           return;
         }
-        const result = await followRun(options, handle, backupProgressQuery, (p) => ({ phase: p.phase }), () => handle.result()).catch((err: unknown) =>
+        const result = await followRun(options, handle, backupProgressQuery, (p) => ({ phase: p.phase, done: BACKUP_STAGES_DONE[p.phase], total: 4 }), () => handle.result()).catch((err: unknown) =>
           explainBackupFailure(rootApplicationFailure(err), err),
         );
         emit(options, { workflowId, ...result }, () => [
@@ -153,6 +168,10 @@ Examples:
             workflowId,
             args: [{ backupId, targetPath: options.to }],
             staticSummary: `Restore ${backupId} to ${options.to}`,
+            staticDetails: [
+              `Started by \`keyops backup restore\`. Checks that the root key and the backup key ${backupId} needs still exist, then decrypts, checks every chunk and the SHA-256, and publishes ${options.to} only when complete.`,
+              'It never overwrites an existing file.',
+            ].join('\n\n'),
           })
           .catch((err: unknown) => explainBackupFailure(rootApplicationFailure(err), err)),
       );
@@ -170,7 +189,13 @@ Examples:
       const workflowId = `verify/${backupId}/${Date.now()}`;
       const result = await withClient(options, (client) =>
         client.workflow
-          .execute(verifyBackup, { taskQueue: options.taskQueue, workflowId, args: [{ backupId }], staticSummary: `Verify ${backupId}` })
+          .execute(verifyBackup, {
+            taskQueue: options.taskQueue,
+            workflowId,
+            args: [{ backupId }],
+            staticSummary: `Verify ${backupId}`,
+            staticDetails: `Started by \`keyops backup verify\`. Checks that the keys ${backupId} needs still exist and its checksum matches, then restores it to a scratch file and opens it.`,
+          })
           .catch((err: unknown) => explainBackupFailure(rootApplicationFailure(err), err)),
       );
       emit(options, { workflowId, ...result }, () => [

@@ -11,7 +11,7 @@ import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
-import { WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
+import { WATCH_DETAILS, WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
 
 interface KeyOptions {
   taskQueue: string;
@@ -94,6 +94,7 @@ Examples:
           taskQueue: options.taskQueue,
           workflowId: `watch-root-keys/manual/${new Date().toISOString()}`,
           staticSummary: 'keyops key watch: detect rotations done outside keyops',
+          staticDetails: WATCH_DETAILS,
           workflowExecutionTimeout: '5 minutes',
         });
         emit(options, result, () => [
@@ -209,6 +210,11 @@ Examples:
             workflowId,
             args: [{ keyId, targetVersion, rotate: true }],
             staticSummary: `Rotate root key ${keyId} to version ${targetVersion} and rewrap every WDEK`,
+            staticDetails: [
+              `Started by \`keyops key rotate\`. Creates version ${targetVersion} of root key \`${keyId}\` in the KMS (once, however often retried), rewraps every WDEK it protects in parallel id ranges, verifies each unwraps under version ${targetVersion}, records it and announces it.`,
+              'Nightly backups of databases under this key wait in phase `awaiting-rewrap` until the announcement.',
+              `Follow it: \`keyops rewrap status ${keyId}\`.`,
+            ].join('\n\n'),
           });
         } catch (err) {
           if (err instanceof WorkflowExecutionAlreadyStartedError) {

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { keyEntity } from '../../workflows';
+import { keyEntityMetadata } from '../../workflows/key-entity-metadata';
 import { keyEntityWorkflowId, rewrapCompleteSignal } from '../../workflows/root-key-messages';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
@@ -37,7 +38,7 @@ up while any WDEK of the database is behind the key, and the night retries.`,
           args: [{ keyId, rewrappedVersion: 0, waiters: [] }],
           signal: rewrapCompleteSignal,
           signalArgs: [{ keyId, version: options.version }],
-          staticSummary: `Key ${keyId}: knows the rewrapped version and releases waiting workflows`,
+          ...keyEntityMetadata(keyId),
         }),
       );
       emit(options, { workflowId, keyId, version: options.version }, () => [`signalled ${workflowId}: every WDEK of ${keyId} is on version ${options.version}`]);

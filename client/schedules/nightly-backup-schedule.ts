@@ -4,6 +4,15 @@ import type { ScheduleChange } from './watch-root-keys-schedule';
 
 export const backupScheduleId = (databaseId: string): string => `nightly-backup/${databaseId}`;
 
+/** The Web UI's static details of a backup run, whoever starts it. */
+export function backupDetails(databaseId: string, startedBy: string): string {
+  return [
+    `Started by ${startedBy}. Backs up database \`${databaseId}\` encrypted under its backup key, test-restores it and records it in the catalog.`,
+    'It waits (phase `awaiting-rewrap`, `awaiting-master-key` or `awaiting-key-change`) while a key rotation is under way, instead of failing: the current details say which.',
+    `Follow it: \`keyops runs --query 'DatabaseId = "${databaseId}"'\`; list backups: \`keyops backup list ${databaseId}\`.`,
+  ].join('\n\n');
+}
+
 export interface BackupScheduleOptions {
   databaseId: string;
   hour: number;
@@ -29,6 +38,7 @@ function action(o: BackupScheduleOptions): ScheduleOptionsStartWorkflowAction<ty
     workflowId: `backup/${o.databaseId}`,
     args: [{ databaseId: o.databaseId }],
     staticSummary: `Nightly backup of database ${o.databaseId}`,
+    staticDetails: backupDetails(o.databaseId, `the schedule \`${backupScheduleId(o.databaseId)}\``),
   };
 }
 
@@ -60,7 +70,8 @@ export async function applyBackupSchedule(client: Client, o: BackupScheduleOptio
     current.policies.overlap === policies.overlap &&
     current.policies.catchupWindow === policies.catchupWindow &&
     current.action.type === 'startWorkflow' &&
-    current.action.taskQueue === o.taskQueue;
+    current.action.taskQueue === o.taskQueue &&
+    current.action.staticDetails === action(o).staticDetails;
   if (same) return 'unchanged';
   await handle.update((previous) => ({ ...previous, spec, action: action(o), policies }));
   return 'updated';

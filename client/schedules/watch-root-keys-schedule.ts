@@ -3,6 +3,12 @@ import { watchRootKeys } from '../../workflows';
 
 export const WATCH_SCHEDULE_ID = 'watch-root-keys';
 
+export const WATCH_DETAILS = [
+  'Compares the current version of every root key keyops protects WDEKs with against the version its WDEKs were rewrapped to.',
+  'For each key behind, it starts the rewrap `rewrap/<keyId>/v<version>` without rotating again; waiting backups are released when it finishes.',
+  'A KMS rotation policy fires at an unpredictable moment within a 24-hour window, so rotations are detected, not predicted.',
+].join('\n\n');
+
 export type ScheduleChange = 'created' | 'updated' | 'unchanged';
 
 function action(taskQueue: string): ScheduleOptionsStartWorkflowAction<typeof watchRootKeys> {
@@ -13,6 +19,7 @@ function action(taskQueue: string): ScheduleOptionsStartWorkflowAction<typeof wa
     // The schedule appends the fire time, so every watch has its own id.
     workflowId: 'watch-root-keys',
     staticSummary: 'Detect root-key rotations done by the KMS (policy or by hand) and start their rewrap',
+    staticDetails: WATCH_DETAILS,
   };
 }
 
@@ -38,7 +45,8 @@ export async function applyWatchSchedule(client: Client, everyMs: number, taskQu
   const current = await handle.describe();
   const interval = current.spec.intervals?.[0]?.every;
   const currentQueue = current.action.type === 'startWorkflow' ? current.action.taskQueue : undefined;
-  if (current.spec.intervals?.length === 1 && interval === everyMs && currentQueue === taskQueue) return 'unchanged';
+  const currentDetails = current.action.type === 'startWorkflow' ? current.action.staticDetails : undefined;
+  if (current.spec.intervals?.length === 1 && interval === everyMs && currentQueue === taskQueue && currentDetails === WATCH_DETAILS) return 'unchanged';
   await handle.update((previous) => ({ ...previous, spec: { intervals: [{ every: everyMs }] }, action: action(taskQueue), policies }));
   return 'updated';
 }
