@@ -312,7 +312,7 @@ cmd_up() {
     Temporal gRPC     $IP:$PORT (namespace default)
     Worker metrics    http://$IP:$METRICS_PORT/metrics
     Logs              ${LOG_DIR/#"$ROOT"\//}/  (./temporal-dev.sh logs)
-    Try               npx keyops ping --workflow; npx keyops init (prints the demo key)
+    Try               npx keyops key show demo; npx keyops runs  (README: Walkthrough)
     Stop              ./temporal-dev.sh down
 
 EOF

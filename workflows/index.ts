@@ -17,3 +17,4 @@ export { setRootKeyPolicy } from './set-root-key-policy';
 export { verifyBackup } from './verify-backup';
 export { rotateRootKeyOnSchedule } from './rotate-root-key-on-schedule';
 export { resolveRootKeys } from './resolve-root-keys';
+export { rotateInKms } from './rotate-in-kms';

@@ -2,7 +2,7 @@ import { ApplicationFailure, type Duration, WorkflowExecutionAlreadyStartedError
 import { msToNumber } from '@temporalio/common/lib/time';
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
-import { createRootKey, describeRootKey, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
+import { createRootKey, describeRootKey, rotateInKms, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
 import { rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { followRun } from '../follow-run';
 import { resolveKeyId } from '../key-ref';
@@ -175,6 +175,7 @@ Examples:
     .description('rotate a root key and rewrap every WDEK it protects (workflow rewrap/<keyId>/v<version>)')
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
     .option('--wait', 'wait for the rewrap to finish; the exit code reflects the outcome')
+    .option('--kms-only', "only create the new version in the KMS, as its console or a rotation policy would: the WDEKs stay behind until the watcher rewraps them, and backups wait (rehearses reference 001's failing Db2 backup)")
     .addHelpText(
       'after',
       `
@@ -184,10 +185,13 @@ query: WorkflowId = "rewrap/<keyId>/v<version>"
 
 Examples:
   keyops key rotate demo --wait
+  keyops key rotate demo --kms-only && keyops backup run demo   # the backup waits in awaiting-rewrap
+  keyops key watch                                              # finds the rotation, rewraps: the backup goes on
   keyops key rotate 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90 --json`,
     )
     .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
-      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
+      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions & { kmsOnly?: boolean }>();
+      if (options.kmsOnly && options.wait) throw new CliError('--kms-only starts no rewrap, so there is nothing to --wait for', ExitCode.usage, 'keyops rewrap status <key> shows who waits');
       await withClient(options, async (client) => {
         const keyId = await resolveKeyId(client, raw, options.taskQueue);
         const status = await describe(client, keyId, options.taskQueue);
@@ -202,6 +206,19 @@ Examples:
           }
         }
         const targetVersion = status.currentVersion + 1;
+        if (options.kmsOnly) {
+          const rotation = await runOnWorker(
+            client,
+            rotateInKms,
+            { taskQueue: options.taskQueue, workflowId: `kms-rotate/${keyId}/v${targetVersion}`, args: [{ keyId, targetVersion }], summary: `keyops: version ${targetVersion} of key ${keyId} in the KMS only` },
+            (failure) => explainKmsFailure(failure, keyId),
+          );
+          emit(options, { keyId, ...rotation, rewrapped: false }, () => [
+            `key ${keyId} is at version ${rotation.version} in the KMS; its WDEKs stay on version ${status.currentVersion} until a rewrap, and backups of its databases wait`,
+            `the hourly watcher rewraps them, or now: keyops key watch`,
+          ]);
+          return;
+        }
         const workflowId = rewrapWorkflowId(keyId, targetVersion);
         let handle;
         try {

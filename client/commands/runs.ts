@@ -4,7 +4,17 @@ import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 import { withClient } from '../run-on-worker';
 
-const KEYOPS_TYPES = ['rotateRootKey', 'watchRootKeys', 'nightlyBackup', 'restoreBackup', 'rotateBackupKey', 'regenerateDataKey', 'rotateMasterKey'];
+const KEYOPS_TYPES = [
+  'rotateRootKey',
+  'rotateRootKeyOnSchedule',
+  'watchRootKeys',
+  'nightlyBackup',
+  'restoreBackup',
+  'verifyBackup',
+  'rotateBackupKey',
+  'regenerateDataKey',
+  'rotateMasterKey',
+];
 
 export function registerRunsCommand(program: Command): void {
   program

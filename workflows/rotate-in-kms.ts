@@ -1,0 +1,17 @@
+import { proxyActivities, workflowInfo } from '@temporalio/workflow';
+import type { Activities } from '../activities';
+
+const { rotateToVersion } = proxyActivities<Activities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '500 milliseconds', maximumAttempts: 3 },
+  summary: 'Create the next key version in the KMS (idempotent per request id)',
+});
+
+/**
+ * `keyops key rotate --kms-only`: a new key version and nothing else, as a KMS console or a
+ * rotation policy makes one (reference 001's failing Db2 backup). The WDEKs stay behind until the
+ * watcher finds the rotation and rewraps; backups of databases under the key wait meanwhile.
+ */
+export async function rotateInKms(input: { keyId: string; targetVersion: number }): Promise<{ version: number; rotated: boolean }> {
+  return rotateToVersion({ ...input, requestId: workflowInfo().workflowId });
+}
