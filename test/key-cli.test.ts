@@ -67,6 +67,9 @@ describe('keyops key commands', () => {
       const malformed = await run('key', 'rotate', 'not/a key!');
       assert.equal(malformed.code, 2);
       assert.match(malformed.stderr, /key "not\/a key!" is neither a key id \(a UUID/);
+      const kmsOnlyWait = await run('key', 'rotate', keyId, '--kms-only', '--wait');
+      assert.equal(kmsOnlyWait.code, 2);
+      assert.match(kmsOnlyWait.stderr, /--kms-only starts no rewrap, so there is nothing to --wait for/);
       const unknownName = await run('key', 'rotate', 'no-such-key');
       assert.equal(unknownName.code, 2);
       assert.match(unknownName.stderr, /no key named "no-such-key" protects WDEKs registered with keyops; give the key's id/);

@@ -34,11 +34,17 @@ describe('keyops mk commands', () => {
       const stopped = await run('mk', 'rotate', 'hsm-b', '--request', 'r2', '--wait');
       assert.equal(stopped.code, 1, 'a run that waits for an operator is not a success');
       assert.match(stopped.stderr, /mk-rotation\/hsm-b\/r2 waits for an operator decision/);
-      // Followed live, one line per change off a terminal: phase and stages done of 5.
-      assert.match(stopped.stderr, /^ {2}pre-check 0\/5$[\s\S]*^ {2}needs-operator 4\/5$/m);
+      // Followed live, one line per change off a terminal (phase, stages done of 5), the end state last.
+      assert.match(stopped.stderr, /^ {2}needs-operator 4\/5\nkeyops: mk-rotation\/hsm-b\/r2 waits/m);
       assert.match(stopped.stdout, /needs-operator \(checkpoint promoting\)/);
       assert.match(stopped.stdout, /unit 1 \(not selected\): current [0-9a-f]{32}, new empty\n {4}unit 2: current [0-9a-f]{32}, new [0-9a-f]{32}/);
       assert.match(stopped.stdout, /answer: keyops mk decide hsm-b r2 --action <restart\|reencrypt\|promote\|finish\|abort>/);
+      // The Web UI's current details of the stopped run: why, the registers, and the answering command.
+      const metadata = await suite.client.workflow.getHandle('mk-rotation/hsm-b/r2').query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+      assert.match(
+        metadata.currentDetails ?? '',
+        /^\*\*needs-operator\*\* .*Registers: unit 1 current [0-9a-f]{32}, new empty; unit 2 current [0-9a-f]{32}, new [0-9a-f]{32}\. Answer with `keyops mk decide hsm-b r2 --action <restart\|reencrypt\|promote\|finish\|abort>`/,
+      );
 
       const refused = await plain('mk', 'decide', 'hsm-b', 'r2', '--action', 'restart', '--operator', 'alice');
       assert.equal(refused.code, 2, refused.stderr);

@@ -62,7 +62,7 @@ export function registerKeyCommands(program: Command): void {
   const key = program
     .command('key')
     .description('inspect, rotate and watch KMS root keys')
-    .addHelpText('after', '\n<key> is a key id (a UUID) or the name of a key keyops protects WDEKs with, such as the demo key "demo".');
+    .addHelpText('after', '\n<key> is a key id (a UUID) or the name of a key keyops protects WDEKs with, such as the demo key "demo".\n');
 
   key
     .command('watch')
@@ -175,7 +175,7 @@ Examples:
     .description('rotate a root key and rewrap every WDEK it protects (workflow rewrap/<keyId>/v<version>)')
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
     .option('--wait', 'wait for the rewrap to finish; the exit code reflects the outcome')
-    .option('--kms-only', "only create the new version in the KMS, as its console or a rotation policy would: the WDEKs stay behind until the watcher rewraps them, and backups wait (rehearses reference 001's failing Db2 backup)")
+    .option('--kms-only', "only create the new version in the KMS, as its console or a rotation policy would: the WDEKs stay behind until the watcher rewraps them, and backups wait: a rehearsal of the Db2 backup that fails during a Key Protect rotation")
     .addHelpText(
       'after',
       `
