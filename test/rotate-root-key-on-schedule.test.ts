@@ -8,6 +8,7 @@ import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-regi
 import { rotateRootKeyOnSchedule } from '../workflows';
 import { rewrapWorkflowId } from '../workflows/root-key-messages';
 import { KeyIdAttribute, OutcomeAttribute, PhaseAttribute } from '../workflows/search-attributes';
+import { recordHistory } from './helpers/record-history';
 import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 
 const MASTER_SECRET = randomBytes(32);
@@ -89,6 +90,7 @@ describe('rotateRootKeyOnSchedule (what a rotations: entry of the schedule file 
       assert.equal((await suite.client.workflow.getHandle(rewrapWorkflowId(s.keyId, v)).describe()).status.name, 'COMPLETED', `rewrap to v${v} ran`);
     }
     await assertAllOn(s, 3);
+    if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(handle.workflowId, 'rotate-root-key-on-schedule.json');
   });
 
   it('fails at once, marked failed, for a disabled key, and rotates nothing', async () => {
