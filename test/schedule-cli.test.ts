@@ -78,6 +78,21 @@ describe('keyops schedule commands against the dev server', () => {
     assert.deepEqual(updated.spec.calendars?.[0]?.hour, [{ start: 3, end: 3, step: 1 }]);
     assert.equal(updated.policies.overlap, 'BUFFER_ONE');
 
+    // An entry removed from the file: reported, kept, and deleted only with --prune.
+    const extra = `nightly-backup/${db}-extra`;
+    writeFileSync(file, `backups:\n  - database: ${db}-extra\n    at: "04:00"\n`);
+    const without = await run('schedule', 'apply', '-f', file, '--task-queue', taskQueue);
+    assert.equal(without.code, 0, without.stderr);
+    assert.match(without.stdout, new RegExp(`^${scheduleId} not in the file: kept; --prune deletes it$`, 'm'));
+    writeFileSync(file, `timeZone: Europe/Berlin\nbackups:\n  - database: ${db}\n    at: "03:30"\n    overlap: buffer-one\n    jitter: 5m\n`);
+    const pruned = await run('schedule', 'apply', '-f', file, '--task-queue', taskQueue, '--prune', '--json');
+    assert.deepEqual(
+      (JSON.parse(pruned.stdout) as { scheduleId: string; change: string }[]).map((r) => `${r.scheduleId} ${r.change}`).sort(),
+      [`${scheduleId} unchanged`, `${extra} deleted`],
+      'only this task queue\'s schedules are pruned',
+    );
+    await assert.rejects(suite.client.schedule.getHandle(extra).describe(), /not found/i);
+
     writeFileSync(file, `backups:\n  - database: ${db}\n    at: 3:30\n`);
     const bad = await apply();
     assert.equal(bad.code, 2);

@@ -13,6 +13,10 @@ import { applyRotationSchedule, rotationScheduleId } from '../schedules/root-key
 import { ScheduleFileError, parseDuration, parseScheduleFile, scheduleFileProblem } from '../schedules/schedule-file';
 import { type ScheduleChange, WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
 
+/** The schedules a schedule file declares, by their id. */
+const isFileKind = (scheduleId: string): boolean =>
+  scheduleId === WATCH_SCHEDULE_ID || scheduleId.startsWith(backupScheduleId('')) || scheduleId.startsWith(rotationScheduleId(''));
+
 const defaultTimeZone = () => process.env.KEYOPS_TIME_ZONE ?? Intl.DateTimeFormat().resolvedOptions().timeZone;
 
 /** Runs `fn` on an existing schedule; an unknown id is the user's mistake (exit 2). */
@@ -39,6 +43,7 @@ export function registerScheduleCommands(program: Command): void {
     .description('create or update the schedules a YAML file declares (idempotent: applying it again changes nothing)')
     .requiredOption('-f, --file <path>', 'the schedule file')
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .option('--prune', 'also delete the nightly-backup/, rotate-key/ and watch-root-keys schedules of this task queue that the file no longer declares')
     .addHelpText(
       'after',
       `
@@ -61,7 +66,7 @@ File:
 A mistake is reported as file:line:column: field: problem, and nothing is applied.`,
     )
     .action(async (_opts: unknown, cmd: Command) => {
-      const options = cmd.optsWithGlobals<GlobalOptions & { file: string; taskQueue: string }>();
+      const options = cmd.optsWithGlobals<GlobalOptions & { file: string; taskQueue: string; prune?: boolean }>();
       let text: string;
       try {
         text = readFileSync(options.file, 'utf8');
@@ -84,7 +89,7 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
           if (k.keyId !== undefined && first !== i) problems.push(scheduleFileProblem(text, options.file, ['rotations', i, 'key'], `names key ${k.keyId} again (as rotations[${first}] does)`));
         });
         if (problems.length > 0) throw new CliError(`${options.file} is not valid; nothing was applied:\n  ${problems.join('\n  ')}`, ExitCode.usage);
-        const results: { scheduleId: string; change: ScheduleChange; what: string }[] = [];
+        const results: { scheduleId: string; change: ScheduleChange | 'deleted' | 'not in the file'; what: string }[] = [];
         for (const b of file.backups) {
           const [hour, minute] = b.at.split(':').map(Number) as [number, number];
           const timeZone = b.timeZone ?? file.timeZone ?? defaultTimeZone();
@@ -116,6 +121,17 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
         if (file.watch) {
           const change = await applyWatchSchedule(client, parseDuration(file.watch.every)!, options.taskQueue);
           results.push({ scheduleId: WATCH_SCHEDULE_ID, change, what: `watchRootKeys every ${file.watch.every}` });
+        }
+        // Schedules of the kinds a file declares, but not in this one: an operator who removed an
+        // entry expects it gone, yet another file may own it; deleting is asked for explicitly.
+        const declared = new Set(results.map((r) => r.scheduleId));
+        for await (const found of client.schedule.list()) {
+          if (declared.has(found.scheduleId) || !isFileKind(found.scheduleId)) continue;
+          // Only schedules for the same workers: a file describes one fleet's task queue.
+          const { action } = await client.schedule.getHandle(found.scheduleId).describe();
+          if (action.type !== 'startWorkflow' || action.taskQueue !== options.taskQueue) continue;
+          if (options.prune) await client.schedule.getHandle(found.scheduleId).delete();
+          results.push({ scheduleId: found.scheduleId, change: options.prune ? 'deleted' : 'not in the file', what: options.prune ? 'pruned' : 'kept; --prune deletes it' });
         }
         return results;
       });
