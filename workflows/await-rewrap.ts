@@ -8,7 +8,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { rewrapCompleteSignal } from './root-key-messages';
+import { keyEntityWorkflowId, rewrapCompleteSignal } from './root-key-messages';
 import { KeyIdAttribute, KeyVersionAttribute, PhaseAttribute } from './search-attributes';
 
 const { describeKey, registerRewrapWaiter } = proxyActivities<Activities>({
@@ -55,12 +55,15 @@ export async function awaitRewrap(input: AwaitRewrapInput): Promise<AwaitRewrapR
     { key: PhaseAttribute, value: 'awaiting-rewrap' },
   ]);
 
-  const key = await describeKey(input.keyId);
+  // The Web UI lists each activity and timer by its summary: name the key and version awaited.
+  const key = await describeKey.executeWithOptions({ summary: `check whether key ${input.keyId} was already rewrapped to version ${input.minVersion}` }, [input.keyId]);
   if ((key.rewrappedVersion ?? 0) >= input.minVersion) {
     reached = key.rewrappedVersion;
     releasedBy = 'already-rewrapped';
   } else {
-    await registerRewrapWaiter({ keyId: input.keyId, workflowId: workflowInfo().workflowId, minVersion: input.minVersion, taskQueue: workflowInfo().taskQueue });
+    await registerRewrapWaiter.executeWithOptions({ summary: `ask ${keyEntityWorkflowId(input.keyId)} to signal this run when the rewrap reaches version ${input.minVersion}` }, [
+      { keyId: input.keyId, workflowId: workflowInfo().workflowId, minVersion: input.minVersion, taskQueue: workflowInfo().taskQueue },
+    ]);
   }
   while (reached === undefined) {
     const remaining = deadline - Date.now();
@@ -71,8 +74,11 @@ export async function awaitRewrap(input: AwaitRewrapInput): Promise<AwaitRewrapR
       );
     }
     setCurrentDetails(`Waiting for every WDEK of key \`${input.keyId}\` to reach version ${input.minVersion} (signal from \`key/${input.keyId}\`, re-check every ${Math.round(recheckEvery / 60_000)} min)`);
-    if (await condition(() => reached !== undefined, Math.min(recheckEvery, remaining))) break;
-    const now = await describeKey(input.keyId);
+    const timeout = Math.min(recheckEvery, remaining);
+    const then = timeout < recheckEvery ? 'the bounded wait ends after this' : 'then re-check the key';
+    const summary = `wait for "rewrap complete (${input.keyId}, v${input.minVersion})" from ${keyEntityWorkflowId(input.keyId)}; ${then}`;
+    if (await condition(() => reached !== undefined, timeout, { summary })) break;
+    const now = await describeKey.executeWithOptions({ summary: `re-check whether key ${input.keyId} was rewrapped to version ${input.minVersion} (no signal yet)` }, [input.keyId]);
     if ((now.rewrappedVersion ?? 0) >= input.minVersion) {
       reached = now.rewrappedVersion;
       releasedBy = 'recheck';

@@ -9,5 +9,5 @@ const { createKey } = proxyActivities<Activities>({
 
 /** Creates a root key in the KMS through a worker (only workers hold KMS credentials). */
 export async function createRootKey(name: string): Promise<KeyStatus> {
-  return createKey({ name });
+  return createKey.executeWithOptions({ summary: `create root key "${name}" in the KMS (one try: a retry could create a second key)` }, [{ name }]);
 }

@@ -12,5 +12,5 @@ const { describeKey } = proxyActivities<Activities>({
  * credentials), so `keyops key show` and `keyops key rotate` can check before they start work.
  */
 export async function describeRootKey(keyId: string): Promise<KeyStatus> {
-  return describeKey(keyId);
+  return describeKey.executeWithOptions({ summary: `read the KMS metadata and rewrapped version of key ${keyId}` }, [keyId]);
 }

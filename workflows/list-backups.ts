@@ -9,5 +9,7 @@ const { listBackups: readCatalog } = proxyActivities<Activities>({
 
 /** The backup catalog through a worker (it lives with the workers), for `keyops backup list`. */
 export async function listBackups(filter: { databaseId?: string; limit?: number }): Promise<CatalogEntry[]> {
-  return readCatalog(filter);
+  const which = filter.databaseId ? `database ${filter.databaseId}` : 'every database';
+  const summary = `read the backup catalog for ${which}, newest first${filter.limit ? ` (at most ${filter.limit})` : ''}`;
+  return readCatalog.executeWithOptions({ summary }, [filter]);
 }

@@ -14,6 +14,7 @@ import {
 import type { Activities } from '../activities';
 import { awaitRewrap } from './await-rewrap';
 import { backupProgressQuery, backupWorkflowId, type BackupPhase, type BackupProgress } from './backup-messages';
+import { keyEntityWorkflowId } from './root-key-messages';
 import { DatabaseIdAttribute, KeyIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 
 export interface NightlyBackupInput {
@@ -31,6 +32,14 @@ export interface NightlyBackupInput {
 }
 
 const DEFAULT_RETAIN = 7;
+
+/** A wait as an operator reads it: `300 ms`, `45 s`, `10 min`, `6 h`. */
+function duration(ms: number): string {
+  if (ms < 1000) return `${ms} ms`;
+  if (ms < 60_000) return `${Math.round(ms / 1000)} s`;
+  if (ms < 3600_000) return `${Math.round(ms / 60_000)} min`;
+  return `${Math.round((ms / 3600_000) * 10) / 10} h`;
+}
 
 const { checkBackupKeys, recordBackup, recordNight, applyRetention, sendBackupAlert } = proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
@@ -80,14 +89,19 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     setCurrentDetails(`**${phase}** database \`${input.databaseId}\`, night ${night}: ${details}`);
   };
 
+  // The Web UI lists each activity by its summary: name the database and night of this run.
+  const db = `database ${input.databaseId}`;
+  const checkKeys = (summary: string) => checkBackupKeys.executeWithOptions({ summary }, [{ databaseId: input.databaseId }]);
+
   try {
     enter('checking-keys', 'reading the root key and the database key state');
-    let keys = await checkBackupKeys({ databaseId: input.databaseId });
+    let keys = await checkKeys(`read the root key of ${db} and its WDEK versions: is a key rotation in progress?`);
     progress.keyId = keys.keyId;
     // A DEK regeneration re-encrypts every page, and an HSM master-key rotation makes the KMS's
     // key storage unusable (reference 002); neither announces its end: re-check until it ends
     // (every minute by default), within the same bounded wait as a rewrap.
-    const waitUntil = Date.now() + (input.rewrapWaitMs ?? 6 * 3600_000);
+    const waitMs = input.rewrapWaitMs ?? 6 * 3600_000;
+    const waitUntil = Date.now() + waitMs;
     const recheckS = Math.round((input.keyChangeRecheckMs ?? 60_000) / 1000);
     while (keys.keyChangeInProgress || keys.masterKeyRotation) {
       if (keys.masterKeyRotation) {
@@ -99,8 +113,9 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
         const what = keys.masterKeyRotation ? 'the master-key rotation was still running' : `database ${input.databaseId} was still being re-encrypted`;
         throw ApplicationFailure.nonRetryable(`${what} when the wait ended`, 'KEY_CHANGE_WAIT_TIMEOUT');
       }
-      await sleep(Math.min(input.keyChangeRecheckMs ?? 60_000, waitUntil - Date.now()));
-      keys = await checkBackupKeys({ databaseId: input.databaseId });
+      const awaited = keys.masterKeyRotation ? 'the master-key rotation under the KMS' : `the DEK regeneration of ${db}`;
+      await sleep(Math.min(input.keyChangeRecheckMs ?? 60_000, waitUntil - Date.now()), { summary: `backup held: wait, then re-check whether ${awaited} has ended` });
+      keys = await checkKeys(`re-check whether ${awaited} has ended`);
     }
     if (keys.wdeksBehind) {
       progress.awaitedVersion = keys.currentVersion;
@@ -112,29 +127,47 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
         workflowId: `${progress.backupId}/await-rewrap`,
         args: [{ keyId: keys.keyId, minVersion: keys.currentVersion, timeoutMs: input.rewrapWaitMs, recheckEveryMs: input.recheckEveryMs }],
         staticSummary: `Wait for key ${keys.keyId} to be rewrapped to version ${keys.currentVersion}`,
+        staticDetails: [
+          `**Backup of ${db}, night ${night}, is waiting** (\`${workflowInfo().workflowId}\`).`,
+          '',
+          `- Root key \`${keys.keyId}\` rotated to version **${keys.currentVersion}** (${keys.lastRotateDate ?? 'date unknown'}); the database's WDEKs are still on version ${keys.oldestWdekVersion}.`,
+          `- A backup now would be refused: it waits for "rewrap complete (${keys.keyId}, v${keys.currentVersion})" from \`${keyEntityWorkflowId(keys.keyId)}\`.`,
+          `- Re-reads the key state every ${duration(input.recheckEveryMs ?? 10 * 60_000)} in case a signal is lost; gives up after ${duration(waitMs)}.`,
+          '- The backup starts as soon as this wait ends.',
+        ].join('\n'),
       });
       progress.releasedAt = Date.now();
     }
 
     enter('backing-up', 'writing the encrypted backup');
     progress.backupStartedAt = Date.now();
-    const image = await backupDatabase({ databaseId: input.databaseId, backupId: progress.backupId });
+    const image = await backupDatabase.executeWithOptions({ summary: `write the encrypted backup of ${db} for night ${night} (root key ${keys.keyId})` }, [
+      { databaseId: input.databaseId, backupId: progress.backupId },
+    ]);
     Object.assign(progress, { path: image.path, bytes: image.bytes, keyVersion: image.keyVersion });
 
     enter('verifying', `test restore of ${image.path}`);
-    const verification = await verifyBackupImage({ path: image.path, sha256: image.sha256 });
+    const verification = await verifyBackupImage.executeWithOptions(
+      { summary: `checksum and test restore of the ${db} backup (${image.bytes} bytes, key ${image.keyId} version ${image.keyVersion})` },
+      [{ path: image.path, sha256: image.sha256 }],
+    );
 
     enter('recording', 'cataloguing the backup');
     // Another run of the same night may have catalogued its backup first: that one is kept.
-    const kept = await recordBackup({ ...image, backupId: progress.backupId, night, verification, status: 'good' });
+    const kept = await recordBackup.executeWithOptions({ summary: `catalogue the verified backup of ${db} for night ${night} (key ${image.keyId} version ${image.keyVersion})` }, [
+      { ...image, backupId: progress.backupId, night, verification, status: 'good' },
+    ]);
     Object.assign(progress, { path: kept?.path ?? image.path, bytes: kept?.bytes ?? image.bytes });
     progress.failedNights = 0;
-    await recordNight({ databaseId: input.databaseId, night, outcome: 'succeeded' });
+    await recordNight.executeWithOptions({ summary: `record night ${night} of ${db} as succeeded (clears the failed-nights count)` }, [
+      { databaseId: input.databaseId, night, outcome: 'succeeded' },
+    ]);
     // Only after a good, verified backup is catalogued may older ones go. (Runs started before
     // retention existed finish without it.)
     if (patched('nightly-backup-retention')) {
       enter('retention', `keeping the newest ${input.retain ?? DEFAULT_RETAIN} good backups`);
-      const retention = await applyRetention({ databaseId: input.databaseId, keep: input.retain ?? DEFAULT_RETAIN });
+      const keep = input.retain ?? DEFAULT_RETAIN;
+      const retention = await applyRetention.executeWithOptions({ summary: `keep the newest ${keep} good backups of ${db}, delete older ones` }, [{ databaseId: input.databaseId, keep }]);
       progress.deleted = retention.deleted;
     }
     enter('done', `${image.bytes} bytes, key \`${image.keyId}\` version ${image.keyVersion}, ${verification.rows} rows restored in the test`);
@@ -143,13 +176,18 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
   } catch (err) {
     const reason = err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
     // Recorded even when the run was cancelled: the alert counts nights, however they ended.
-    progress.failedNights = await CancellationScope.nonCancellable(() => recordNight({ databaseId: input.databaseId, night, outcome: 'failed', error: reason }));
+    progress.failedNights = await CancellationScope.nonCancellable(() =>
+      recordNight.executeWithOptions({ summary: `record night ${night} of ${db} as failed and count the failed nights in a row` }, [
+        { databaseId: input.databaseId, night, outcome: 'failed', error: reason },
+      ]),
+    );
     if (progress.failedNights >= 2) {
       log.error('backup alert: nights in a row without a good backup', { databaseId: input.databaseId, failedNights: progress.failedNights, reason });
       if (patched('backup-alert-webhook')) {
         const alert = { databaseId: input.databaseId, night, failedNights: progress.failedNights, reason, workflowId: workflowInfo().workflowId };
         // A webhook that is down must not hide why the night failed.
-        await CancellationScope.nonCancellable(() => sendBackupAlert(alert)).catch((e: unknown) =>
+        const summary = `send the backup alert for ${db}: ${progress.failedNights} failed nights in a row`;
+        await CancellationScope.nonCancellable(() => sendBackupAlert.executeWithOptions({ summary }, [alert])).catch((e: unknown) =>
           log.warn('the alert webhook could not be reached', { error: e instanceof Error ? e.message : String(e) }),
         );
       }

@@ -22,7 +22,9 @@ export async function regenerateDataKey(input: { databaseId: string }): Promise<
   ]);
   setCurrentDetails(`**regenerating** the DEK of database \`${input.databaseId}\`: every page re-encrypted; backups wait`);
   try {
-    const result = await regenerateDek({ databaseId: input.databaseId });
+    const result = await regenerateDek.executeWithOptions({ summary: `generate a new DEK for database ${input.databaseId} and re-encrypt every page under it` }, [
+      { databaseId: input.databaseId },
+    ]);
     upsertSearchAttributes([
       { key: PhaseAttribute, value: 'done' },
       { key: OutcomeAttribute, value: 'succeeded' },

@@ -5,7 +5,7 @@ const { resolveKeyRefs } = proxyActivities<Activities>({
   startToCloseTimeout: '30 seconds',
   // The CLI is waiting on this: a few quick tries, then a clear failure.
   retry: { initialInterval: '500 milliseconds', maximumAttempts: 3 },
-  summary: 'Look the key references up in the KMS',
+  summary: 'look up the key ids and names in the KMS',
 });
 
 /**

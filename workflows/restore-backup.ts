@@ -27,7 +27,10 @@ export async function restoreBackup(input: RestoreBackupInput): Promise<RestoreB
   phase('checking-keys', 'is its root-key version still in the KMS, its backup key still registered?');
   let entry;
   try {
-    entry = await checkRestorable({ backupId: input.backupId, targetPath: input.targetPath });
+    entry = await checkRestorable.executeWithOptions(
+      { summary: `check that the root-key version and backup key of backup ${input.backupId} still exist, and ${input.targetPath} does not` },
+      [{ backupId: input.backupId, targetPath: input.targetPath }],
+    );
   } catch (err) {
     upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
     throw err;
@@ -38,7 +41,10 @@ export async function restoreBackup(input: RestoreBackupInput): Promise<RestoreB
     { key: KeyVersionAttribute, value: entry.keyVersion },
   ]);
   phase('restoring', `to ${input.targetPath}`);
-  const check = await restoreBackupImage({ path: entry.path, sha256: entry.sha256, targetPath: input.targetPath });
+  const check = await restoreBackupImage.executeWithOptions(
+    { summary: `restore backup ${input.backupId} of database ${entry.databaseId} (key ${entry.keyId} version ${entry.keyVersion}) to ${input.targetPath}` },
+    [{ path: entry.path, sha256: entry.sha256, targetPath: input.targetPath }],
+  );
   phase('done', `${check.rows} rows in ${check.tables} table(s) at ${input.targetPath}`);
   upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
   return { backupId: input.backupId, databaseId: entry.databaseId, targetPath: input.targetPath, keyId: entry.keyId, keyVersion: entry.keyVersion, ...check };

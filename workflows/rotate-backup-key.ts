@@ -31,17 +31,22 @@ export async function rotateBackupKey(input: RotateBackupKeyInput): Promise<Rota
     ]);
     setCurrentDetails(`**${value}** backup key of database \`${input.databaseId}\`: ${details}`);
   };
+  // The Web UI lists each activity by its summary: name the database and the key (by its hash).
+  const db = `database ${input.databaseId}`;
   try {
     phase('creating', 'a new backup key, not yet active');
-    const { hash } = await createPendingBackupKey({ databaseId: input.databaseId });
+    const { hash } = await createPendingBackupKey.executeWithOptions({ summary: `create a new backup key for ${db}, not yet active` }, [{ databaseId: input.databaseId }]);
+    const key = `backup key ${hash.slice(0, 12)}…`;
     phase('exporting', `key ${hash.slice(0, 12)}… to a passphrase-protected file`);
     // One file per rotation run: a retry finds its own file, another rotation never touches it.
     const fileName = `${hash.slice(0, 16)}-${workflowInfo().runId}.json`;
-    const { path } = await exportBackupKey({ databaseId: input.databaseId, hash, fileName });
+    const { path } = await exportBackupKey.executeWithOptions({ summary: `export ${key} of ${db} to a new passphrase-protected file (never overwritten)` }, [
+      { databaseId: input.databaseId, hash, fileName },
+    ]);
     phase('verifying-export', path);
-    await verifyBackupKeyExport({ databaseId: input.databaseId, hash, path });
+    await verifyBackupKeyExport.executeWithOptions({ summary: `open the export ${path} with the passphrase: it must hold ${key} of ${db}` }, [{ databaseId: input.databaseId, hash, path }]);
     phase('activating', `key ${hash.slice(0, 12)}…: later backups use it`);
-    await activateBackupKey({ databaseId: input.databaseId, hash });
+    await activateBackupKey.executeWithOptions({ summary: `activate ${key}: later backups of ${db} are encrypted with it` }, [{ databaseId: input.databaseId, hash }]);
     phase('done', `active backup key ${hash.slice(0, 12)}…, exported to ${path}`);
     upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
     return { databaseId: input.databaseId, hash, exportPath: path };

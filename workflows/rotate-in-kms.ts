@@ -4,7 +4,6 @@ import type { Activities } from '../activities';
 const { rotateToVersion } = proxyActivities<Activities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '500 milliseconds', maximumAttempts: 3 },
-  summary: 'Create the next key version in the KMS (idempotent per request id)',
 });
 
 /**
@@ -13,5 +12,7 @@ const { rotateToVersion } = proxyActivities<Activities>({
  * watcher finds the rotation and rewraps; backups of databases under the key wait meanwhile.
  */
 export async function rotateInKms(input: { keyId: string; targetVersion: number }): Promise<{ version: number; rotated: boolean }> {
-  return rotateToVersion({ ...input, requestId: workflowInfo().workflowId });
+  return rotateToVersion.executeWithOptions({ summary: `create version ${input.targetVersion} of key ${input.keyId} in the KMS, and nothing else` }, [
+    { ...input, requestId: workflowInfo().workflowId },
+  ]);
 }

@@ -95,9 +95,15 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
   const promoted = (u: CryptoUnit) => u.current.state === 'valid' && u.current.verificationPattern === state.newVp && u.next.state === 'empty';
   const pending = (u: CryptoUnit) => u.current.state === 'valid' && u.current.verificationPattern === state.currentVp && u.next.state === 'valid' && u.next.verificationPattern === state.newVp;
 
-  const observe = async (): Promise<{ units: CryptoUnit[]; error?: string }> => {
+  // The Web UI lists each activity by its summary: name the unit set, units and master keys
+  // (by verification pattern, abbreviated) each call works on.
+  const set = `crypto-unit set ${unitSetId}`;
+  const vp = (pattern: string | undefined) => (pattern ? `${pattern.slice(0, 12)}…` : '?');
+  const unitList = (ids: string[]) => `unit${ids.length === 1 ? '' : 's'} ${ids.join(', ')} of ${set}`;
+
+  const observe = async (why: string): Promise<{ units: CryptoUnit[]; error?: string }> => {
     try {
-      return { units: await acts.observeCryptoUnits({ unitSetId }) };
+      return { units: await acts.observeCryptoUnits.executeWithOptions({ summary: `read the registers of ${set} ${why}` }, [{ unitSetId }]) };
     } catch (err) {
       if (isCancellation(err)) throw err;
       return { units: [], error: errorText(err) };
@@ -116,17 +122,25 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
     if (next === 'restart') {
       if (state.checkpoint === 'none') {
         enter('pre-check', 'login, imprint mode, signature thresholds, administrators, current registers');
-        state.currentVp = (await acts.precheckMasterKeyRotation({ unitSetId })).currentVp;
+        const checked = await acts.precheckMasterKeyRotation.executeWithOptions(
+          { summary: `pre-check ${set}: login, imprint mode, signature thresholds, administrators, current registers` },
+          [{ unitSetId }],
+        );
+        state.currentVp = checked.currentVp;
         state.checkpoint = 'prechecked';
       }
       enter('loading-new-mk', 'a fresh random value into every new master-key register');
-      state.newVp = (await acts.loadNewMasterKey({ unitSetId })).newVp;
+      const loaded = await acts.loadNewMasterKey.executeWithOptions({ summary: `load a fresh random new master key into every new-MK register of ${set}` }, [{ unitSetId }]);
+      state.newVp = loaded.newVp;
       state.checkpoint = 'new-mk-loaded';
       next = 'reencrypt';
     }
     if (next === 'reencrypt') {
       enter('reencrypting', `key storage from ${state.currentVp} to ${state.newVp}; operational work on it waits`);
-      await acts.reencryptKeyStorage({ unitSetId, currentVp: state.currentVp!, newVp: state.newVp! });
+      await acts.reencryptKeyStorage.executeWithOptions(
+        { summary: `re-encrypt the key storage of ${set} from master key ${vp(state.currentVp)} to ${vp(state.newVp)}` },
+        [{ unitSetId, currentVp: state.currentVp!, newVp: state.newVp! }],
+      );
       state.checkpoint = 'reencrypted';
       next = 'promote';
     }
@@ -135,24 +149,40 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
       enter('promoting', `set-immediate: ${state.newVp} becomes the current master key`);
       if (step.action === 'promote') {
         if (step.deselect.length > 0) {
-          await acts.removeUnitsFromSelection({ unitSetId, unitIds: step.deselect });
+          await acts.removeUnitsFromSelection.executeWithOptions({ summary: `take ${unitList(step.deselect)} (already promoted) out of the selection` }, [
+            { unitSetId, unitIds: step.deselect },
+          ]);
           state.deselected.push(...step.deselect.filter((id) => !state.deselected.includes(id)));
         }
-        if (step.select.length > 0) await acts.addUnitsToSelection({ unitSetId, unitIds: step.select });
+        if (step.select.length > 0) {
+          await acts.addUnitsToSelection.executeWithOptions({ summary: `add ${unitList(step.select)} (waiting for promotion) to the selection` }, [
+            { unitSetId, unitIds: step.select },
+          ]);
+        }
       }
-      await acts.promoteNewMasterKey({ unitSetId, currentVp: state.currentVp!, newVp: state.newVp! });
+      await acts.promoteNewMasterKey.executeWithOptions(
+        { summary: `promote master key ${vp(state.newVp)} from new to current on the selected units of ${set}` },
+        [{ unitSetId, currentVp: state.currentVp!, newVp: state.newVp! }],
+      );
       next = 'finish';
     }
     if (state.recoveries > 0 || state.decisions.length > 0) {
       // After a recovery, units may be out of the selection, whether the step that took them out
       // completed or not: every unit took part in the pre-check, so every unit goes back.
-      const outside = (await acts.observeCryptoUnits({ unitSetId })).filter((u) => !u.selected).map((u) => u.unitId);
-      if (outside.length > 0) await acts.addUnitsToSelection({ unitSetId, unitIds: outside });
+      const observed = await acts.observeCryptoUnits.executeWithOptions({ summary: `read the registers of ${set}: which units the recovery left out of the selection` }, [
+        { unitSetId },
+      ]);
+      const outside = observed.filter((u) => !u.selected).map((u) => u.unitId);
+      if (outside.length > 0) {
+        await acts.addUnitsToSelection.executeWithOptions({ summary: `put ${unitList(outside)} back in the selection after the recovery` }, [{ unitSetId, unitIds: outside }]);
+      }
       state.deselected = [];
     }
     state.checkpoint = 'done';
     enter('checking-key-storage', `every entry must open under ${state.newVp}`);
-    state.keyStorage = await acts.checkKeyStorage({ unitSetId, expectedVp: state.newVp! });
+    state.keyStorage = await acts.checkKeyStorage.executeWithOptions({ summary: `check that every key-storage entry of ${set} opens under master key ${vp(state.newVp)}` }, [
+      { unitSetId, expectedVp: state.newVp! },
+    ]);
   };
 
   let step: Step = { action: 'restart', reason: 'start' };
@@ -173,7 +203,7 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
       enter('recovering', `after "${error}": reading the registers`);
       // Registers that cannot be read (the same unreachable unit, an expired login) leave the
       // decision to an operator: the run must not end half-way through a rotation.
-      const observed = await observe();
+      const observed = await observe(`to decide the recovery after a failure at checkpoint ${state.checkpoint}`);
       const units = observed.units;
       const decided: RecoveryDecision = observed.error
         ? { action: 'needs-operator', reason: `the registers could not be read (${observed.error})` }
@@ -202,14 +232,14 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
       state.decisions.push({ action: chosen.action, operator: chosen.operator, note: chosen.note });
       upsertSearchAttributes([{ key: OutcomeAttribute, value: 'running' }]);
       if (chosen.action === 'abort') {
-        await acts.releaseMasterKeyRotation({ unitSetId });
+        await acts.releaseMasterKeyRotation.executeWithOptions({ summary: `release this run's claim on ${set}: aborted by ${chosen.operator ?? 'an operator'}` }, [{ unitSetId }]);
         enter('failed', `aborted by ${chosen.operator ?? 'an operator'}${chosen.note ? `: ${chosen.note}` : ''}; registers left as observed`);
         upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
         throw ApplicationFailure.nonRetryable(`master-key rotation of ${unitSetId} aborted by ${chosen.operator ?? 'an operator'}`, 'ABORTED_BY_OPERATOR');
       }
       // An operator's choice gets a fresh start on automatic recoveries.
       state.recoveries = 0;
-      const latest = (await observe()).units;
+      const latest = (await observe(`to apply the operator's ${chosen.action}`)).units;
       step =
         chosen.action === 'promote'
           ? {

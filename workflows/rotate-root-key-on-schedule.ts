@@ -22,7 +22,6 @@ import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute }
 const { describeKey } = proxyActivities<Activities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
-  summary: 'Read the key version, last rotation and rewrapped version',
 });
 
 export interface RotateRootKeyOnScheduleInput {
@@ -55,7 +54,8 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
   };
   try {
     enter('checking', 'reading the key');
-    let key = await describeKey(input.keyId);
+    const readKey = (why: string) => describeKey.executeWithOptions({ summary: `read key ${input.keyId}: ${why}` }, [input.keyId]);
+    let key = await readKey('its version, last rotation and rewrapped version');
     if (key.state === 'disabled') {
       throw ApplicationFailure.nonRetryable(`key ${input.keyId} is disabled: the KMS refuses to rotate it`, 'KEY_DISABLED');
     }
@@ -66,8 +66,9 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
         workflowId: `${workflowInfo().workflowId}/await-rewrap`,
         args: [{ keyId: input.keyId, minVersion: key.currentVersion, timeoutMs: input.pendingRewrapWaitMs }],
         staticSummary: `Wait for key ${input.keyId} to be rewrapped to version ${key.currentVersion} before the scheduled rotation`,
+        staticDetails: `The KMS rotated key \`${input.keyId}\` to version ${key.currentVersion} by itself (a policy, or by hand) and its WDEKs are behind. The scheduled rotation \`${workflowInfo().workflowId}\` waits for that rewrap, so two rewraps never move the same WDEKs at once.`,
       });
-      key = await describeKey(input.keyId);
+      key = await readKey('the version to rotate from, now that the pending rewrap is done');
     }
     progress.fromVersion = key.currentVersion;
     progress.toVersion = key.currentVersion + 1;
@@ -75,7 +76,7 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
       const allowedAt = Date.parse(key.lastRotateDate) + ROTATION_SPACING_MS;
       if (allowedAt > Date.now()) {
         enter('awaiting-quota', `rotated at ${key.lastRotateDate}; the KMS allows the next rotation at ${new Date(allowedAt).toISOString()}`);
-        await sleep(allowedAt - Date.now());
+        await sleep(allowedAt - Date.now(), { summary: `wait until ${new Date(allowedAt).toISOString()}: the KMS allows one rotation of key ${input.keyId} per hour` });
       }
     }
 
@@ -91,6 +92,7 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
         workflowId: `${workflowInfo().workflowId}/await-rewrap-v${progress.toVersion}`,
         args: [{ keyId: input.keyId, minVersion: progress.toVersion }],
         staticSummary: `Wait for the rewrap of key ${input.keyId} to version ${progress.toVersion}, started elsewhere`,
+        staticDetails: `Version ${progress.toVersion} of key \`${input.keyId}\` was being made by another run (a manual \`keyops key rotate\`) when this scheduled rotation started it: this run waits for that rewrap instead of rotating again.`,
       });
     }
     progress.rotated = result?.rotated ?? false;

@@ -11,7 +11,7 @@ import {
 import type { Activities } from '../activities';
 import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 import { bulkTaskQueue } from './task-queue';
-import { rewrapProgressQuery, type RewrapPhase, type RewrapProgress } from './root-key-messages';
+import { keyEntityWorkflowId, rewrapProgressQuery, type RewrapPhase, type RewrapProgress } from './root-key-messages';
 
 export interface RotateRootKeyInput {
   keyId: string;
@@ -136,25 +136,33 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
   // One CPU-bound chunk per worker process at a time: parallel ranges land on different cores.
   const bulk = bulkTaskQueue(workflowInfo().taskQueue);
   const where = (p: Partition) => `after ${p.cursor ?? p.afterId ?? 'the start'}${p.untilId ? ` up to ${p.untilId}` : ''}`;
+  // The Web UI shows each activity by its summary: say what the call does for this key and version.
+  const key = `key ${input.keyId}`;
+  const version = `version ${input.targetVersion}`;
 
   if (progress.phase === 'rotating') {
     enter('rotating', input.rotate ? 'creating the new key version' : 'the KMS already rotated; checking the version');
     if (input.rotate) {
-      const result = await rotateToVersion({ keyId: input.keyId, targetVersion: input.targetVersion, requestId: workflowInfo().workflowId });
+      const result = await rotateToVersion.executeWithOptions({ summary: `rotate ${key} to ${version} in the KMS (at most once for this run)` }, [
+        { keyId: input.keyId, targetVersion: input.targetVersion, requestId: workflowInfo().workflowId },
+      ]);
       progress.rotated = result.rotated;
     } else {
-      const key = await describeKey(input.keyId);
-      if (key.currentVersion < input.targetVersion) {
+      const current = await describeKey.executeWithOptions({ summary: `check that the KMS already rotated ${key} to ${version} or later (rewrap only)` }, [input.keyId]);
+      if (current.currentVersion < input.targetVersion) {
         throw ApplicationFailure.nonRetryable(
-          `key ${input.keyId} is at version ${key.currentVersion}, below the requested ${input.targetVersion}`,
+          `key ${input.keyId} is at version ${current.currentVersion}, below the requested ${input.targetVersion}`,
           'STALE_TARGET_VERSION',
         );
       }
     }
-    const counts = await countWdeks({ keyId: input.keyId, version: input.targetVersion });
+    const counts = await countWdeks.executeWithOptions({ summary: `count the WDEKs of ${key} and those not yet on ${version}` }, [
+      { keyId: input.keyId, version: input.targetVersion },
+    ]);
     progress.total = counts.total;
     progress.rewrapped = counts.total - counts.stale;
-    const bounds = await partitionWdeks({ keyId: input.keyId, parts: input.parallelism ?? DEFAULT_PARALLELISM });
+    const parts = input.parallelism ?? DEFAULT_PARALLELISM;
+    const bounds = await partitionWdeks.executeWithOptions({ summary: `split the ${counts.total} WDEKs of ${key} into ${parts} id ranges` }, [{ keyId: input.keyId, parts }]);
     partitions = [...bounds, undefined].map((untilId, i) => ({ afterId: bounds[i - 1], untilId, cursor: undefined, finished: false }));
     progress.phase = 'rewrapping';
   }
@@ -165,7 +173,7 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
       const chunks = await Promise.all(
         open.map((p) =>
           rewrapChunk.executeWithOptions(
-            { summary: `rewrap up to ${chunkSize} WDEKs ${where(p)}`, taskQueue: bulk },
+            { summary: `rewrap up to ${chunkSize} WDEKs of ${key} to ${version}, ids ${where(p)}`, taskQueue: bulk },
             [chunkArgs(p)],
           ),
         ),
@@ -186,7 +194,7 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
       const chunks = await Promise.all(
         open.map((p) =>
           verifyChunk.executeWithOptions(
-            { summary: `verify up to ${chunkSize} WDEKs ${where(p)}`, taskQueue: bulk },
+            { summary: `verify up to ${chunkSize} WDEKs of ${key} unwrap under ${version}, ids ${where(p)}`, taskQueue: bulk },
             [chunkArgs(p)],
           ),
         ),
@@ -209,9 +217,13 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
   }
 
   enter('recording', 'recording the rewrapped version');
-  await recordRewrappedVersion({ keyId: input.keyId, version: input.targetVersion });
+  await recordRewrappedVersion.executeWithOptions({ summary: `record ${version} as the rewrapped version of ${key}` }, [
+    { keyId: input.keyId, version: input.targetVersion },
+  ]);
   enter('announcing', 'releasing workflows that wait for this rewrap');
-  await announceRewrapComplete({ keyId: input.keyId, version: input.targetVersion, taskQueue: workflowInfo().taskQueue });
+  await announceRewrapComplete.executeWithOptions({ summary: `announce "rewrap complete (${input.keyId}, v${input.targetVersion})" to ${keyEntityWorkflowId(input.keyId)}, which releases waiting backups` }, [
+    { keyId: input.keyId, version: input.targetVersion, taskQueue: workflowInfo().taskQueue },
+  ]);
   enter('done', `${progress.total} WDEKs rewrapped and verified`);
   upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
   return progress;

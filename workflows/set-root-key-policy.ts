@@ -11,5 +11,9 @@ const { setRotationPolicy } = proxyActivities<Activities>({
  * 1 to 12); the hourly watcher then notices each rotation and starts its rewrap.
  */
 export async function setRootKeyPolicy(input: { keyId: string; intervalMonths?: number }): Promise<KeyStatus> {
-  return setRotationPolicy(input);
+  const summary =
+    input.intervalMonths === undefined
+      ? `remove the KMS rotation policy of key ${input.keyId}`
+      : `set the KMS rotation policy of key ${input.keyId}: rotate every ${input.intervalMonths} month(s)`;
+  return setRotationPolicy.executeWithOptions({ summary }, [input]);
 }

@@ -24,10 +24,15 @@ export async function verifyBackup(input: { backupId: string }): Promise<VerifyB
   };
   try {
     phase('checking-keys', 'is its root-key version still in the KMS, its backup key still registered?');
-    const entry = await checkRestorable({ backupId: input.backupId });
+    const entry = await checkRestorable.executeWithOptions({ summary: `check that the root-key version and backup key of backup ${input.backupId} still exist` }, [
+      { backupId: input.backupId },
+    ]);
     upsertSearchAttributes([{ key: DatabaseIdAttribute, value: entry.databaseId }]);
     phase('verifying', `checksum and test restore of ${entry.path}`);
-    const check = await verifyBackupImage({ path: entry.path, sha256: entry.sha256 });
+    const check = await verifyBackupImage.executeWithOptions(
+      { summary: `checksum and test restore of backup ${input.backupId} (key ${entry.keyId} version ${entry.keyVersion}); nothing is kept` },
+      [{ path: entry.path, sha256: entry.sha256 }],
+    );
     phase('done', `${check.rows} rows in ${check.tables} table(s) restore`);
     upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
     return { backupId: input.backupId, databaseId: entry.databaseId, path: entry.path, keyId: entry.keyId, keyVersion: entry.keyVersion, ...check };

@@ -5,9 +5,10 @@ import {
   proxyActivities,
   setCurrentDetails,
   startChild,
+  workflowInfo,
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { rewrapWorkflowId } from './root-key-messages';
+import { keyEntityWorkflowId, rewrapWorkflowId } from './root-key-messages';
 import { rotateRootKey } from './rotate-root-key';
 
 const { listRegisteredKeys, describeKey } = proxyActivities<Activities>({
@@ -34,11 +35,12 @@ export interface WatchResult {
  */
 export async function watchRootKeys(): Promise<WatchResult> {
   const result: WatchResult = { checked: 0, started: [], alreadyRunning: [], unreadable: [] };
-  for (const keyId of await listRegisteredKeys()) {
+  const keyIds = await listRegisteredKeys.executeWithOptions({ summary: 'list the root keys that protect registered WDEKs' }, []);
+  for (const keyId of keyIds) {
     result.checked++;
     let key;
     try {
-      key = await describeKey(keyId);
+      key = await describeKey.executeWithOptions({ summary: `compare the current version of key ${keyId} in the KMS with its rewrapped version` }, [keyId]);
     } catch (err) {
       // The useful words are at the root of the chain ("key ... is disabled"), not "Activity task failed".
       let root: unknown = err;
@@ -57,6 +59,15 @@ export async function watchRootKeys(): Promise<WatchResult> {
         // A failed rewrap may be retried by the next watch; a completed one is never redone.
         workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
         staticSummary: `Rewrap every WDEK of key ${keyId} to version ${key.currentVersion} (rotation detected by watchRootKeys)`,
+        staticDetails: [
+          `**Rotation detected** by \`${workflowInfo().workflowId}\`: key \`${keyId}\` (${key.name}) is at version **${key.currentVersion}** in the KMS` +
+            ` (rotated ${key.lastRotateDate ?? 'at an unknown date'}); its WDEKs were last rewrapped to ${key.rewrappedVersion === undefined ? 'no version yet' : `version ${key.rewrappedVersion}`}.`,
+          '',
+          `- The KMS already rotated (its policy or an operator): this run rewraps only and never rotates again.`,
+          `- Every WDEK is rewrapped to version ${key.currentVersion}, then checked to unwrap under it; the version is recorded.`,
+          `- Then \`${keyEntityWorkflowId(keyId)}\` hears "rewrap complete" and releases the nightly backups waiting for it.`,
+          `- The id \`${workflowId}\` names this version: a later watch that sees the same rotation starts nothing.`,
+        ].join('\n'),
       });
       result.started.push(workflowId);
     } catch (err) {

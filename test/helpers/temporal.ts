@@ -30,13 +30,21 @@ export function connectTestEnv(): Promise<TestWorkflowEnvironment> {
  * A private Java test server whose clock jumps ahead whenever every workflow is only waiting on
  * timers, so hour-long waits finish in seconds. One per test file: its clock is global.
  */
-export function createTimeSkippingEnv(): Promise<TestWorkflowEnvironment> {
-  return TestWorkflowEnvironment.createTimeSkipping({
-    server: {
-      executable: { type: 'existing-path', path: required(testEnvVars.timeSkippingServer) },
-      extraArgs: ['--enable-time-skipping'],
-    },
-  });
+export async function createTimeSkippingEnv(): Promise<TestWorkflowEnvironment> {
+  // The SDK gives a starting server 5 s to accept connections (sdk-core ephemeral_server), and a
+  // JVM on 2 busy cores sometimes needs longer: try again rather than fail the suite.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await TestWorkflowEnvironment.createTimeSkipping({
+        server: {
+          executable: { type: 'existing-path', path: required(testEnvVars.timeSkippingServer) },
+          extraArgs: ['--enable-time-skipping'],
+        },
+      });
+    } catch (err) {
+      if (attempt >= 3) throw err;
+    }
+  }
 }
 
 /** A task queue no other test polls, so workers never steal each other's tasks. */
