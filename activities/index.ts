@@ -1,11 +1,12 @@
 import { createBackupKeyActivities, type BackupKeyDeps } from './backup-key-rotation';
 import { createDemoActivities, type DemoDeps } from './demo-data';
+import { createKeyRefActivities, type KeyRefDeps } from './key-refs';
 import { createMasterKeyActivities, type MasterKeyDeps } from './master-key-rotation';
 import { createBackupActivities, type BackupDeps } from './nightly-backup';
 import { createRootKeyActivities, type RootKeyDeps } from './root-key-rotation';
 import { createWorkerProbe, type WorkerProbeDeps } from './worker-probe';
 
-export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps & DemoDeps;
+export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps & DemoDeps & KeyRefDeps;
 
 /**
  * Builds every activity from the adapters the worker chose. Tests call this with real local
@@ -19,10 +20,12 @@ export function createActivities(deps: ActivityDeps) {
     ...createBackupKeyActivities(deps),
     ...createMasterKeyActivities(deps),
     ...createDemoActivities(deps),
+    ...createKeyRefActivities(deps),
   };
 }
 
 export type Activities = ReturnType<typeof createActivities>;
 export type { WorkerProbeReport } from './worker-probe';
-export type { KeyRef, KeyStatus } from './root-key-rotation';
+export type { KeyStatus } from './root-key-rotation';
+export type { KeyRef } from './key-refs';
 export type { BackupKeyCheck } from './nightly-backup';

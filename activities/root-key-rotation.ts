@@ -35,12 +35,6 @@ export interface KeyStatus {
   rotationPolicyMonths?: number;
 }
 
-/** Key Protect key ids are UUIDs. */
-const KEY_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-/** A key reference resolved to its id, or why it could not be. */
-export type KeyRef = { ref: string; keyId: string; name: string; problem?: undefined } | { ref: string; keyId?: undefined; problem: string };
-
 export interface ChunkInput {
   keyId: string;
   version: number;
@@ -147,43 +141,6 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation }: R
     /** Keys keyops protects WDEKs with, for the watcher. */
     async listRegisteredKeys(): Promise<string[]> {
       return Promise.resolve(registry.listKeys().map((k) => k.keyId));
-    },
-
-    /**
-     * Turns what an operator typed (a key id, or the name of a key keyops protects WDEKs with)
-     * into key ids. Names are looked up among registered keys only: the KMS may hold thousands of
-     * keys that keyops has nothing to rotate for, and a name must not silently pick one of them.
-     */
-    async resolveKeyRefs(refs: string[]): Promise<KeyRef[]> {
-      let byName: Map<string, string[]> | undefined;
-      const names = async () => {
-        if (!byName) {
-          byName = new Map();
-          for (const { keyId } of registry.listKeys()) {
-            const meta = await kmsCall(() => kms.getKeyMetadata(keyId)).catch(() => undefined);
-            if (meta) byName.set(meta.name, [...(byName.get(meta.name) ?? []), keyId]);
-          }
-        }
-        return byName;
-      };
-      const resolved: KeyRef[] = [];
-      for (const ref of refs) {
-        if (KEY_ID.test(ref)) {
-          try {
-            const meta = await kmsCall(() => kms.getKeyMetadata(ref.toLowerCase()));
-            resolved.push({ ref, keyId: meta.keyId, name: meta.name });
-          } catch (err) {
-            if (!(err instanceof ApplicationFailure) || err.type !== 'KEY_NOT_FOUND') throw err;
-            resolved.push({ ref, problem: `key ${ref} does not exist in the KMS` });
-          }
-          continue;
-        }
-        const ids = (await names()).get(ref) ?? [];
-        if (ids.length === 1) resolved.push({ ref, keyId: ids[0]!, name: ref });
-        else if (ids.length === 0) resolved.push({ ref, problem: `no key named "${ref}" protects WDEKs registered with keyops; give the key's id (a UUID)` });
-        else resolved.push({ ref, problem: `${ids.length} keys are named "${ref}" (${ids.join(', ')}); give the key's id` });
-      }
-      return resolved;
     },
 
     /**

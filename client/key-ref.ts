@@ -1,16 +1,11 @@
 import type { Client } from '@temporalio/client';
-import { z } from 'zod';
 import type { KeyRef } from '../activities';
+import { asKeyId } from '../activities/kms/key-id';
 import { resolveRootKeys } from '../workflows';
 import { CliError, ExitCode } from './cli-error';
 import { runOnWorker } from './run-on-worker';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,89}$/;
-
-const asKeyId = (raw: string): string | undefined => {
-  const parsed = z.uuid().safeParse(raw.trim());
-  return parsed.success ? parsed.data.toLowerCase() : undefined;
-};
 
 /**
  * Resolves key references through a worker (only workers hold KMS credentials): a key id (a
@@ -42,6 +37,8 @@ export async function resolveKeyId(client: Client, raw: string, taskQueue: strin
   const id = asKeyId(raw);
   if (id) return id;
   const [ref] = await resolveKeyRefs(client, [raw], taskQueue);
-  if (!ref?.keyId) throw new CliError(ref?.problem ?? `key "${raw}" not found`, ExitCode.usage, 'keyops key show <id> takes the id that keyops init or keyops key create printed');
+  if (!ref?.keyId) {
+    throw new CliError(ref?.problem ?? `key "${raw}" not found`, ExitCode.usage, 'a name finds only keys with WDEKs registered with keyops; keyops init and keyops key create print key ids');
+  }
   return ref.keyId;
 }

@@ -14,10 +14,13 @@ import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/te
 const MASTER_SECRET = randomBytes(32);
 const HOUR = 3_600_000;
 
-/** A key with `count` WDEKs; `rotatedAgoMs` makes the KMS's last rotation that long ago. */
-async function seed(dir: string, count: number, rotatedAgoMs?: number) {
+/**
+ * A key with `count` WDEKs; `rotatedAgoMs` makes the KMS's last rotation that long ago, and
+ * `kmsBehindMs` puts the worker's KMS clock that far behind Temporal's.
+ */
+async function seed(dir: string, count: number, rotatedAgoMs?: number, kmsBehindMs = 0) {
   const path = join(dir, 'kms.sqlite');
-  const kms = LocalKms.open({ path, masterSecret: MASTER_SECRET });
+  const kms = LocalKms.open({ path, masterSecret: MASTER_SECRET, now: () => new Date(Date.now() - kmsBehindMs) });
   const registry = SqliteWdekRegistry.open(join(dir, 'wdeks.sqlite'));
   const { keyId } = await kms.createKey({ name: 'scheduled-key' });
   const deks = new Map<string, Buffer>();
@@ -76,21 +79,36 @@ describe('rotateRootKeyOnSchedule (what a rotations: entry of the schedule file 
   });
 
   it('finishes a rewrap still pending from a rotation outside keyops before it rotates, then waits out the hourly quota', async () => {
-    // Rotated by hand 59 min 50 s ago: v2 exists, WDEKs are on v1, and the KMS refuses the next
-    // rotation for 10 more seconds.
-    const s = await seed(join(suite.dir, 'pending'), 20, HOUR - 10_000);
+    // Rotated by hand 59 min 45 s ago: v2 exists, WDEKs are on v1, and the KMS refuses the next
+    // rotation for 15 more seconds.
+    const s = await seed(join(suite.dir, 'pending'), 20, HOUR - 15_000);
     const { result, tookMs, outcome, handle } = await run(s, 'pending');
     assert.deepEqual(result, { keyId: s.keyId, phase: 'done', fromVersion: 2, toVersion: 3, rotated: true, rewrapped: 20 });
     assert.equal(outcome, 'succeeded');
     const timers = (await handle.fetchHistory()).events?.filter((e) => e.timerStartedEventAttributes) ?? [];
     assert.equal(timers.length, 1, 'one durable timer until the KMS allows the rotation');
-    assert.ok(tookMs >= 5_000, `waited for the quota instead of failing on it (${tookMs} ms)`);
-    assert.deepEqual((await s.kms.getKeyMetadata(s.keyId)).versions.map((v) => v.version), [1, 2, 3]);
+    const versions = (await s.kms.getKeyMetadata(s.keyId)).versions;
+    assert.deepEqual(versions.map((v) => v.version), [1, 2, 3]);
+    assert.ok(Date.parse(versions[2]!.createdAt) >= Date.parse(versions[1]!.createdAt) + HOUR, 'v3 came no sooner than the KMS allows');
+    assert.ok(tookMs >= 10_000, `waited for the quota instead of failing on it (${tookMs} ms)`);
     for (const v of [2, 3]) {
       assert.equal((await suite.client.workflow.getHandle(rewrapWorkflowId(s.keyId, v)).describe()).status.name, 'COMPLETED', `rewrap to v${v} ran`);
     }
     await assertAllOn(s, 3);
     if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(handle.workflowId, 'rotate-root-key-on-schedule.json');
+  });
+
+  it('a KMS clock behind ours refuses the rotation once; the run waits past its retryAfter and rotates on the second try', async () => {
+    // The KMS's clock runs 8 s behind Temporal's: the hour since the rotation by hand is up for the
+    // workflow, not yet for the KMS.
+    const s = await seed(join(suite.dir, 'skew'), 10, HOUR + 5_000, 8_000);
+    const { result, outcome, handle } = await run(s, 'skew');
+    assert.deepEqual(result, { keyId: s.keyId, phase: 'done', fromVersion: 2, toVersion: 3, rotated: true, rewrapped: 10 });
+    assert.equal(outcome, 'succeeded');
+    const children = (await handle.fetchHistory()).events?.filter((e) => e.startChildWorkflowExecutionInitiatedEventAttributes?.workflowId === rewrapWorkflowId(s.keyId, 3)) ?? [];
+    assert.equal(children.length, 2, 'the refused rewrap run was started again under the same id');
+    assert.deepEqual((await s.kms.getKeyMetadata(s.keyId)).versions.map((v) => v.version), [1, 2, 3], 'one new version, not two');
+    await assertAllOn(s, 3);
   });
 
   it('fails at once, marked failed, for a disabled key, and rotates nothing', async () => {

@@ -15,6 +15,9 @@ export interface RewrapProgress {
   verified: number;
 }
 
+/** Key Protect allows one manual rotation per key per hour (reference 001). */
+export const KMS_ROTATION_SPACING_MS = 3_600_000;
+
 export const rewrapProgressQuery = defineQuery<RewrapProgress>('rewrapProgress');
 
 /** "Rewrap complete (key, version)": every WDEK of `keyId` is on `version` or later. */

@@ -14,7 +14,7 @@ import {
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { Activities } from '../activities';
 import { awaitRewrap } from './await-rewrap';
-import { rewrapWorkflowId } from './root-key-messages';
+import { KMS_ROTATION_SPACING_MS, rewrapWorkflowId } from './root-key-messages';
 import { rotateRootKey } from './rotate-root-key';
 import { scheduledRotationQuery, type ScheduledRotationPhase, type ScheduledRotationProgress } from './scheduled-rotation-messages';
 import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
@@ -30,8 +30,8 @@ export interface RotateRootKeyOnScheduleInput {
   pendingRewrapWaitMs?: number;
 }
 
-// Key Protect allows one manual rotation per key per hour (reference 001).
-const ROTATION_SPACING_MS = 3_600_000;
+// A KMS clock a little behind ours must not refuse the rotation we waited for.
+const QUOTA_MARGIN_MS = 5_000;
 
 /**
  * What a `rotations:` entry of the schedule file starts every N days: picks the next version and
@@ -52,6 +52,13 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
     ]);
     setCurrentDetails(`**${phase}** scheduled rotation of key \`${input.keyId}\`: ${details}`);
   };
+  // Sleeps (durably) until the KMS allows the next rotation, plus a margin for clock skew.
+  const waitForQuota = async (allowedAt: number) => {
+    if (allowedAt <= Date.now()) return;
+    const until = new Date(allowedAt + QUOTA_MARGIN_MS).toISOString();
+    enter('awaiting-quota', `the KMS allows the next rotation at ${new Date(allowedAt).toISOString()}; waiting until ${until}`);
+    await sleep(allowedAt + QUOTA_MARGIN_MS - Date.now(), { summary: `wait until ${until}: the KMS allows one rotation of key ${input.keyId} per hour` });
+  };
   try {
     enter('checking', 'reading the key');
     const readKey = (why: string) => describeKey.executeWithOptions({ summary: `read key ${input.keyId}: ${why}` }, [input.keyId]);
@@ -59,41 +66,50 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
     if (key.state === 'disabled') {
       throw ApplicationFailure.nonRetryable(`key ${input.keyId} is disabled: the KMS refuses to rotate it`, 'KEY_DISABLED');
     }
-    if ((key.rewrappedVersion ?? 0) < key.currentVersion) {
-      enter('awaiting-rewrap', `the KMS is at version ${key.currentVersion} but WDEKs are recorded on ${key.rewrappedVersion ?? 'no version'}: finishing that rewrap first`);
-      await startRewrap(input.keyId, key.currentVersion, false, 'pending when the scheduled rotation fired').catch(ignoreAlreadyStarted);
+    // Until the WDEKs have caught up: the KMS may rotate again (its policy) while we wait.
+    while ((key.rewrappedVersion ?? 0) < key.currentVersion) {
+      const pending = key.currentVersion;
+      enter('awaiting-rewrap', `the KMS is at version ${pending} but WDEKs are recorded on ${key.rewrappedVersion ?? 'no version'}: finishing that rewrap first`);
+      await startRewrap(input.keyId, pending, false, 'pending when the scheduled rotation fired').catch(ignoreAlreadyStarted);
       await executeChild(awaitRewrap, {
-        workflowId: `${workflowInfo().workflowId}/await-rewrap`,
-        args: [{ keyId: input.keyId, minVersion: key.currentVersion, timeoutMs: input.pendingRewrapWaitMs }],
-        staticSummary: `Wait for key ${input.keyId} to be rewrapped to version ${key.currentVersion} before the scheduled rotation`,
-        staticDetails: `The KMS rotated key \`${input.keyId}\` to version ${key.currentVersion} by itself (a policy, or by hand) and its WDEKs are behind. The scheduled rotation \`${workflowInfo().workflowId}\` waits for that rewrap, so two rewraps never move the same WDEKs at once.`,
+        workflowId: `${workflowInfo().workflowId}/await-rewrap-v${pending}`,
+        args: [{ keyId: input.keyId, minVersion: pending, timeoutMs: input.pendingRewrapWaitMs }],
+        staticSummary: `Wait for key ${input.keyId} to be rewrapped to version ${pending} before the scheduled rotation`,
+        staticDetails: `The KMS rotated key \`${input.keyId}\` to version ${pending} by itself (a policy, or by hand) and its WDEKs are behind. The scheduled rotation \`${workflowInfo().workflowId}\` waits for that rewrap, so two rewraps never move the same WDEKs at once.`,
       });
       key = await readKey('the version to rotate from, now that the pending rewrap is done');
     }
     progress.fromVersion = key.currentVersion;
     progress.toVersion = key.currentVersion + 1;
-    if (key.lastRotateDate) {
-      const allowedAt = Date.parse(key.lastRotateDate) + ROTATION_SPACING_MS;
-      if (allowedAt > Date.now()) {
-        enter('awaiting-quota', `rotated at ${key.lastRotateDate}; the KMS allows the next rotation at ${new Date(allowedAt).toISOString()}`);
-        await sleep(allowedAt - Date.now(), { summary: `wait until ${new Date(allowedAt).toISOString()}: the KMS allows one rotation of key ${input.keyId} per hour` });
-      }
-    }
+    if (key.lastRotateDate) await waitForQuota(Date.parse(key.lastRotateDate) + KMS_ROTATION_SPACING_MS);
 
     enter('rotating', `to version ${progress.toVersion} and rewrapping every WDEK in \`${rewrapWorkflowId(input.keyId, progress.toVersion)}\``);
     let result;
-    try {
-      const child = await startRewrap(input.keyId, progress.toVersion, true, 'scheduled rotation');
-      result = await child.result();
-    } catch (err) {
-      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
-      // Someone rotated to the same version by hand meanwhile: wait for their rewrap instead.
-      await executeChild(awaitRewrap, {
-        workflowId: `${workflowInfo().workflowId}/await-rewrap-v${progress.toVersion}`,
-        args: [{ keyId: input.keyId, minVersion: progress.toVersion }],
-        staticSummary: `Wait for the rewrap of key ${input.keyId} to version ${progress.toVersion}, started elsewhere`,
-        staticDetails: `Version ${progress.toVersion} of key \`${input.keyId}\` was being made by another run (a manual \`keyops key rotate\`) when this scheduled rotation started it: this run waits for that rewrap instead of rotating again.`,
-      });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const child = await startRewrap(input.keyId, progress.toVersion, true, 'scheduled rotation');
+        result = await child.result();
+        break;
+      } catch (err) {
+        if (err instanceof WorkflowExecutionAlreadyStartedError) {
+          // Someone rotated to the same version by hand meanwhile: wait for their rewrap instead.
+          await executeChild(awaitRewrap, {
+            workflowId: `${workflowInfo().workflowId}/await-rewrap-v${progress.toVersion}`,
+            args: [{ keyId: input.keyId, minVersion: progress.toVersion }],
+            staticSummary: `Wait for the rewrap of key ${input.keyId} to version ${progress.toVersion}, started elsewhere`,
+            staticDetails: `Version ${progress.toVersion} of key \`${input.keyId}\` was being made by another run (a manual \`keyops key rotate\`) when this scheduled rotation started it: this run waits for that rewrap instead of rotating again.`,
+          });
+          break;
+        }
+        // The KMS's clock may run behind ours, or someone rotated by hand since we read the key:
+        // a refusal names when the next rotation is allowed, and the failed child id may be reused.
+        const refusal = rootFailure(err);
+        if (refusal?.type !== 'KEY_ROTATION_NOT_PERMITTED' || attempt >= 3) throw err;
+        const retryAfter = Date.parse(String((refusal.details?.[0] as { retryAfter?: string } | undefined)?.retryAfter));
+        // Its retryAfter is on its own clock: wait past it, and at least one margin beyond now.
+        await waitForQuota(Math.max(Number.isFinite(retryAfter) ? retryAfter : 0, Date.now()) + QUOTA_MARGIN_MS);
+        enter('rotating', `to version ${progress.toVersion}, attempt ${attempt + 1}: the KMS refused the first (${refusal.message})`);
+      }
     }
     progress.rotated = result?.rotated ?? false;
     progress.rewrapped = result?.verified ?? 0;
@@ -104,6 +120,14 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
     upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
     throw err;
   }
+}
+
+/** The ApplicationFailure at the root of a child's or activity's failure. */
+function rootFailure(err: unknown): ApplicationFailure | undefined {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (e instanceof ApplicationFailure) return e;
+  }
+  return undefined;
 }
 
 /** The rewrap run outlives this one (ABANDON): a terminated schedule run must not stop a rewrap halfway. */

@@ -3,7 +3,7 @@ import { msToNumber } from '@temporalio/common/lib/time';
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { createRootKey, describeRootKey, rotateInKms, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
-import { rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
+import { KMS_ROTATION_SPACING_MS, rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { followRun } from '../follow-run';
 import { resolveKeyId } from '../key-ref';
 import { TASK_QUEUE } from '../../workflows/task-queue';
@@ -17,8 +17,6 @@ interface KeyOptions {
   taskQueue: string;
   wait?: boolean;
 }
-
-const ROTATION_SPACING_MS = 3600_000;
 
 /** Turns a KMS failure that travelled through a workflow into an operator-facing error. */
 function explainKmsFailure(err: unknown, keyId: string): never {
@@ -197,7 +195,7 @@ Examples:
         const status = await describe(client, keyId, options.taskQueue);
         if (status.state === 'disabled') explainKmsFailure(ApplicationFailure.create({ type: 'KEY_DISABLED' }), keyId);
         if (status.lastRotateDate) {
-          const allowed = new Date(Date.parse(status.lastRotateDate) + ROTATION_SPACING_MS);
+          const allowed = new Date(Date.parse(status.lastRotateDate) + KMS_ROTATION_SPACING_MS);
           if (allowed.getTime() > Date.now()) {
             throw new CliError(
               `key ${keyId} was rotated at ${status.lastRotateDate}; the KMS allows one rotation per hour, so the next is allowed at ${allowed.toISOString()}`,
