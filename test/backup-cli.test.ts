@@ -38,7 +38,7 @@ describe('keyops backup commands', () => {
       // The Web UI shows what the run is and how to follow it.
       const described = await suite.client.workflow.getHandle(tookRun.workflowId).describe();
       assert.equal(await described.staticSummary(), `Backup of database ${databaseId} for 2026-12-01`);
-      assert.match((await described.staticDetails()) ?? '', /^Started by `keyops backup run`\.[\s\S]*awaiting-rewrap[\s\S]*keyops backup list/);
+      assert.match((await described.staticDetails()) ?? '', new RegExp(`^Started by \`keyops backup run\`\\.[\\s\\S]*awaiting-rewrap[\\s\\S]*\`keyops backup list --database ${databaseId}\``));
 
       const listed = await run('backup', 'list', '--database', databaseId, '--json');
       assert.equal(listed.code, 0, listed.stderr);

@@ -7,6 +7,7 @@ import { ScheduleFileError, parseScheduleFile } from '../client/schedules/schedu
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import type { rotateRootKeyOnSchedule } from '../workflows';
+import { rotationOffsetMs } from '../client/schedules/root-key-rotation-schedule';
 import { keyops } from './helpers/child-process';
 import { localActivities } from './helpers/local-activities';
 import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
@@ -84,14 +85,21 @@ describe('keyops schedule commands against the dev server', () => {
     const without = await run('schedule', 'apply', '-f', file, '--task-queue', taskQueue);
     assert.equal(without.code, 0, without.stderr);
     assert.match(without.stdout, new RegExp(`^${scheduleId} not in the file: kept; --prune deletes it$`, 'm'));
+    // Declared by another file: not this file's to prune.
+    const otherFile = join(suite.dir, 'other.yaml');
+    const other = `nightly-backup/${db}-other`;
+    writeFileSync(otherFile, `backups:\n  - database: ${db}-other\n    at: "05:00"\n`);
+    assert.equal((await run('schedule', 'apply', '-f', otherFile, '--task-queue', taskQueue)).code, 0);
     writeFileSync(file, `timeZone: Europe/Berlin\nbackups:\n  - database: ${db}\n    at: "03:30"\n    overlap: buffer-one\n    jitter: 5m\n`);
     const pruned = await run('schedule', 'apply', '-f', file, '--task-queue', taskQueue, '--prune', '--json');
     assert.deepEqual(
       (JSON.parse(pruned.stdout) as { scheduleId: string; change: string }[]).map((r) => `${r.scheduleId} ${r.change}`).sort(),
       [`${scheduleId} unchanged`, `${extra} deleted`],
-      'only this task queue\'s schedules are pruned',
+      'only what this file declared before is pruned',
     );
     await assert.rejects(suite.client.schedule.getHandle(extra).describe(), /not found/i);
+    assert.equal((await suite.client.schedule.getHandle(other).describe()).action.type, 'startWorkflow', 'the other file\'s schedule is kept');
+    await suite.client.schedule.getHandle(other).delete();
 
     writeFileSync(file, `backups:\n  - database: ${db}\n    at: 3:30\n`);
     const bad = await apply();
@@ -154,6 +162,9 @@ describe('keyops schedule commands against the dev server', () => {
       assert.deepEqual(changes((await apply()).stdout), [`${scheduleId} updated`]);
       const described = await suite.client.schedule.getHandle(scheduleId).describe();
       assert.equal(described.spec.intervals?.[0]?.every, 90 * 86_400_000);
+      const offset = rotationOffsetMs(keyId, 90);
+      assert.equal(described.spec.intervals?.[0]?.offset ?? 0, offset, 'the key rotates at its own point of the interval');
+      assert.ok(offset >= 0 && offset < 90 * 86_400_000 && offset % 60_000 === 0);
       assert.equal(described.spec.jitter, 3_600_000);
       assert.equal(described.policies.overlap, 'SKIP');
       assert.equal(described.action.type === 'startWorkflow' && described.action.workflowType, 'rotateRootKeyOnSchedule');

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { type Client, ScheduleNotFoundError } from '@temporalio/client';
 import type { Command } from 'commander';
 import { TASK_QUEUE } from '../../workflows/task-queue';
@@ -11,7 +12,8 @@ import type { KeyRef } from '../../activities';
 import { resolveKeyRefs } from '../key-ref';
 import { applyRotationSchedule, rotationScheduleId } from '../schedules/root-key-rotation-schedule';
 import { ScheduleFileError, parseDuration, parseScheduleFile, scheduleFileProblem } from '../schedules/schedule-file';
-import { type ScheduleChange, WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
+import { type ScheduleChange, declaredIn } from '../schedules/upsert-schedule';
+import { WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
 
 /** The schedules a schedule file declares, by their id. */
 const isFileKind = (scheduleId: string): boolean =>
@@ -43,7 +45,7 @@ export function registerScheduleCommands(program: Command): void {
     .description('create or update the schedules a YAML file declares (idempotent: applying it again changes nothing)')
     .requiredOption('-f, --file <path>', 'the schedule file')
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
-    .option('--prune', 'also delete the nightly-backup/, rotate-key/ and watch-root-keys schedules of this task queue that the file no longer declares')
+    .option('--prune', 'also delete the schedules an earlier apply of this file created that it no longer declares')
     .addHelpText(
       'after',
       `
@@ -80,6 +82,8 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
         if (err instanceof ScheduleFileError) throw new CliError(`${options.file} is not valid; nothing was applied:\n  ${err.problems.join('\n  ')}`, ExitCode.usage);
         throw err;
       }
+      // What marks the schedules this file declares, wherever it is applied from.
+      const fileId = resolve(options.file);
       const applied = await withClient(options, async (client) => {
         // Every key is looked up before anything is applied: a wrong name changes nothing.
         const keys = file.rotations.length === 0 ? [] : await resolveKeyRefs(client, file.rotations.map((r) => r.key), options.taskQueue);
@@ -102,6 +106,7 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
             overlap: b.overlap,
             catchupWindowMs: parseDuration(b.catchupWindow)!,
             jitterMs: parseDuration(b.jitter)!,
+            declaredIn: fileId,
           });
           results.push({ scheduleId: backupScheduleId(b.database), change, what: `nightlyBackup of ${b.database} at ${b.at} ${timeZone}` });
         }
@@ -115,22 +120,28 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
             taskQueue: options.taskQueue,
             catchupWindowMs: parseDuration(r.catchupWindow)!,
             jitterMs: parseDuration(r.jitter)!,
+            declaredIn: fileId,
           });
           results.push({ scheduleId: rotationScheduleId(key.keyId), change, what: `rotation of key ${r.key} every ${r.every}` });
         }
         if (file.watch) {
-          const change = await applyWatchSchedule(client, parseDuration(file.watch.every)!, options.taskQueue);
+          const change = await applyWatchSchedule(client, parseDuration(file.watch.every)!, options.taskQueue, fileId);
           results.push({ scheduleId: WATCH_SCHEDULE_ID, change, what: `watchRootKeys every ${file.watch.every}` });
         }
-        // Schedules of the kinds a file declares, but not in this one: an operator who removed an
-        // entry expects it gone, yet another file may own it; deleting is asked for explicitly.
+        // Schedules this file declared before but no longer does: an operator who removed an entry
+        // expects it gone, yet a wrong file path must not wipe schedules; deleting is asked for.
         const declared = new Set(results.map((r) => r.scheduleId));
         for await (const found of client.schedule.list()) {
           if (declared.has(found.scheduleId) || !isFileKind(found.scheduleId)) continue;
-          // Only schedules for the same workers: a file describes one fleet's task queue.
-          const { action } = await client.schedule.getHandle(found.scheduleId).describe();
-          if (action.type !== 'startWorkflow' || action.taskQueue !== options.taskQueue) continue;
-          if (options.prune) await client.schedule.getHandle(found.scheduleId).delete();
+          const handle = client.schedule.getHandle(found.scheduleId);
+          try {
+            if (declaredIn(await handle.describe()) !== fileId) continue;
+            if (options.prune) await handle.delete();
+          } catch (err) {
+            // Deleted by someone else between the listing and now: nothing left to do.
+            if (err instanceof ScheduleNotFoundError) continue;
+            throw err;
+          }
           results.push({ scheduleId: found.scheduleId, change: options.prune ? 'deleted' : 'not in the file', what: options.prune ? 'pruned' : 'kept; --prune deletes it' });
         }
         return results;

@@ -1,6 +1,6 @@
-import { type Client, ScheduleAlreadyRunning, ScheduleOverlapPolicy, type ScheduleOptionsStartWorkflowAction } from '@temporalio/client';
+import { type Client, ScheduleOverlapPolicy, type ScheduleOptionsStartWorkflowAction } from '@temporalio/client';
 import { nightlyBackup } from '../../workflows';
-import type { ScheduleChange } from './watch-root-keys-schedule';
+import { type ScheduleChange, upsertSchedule } from './upsert-schedule';
 
 export const backupScheduleId = (databaseId: string): string => `nightly-backup/${databaseId}`;
 
@@ -9,7 +9,7 @@ export function backupDetails(databaseId: string, startedBy: string): string {
   return [
     `Started by ${startedBy}. Backs up database \`${databaseId}\` encrypted under its backup key, test-restores it and records it in the catalog.`,
     'It waits (phase `awaiting-rewrap`, `awaiting-master-key` or `awaiting-key-change`) while a key rotation is under way, instead of failing: the current details say which.',
-    `Follow it: \`keyops runs --query 'DatabaseId = "${databaseId}"'\`; list backups: \`keyops backup list ${databaseId}\`.`,
+    `Follow it: \`keyops runs --query 'DatabaseId = "${databaseId}"'\`; list backups: \`keyops backup list --database ${databaseId}\`.`,
   ].join('\n\n');
 }
 
@@ -25,6 +25,8 @@ export interface BackupScheduleOptions {
   catchupWindowMs?: number;
   /** Each night starts up to this much later, at random (default 0). */
   jitterMs?: number;
+  /** The schedule file that declares it, if any. */
+  declaredIn?: string;
 }
 
 const OVERLAP = { skip: ScheduleOverlapPolicy.SKIP, 'buffer-one': ScheduleOverlapPolicy.BUFFER_ONE, 'allow-all': ScheduleOverlapPolicy.ALLOW_ALL } as const;
@@ -47,32 +49,18 @@ function action(o: BackupScheduleOptions): ScheduleOptionsStartWorkflowAction<ty
  * a rewrap, say) when the next is due is not doubled (SKIP); a night missed while the server
  * was down is caught up within 6 hours.
  */
-export async function applyBackupSchedule(client: Client, o: BackupScheduleOptions): Promise<ScheduleChange> {
+export function applyBackupSchedule(client: Client, o: BackupScheduleOptions): Promise<ScheduleChange> {
   const jitter = o.jitterMs ?? 0;
   const spec = { calendars: [{ hour: o.hour, minute: o.minute }], timezone: o.timeZone, ...(jitter > 0 ? { jitter } : {}) };
   const policies = { overlap: OVERLAP[o.overlap ?? 'skip'], catchupWindow: o.catchupWindowMs ?? 6 * 3_600_000 };
-  const scheduleId = backupScheduleId(o.databaseId);
-  try {
-    await client.schedule.create({ scheduleId, spec, action: action(o), policies });
-    return 'created';
-  } catch (err) {
-    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
-  }
-  const handle = client.schedule.getHandle(scheduleId);
-  const current = await handle.describe();
-  const calendar = current.spec.calendars?.[0];
-  const same =
-    current.spec.calendars?.length === 1 &&
-    JSON.stringify(calendar?.hour) === JSON.stringify([{ start: o.hour, end: o.hour, step: 1 }]) &&
-    JSON.stringify(calendar?.minute) === JSON.stringify([{ start: o.minute, end: o.minute, step: 1 }]) &&
-    current.spec.timezone === o.timeZone &&
-    (current.spec.jitter ?? 0) === jitter &&
-    current.policies.overlap === policies.overlap &&
-    current.policies.catchupWindow === policies.catchupWindow &&
-    current.action.type === 'startWorkflow' &&
-    current.action.taskQueue === o.taskQueue &&
-    current.action.staticDetails === action(o).staticDetails;
-  if (same) return 'unchanged';
-  await handle.update((previous) => ({ ...previous, spec, action: action(o), policies }));
-  return 'updated';
+  return upsertSchedule(client, backupScheduleId(o.databaseId), { spec, action: action(o), policies, declaredIn: o.declaredIn }, (current) => {
+    const calendar = current.spec.calendars?.[0];
+    return (
+      current.spec.calendars?.length === 1 &&
+      (current.spec.intervals?.length ?? 0) === 0 &&
+      JSON.stringify(calendar?.hour) === JSON.stringify([{ start: o.hour, end: o.hour, step: 1 }]) &&
+      JSON.stringify(calendar?.minute) === JSON.stringify([{ start: o.minute, end: o.minute, step: 1 }]) &&
+      current.spec.timezone === o.timeZone
+    );
+  });
 }

@@ -1,6 +1,7 @@
-import { type Client, ScheduleAlreadyRunning, ScheduleOverlapPolicy, type ScheduleOptionsStartWorkflowAction } from '@temporalio/client';
+import { createHash } from 'node:crypto';
+import { type Client, ScheduleOverlapPolicy, type ScheduleOptionsStartWorkflowAction } from '@temporalio/client';
 import { rotateRootKeyOnSchedule } from '../../workflows';
-import type { ScheduleChange } from './watch-root-keys-schedule';
+import { type ScheduleChange, upsertSchedule } from './upsert-schedule';
 
 export const rotationScheduleId = (keyId: string): string => `rotate-key/${keyId}`;
 
@@ -16,6 +17,8 @@ export interface RotationScheduleOptions {
   catchupWindowMs?: number;
   /** Each rotation starts up to this much later, at random (default 0). */
   jitterMs?: number;
+  /** The schedule file that declares it, if any. */
+  declaredIn?: string;
 }
 
 function action(o: RotationScheduleOptions): ScheduleOptionsStartWorkflowAction<typeof rotateRootKeyOnSchedule> {
@@ -36,34 +39,34 @@ function action(o: RotationScheduleOptions): ScheduleOptionsStartWorkflowAction<
 }
 
 /**
- * Creates or updates the every-N-days rotation of one key. Intervals count from the Unix epoch,
- * so the day of the rotation does not drift when the file is applied again. A rotation still
- * running (waiting for a rewrap, say) when the next is due is not doubled (SKIP).
+ * Where in each N-day interval this key rotates: derived from the key id, so keys that share an
+ * interval do not all rotate (and rewrap) at the same instant, and applying the file again does
+ * not move it. Whole minutes.
  */
-export async function applyRotationSchedule(client: Client, o: RotationScheduleOptions): Promise<ScheduleChange> {
+export function rotationOffsetMs(keyId: string, everyDays: number): number {
+  const minutes = (everyDays * DAY_MS) / 60_000;
+  return (createHash('sha256').update(keyId).digest().readUIntBE(0, 6) % minutes) * 60_000;
+}
+
+/**
+ * Creates or updates the every-N-days rotation of one key. Intervals count from the Unix epoch
+ * plus the key's offset, so the first rotation comes within N days of applying, and later ones
+ * every N days after it. A rotation still running (waiting for a rewrap, say) when the next is
+ * due is not doubled (SKIP).
+ */
+export function applyRotationSchedule(client: Client, o: RotationScheduleOptions): Promise<ScheduleChange> {
   const jitter = o.jitterMs ?? 0;
-  const spec = { intervals: [{ every: o.everyDays * DAY_MS }], ...(jitter > 0 ? { jitter } : {}) };
+  const interval = { every: o.everyDays * DAY_MS, offset: rotationOffsetMs(o.keyId, o.everyDays) };
+  const spec = { intervals: [interval], ...(jitter > 0 ? { jitter } : {}) };
   const policies = { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: o.catchupWindowMs ?? DAY_MS };
-  const scheduleId = rotationScheduleId(o.keyId);
-  try {
-    await client.schedule.create({ scheduleId, spec, action: action(o), policies });
-    return 'created';
-  } catch (err) {
-    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
-  }
-  const handle = client.schedule.getHandle(scheduleId);
-  const current = await handle.describe();
-  const same =
-    current.spec.intervals?.length === 1 &&
-    current.spec.intervals[0]?.every === o.everyDays * DAY_MS &&
-    (current.spec.calendars?.length ?? 0) === 0 &&
-    (current.spec.jitter ?? 0) === jitter &&
-    current.policies.overlap === policies.overlap &&
-    current.policies.catchupWindow === policies.catchupWindow &&
-    current.action.type === 'startWorkflow' &&
-    current.action.taskQueue === o.taskQueue &&
-    current.action.staticSummary === action(o).staticSummary;
-  if (same) return 'unchanged';
-  await handle.update((previous) => ({ ...previous, spec, action: action(o), policies }));
-  return 'updated';
+  return upsertSchedule(
+    client,
+    rotationScheduleId(o.keyId),
+    { spec, action: action(o), policies, declaredIn: o.declaredIn },
+    (current) =>
+      current.spec.intervals?.length === 1 &&
+      current.spec.intervals[0]?.every === interval.every &&
+      (current.spec.intervals[0]?.offset ?? 0) === interval.offset &&
+      (current.spec.calendars?.length ?? 0) === 0,
+  );
 }

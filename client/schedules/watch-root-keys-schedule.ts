@@ -1,5 +1,6 @@
-import { type Client, ScheduleAlreadyRunning, ScheduleOverlapPolicy, type ScheduleOptionsStartWorkflowAction } from '@temporalio/client';
+import { type Client, ScheduleOverlapPolicy, type ScheduleOptionsStartWorkflowAction } from '@temporalio/client';
 import { watchRootKeys } from '../../workflows';
+import { type ScheduleChange, upsertSchedule } from './upsert-schedule';
 
 export const WATCH_SCHEDULE_ID = 'watch-root-keys';
 
@@ -8,8 +9,6 @@ export const WATCH_DETAILS = [
   'For each key behind, it starts the rewrap `rewrap/<keyId>/v<version>` without rotating again; waiting backups are released when it finishes.',
   'A KMS rotation policy fires at an unpredictable moment within a 24-hour window, so rotations are detected, not predicted.',
 ].join('\n\n');
-
-export type ScheduleChange = 'created' | 'updated' | 'unchanged';
 
 function action(taskQueue: string): ScheduleOptionsStartWorkflowAction<typeof watchRootKeys> {
   return {
@@ -28,25 +27,11 @@ function action(taskQueue: string): ScheduleOptionsStartWorkflowAction<typeof wa
  * the same interval again changes nothing. A watch still running when the next is due is
  * skipped (SKIP), and a watch missed while the server was down is caught up within one interval.
  */
-export async function applyWatchSchedule(client: Client, everyMs: number, taskQueue: string): Promise<ScheduleChange> {
-  const policies = { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: everyMs };
-  try {
-    await client.schedule.create({
-      scheduleId: WATCH_SCHEDULE_ID,
-      spec: { intervals: [{ every: everyMs }] },
-      action: action(taskQueue),
-      policies,
-    });
-    return 'created';
-  } catch (err) {
-    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
-  }
-  const handle = client.schedule.getHandle(WATCH_SCHEDULE_ID);
-  const current = await handle.describe();
-  const interval = current.spec.intervals?.[0]?.every;
-  const currentQueue = current.action.type === 'startWorkflow' ? current.action.taskQueue : undefined;
-  const currentDetails = current.action.type === 'startWorkflow' ? current.action.staticDetails : undefined;
-  if (current.spec.intervals?.length === 1 && interval === everyMs && currentQueue === taskQueue && currentDetails === WATCH_DETAILS) return 'unchanged';
-  await handle.update((previous) => ({ ...previous, spec: { intervals: [{ every: everyMs }] }, action: action(taskQueue), policies }));
-  return 'updated';
+export function applyWatchSchedule(client: Client, everyMs: number, taskQueue: string, declaredIn?: string): Promise<ScheduleChange> {
+  return upsertSchedule(
+    client,
+    WATCH_SCHEDULE_ID,
+    { spec: { intervals: [{ every: everyMs }] }, action: action(taskQueue), policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: everyMs }, declaredIn },
+    (current) => current.spec.intervals?.length === 1 && current.spec.intervals[0]?.every === everyMs && (current.spec.calendars?.length ?? 0) === 0,
+  );
 }

@@ -1,0 +1,52 @@
+import type { Client, ScheduleDescription, ScheduleOptionsStartWorkflowAction, ScheduleOverlapPolicy, ScheduleSpec, Workflow } from '@temporalio/client';
+import { ScheduleAlreadyRunning } from '@temporalio/client';
+
+export type ScheduleChange = 'created' | 'updated' | 'unchanged';
+
+export interface DesiredSchedule<W extends Workflow> {
+  spec: ScheduleSpec;
+  action: ScheduleOptionsStartWorkflowAction<W>;
+  policies: { overlap: ScheduleOverlapPolicy; catchupWindow: number };
+  /** The schedule file that declares it (absolute path), so `apply --prune` deletes only its own. */
+  declaredIn?: string;
+}
+
+/** The schedule file a schedule was last applied from, if any (kept in the action's memo). */
+export const declaredIn = (description: ScheduleDescription): string | undefined =>
+  description.action.type === 'startWorkflow' ? (description.action.memo?.declaredIn as string | undefined) : undefined;
+
+/**
+ * Creates the schedule, or updates it when it differs from `desired`: applying the same thing
+ * twice changes nothing. `sameTimes` compares what the kinds of schedule express differently
+ * (calendars, intervals); everything else is compared here.
+ */
+export async function upsertSchedule<W extends Workflow>(
+  client: Client,
+  scheduleId: string,
+  desired: DesiredSchedule<W>,
+  sameTimes: (current: ScheduleDescription) => boolean,
+): Promise<ScheduleChange> {
+  // The memo's conditional type cannot be narrowed for a generic W.
+  const action = { ...desired.action, ...(desired.declaredIn ? { memo: { declaredIn: desired.declaredIn } } : {}) } as ScheduleOptionsStartWorkflowAction<W>;
+  try {
+    await client.schedule.create({ scheduleId, spec: desired.spec, action, policies: desired.policies });
+    return 'created';
+  } catch (err) {
+    if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+  }
+  const handle = client.schedule.getHandle(scheduleId);
+  const current = await handle.describe();
+  const same =
+    sameTimes(current) &&
+    (current.spec.jitter ?? 0) === (desired.spec.jitter ?? 0) &&
+    current.policies.overlap === desired.policies.overlap &&
+    current.policies.catchupWindow === desired.policies.catchupWindow &&
+    current.action.type === 'startWorkflow' &&
+    current.action.taskQueue === action.taskQueue &&
+    current.action.staticSummary === action.staticSummary &&
+    current.action.staticDetails === action.staticDetails &&
+    declaredIn(current) === desired.declaredIn;
+  if (same) return 'unchanged';
+  await handle.update((previous) => ({ ...previous, spec: desired.spec, action, policies: desired.policies }));
+  return 'updated';
+}
