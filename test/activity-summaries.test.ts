@@ -7,7 +7,7 @@ import { type WorkflowHandle, isGrpcServiceError } from '@temporalio/client';
 import { type Payload, defaultPayloadConverter } from '@temporalio/common';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
-import { nightlyBackup, rotateMasterKey, rotateRootKey, watchRootKeys } from '../workflows';
+import { nightlyBackup, rotateMasterKey, rotateRootKey, rotateRootKeyOnSchedule, watchRootKeys } from '../workflows';
 import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
 import { masterKeyRotationWorkflowId } from '../workflows/master-key-messages';
 import { keyEntityWorkflowId, rewrapWorkflowId } from '../workflows/root-key-messages';
@@ -264,5 +264,29 @@ describe('every activity, timer and child of a keyops run carries a summary for 
     assert.deepEqual(summariesOf(commands, 'addUnitsToSelection'), ['put unit 1 of crypto-unit set hsm back in the selection after the recovery']);
     assert.equal(summariesOf(commands, 'promoteNewMasterKey').length, 2);
     assert.deepEqual(summariesOf(commands, 'checkKeyStorage'), [`check that every key-storage entry of crypto-unit set hsm opens under master key ${vp(result.newVp)}`]);
+  });
+
+  it('rotateRootKeyOnSchedule names the key in its reads, its waits for a pending rewrap, and the rotation it starts', async () => {
+    const s = await setup('scheduled');
+    const keyId = await s.seedKey('charlie', 12);
+    // Rotated by hand: the scheduled run first waits for the rewrap to version 2.
+    await s.kms.rotateKey(keyId, 'rotated-by-hand-earlier');
+    await s.worker.runUntil(async () => {
+      const run = await suite.client.workflow.start(rotateRootKeyOnSchedule, { taskQueue: s.taskQueue, workflowId: `rotate-key/${keyId}-summaries`, args: [{ keyId }] });
+      // The KMS allows the next rotation an hour after the one by hand: this run waits; the
+      // commands until then are what an operator sees meanwhile.
+      await waitForHistory(run, (commands) => commands.some((c) => c.kind === 'timer'), 'the quota timer');
+      const commands = await assertSummarised(run, 'rotateRootKeyOnSchedule');
+      assert.match(summariesOf(commands, 'describeKey')[0]!, new RegExp(`^read key ${keyId}: `));
+      assert.deepEqual(
+        commands.filter((c) => c.kind === 'child').map((c) => c.summary),
+        [
+          `Rewrap key ${keyId} to version 2 (pending when the scheduled rotation fired)`,
+          `Wait for key ${keyId} to be rewrapped to version 2 before the scheduled rotation`,
+        ],
+      );
+      assert.match(summariesOf(commands, 'timer')[0]!, new RegExp(`^wait until \\d{4}-.*Z: the KMS allows one rotation of key ${keyId} per hour$`));
+      await run.terminate('summaries checked; the hour-long quota wait is tested elsewhere');
+    });
   });
 });

@@ -75,7 +75,10 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
         workflowId: `${workflowInfo().workflowId}/await-rewrap-v${pending}`,
         args: [{ keyId: input.keyId, minVersion: pending, timeoutMs: input.pendingRewrapWaitMs }],
         staticSummary: `Wait for key ${input.keyId} to be rewrapped to version ${pending} before the scheduled rotation`,
-        staticDetails: `The KMS rotated key \`${input.keyId}\` to version ${pending} by itself (a policy, or by hand) and its WDEKs are behind. The scheduled rotation \`${workflowInfo().workflowId}\` waits for that rewrap, so two rewraps never move the same WDEKs at once.`,
+        staticDetails: [
+          `The KMS rotated key \`${input.keyId}\` to version ${pending} by itself (a policy, or by hand), and its WDEKs are behind.`,
+          `The scheduled rotation \`${workflowInfo().workflowId}\` waits for that rewrap, so two rewraps never move the same WDEKs at once.`,
+        ].join('\n\n'),
       });
       key = await readKey('the version to rotate from, now that the pending rewrap is done');
     }
@@ -97,7 +100,10 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
             workflowId: `${workflowInfo().workflowId}/await-rewrap-v${progress.toVersion}`,
             args: [{ keyId: input.keyId, minVersion: progress.toVersion }],
             staticSummary: `Wait for the rewrap of key ${input.keyId} to version ${progress.toVersion}, started elsewhere`,
-            staticDetails: `Version ${progress.toVersion} of key \`${input.keyId}\` was being made by another run (a manual \`keyops key rotate\`) when this scheduled rotation started it: this run waits for that rewrap instead of rotating again.`,
+            staticDetails: [
+              `Version ${progress.toVersion} of key \`${input.keyId}\` was being made by another run (a manual \`keyops key rotate\`) when this scheduled rotation started it.`,
+              'This run waits for that rewrap instead of rotating again.',
+            ].join('\n\n'),
           });
           break;
         }
