@@ -5,6 +5,11 @@ import { resolveRootKeys } from '../workflows';
 import { CliError, ExitCode } from './cli-error';
 import { runOnWorker } from './run-on-worker';
 
+/** The help line of every command that takes a <key>. */
+export const KEY_ARGUMENT =
+  '<key> is a key id (a UUID) or the name of a key keyops protects WDEKs with, such as the demo\n' +
+  'key "demo"; a key without registered WDEKs is found by its id only.';
+
 const NAME = /^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,89}$/;
 
 /**

@@ -7,7 +7,7 @@ import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { WATCH_SCHEDULE_ID } from '../client/schedules/watch-root-keys-schedule';
 import type { watchRootKeys } from '../workflows';
-import { keyEntityWorkflowId } from '../workflows/root-key-messages';
+import { keyEntityWorkflowId, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { keyops } from './helpers/child-process';
 import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 
@@ -24,6 +24,14 @@ describe('keyops key commands', () => {
     for (let i = 0; i < 25; i++) {
       const { wdek, keyVersion } = await kms.wrap(keyId);
       registry.register({ id: `cli-${i}`, keyId, keyVersion, wdek, owner: 'cli-test' });
+    }
+    // Two keys with one name, and a key for --kms-only: each protects registered WDEKs.
+    const twins = [(await kms.createKey({ name: 'twin' })).keyId, (await kms.createKey({ name: 'twin' })).keyId];
+    const { keyId: kmsOnlyKey } = await kms.createKey({ name: 'cli-kms-only' });
+    for (const [i, k] of [...twins, kmsOnlyKey].entries()) {
+      const { wdek, keyVersion } = await kms.wrap(k);
+      registry.register({ id: `cli-other-${i}`, keyId: k, keyVersion, wdek, owner: 'cli-test' });
+      registry.setRewrappedVersion(k, 1);
     }
     const taskQueue = uniqueTaskQueue('key-cli');
     const worker = await createTestWorker(suite.env, {
@@ -76,6 +84,18 @@ describe('keyops key commands', () => {
       // A key without WDEKs is not found by name: rotating it would rewrap nothing keyops knows.
       const notRegistered = await run('key', 'show', 'cli-disabled');
       assert.equal(notRegistered.code, 2);
+      assert.match(notRegistered.stderr, /no key named "cli-disabled" protects WDEKs registered with keyops[\s\S]*hint: a name finds only keys with WDEKs registered with keyops/);
+      const ambiguous = await run('key', 'rotate', 'twin');
+      assert.equal(ambiguous.code, 2);
+      assert.match(ambiguous.stderr, new RegExp(`2 keys are named "twin" \\((${twins[0]}, ${twins[1]}|${twins[1]}, ${twins[0]})\\); give the key's id`));
+
+      // The KMS alone rotates: a new version, the WDEKs untouched until a rewrap.
+      const kmsOnly = await run('key', 'rotate', 'cli-kms-only', '--kms-only', '--json');
+      assert.equal(kmsOnly.code, 0, kmsOnly.stderr);
+      assert.deepEqual(JSON.parse(kmsOnly.stdout), { keyId: kmsOnlyKey, version: 2, rotated: true, rewrapped: false });
+      assert.deepEqual(registry.list(kmsOnlyKey, {}, 10).map((r) => r.keyVersion), [1], 'the WDEK is still on version 1');
+      const behind = await run('rewrap', 'status', 'cli-kms-only', '--json');
+      assert.equal((JSON.parse(behind.stdout) as { upToDate: boolean }).upToDate, false);
 
       const unknown = randomUUID();
       const missing = await run('key', 'rotate', unknown);
@@ -86,11 +106,14 @@ describe('keyops key commands', () => {
       assert.equal(disabled.code, 1);
       assert.match(disabled.stderr, /is disabled/);
 
-      for (const r of [again, malformed, unknownName, notRegistered, missing, disabled]) assert.doesNotMatch(r.stderr, /^\s+at /m);
+      for (const r of [again, malformed, unknownName, notRegistered, ambiguous, missing, disabled]) assert.doesNotMatch(r.stderr, /^\s+at /m);
 
       const watched = await run('key', 'watch', '--json');
       assert.equal(watched.code, 0, watched.stderr);
-      assert.deepEqual(JSON.parse(watched.stdout), { checked: 1, started: [], alreadyRunning: [], unreadable: [] }, 'only keys with WDEKs are watched');
+      const watchedResult = JSON.parse(watched.stdout) as { checked: number; started: string[] };
+      assert.deepEqual(watchedResult, { checked: 4, started: [rewrapWorkflowId(kmsOnlyKey, 2)], alreadyRunning: [], unreadable: [] }, 'only keys with WDEKs are watched; the KMS-only rotation is found');
+      await suite.client.workflow.getHandle(rewrapWorkflowId(kmsOnlyKey, 2)).result();
+      assert.deepEqual(registry.list(kmsOnlyKey, {}, 10).map((r) => r.keyVersion), [2], 'the watcher rewrapped it');
 
       // The hourly watcher schedule: created, then idempotent, then updated; it really runs.
       const change = async (every: string) => {
@@ -113,7 +136,7 @@ describe('keyops key commands', () => {
       }
       assert.equal(runs, 1, 'the triggered schedule started a watch');
       const fired = (await schedule.describe()).info.recentActions[0]!.action.workflow.workflowId;
-      assert.equal((await suite.client.workflow.getHandle<typeof watchRootKeys>(fired).result()).checked, 1);
+      assert.equal((await suite.client.workflow.getHandle<typeof watchRootKeys>(fired).result()).checked, 4);
       await schedule.delete();
 
       const tooOften = await run('key', 'watch', '--every', '10s');

@@ -1,5 +1,7 @@
-import { proxyActivities, workflowInfo } from '@temporalio/workflow';
+import { proxyActivities, upsertSearchAttributes } from '@temporalio/workflow';
 import type { Activities } from '../activities';
+import { rewrapWorkflowId } from './root-key-messages';
+import { KeyIdAttribute, KeyVersionAttribute } from './search-attributes';
 
 const { rotateToVersion } = proxyActivities<Activities>({
   startToCloseTimeout: '30 seconds',
@@ -12,7 +14,13 @@ const { rotateToVersion } = proxyActivities<Activities>({
  * watcher finds the rotation and rewraps; backups of databases under the key wait meanwhile.
  */
 export async function rotateInKms(input: { keyId: string; targetVersion: number }): Promise<{ version: number; rotated: boolean }> {
+  upsertSearchAttributes([
+    { key: KeyIdAttribute, value: input.keyId },
+    { key: KeyVersionAttribute, value: input.targetVersion },
+  ]);
+  // The request id of the rewrap run for the same version: the KMS makes the version once,
+  // whichever of the two asks first.
   return rotateToVersion.executeWithOptions({ summary: `create version ${input.targetVersion} of key ${input.keyId} in the KMS, and nothing else` }, [
-    { ...input, requestId: workflowInfo().workflowId },
+    { ...input, requestId: rewrapWorkflowId(input.keyId, input.targetVersion) },
   ]);
 }

@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { createRootKey, describeRootKey, rotateInKms, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
 import { KMS_ROTATION_SPACING_MS, rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { followRun } from '../follow-run';
-import { resolveKeyId } from '../key-ref';
+import { KEY_ARGUMENT, resolveKeyId } from '../key-ref';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
@@ -60,7 +60,7 @@ export function registerKeyCommands(program: Command): void {
   const key = program
     .command('key')
     .description('inspect, rotate and watch KMS root keys')
-    .addHelpText('after', '\n<key> is a key id (a UUID) or the name of a key keyops protects WDEKs with, such as the demo key "demo".\n');
+    .addHelpText('after', `\n${KEY_ARGUMENT}\n`);
 
   key
     .command('watch')
@@ -124,6 +124,7 @@ Examples:
     .command('show <key>')
     .description('show a root key: state, current version, last rotation, version keyops rewrapped to')
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
+    .addHelpText('after', `\n${KEY_ARGUMENT}\n`)
     .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
       const status = await withClient(options, async (client) => describe(client, await resolveKeyId(client, raw, options.taskQueue), options.taskQueue));
@@ -145,6 +146,7 @@ Examples:
     })
     .option('--off', 'remove the policy: the key rotates only when asked')
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
+    .addHelpText('after', `\n${KEY_ARGUMENT}\n`)
     .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions & { every?: number; off?: boolean }>();
       if ((options.every === undefined) === (options.off === undefined)) throw new CliError('give exactly one of --every <months> or --off', ExitCode.usage);
@@ -173,13 +175,18 @@ Examples:
     .description('rotate a root key and rewrap every WDEK it protects (workflow rewrap/<keyId>/v<version>)')
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
     .option('--wait', 'wait for the rewrap to finish; the exit code reflects the outcome')
-    .option('--kms-only', "only create the new version in the KMS, as its console or a rotation policy would: the WDEKs stay behind until the watcher rewraps them, and backups wait: a rehearsal of the Db2 backup that fails during a Key Protect rotation")
+    .option('--kms-only', 'create the new version in the KMS only, as its console or a rotation policy would; the watcher rewraps later, and backups wait until then')
     .addHelpText(
       'after',
       `
 The KMS allows one manual rotation per key per hour (IBM Key Protect's rule). Waiting backups
 are released when every WDEK is on the new version. Follow the run in the Web UI with the
 query: WorkflowId = "rewrap/<keyId>/v<version>"
+
+--kms-only rehearses what happens when the KMS rotates by itself (the Db2 backup that fails
+during a Key Protect rotation): keyops' backups wait until the watcher has rewrapped.
+
+${KEY_ARGUMENT}
 
 Examples:
   keyops key rotate demo --wait
@@ -212,7 +219,7 @@ Examples:
             (failure) => explainKmsFailure(failure, keyId),
           );
           emit(options, { keyId, ...rotation, rewrapped: false }, () => [
-            `key ${keyId} is at version ${rotation.version} in the KMS; its WDEKs stay on version ${status.currentVersion} until a rewrap, and backups of its databases wait`,
+            `key ${keyId} is at version ${rotation.version} in the KMS${rotation.rotated ? '' : ' (it already was)'}; its WDEKs stay on their version until a rewrap, and backups of its databases wait`,
             `the hourly watcher rewraps them, or now: keyops key watch`,
           ]);
           return;

@@ -5,7 +5,7 @@ import { type KeyEntityState, type RewrapProgress, keyEntityWorkflowId, keyState
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
-import { resolveKeyId } from '../key-ref';
+import { KEY_ARGUMENT, resolveKeyId } from '../key-ref';
 import { emit } from '../output';
 import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
 
@@ -26,6 +26,7 @@ export function registerRewrapCommands(program: Command): void {
     .command('status <key>')
     .description("the key's current version, the version its WDEKs are rewrapped to, the rewrap run and who waits for it")
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
+    .addHelpText('after', `\n${KEY_ARGUMENT}\n`)
     .action(async (raw: string, _opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & { taskQueue: string }>();
       const status = await withClient(options, async (client) => {
