@@ -296,13 +296,14 @@ cmd_up() {
     start_worker
   fi
 
-  # The demo data (once), then the nightly backup of the demo database and the hourly
-  # rotation watcher from schedules.yaml (both idempotent).
+  # The demo data (once), then schedules.yaml: the nightly backup of the demo database, the
+  # 30-day rotation of its key and the hourly watcher (both idempotent). The file names what
+  # init creates, and applies all or nothing.
   if ! keyops_cli init >/dev/null 2>>"$WORKER_LOG"; then
     say "warning: keyops init failed (see ./temporal-dev.sh logs worker)"
   fi
   if ! keyops_cli schedule apply -f "$ROOT/schedules.yaml" >/dev/null 2>>"$WORKER_LOG"; then
-    say "warning: could not apply schedules.yaml (see ./temporal-dev.sh logs worker)"
+    say "warning: no schedule of schedules.yaml was applied (it names the demo data of keyops init; see ./temporal-dev.sh logs worker)"
   fi
 
   cat >&2 <<EOF
