@@ -1,18 +1,15 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { type WorkflowHandle, isGrpcServiceError } from '@temporalio/client';
 import { type Payload, defaultPayloadConverter } from '@temporalio/common';
-import { LocalKms } from '../activities/kms/local-kms';
-import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { nightlyBackup, rotateMasterKey, rotateRootKey, rotateRootKeyOnSchedule, watchRootKeys } from '../workflows';
 import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
 import { masterKeyRotationWorkflowId } from '../workflows/master-key-messages';
 import { keyEntityWorkflowId, rewrapWorkflowId } from '../workflows/root-key-messages';
-import { localActivities } from './helpers/local-activities';
-import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { localWorker } from './helpers/local-activities';
+import { useSuiteFixture } from './helpers/temporal';
 
 /** One activity, timer or child a run asked for, as the Web UI lists it in the event history. */
 interface Command {
@@ -80,12 +77,8 @@ describe('every activity, timer and child of a keyops run carries a summary for 
 
   /** A KMS, registry, catalog, database engine and unit sets in their own directory, and a worker on them. */
   const setup = async (label: string, kmsUnitSet?: string) => {
-    const dataDir = join(suite.dir, label);
-    const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
-    const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
-    const local = localActivities({ dataDir, kms, registry, ...(kmsUnitSet ? { kmsUnitSet } : {}) });
-    const taskQueue = uniqueTaskQueue(label);
-    const worker = await createTestWorker(suite.env, { taskQueue, activities: local.activities });
+    const local = await localWorker(suite.env, join(suite.dir, label), label, kmsUnitSet);
+    const { kms, registry } = local;
     /** A root key with `count` application WDEKs under it. */
     const seedKey = async (name: string, count: number) => {
       const { keyId } = await kms.createKey({ name });
@@ -97,7 +90,7 @@ describe('every activity, timer and child of a keyops run carries a summary for 
       registry.registerMany(records);
       return keyId;
     };
-    return { kms, registry, taskQueue, worker, seedKey, ...local };
+    return { seedKey, ...local };
   };
 
   it('rotateRootKey names the key and version in every call; watchRootKeys in its checks and the rewrap it starts', async () => {

@@ -7,15 +7,13 @@ import { WorkflowFailedError, WorkflowUpdateFailedError } from '@temporalio/clie
 import type { temporal } from '@temporalio/proto';
 import type { Fault } from '../activities/crypto-units/simulated-crypto-units';
 import { SimulatedUnitSets } from '../activities/crypto-units/simulated-unit-sets';
-import { LocalKms } from '../activities/kms/local-kms';
-import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { rotateMasterKey, rotateRootKey } from '../workflows';
 import { keyEntityWorkflowId, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { decideRecoveryUpdate, masterKeyRotationQuery, masterKeyRotationWorkflowId } from '../workflows/master-key-messages';
 import { freePort } from './helpers/child-process';
-import { localActivities } from './helpers/local-activities';
+import { localWorker } from './helpers/local-activities';
 import { recordHistory } from './helpers/record-history';
-import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 import { WorkerProcess } from './helpers/worker-process';
 
 const UNITS = ['1', '2', '3'];
@@ -28,15 +26,7 @@ const scheduled = (events: temporal.api.history.v1.IHistoryEvent[]) =>
 describe('rotateMasterKey on a real worker and simulated crypto units', () => {
   const suite = useSuiteFixture('rotate-master-key');
 
-  const setup = async (label: string, kmsUnitSet?: string) => {
-    const dataDir = join(suite.dir, label);
-    const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
-    const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
-    const local = localActivities({ dataDir, kms, registry, ...(kmsUnitSet ? { kmsUnitSet } : {}) });
-    const taskQueue = uniqueTaskQueue(label);
-    const worker = await createTestWorker(suite.env, { taskQueue, activities: local.activities });
-    return { dataDir, taskQueue, worker, unitSets: local.unitSets, kms, registry };
-  };
+  const setup = (label: string, kmsUnitSet?: string) => localWorker(suite.env, join(suite.dir, label), label, kmsUnitSet);
 
   /** Every unit on one new current MK, new registers empty, all selected, key storage whole under it. */
   const assertRotated = async (unitSets: SimulatedUnitSets, unitSetId: string, newVp: string | undefined, what: string) => {

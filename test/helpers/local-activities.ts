@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { createActivities } from '../../activities';
 import { SqliteBackupCatalog } from '../../activities/catalog/sqlite-backup-catalog';
 import { EncryptedSqliteEngine } from '../../activities/engines/encrypted-sqlite-engine';
@@ -6,7 +8,10 @@ import type { KeyManagementService } from '../../activities/kms/key-management-s
 import { RotationLedger } from '../../activities/crypto-units/rotation-ledger';
 import { SimulatedUnitSets } from '../../activities/crypto-units/simulated-unit-sets';
 import { masterKeyRotationState } from '../../activities/master-key-rotation';
+import { LocalKms } from '../../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../../activities/wdek-registry/sqlite-wdek-registry';
 import type { WdekRegistry } from '../../activities/wdek-registry/wdek-registry';
+import { createTestWorker, uniqueTaskQueue } from './temporal';
 
 /**
  * Every activity on the embedded adapters, as the worker wires them: the given KMS and registry,
@@ -36,4 +41,17 @@ export function localActivities(options: {
       kmsUnitSet && unitSets.exists(kmsUnitSet) ? masterKeyRotationState(await unitSets.get(kmsUnitSet).listUnits()) : { inProgress: false, reason: undefined },
   });
   return { activities, engine, catalog, unitSets };
+}
+
+/**
+ * A fresh local KMS, WDEK registry and the embedded adapters under `dataDir`, and a worker on its
+ * own task queue running every activity on them.
+ */
+export async function localWorker(env: TestWorkflowEnvironment, dataDir: string, label: string, kmsUnitSet?: string) {
+  const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
+  const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
+  const local = localActivities({ dataDir, kms, registry, ...(kmsUnitSet ? { kmsUnitSet } : {}) });
+  const taskQueue = uniqueTaskQueue(label);
+  const worker = await createTestWorker(env, { taskQueue, activities: local.activities });
+  return { dataDir, kms, registry, taskQueue, worker, ...local };
 }
