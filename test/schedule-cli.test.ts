@@ -71,6 +71,12 @@ describe('keyops schedule commands against the dev server', () => {
     assert.equal(described.spec.timezone, 'Europe/Berlin');
     assert.equal(described.spec.jitter, 5 * 60_000);
     assert.equal(described.policies.overlap, 'SKIP');
+    // Changed by a command that names no file (here: its jitter dropped): still the file's to prune.
+    const byHand = await run('backup', 'schedule', db, '--at', '02:00', '--time-zone', 'Europe/Berlin', '--task-queue', taskQueue, '--json');
+    assert.equal(byHand.code, 0, byHand.stderr);
+    const handled = await suite.client.schedule.getHandle(scheduleId).describe();
+    assert.equal(handled.spec.jitter ?? 0, 0);
+    assert.equal(handled.action.type === 'startWorkflow' && handled.action.memo?.declaredIn, file, 'the file still marks it');
 
     writeFileSync(file, `timeZone: Europe/Berlin\nbackups:\n  - database: ${db}\n    at: "03:30"\n    overlap: buffer-one\n    jitter: 5m\n`);
     const changed = await apply();

@@ -54,7 +54,7 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
   };
   // Sleeps (durably) until the KMS allows the next rotation, plus a margin for clock skew.
   const waitForQuota = async (allowedAt: number) => {
-    if (allowedAt <= Date.now()) return;
+    if (allowedAt + QUOTA_MARGIN_MS <= Date.now()) return;
     const until = new Date(allowedAt + QUOTA_MARGIN_MS).toISOString();
     enter('awaiting-quota', `the KMS allows the next rotation at ${new Date(allowedAt).toISOString()}; waiting until ${until}`);
     await sleep(allowedAt + QUOTA_MARGIN_MS - Date.now(), { summary: `wait until ${until}: the KMS allows one rotation of key ${input.keyId} per hour` });
@@ -114,7 +114,7 @@ export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInpu
         const retryAfter = Date.parse(String((refusal.details?.[0] as { retryAfter?: string } | undefined)?.retryAfter));
         // Its retryAfter is on its own clock: wait past it, and at least one margin beyond now.
         await waitForQuota(Math.max(Number.isFinite(retryAfter) ? retryAfter : 0, Date.now()) + QUOTA_MARGIN_MS);
-        enter('rotating', `to version ${progress.toVersion}, attempt ${attempt + 1}: the KMS refused the first (${refusal.message})`);
+        enter('rotating', `to version ${progress.toVersion}, attempt ${attempt + 1}: the KMS refused attempt ${attempt} (${refusal.message})`);
       }
     }
     progress.rotated = result?.rotated ?? false;

@@ -45,8 +45,13 @@ export async function upsertSchedule<W extends Workflow>(
     current.action.taskQueue === action.taskQueue &&
     current.action.staticSummary === action.staticSummary &&
     current.action.staticDetails === action.staticDetails &&
-    declaredIn(current) === desired.declaredIn;
+    // A command that names no file (keyops key watch --every) leaves a file's mark alone.
+    (desired.declaredIn === undefined || declaredIn(current) === desired.declaredIn);
   if (same) return 'unchanged';
-  await handle.update((previous) => ({ ...previous, spec: desired.spec, action, policies: desired.policies }));
+  await handle.update((previous) => {
+    const keepMark = desired.declaredIn === undefined && previous.action.type === 'startWorkflow' && previous.action.memo;
+    const kept = keepMark ? ({ ...action, memo: previous.action.memo } as ScheduleOptionsStartWorkflowAction<W>) : action;
+    return { ...previous, spec: desired.spec, action: kept, policies: desired.policies };
+  });
   return 'updated';
 }
