@@ -1,24 +1,16 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { DemoData } from '../activities/demo-data';
-import { LocalKms } from '../activities/kms/local-kms';
-import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { keyEntityWorkflowId } from '../workflows/root-key-messages';
 import { keyops } from './helpers/child-process';
-import { localActivities } from './helpers/local-activities';
-import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { localWorker } from './helpers/local-activities';
+import { testServerAddress, useSuiteFixture } from './helpers/temporal';
 
 describe('keyops init', () => {
   const suite = useSuiteFixture('init-cli');
 
   it('creates the demo key, encrypted database and WDEKs once; the demo database then backs up', async () => {
-    const kms = LocalKms.open({ path: join(suite.dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
-    const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks.sqlite'));
-    const { activities, engine } = localActivities({ dataDir: suite.dir, kms, registry });
-    const taskQueue = uniqueTaskQueue('init-cli');
-    const worker = await createTestWorker(suite.env, { taskQueue, activities });
+    const { kms, taskQueue, worker, engine } = await localWorker(suite.env, suite.dir, 'init-cli');
     const run = (...args: string[]) => keyops([...args, '--task-queue', taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
 
     await worker.runUntil(async () => {

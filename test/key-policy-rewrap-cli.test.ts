@@ -1,23 +1,15 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { LocalKms } from '../activities/kms/local-kms';
-import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { keyEntityWorkflowId } from '../workflows/root-key-messages';
 import { keyops } from './helpers/child-process';
-import { localActivities } from './helpers/local-activities';
-import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { localWorker } from './helpers/local-activities';
+import { testServerAddress, useSuiteFixture } from './helpers/temporal';
 
 describe('keyops key policy and keyops rewrap status', () => {
   const suite = useSuiteFixture('key-policy');
 
   it('sets and removes the KMS rotation policy; follows a rewrap from behind to up to date', async () => {
-    const kms = LocalKms.open({ path: join(suite.dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
-    const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks.sqlite'));
-    const { activities } = localActivities({ dataDir: suite.dir, kms, registry });
-    const taskQueue = uniqueTaskQueue('key-policy');
-    const worker = await createTestWorker(suite.env, { taskQueue, activities });
+    const { kms, registry, taskQueue, worker } = await localWorker(suite.env, suite.dir, 'key-policy');
     const run = (...args: string[]) => keyops([...args, '--task-queue', taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
     const { keyId } = await kms.createKey({ name: 'policy' });
     const wdeks = [];

@@ -1,23 +1,15 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { LocalKms } from '../activities/kms/local-kms';
-import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import type { MasterKeyRotationState } from '../workflows/master-key-messages';
 import { keyops } from './helpers/child-process';
-import { localActivities } from './helpers/local-activities';
-import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { localWorker } from './helpers/local-activities';
+import { testServerAddress, useSuiteFixture } from './helpers/temporal';
 
 describe('keyops mk commands', () => {
   const suite = useSuiteFixture('mk-cli');
 
   it('rotates with --wait, shows a stopped rotation with its evidence, refuses a forbidden decision (exit 2) and resumes on a valid one', async () => {
-    const kms = LocalKms.open({ path: join(suite.dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
-    const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks.sqlite'));
-    const { activities, unitSets } = localActivities({ dataDir: suite.dir, kms, registry });
-    const taskQueue = uniqueTaskQueue('mk-cli');
-    const worker = await createTestWorker(suite.env, { taskQueue, activities });
+    const { taskQueue, worker, unitSets } = await localWorker(suite.env, suite.dir, 'mk-cli');
     const run = (...args: string[]) => keyops([...args, '--task-queue', taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
     const plain = (...args: string[]) => keyops(args, { TEMPORAL_ADDRESS: testServerAddress() });
     unitSets.create('hsm-a', { units: 3, entries: 8 });

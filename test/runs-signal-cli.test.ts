@@ -1,25 +1,18 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { LocalKms } from '../activities/kms/local-kms';
-import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { awaitRewrap, rotateMasterKey } from '../workflows';
 import { masterKeyRotationWorkflowId } from '../workflows/master-key-messages';
 import { keyEntityWorkflowId } from '../workflows/root-key-messages';
 import { keyops } from './helpers/child-process';
-import { localActivities } from './helpers/local-activities';
-import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { localWorker } from './helpers/local-activities';
+import { testServerAddress, useSuiteFixture } from './helpers/temporal';
 
 describe('keyops signal rewrap-complete and keyops runs', () => {
   const suite = useSuiteFixture('runs-signal');
 
   it('an external rewrap-complete releases a waiting workflow; runs lists keyops runs with phase and outcome', async () => {
-    const kms = LocalKms.open({ path: join(suite.dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
-    const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks.sqlite'));
-    const { activities, unitSets } = localActivities({ dataDir: suite.dir, kms, registry });
-    const taskQueue = uniqueTaskQueue('runs-signal');
-    const worker = await createTestWorker(suite.env, { taskQueue, activities });
+    const { kms, taskQueue, worker, unitSets } = await localWorker(suite.env, suite.dir, 'runs-signal');
     const run = (...args: string[]) => keyops(args, { TEMPORAL_ADDRESS: testServerAddress() });
     const { keyId } = await kms.createKey({ name: 'external' });
     const setId = `runs-${randomBytes(3).toString('hex')}`;
