@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { readBackupKeyExport, writeBackupKeyExport } from './engines/backup-key-export';
 import type { DatabaseEngine } from './engines/database-engine';
@@ -70,6 +70,26 @@ export function createBackupKeyActivities({ dataDir, engine, backupKeyPassphrase
 
     async activateBackupKey(input: { databaseId: string; hash: string }): Promise<void> {
       await typed(() => engine.activateBackupKey(input.databaseId, input.hash));
+    },
+
+    /**
+     * `keyops backup key import FILE`: opens an export with the workers' passphrase and registers
+     * the key again, wrapped under the database's root key (or `keyId`), so that backups which
+     * name it restore. Idempotent; the key itself never leaves this activity.
+     */
+    async importBackupKey(input: { path: string; keyId?: string }): Promise<{ databaseId: string; hash: string; keyId: string; keyVersion: number; alreadyRegistered: boolean }> {
+      if (!isAbsolute(input.path)) {
+        throw ApplicationFailure.create({ type: 'INVALID_INPUT', nonRetryable: true, message: `key backup file ${input.path} must be an absolute path (the worker reads it)` });
+      }
+      const secret = passphrase();
+      return typed(async () => {
+        const read = await readBackupKeyExport(input.path, secret);
+        try {
+          return { databaseId: read.databaseId, ...(await engine.importBackupKey(read.databaseId, read.material, input.keyId)) };
+        } finally {
+          read.material.fill(0);
+        }
+      });
     },
   };
 }

@@ -1,10 +1,11 @@
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { rm, readdir } from 'node:fs/promises';
+import { isAbsolute, join, relative } from 'node:path';
+import { rm, readdir, stat } from 'node:fs/promises';
 import { Context, heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { BackupCatalog, CatalogEntry } from './catalog/backup-catalog';
-import type { BackupImage, DatabaseEngine, Progress, RestoreCheck } from './engines/database-engine';
+import type { BackupDescription, BackupImage, DatabaseEngine, Progress, RestoreCheck } from './engines/database-engine';
+import { EngineError, engineFailure } from './engines/engine-error';
 import type { KeyManagementService } from './kms/key-management-service';
 import { typed } from './typed';
 
@@ -38,20 +39,69 @@ export interface BackupKeyCheck {
 }
 
 /** Progress as heartbeats, at most one a second (details are serialized for the server). */
-function heartbeatProgress(): Progress {
+function heartbeatProgress(context: Record<string, unknown> = {}): Progress {
   let last = 0;
   return (done, total) => {
     const now = Date.now();
     if (now - last < 1000 && done < total) return;
     last = now;
-    heartbeat({ done, total });
+    heartbeat({ ...context, done, total });
   };
 }
 
 /** `backup/shop/2026-11-23` → `shop-2026-11-23`: a file name that says which backup it is. */
 const fileNameOf = (backupId: string) => backupId.replace(/^backup\//, '').replace(/[^A-Za-z0-9_.-]+/g, '-');
+/** `<databaseId>-<night>-<run>.kob`, as pathOf names them: how a format 1 file says which night it is. */
+const NIGHT_IN_FILE_NAME = /-(\d{4}-\d{2}-\d{2})-[0-9a-f]{12}\.kob$/;
+/** Scratch and partial files beside backups: never backups themselves. */
+const NOT_A_BACKUP = /\.(partial|verify)-/;
+
+/** A backup a restore can start from: catalogued, or named by its file alone. */
+export interface RestorableBackup {
+  backupId: string;
+  databaseId: string;
+  path: string;
+  /** The checksum the catalog recorded; a file restored without the catalog proves itself chunk by chunk. */
+  sha256?: string | undefined;
+  keyId: string;
+  keyVersion: number;
+  backupKeyHash: string;
+}
+
+export interface ImportedBackups {
+  dir: string;
+  /** Newly catalogued, each verified by a test restore. */
+  imported: { backupId: string; path: string; keyId: string; keyVersion: number; rows: number }[];
+  /** Already in the catalog under the same file. */
+  known: string[];
+  /** Files that are not restorable backups, with the reason. */
+  refused: { path: string; reason: string }[];
+}
 
 export function createBackupActivities({ dataDir, kms, engine, catalog, alertWebhook, keyStorageRotation }: BackupDeps) {
+  /** The backup a restore names: a catalog entry by id, or a file by its absolute path. */
+  const restorableFrom = async (input: { backupId?: string; path?: string }): Promise<{ backup: RestorableBackup; label: string }> => {
+    if (input.path !== undefined) {
+      if (!isAbsolute(input.path)) {
+        throw ApplicationFailure.create({ type: 'INVALID_INPUT', nonRetryable: true, message: `backup file ${input.path} must be an absolute path (the worker reads it)` });
+      }
+      const file = await typed(() => engine.describeBackup(input.path!));
+      const backupId = file.backupId ?? `file:${input.path}`;
+      return { backup: { backupId, databaseId: file.databaseId, path: input.path, keyId: file.keyId, keyVersion: file.keyVersion, backupKeyHash: file.backupKeyHash }, label: `backup file ${input.path}` };
+    }
+    const backupId = input.backupId ?? '';
+    const entry = catalog.get(backupId);
+    if (!entry || entry.status === 'deleted') {
+      throw ApplicationFailure.create({
+        type: 'BACKUP_NOT_FOUND',
+        nonRetryable: true,
+        message: entry ? `backup ${backupId} was deleted by retention` : `no backup ${backupId} in the catalog (a backup file restores by its path; keyops backup import DIR catalogues files)`,
+      });
+    }
+    const { backupId: id, databaseId, path, sha256, keyId, keyVersion, backupKeyHash } = entry;
+    return { backup: { backupId: id, databaseId, path, sha256, keyId, keyVersion, backupKeyHash }, label: `backup ${backupId}` };
+  };
+
   // One file per workflow run: a scheduled run and a manual `keyops backup run` of the same night
   // have different workflow ids, may overlap, and must never write or delete each other's file.
   // (Run ids can be time-ordered UUIDs: two runs started together share a prefix, not a suffix.)
@@ -93,7 +143,8 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
       if (done?.status === 'good') return imageOf(done);
       const path = pathOf(input.databaseId, input.backupId);
       await removePartials(path);
-      return typed(() => engine.backup(input.databaseId, path, heartbeatProgress()));
+      const night = /\/(\d{4}-\d{2}-\d{2})$/.exec(input.backupId)?.[1] ?? new Date().toISOString().slice(0, 10);
+      return typed(() => engine.backup(input.databaseId, path, heartbeatProgress(), { backupId: input.backupId, night }));
     },
 
     /** Re-encrypts the whole database under a new DEK, heartbeating rows copied. */
@@ -102,7 +153,7 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
       return { wdekVersions: state.wdekVersions };
     },
 
-    async verifyBackupImage(input: { path: string; sha256: string }): Promise<RestoreCheck> {
+    async verifyBackupImage(input: { path: string; sha256?: string }): Promise<RestoreCheck> {
       return typed(() => engine.verifyBackup(input, heartbeatProgress()));
     },
 
@@ -112,44 +163,82 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
     },
 
     /**
-     * Before a restore touches anything: the backup is catalogued, its root-key version is
-     * still in the KMS and usable, and its backup key is still registered.
+     * Before a restore touches anything: the backup is catalogued (or named by its file), its
+     * root-key versions are still in the KMS and usable, and its backup key is in the file or
+     * still registered. A file needs no catalog, registry or engine metadata: only the KMS.
      */
-    async checkRestorable(input: { backupId: string; targetPath?: string }): Promise<CatalogEntry> {
+    async checkRestorable(input: { backupId?: string; path?: string; targetPath?: string }): Promise<RestorableBackup> {
       // Refused before any work; the restore itself publishes with link(), which never replaces.
       if (input.targetPath !== undefined && existsSync(input.targetPath)) {
         throw ApplicationFailure.create({ type: 'INVALID_CONFIGURATION', nonRetryable: true, message: `restore target ${input.targetPath} exists; restore never overwrites a file` });
       }
-      const entry = catalog.get(input.backupId);
-      if (!entry || entry.status === 'deleted') {
-        throw ApplicationFailure.create({
-          type: 'BACKUP_NOT_FOUND',
-          nonRetryable: true,
-          message: entry ? `backup ${input.backupId} was deleted by retention` : `no backup ${input.backupId} in the catalog`,
-        });
-      }
-      const key = await typed(() => kms.getKeyMetadata(entry.keyId));
-      if (!key.versions.some((v) => v.version === entry.keyVersion)) {
+      const { backup, label } = await restorableFrom(input);
+      const file = await typed(() => engine.describeBackup(backup.path));
+      const key = await typed(() => kms.getKeyMetadata(backup.keyId));
+      for (const version of [backup.keyVersion, file.backupKeyVersion]) {
+        if (version === undefined || key.versions.some((v) => v.version === version)) continue;
         throw ApplicationFailure.create({
           type: 'KEY_VERSION_MISSING',
           nonRetryable: true,
-          message: `backup ${input.backupId} needs version ${entry.keyVersion} of root key ${entry.keyId}, which the KMS no longer has`,
+          message: `${label} needs version ${version} of root key ${backup.keyId}, which the KMS no longer has`,
         });
       }
       if (key.state !== 'active') {
-        throw ApplicationFailure.create({ type: 'KEY_DISABLED', nonRetryable: true, message: `backup ${input.backupId} needs root key ${entry.keyId}, which is disabled` });
+        throw ApplicationFailure.create({ type: 'KEY_DISABLED', nonRetryable: true, message: `${label} needs root key ${backup.keyId}, which is disabled` });
       }
-      if (!engine.hasBackupKey(entry.databaseId, entry.backupKeyHash)) {
+      if (file.backupKeyVersion === undefined && !engine.hasBackupKey(backup.databaseId, backup.backupKeyHash)) {
         throw ApplicationFailure.create({
           type: 'BACKUP_KEY_MISSING',
           nonRetryable: true,
-          message: `backup ${input.backupId} was encrypted with backup key ${entry.backupKeyHash.slice(0, 12)}… of database ${entry.databaseId}, which is no longer registered: import its key backup first`,
+          message: `${label} was encrypted with backup key ${backup.backupKeyHash.slice(0, 12)}… of database ${backup.databaseId}, which its file does not carry and which is no longer registered: import its key backup first (keyops backup key import FILE)`,
         });
       }
-      return entry;
+      return backup;
     },
 
-    async restoreBackupImage(input: { path: string; sha256: string; targetPath: string }): Promise<RestoreCheck> {
+    /**
+     * Rebuilds catalog entries from the backup files under `dir` (`keyops backup import`): each
+     * file's header names its backup, and a test restore proves it before it is catalogued.
+     * Files already catalogued are left as they are. Heartbeats after every file.
+     */
+    async importBackupFiles(input: { dir: string }): Promise<ImportedBackups> {
+      if (!isAbsolute(input.dir)) {
+        throw ApplicationFailure.create({ type: 'INVALID_INPUT', nonRetryable: true, message: `import directory ${input.dir} must be an absolute path` });
+      }
+      const names = await readdir(input.dir, { recursive: true }).catch((err: NodeJS.ErrnoException) => {
+        throw ApplicationFailure.create({ type: 'INVALID_INPUT', nonRetryable: true, message: `cannot read import directory ${input.dir}: ${err.code ?? err.message}` });
+      });
+      const files = names
+        .filter((n) => n.endsWith('.kob') && !NOT_A_BACKUP.test(n))
+        .map((n) => join(input.dir, n))
+        .sort();
+      const result: ImportedBackups = { dir: input.dir, imported: [], known: [], refused: [] };
+      // A retry starts over: files its earlier attempt catalogued are now known, and cost nothing.
+      const catalogued = new Map(catalog.list().filter((e) => e.status !== 'deleted').map((e) => [e.path, e.backupId]));
+      for (const [index, path] of files.entries()) {
+        const known = catalogued.get(path);
+        if (known) {
+          result.known.push(known);
+        } else {
+          try {
+            const { size } = await stat(path);
+            const verified = await engine.verifyBackupFile({ path }, heartbeatProgress({ file: index + 1, files: files.length }));
+            const entry = catalog.record(entryFrom(path, verified.description, verified.sha256, size, verified.check));
+            if (entry.path === path) result.imported.push({ backupId: entry.backupId, path, keyId: entry.keyId, keyVersion: entry.keyVersion, rows: verified.check.rows });
+            else result.refused.push({ path, reason: `the catalog already holds a good ${entry.backupId} at ${relative(input.dir, entry.path)}` });
+          } catch (err) {
+            // A foreign, damaged or unreadable file is reported, never catalogued; the KMS
+            // being unreachable is not the file's fault: retry the activity.
+            if (err instanceof EngineError && err.retryable) throw engineFailure(err);
+            result.refused.push({ path, reason: err instanceof Error ? err.message : String(err) });
+          }
+        }
+        heartbeat({ file: index + 1, files: files.length });
+      }
+      return result;
+    },
+
+    async restoreBackupImage(input: { path: string; sha256?: string; targetPath: string }): Promise<RestoreCheck> {
       return typed(() => engine.restore(input, input.targetPath, heartbeatProgress()));
     },
 
@@ -198,6 +287,25 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
     async recordNight(input: { databaseId: string; night: string; outcome: 'succeeded' | 'failed'; error?: string }): Promise<number> {
       return Promise.resolve(catalog.recordNight(input.databaseId, input.night, input.outcome, input.error));
     },
+  };
+}
+
+/** A catalog entry rebuilt from a verified file: what the nightly run would have recorded. */
+function entryFrom(path: string, file: BackupDescription, sha256: string, bytes: number, check: RestoreCheck): CatalogEntry {
+  const night = file.night ?? NIGHT_IN_FILE_NAME.exec(path)?.[1] ?? file.createdAt.slice(0, 10);
+  return {
+    backupId: file.backupId ?? `backup/${file.databaseId}/${night}`,
+    databaseId: file.databaseId,
+    night,
+    createdAt: file.createdAt,
+    path,
+    bytes,
+    sha256,
+    keyId: file.keyId,
+    keyVersion: file.keyVersion,
+    backupKeyHash: file.backupKeyHash,
+    verification: check,
+    status: 'good',
   };
 }
 

@@ -7,7 +7,17 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { BACKUP_CHUNK_BYTES, readBackupFile, writeBackupFile } from '../activities/engines/backup-file-format';
 
-const header = { databaseId: 'files', createdAt: '2026-11-23T02:00:00.000Z', keyId: 'key-1', keyVersion: 3, wdek: 'd2Rlaw==', backupKeyHash: 'a'.repeat(64) };
+const header = {
+  databaseId: 'files',
+  backupId: 'backup/files/2026-11-23',
+  night: '2026-11-23',
+  createdAt: '2026-11-23T02:00:00.000Z',
+  keyId: 'key-1',
+  keyVersion: 3,
+  wdek: 'd2Rlaw==',
+  backupKeyHash: 'a'.repeat(64),
+  backupKey: { keyId: 'key-1', keyVersion: 3, wdek: 'YmFja3Vw' },
+};
 
 describe('backup file format (real AES-256-GCM, real files)', () => {
   let dir: string;
@@ -58,7 +68,8 @@ describe('backup file format (real AES-256-GCM, real files)', () => {
     assert.equal(written.bytes, onDisk.length);
     assert.equal(written.sha256, createHash('sha256').update(onDisk).digest('hex'), 'the checksum is what sha256sum would print');
     assert.ok(restored.equals(source), 'every byte restores');
-    assert.equal(back.plainBytes, source.length);
+    assert.equal(back.header.plainBytes, source.length);
+    assert.equal(back.sha256, written.sha256, 'the reader computes the same checksum');
     assert.ok(!onDisk.includes(source.subarray(1000, 1064)), 'no plaintext run appears in the file');
     assert.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), [], 'no partial file is left');
   });

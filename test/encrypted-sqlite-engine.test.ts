@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3-multiple-ciphers';
 import { EngineError, type EngineErrorCode } from '../activities/engines/engine-error';
 import { EncryptedSqliteEngine, backupKeyWdekId } from '../activities/engines/encrypted-sqlite-engine';
-import { readBackupHeader } from '../activities/engines/backup-file-format';
+import { readBackupFile, readBackupHeader, writeBackupFile } from '../activities/engines/backup-file-format';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 
@@ -151,13 +151,57 @@ describe('encrypted SQLite engine (real SQLCipher files, real KMS files)', () =>
     assert.deepEqual((await readdir(join(dir, 'backups'))).filter((f) => f.includes('.verify-')), [], 'scratch files are removed');
   });
 
-  it('names a missing backup key and refuses bad database ids', async () => {
+  it('restores a backup from its file and the KMS alone; a format 1 file names its missing backup key until the key export is imported', async () => {
     await seed('lost-key', 5);
     const image = await engine.backup('lost-key', join(dir, 'backups', 'lost-key.kob'));
     const { backupKeyHash } = await engine.keyState('lost-key');
-    const record = registry.get(backupKeyWdekId('lost-key', backupKeyHash))!;
-    assert.equal(registry.remove(record.id), true);
-    await rejectsWith(engine.verifyBackup(image), 'BACKUP_KEY_MISSING', new RegExp(`backup key ${backupKeyHash.slice(0, 12)}… of database lost-key`));
+    const header = await readBackupHeader(image.path);
+    assert.equal(header.backupKey?.keyId, keyId, 'the file carries its backup key, wrapped under the root key');
+    assert.equal(header.backupId, `backup/lost-key/${header.createdAt.slice(0, 10)}`);
+
+    // A worker that lost everything but the KMS: no registry, no engine metadata, no key files.
+    const bare = join(dir, 'bare');
+    const bareRegistry = SqliteWdekRegistry.open(join(bare, 'wdeks.sqlite'));
+    const bareEngine = EncryptedSqliteEngine.open({ dir: join(bare, 'databases'), kms, registry: bareRegistry });
+    try {
+      assert.deepEqual(await bareEngine.verifyBackup({ path: image.path }), { tables: 1, rows: 5 }, 'no recorded checksum needed: every chunk authenticates');
+      assert.deepEqual(await bareEngine.restore({ path: image.path }, join(bare, 'restored.db')), { tables: 1, rows: 5 });
+
+      // Format 1 (written before backups carried their backup key): the same bytes, re-encrypted
+      // here with the backup key the registry holds, and a header without it.
+      const record = registry.get(backupKeyWdekId('lost-key', backupKeyHash))!;
+      const { dek: backupKey } = await kms.unwrap(keyId, record.wdek);
+      const plain: Buffer[] = [];
+      const { header: v2 } = await readBackupFile({ path: image.path, keyFor: () => Promise.resolve(backupKey), write: (data) => Promise.resolve(void plain.push(Buffer.from(data))) });
+      const bytes = Buffer.concat(plain);
+      const v1Path = join(dir, 'backups', 'lost-key-format1.kob');
+      const { sha256 } = await writeBackupFile({
+        path: v1Path,
+        header: v2 as Parameters<typeof writeBackupFile>[0]['header'],
+        plainBytes: bytes.length,
+        read: (buffer, length, position) => Promise.resolve(bytes.copy(buffer, 0, position, position + length)),
+        key: backupKey,
+        format: 1,
+      });
+      assert.equal((await readBackupHeader(v1Path)).backupKey, undefined);
+      await rejectsWith(bareEngine.verifyBackup({ path: v1Path, sha256 }), 'BACKUP_KEY_MISSING', new RegExp(`backup key ${backupKeyHash.slice(0, 12)}… of database lost-key is not in the key registry: import its key backup first \\(keyops backup key import FILE\\)`));
+      assert.equal(bareEngine.hasBackupKey('lost-key', backupKeyHash), false);
+      // What `keyops backup key import` does with the export of that key.
+      await rejectsWith(bareEngine.importBackupKey('lost-key', backupKey), 'DATABASE_NOT_FOUND', /name the root key to wrap its backup key under \(--key\)/);
+      const imported = await bareEngine.importBackupKey('lost-key', backupKey, keyId);
+      assert.deepEqual({ hash: imported.hash, alreadyRegistered: imported.alreadyRegistered }, { hash: backupKeyHash, alreadyRegistered: false });
+      assert.equal((await bareEngine.importBackupKey('lost-key', backupKey, keyId)).alreadyRegistered, true, 'importing twice changes nothing');
+      backupKey.fill(0);
+      assert.deepEqual(await bareEngine.verifyBackup({ path: v1Path, sha256 }), { tables: 1, rows: 5 });
+      // The engine that holds the database finds the key in the database's key file even when
+      // its registry lost the record.
+      assert.equal(registry.remove(record.id), true);
+      assert.deepEqual(await engine.verifyBackup({ path: v1Path, sha256 }), { tables: 1, rows: 5 });
+      assert.ok(registry.get(record.id), 'and registers it again');
+    } finally {
+      bareEngine.close();
+      bareRegistry.close();
+    }
 
     await rejectsWith(engine.createDatabase('Bad Id!', keyId), 'INVALID_CONFIGURATION', /database id "Bad Id!" must be/);
     await rejectsWith(engine.createDatabase('shop', keyId), 'DATABASE_EXISTS');

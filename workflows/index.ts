@@ -18,3 +18,5 @@ export { verifyBackup } from './verify-backup';
 export { rotateRootKeyOnSchedule } from './rotate-root-key-on-schedule';
 export { resolveRootKeys } from './resolve-root-keys';
 export { rotateInKms } from './rotate-in-kms';
+export { importBackups } from './import-backups';
+export { importBackupKey } from './import-backup-key';

@@ -3,7 +3,10 @@ import { checkRestorable, restoreBackupImage } from './restore-activities';
 import { DatabaseIdAttribute, KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 
 export interface RestoreBackupInput {
-  backupId: string;
+  /** A catalogued backup, by id; or */
+  backupId?: string;
+  /** a backup file on the worker, by absolute path: restores with the file and the KMS alone. */
+  path?: string;
   /** Where the restored database file goes; an existing file is never overwritten. */
   targetPath: string;
 }
@@ -18,18 +21,22 @@ export interface RestoreBackupResult {
   rows: number;
 }
 
-/** Restores a catalogued backup, after checking that every key it needs is still there. */
+/**
+ * Restores a backup, after checking that every key it needs is still there: a catalogued one by
+ * id, or any backup file by path (disaster recovery: no registry, no catalog, only the KMS).
+ */
 export async function restoreBackup(input: RestoreBackupInput): Promise<RestoreBackupResult> {
+  const name = input.backupId ?? input.path;
   const phase = (value: string, details: string) => {
     upsertSearchAttributes([{ key: PhaseAttribute, value }]);
-    setCurrentDetails(`**${value}** backup \`${input.backupId}\`: ${details}`);
+    setCurrentDetails(`**${value}** backup \`${name}\`: ${details}`);
   };
-  phase('checking-keys', 'is its root-key version still in the KMS, its backup key still registered?');
+  phase('checking-keys', 'is its root-key version still in the KMS, its backup key in its file or still registered?');
   let entry;
   try {
     entry = await checkRestorable.executeWithOptions(
-      { summary: `check that the root-key version and backup key of backup ${input.backupId} still exist, and ${input.targetPath} does not` },
-      [{ backupId: input.backupId, targetPath: input.targetPath }],
+      { summary: `check that the root-key version and backup key of backup ${name} still exist, and ${input.targetPath} does not` },
+      [{ ...(input.backupId !== undefined ? { backupId: input.backupId } : {}), ...(input.path !== undefined ? { path: input.path } : {}), targetPath: input.targetPath }],
     );
   } catch (err) {
     upsertSearchAttributes([{ key: OutcomeAttribute, value: 'failed' }]);
@@ -42,10 +49,10 @@ export async function restoreBackup(input: RestoreBackupInput): Promise<RestoreB
   ]);
   phase('restoring', `to ${input.targetPath}`);
   const check = await restoreBackupImage.executeWithOptions(
-    { summary: `restore backup ${input.backupId} of database ${entry.databaseId} (key ${entry.keyId} version ${entry.keyVersion}) to ${input.targetPath}` },
+    { summary: `restore backup ${entry.backupId} of database ${entry.databaseId} (key ${entry.keyId} version ${entry.keyVersion}) to ${input.targetPath}` },
     [{ path: entry.path, sha256: entry.sha256, targetPath: input.targetPath }],
   );
   phase('done', `${check.rows} rows in ${check.tables} table(s) at ${input.targetPath}`);
   upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
-  return { backupId: input.backupId, databaseId: entry.databaseId, targetPath: input.targetPath, keyId: entry.keyId, keyVersion: entry.keyVersion, ...check };
+  return { backupId: entry.backupId, databaseId: entry.databaseId, targetPath: input.targetPath, keyId: entry.keyId, keyVersion: entry.keyVersion, ...check };
 }

@@ -44,6 +44,8 @@ export class SqliteBackupCatalog implements BackupCatalog {
     this.db = new Database(path);
     if (created) chmodSync(path, 0o600);
     this.db.pragma('journal_mode = WAL');
+    // Durable commits: files renamed and fsynced after a commit must never outlive it.
+    this.db.pragma('synchronous = FULL');
     this.db.pragma('busy_timeout = 5000');
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS backups (

@@ -24,6 +24,8 @@ export class RotationLedger {
     const db = new Database(path);
     if (created) chmodSync(path, 0o600);
     db.pragma('journal_mode = WAL');
+    // Durable commits: files renamed and fsynced after a commit must never outlive it.
+    db.pragma('synchronous = FULL');
     db.pragma('busy_timeout = 10000');
     db.exec('CREATE TABLE IF NOT EXISTS claims (unit_set_id TEXT PRIMARY KEY, owner TEXT NOT NULL, reencrypting_vp TEXT, claimed_at TEXT NOT NULL)');
     return new RotationLedger(db);

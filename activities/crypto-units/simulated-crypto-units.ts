@@ -106,6 +106,8 @@ export class SimulatedCryptoUnits implements CryptoUnitSet {
   private static connect(path: string): Database.Database {
     const db = new Database(path);
     db.pragma('journal_mode = WAL');
+    // Durable commits: files renamed and fsynced after a commit must never outlive it.
+    db.pragma('synchronous = FULL');
     db.pragma('busy_timeout = 10000');
     db.exec(`
       CREATE TABLE IF NOT EXISTS units (

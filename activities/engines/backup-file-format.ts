@@ -1,5 +1,5 @@
 /**
- * The encrypted backup file (format 1):
+ * The encrypted backup file (format 2; format 1 files are still read):
  *
  *   "KOBK" | format (1 byte) | header length (u32 BE) | header (JSON, UTF-8) | chunks
  *   chunk: ciphertext length (u32 BE) | IV (12) | tag (16) | ciphertext
@@ -7,7 +7,10 @@
  * Each chunk is AES-256-GCM under the backup key, with SHA-256(magic..header) || chunk index
  * (u64 BE) || final flag as additional data: the header cannot be edited, chunks cannot be
  * reordered, and a file cut after any chunk fails because its last chunk is not marked final.
- * The header names everything a restore needs except key material.
+ * The header carries everything a restore needs except access to the KMS: the DEK's WDEK and,
+ * from format 2, the backup key's WDEK, both under the database's root key (id and version).
+ * Losing the worker's registry or catalog therefore never makes a backup unreadable; format 1
+ * files name only the backup key's hash and need the registry (or an imported key export).
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { type FileHandle, open, rename, rm } from 'node:fs/promises';
@@ -17,7 +20,8 @@ import { EngineError } from './engine-error';
 import { Sha256Thread } from './sha256-thread';
 
 const MAGIC = Buffer.from('KOBK', 'ascii');
-const FORMAT = 1;
+const FORMAT = 2;
+const READABLE_FORMATS: ReadonlySet<number> = new Set([1, 2]);
 const PREFIX = MAGIC.length + 1 + 4;
 const IV = 12;
 const TAG = 16;
@@ -34,10 +38,18 @@ export const backupHeaderSchema = z.object({
   keyVersion: z.number().int().positive(),
   wdek: z.string().min(1),
   backupKeyHash: z.string().regex(/^[0-9a-f]{64}$/),
+  /** Format 2: the backup key, wrapped under the root key (a retired version still unwraps). */
+  backupKey: z.object({ keyId: z.string().min(1), keyVersion: z.number().int().positive(), wdek: z.string().min(1) }).optional(),
+  /** Format 2: the catalog entry this file is, so the catalog can be rebuilt from files alone. */
+  backupId: z.string().min(1).optional(),
+  night: z.string().regex(/^\d{4}-\d{2}-\d{2}$/).optional(),
   plainBytes: z.number().int().nonnegative(),
   chunkBytes: z.number().int().positive(),
 });
 export type BackupHeader = z.infer<typeof backupHeaderSchema>;
+/** What a writer supplies: format 2 requires the fields format 1 lacked. */
+export type NewBackupHeader = Omit<BackupHeader, 'plainBytes' | 'chunkBytes' | 'backupKey' | 'backupId' | 'night'> &
+  Required<Pick<BackupHeader, 'backupKey' | 'backupId' | 'night'>>;
 
 const invalid = (path: string, why: string) => new EngineError('BACKUP_INVALID', `backup ${path} is not valid: ${why}`);
 
@@ -86,17 +98,21 @@ async function readAt(file: FileHandle, buffer: Buffer, length: number, position
  */
 export async function writeBackupFile(options: {
   path: string;
-  header: Omit<BackupHeader, 'plainBytes' | 'chunkBytes'>;
+  header: NewBackupHeader;
   plainBytes: number;
   read: (buffer: Buffer, length: number, position: number) => Promise<number>;
   key: Buffer;
   progress?: (done: number, total: number) => void;
+  /** 1 only to prove that files written before format 2 still read: they lack the backup key. */
+  format?: 1 | 2;
 }): Promise<{ bytes: number; sha256: string }> {
-  const header: BackupHeader = { ...options.header, plainBytes: options.plainBytes, chunkBytes: BACKUP_CHUNK_BYTES };
+  const format = options.format ?? FORMAT;
+  const { backupKey, backupId, night, ...v1 } = options.header;
+  const header: BackupHeader = { ...(format === 1 ? v1 : { ...v1, backupKey, backupId, night }), plainBytes: options.plainBytes, chunkBytes: BACKUP_CHUNK_BYTES };
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   const prefix = Buffer.alloc(PREFIX);
   MAGIC.copy(prefix, 0);
-  prefix[4] = FORMAT;
+  prefix[4] = format;
   prefix.writeUInt32BE(json.length, 5);
   const headerDigest = createHash('sha256').update(prefix).update(json).digest();
   const partial = `${options.path}.partial-${randomBytes(4).toString('hex')}`;
@@ -208,7 +224,8 @@ async function openBackup(path: string): Promise<FileHandle> {
 async function readHeader(file: FileHandle, path: string) {
   const prefix = Buffer.alloc(PREFIX);
   if ((await readAt(file, prefix, PREFIX, 0)) < PREFIX || !prefix.subarray(0, 4).equals(MAGIC)) throw invalid(path, 'not a keyops backup file');
-  if (prefix[4] !== FORMAT) throw invalid(path, `unknown backup format ${prefix[4]}`);
+  const format = prefix[4]!;
+  if (!READABLE_FORMATS.has(format)) throw invalid(path, `unknown backup format ${format}`);
   const length = prefix.readUInt32BE(5);
   if (length > MAX_HEADER) throw invalid(path, 'header too large');
   const json = Buffer.alloc(length);
@@ -221,21 +238,25 @@ async function readHeader(file: FileHandle, path: string) {
   }
   const header = backupHeaderSchema.safeParse(parsed);
   if (!header.success) throw invalid(path, `the header is malformed (${header.error.issues[0]?.path.join('.') ?? '?'})`);
+  if (format >= 2 && (!header.data.backupKey || !header.data.backupId || !header.data.night)) throw invalid(path, 'its format 2 header lacks the backup key or backup id');
   return { header: header.data, prefix, json, offset: PREFIX + length };
 }
 
 /**
- * Decrypts every chunk, handing the plaintext to `write` in order, and checks the file's SHA-256
- * on the way (one read). Any altered, missing or reordered byte fails with BACKUP_INVALID naming
- * the file; callers must discard what `write` received when it throws.
+ * Decrypts every chunk, handing the plaintext to `write` in order, and computes the file's
+ * SHA-256 on the way (one read), checked against `expectedSha256` when the catalog recorded one.
+ * Without it the file still proves itself: every chunk is authenticated with the header as
+ * additional data, and the last one must be marked final. Any altered, missing or reordered
+ * byte fails with BACKUP_INVALID naming the file; callers must discard what `write` received
+ * when it throws.
  */
 export async function readBackupFile(options: {
   path: string;
-  expectedSha256: string;
+  expectedSha256?: string | undefined;
   keyFor: (header: BackupHeader) => Promise<Buffer>;
   write: (data: Buffer, position: number) => Promise<void>;
   progress?: (done: number, total: number) => void;
-}): Promise<BackupHeader> {
+}): Promise<{ header: BackupHeader; sha256: string }> {
   const { path } = options;
   const file = await openBackup(path);
   const fileHash = new Sha256Thread();
@@ -288,8 +309,9 @@ export async function readBackupFile(options: {
     }
     await Promise.all(writes);
     if (offset !== size) throw invalid(path, 'it has bytes after its final chunk');
-    if ((await fileHash.digest()) !== options.expectedSha256) throw invalid(path, 'its SHA-256 differs from the one recorded when it was written');
-    return header;
+    const sha256 = await fileHash.digest();
+    if (options.expectedSha256 !== undefined && sha256 !== options.expectedSha256) throw invalid(path, 'its SHA-256 differs from the one recorded when it was written');
+    return { header, sha256 };
   } finally {
     await next.catch(() => undefined);
     await Promise.allSettled(writes);

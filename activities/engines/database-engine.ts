@@ -36,6 +36,33 @@ export interface RestoreCheck {
   rows: number;
 }
 
+/** What a backup file says about itself, read from the file alone: ids, versions, hashes. */
+export interface BackupDescription {
+  databaseId: string;
+  /** The catalog entry the file is (undefined in files older than format 2). */
+  backupId: string | undefined;
+  night: string | undefined;
+  createdAt: string;
+  /** The root key and version that wrap the DEK stored in the backup. */
+  keyId: string;
+  keyVersion: number;
+  backupKeyHash: string;
+  /**
+   * The root-key version wrapping the backup key inside the file; undefined when the file does
+   * not carry its backup key (format 1), whose restore needs the key registered or imported.
+   */
+  backupKeyVersion: number | undefined;
+  plainBytes: number;
+}
+
+/** A backup file checked end to end from the file and the KMS alone. */
+export interface VerifiedBackupFile {
+  check: RestoreCheck;
+  /** SHA-256 of the file as read. */
+  sha256: string;
+  description: BackupDescription;
+}
+
 /** Called as work advances, e.g. to heartbeat; `total` is in the same unit as `done`. */
 export type Progress = (done: number, total: number) => void;
 
@@ -45,11 +72,18 @@ export interface DatabaseEngine {
    * Writes an encrypted backup to `path` (atomically: a partial file never carries the final
    * name). Refuses with KEY_IN_TRANSITION while the database's keys are between versions.
    */
-  backup(databaseId: string, path: string, progress?: Progress): Promise<BackupImage>;
-  /** Checks the file against its checksum and restores it to a scratch file that must open. */
-  verifyBackup(image: Pick<BackupImage, 'path' | 'sha256'>, progress?: Progress): Promise<RestoreCheck>;
+  backup(databaseId: string, path: string, progress?: Progress, label?: { backupId: string; night: string }): Promise<BackupImage>;
+  /**
+   * Checks the file (against its recorded checksum when given) and restores it to a scratch file
+   * that must open.
+   */
+  verifyBackup(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<RestoreCheck>;
+  /** verifyBackup, also answering what the file is and its checksum: a catalog rebuilt from files. */
+  verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<VerifiedBackupFile>;
+  /** Reads a backup file's header (no key needed). */
+  describeBackup(path: string): Promise<BackupDescription>;
   /** Restores a backup as a database file at `targetPath` (never over an existing file). */
-  restore(image: Pick<BackupImage, 'path' | 'sha256'>, targetPath: string, progress?: Progress): Promise<RestoreCheck>;
+  restore(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, targetPath: string, progress?: Progress): Promise<RestoreCheck>;
   /** A new backup key, not yet used for backups (idempotent: an existing pending key is returned). */
   createPendingBackupKey(databaseId: string): Promise<string>;
   /** The material of one backup key, for its passphrase-protected export. Never log or return it. */
@@ -60,6 +94,11 @@ export interface DatabaseEngine {
   regenerate(databaseId: string, progress?: Progress): Promise<DatabaseKeyState>;
   /** Whether the backup key with this hash is still available to decrypt backups. */
   hasBackupKey(databaseId: string, hash: string): boolean;
+  /**
+   * Makes a backup key from its export file usable again (wrapped under the database's root key,
+   * or `keyId` for a database the engine does not hold). Idempotent. Never log `material`.
+   */
+  importBackupKey(databaseId: string, material: Buffer, keyId?: string): Promise<{ hash: string; keyId: string; keyVersion: number; alreadyRegistered: boolean }>;
   /** Rewraps the database's WDEKs under the latest root-key version; data pages stay as they are. */
   reprotect(databaseId: string): Promise<DatabaseKeyState>;
 }

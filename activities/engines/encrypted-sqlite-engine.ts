@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { link, open, readdir, rename, rm } from 'node:fs/promises';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { dirname, join } from 'node:path';
@@ -7,8 +7,9 @@ import Database from 'better-sqlite3-multiple-ciphers';
 import type { KeyManagementService } from '../kms/key-management-service';
 import { KmsError } from '../kms/kms-error';
 import type { WdekRegistry, WdekRecord } from '../wdek-registry/wdek-registry';
-import type { BackupImage, DatabaseEngine, DatabaseKeyState, Progress, RestoreCheck } from './database-engine';
-import { readBackupFile, syncDirectory, writeBackupFile } from './backup-file-format';
+import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
+import { type BackupHeader, readBackupFile, readBackupHeader, syncDirectory, writeBackupFile } from './backup-file-format';
+import { type DatabaseKeyFile, type KeyFileWdek, databaseKeyFileSchema, keyFileFormat, readKeyFile, writeKeyFile } from './database-key-file';
 import { InspectError, inspectInThread } from './inspect-thread';
 import { EngineError } from './engine-error';
 
@@ -21,6 +22,22 @@ const SCHEMA_OBJECT = /^(CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|VIEW|TRIGGER)\s+(
 const COPY_BATCH_ROWS = 5000;
 export const backupKeyWdekId = (databaseId: string, hash: string) => `db/${databaseId}/backup-key/${hash}`;
 const keyHash = (material: Buffer) => createHash('sha256').update(material).digest('hex');
+const KEY_FILE_SUFFIX = '.keys.json';
+
+const toFileWdek = (r: WdekRecord): KeyFileWdek => ({ id: r.id, keyId: r.keyId, keyVersion: r.keyVersion, wdek: r.wdek.toString('base64'), owner: r.owner });
+const fromFileWdek = (w: KeyFileWdek): WdekRecord => ({ id: w.id, keyId: w.keyId, keyVersion: w.keyVersion, wdek: Buffer.from(w.wdek, 'base64'), owner: w.owner });
+
+const describe = (header: BackupHeader): BackupDescription => ({
+  databaseId: header.databaseId,
+  backupId: header.backupId,
+  night: header.night,
+  createdAt: header.createdAt,
+  keyId: header.keyId,
+  keyVersion: header.keyVersion,
+  backupKeyHash: header.backupKeyHash,
+  backupKeyVersion: header.backupKey?.keyVersion,
+  plainBytes: header.plainBytes,
+});
 
 async function fileSha256(path: string): Promise<string> {
   const hash = createHash('sha256');
@@ -60,7 +77,7 @@ function openKeyed(path: string, dek: Buffer, options: Database.Options = {}): D
 /** Whether the file opens with this DEK (a regeneration may have swapped it in before a crash). */
 function opensWith(path: string, dek: Buffer): boolean {
   try {
-    openKeyed(path, dek).close();
+    openKeyed(path, dek, { fileMustExist: true }).close();
     return true;
   } catch {
     return false;
@@ -76,10 +93,12 @@ interface DatabaseRow {
 
 /**
  * The embedded engine: each database is a SQLCipher-encrypted SQLite file whose DEK exists on
- * disk only as a WDEK in the registry, so opening it needs the KMS. Backups are the encrypted
- * file, re-encrypted under a backup key (itself a registered WDEK) with the DEK's WDEK in the
- * header: an old backup restores after any number of rotations, as retired versions unwrap.
- * Databases use a rollback journal, so a read transaction freezes the file for a raw copy.
+ * disk only as a WDEK, so opening it needs the KMS. The WDEKs live in the registry (where
+ * rewraps move them) and in the database's key file beside it (database-key-file.ts), from which
+ * a lost registry or engine metadata is rebuilt. Backups are the encrypted file, re-encrypted
+ * under a backup key, with the DEK's and the backup key's WDEKs in the header: an old backup
+ * restores from its file and the KMS alone, after any number of rotations, as retired versions
+ * unwrap. Databases use a rollback journal, so a read transaction freezes the file for a raw copy.
  */
 export class EncryptedSqliteEngine implements DatabaseEngine {
   private readonly meta: Database.Database;
@@ -97,6 +116,9 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     if (created) chmodSync(path, 0o600);
     this.meta.pragma('journal_mode = WAL');
     this.meta.pragma('busy_timeout = 5000');
+    // Every commit durable before the engine goes on: a backup key or a DEK change recorded here
+    // is followed by fsynced files (key files, backups) that must never outlive their record.
+    this.meta.pragma('synchronous = FULL');
     this.meta.exec(`
       CREATE TABLE IF NOT EXISTS databases (
         database_id TEXT PRIMARY KEY,
@@ -114,9 +136,116 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     `);
   }
 
-  /** `dir` holds the database files and the engine's metadata (no key material). */
+  /**
+   * `dir` holds the database files, their key files and the engine's metadata (no key material).
+   * Opening reconciles the three: a database known only by its key file is adopted, WDEKs missing
+   * from the registry are registered again, and a database without a key file gets one.
+   */
   static open(options: { dir: string; kms: KeyManagementService; registry: WdekRegistry }): EncryptedSqliteEngine {
-    return new EncryptedSqliteEngine(options.dir, options.kms, options.registry);
+    const engine = new EncryptedSqliteEngine(options.dir, options.kms, options.registry);
+    try {
+      engine.recovered = engine.reconcile();
+    } catch (err) {
+      engine.close();
+      throw err;
+    }
+    return engine;
+  }
+
+  /** What opening had to rebuild: databases adopted from key files, WDEKs registered again. */
+  recovered: { databases: string[]; wdeks: number } = { databases: [], wdeks: 0 };
+
+  private reconcile(): { databases: string[]; wdeks: number } {
+    const adopted: string[] = [];
+    let wdeks = 0;
+    for (const name of readdirSync(this.dir)) {
+      // A key file's temporary left by a crash: the key file itself is either old or new, whole.
+      if (name.includes(`${KEY_FILE_SUFFIX}.partial-`)) rmSync(join(this.dir, name), { force: true });
+      if (!name.endsWith(KEY_FILE_SUFFIX)) continue;
+      const file = readKeyFile(join(this.dir, name));
+      if (!file) continue;
+      if (`${file.databaseId}${KEY_FILE_SUFFIX}` !== name) {
+        throw new EngineError('INVALID_CONFIGURATION', `database key file ${join(this.dir, name)} names database ${file.databaseId}; it belongs beside ${file.databaseId}.db`);
+      }
+      this.meta
+        .transaction(() => {
+          const known = this.meta.prepare('SELECT 1 FROM databases WHERE database_id = ?').get(file.databaseId);
+          if (!known) {
+            this.meta
+              .prepare('INSERT INTO databases (database_id, key_id, created_at, key_change) VALUES (?, ?, ?, ?)')
+              .run(file.databaseId, file.keyId, file.createdAt, file.keyChange);
+            adopted.push(file.databaseId);
+          }
+          const addKey = this.meta.prepare('INSERT OR IGNORE INTO backup_keys (database_id, hash, state, created_at) VALUES (?, ?, ?, ?)');
+          for (const k of file.backupKeys) addKey.run(file.databaseId, k.hash, k.state, k.createdAt);
+          for (const w of file.wdeks) {
+            if (this.registry.get(w.id)) continue;
+            this.registry.register(fromFileWdek(w));
+            wdeks++;
+          }
+        })
+        .immediate();
+    }
+    // Databases created before key files existed: write theirs now, from the registry.
+    for (const { database_id: id } of this.meta.prepare<[], { database_id: string }>('SELECT database_id FROM databases').all()) {
+      if (!existsSync(this.keyFilePath(id))) this.meta.transaction(() => this.syncKeyFile(id)).immediate();
+    }
+    return { databases: adopted, wdeks };
+  }
+
+  /** The database's key file: its WDEKs, beside its data file. */
+  keyFilePath(databaseId: string): string {
+    return join(this.dir, `${checkDatabaseId(databaseId)}${KEY_FILE_SUFFIX}`);
+  }
+
+  /**
+   * Makes the key file say what the registry and metadata say now, writing only on a change.
+   * Runs inside an IMMEDIATE metadata transaction: that lock serializes every process's writes.
+   * A WDEK the registry lost is taken from the key file (and registered again), never dropped;
+   * only ids in `without` (a DEK a regeneration gave up or replaced) leave the file.
+   */
+  private syncKeyFile(databaseId: string, without: readonly string[] = []): void {
+    const row = this.requireDatabase(databaseId);
+    const id = row.database_id;
+    const path = this.keyFilePath(id);
+    const existing = readKeyFile(path);
+    const backupKeys = this.meta
+      .prepare<[string], { hash: string; state: 'pending' | 'active' | 'retired'; created_at: string }>('SELECT hash, state, created_at FROM backup_keys WHERE database_id = ? ORDER BY created_at, hash')
+      .all(id);
+    const ids = [dekWdekId(id), nextDekWdekId(id), ...backupKeys.map((k) => backupKeyWdekId(id, k.hash))].filter((w) => !without.includes(w));
+    const wdeks: KeyFileWdek[] = [];
+    for (const wid of ids) {
+      let record = this.registry.get(wid);
+      if (!record) {
+        const kept = existing?.wdeks.find((w) => w.id === wid);
+        if (!kept) continue;
+        record = fromFileWdek(kept);
+        this.registry.register(record);
+      }
+      wdeks.push(toFileWdek(record));
+    }
+    const content: DatabaseKeyFile = databaseKeyFileSchema.parse({
+      format: keyFileFormat,
+      databaseId: id,
+      keyId: row.key_id,
+      createdAt: row.created_at,
+      keyChange: row.key_change,
+      wdeks,
+      backupKeys: backupKeys.map((k) => ({ hash: k.hash, state: k.state, createdAt: k.created_at })),
+    });
+    if (existing && JSON.stringify(existing) === JSON.stringify(content)) return;
+    writeKeyFile(path, content);
+  }
+
+  /** Runs `fn` and then brings the database's key file up to date, under the metadata write lock. */
+  private recordKeys<T>(databaseId: string, fn: () => T, without: readonly string[] = []): T {
+    return this.meta
+      .transaction(() => {
+        const result = fn();
+        this.syncKeyFile(databaseId, without);
+        return result;
+      })
+      .immediate();
   }
 
   close(): void {
@@ -134,25 +263,53 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
       .map((r) => ({ databaseId: r.database_id, keyId: r.key_id, createdAt: r.created_at }));
   }
 
-  /** A new encrypted database protected by root key `keyId`, with its first backup key active. */
+  /**
+   * A new encrypted database protected by root key `keyId`, with its first backup key active.
+   * The name is claimed in one metadata transaction that also writes the key file, before the
+   * registry or the data file are touched: of two concurrent creations (in any processes) one
+   * wins and the other fails DATABASE_EXISTS having changed nothing, so a WDEK that encrypts
+   * data is never replaced.
+   */
   async createDatabase(databaseId: string, keyId: string): Promise<DatabaseKeyState> {
     const id = checkDatabaseId(databaseId);
     const path = this.databasePath(id);
-    if (this.meta.prepare('SELECT 1 FROM databases WHERE database_id = ?').get(id) || existsSync(path)) {
-      throw new EngineError('DATABASE_EXISTS', `database ${id} already exists`);
-    }
+    const exists = () => new EngineError('DATABASE_EXISTS', `database ${id} already exists`);
+    const taken = () => this.meta.prepare('SELECT 1 FROM databases WHERE database_id = ?').get(id) !== undefined || existsSync(path) || existsSync(this.keyFilePath(id));
+    if (taken()) throw exists();
     const { dek, wdek, keyVersion } = await this.kmsCall(() => this.kms.wrap(keyId));
+    const material = randomBytes(32);
     try {
-      this.registry.register({ id: dekWdekId(id), keyId, keyVersion, wdek, owner: `database ${id}` });
+      const hash = keyHash(material);
+      const backupKey = await this.kmsCall(() => this.kms.wrap(keyId, material));
+      const records: WdekRecord[] = [
+        { id: dekWdekId(id), keyId, keyVersion, wdek, owner: `database ${id}` },
+        { id: backupKeyWdekId(id, hash), keyId, keyVersion: backupKey.keyVersion, wdek: backupKey.wdek, owner: `backup key of database ${id}` },
+      ];
+      const now = new Date().toISOString();
+      this.meta
+        .transaction(() => {
+          if (taken()) throw exists();
+          writeKeyFile(this.keyFilePath(id), {
+            format: keyFileFormat,
+            databaseId: id,
+            keyId,
+            createdAt: now,
+            keyChange: null,
+            wdeks: records.map(toFileWdek),
+            backupKeys: [{ hash, state: 'active', createdAt: now }],
+          });
+          this.meta.prepare('INSERT INTO databases (database_id, key_id, created_at) VALUES (?, ?, ?)').run(id, keyId, now);
+          this.meta.prepare(`INSERT INTO backup_keys (database_id, hash, state, created_at) VALUES (?, ?, 'active', ?)`).run(id, hash, now);
+        })
+        .immediate();
+      this.registry.registerMany(records);
       const db = openKeyed(path, dek);
       chmodSync(path, 0o600);
       db.close();
     } finally {
       dek.fill(0);
+      material.fill(0);
     }
-    const now = new Date().toISOString();
-    this.meta.prepare('INSERT INTO databases (database_id, key_id, created_at) VALUES (?, ?, ?)').run(id, keyId, now);
-    await this.addBackupKey(id, 'active');
     return this.keyState(id);
   }
 
@@ -178,6 +335,8 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
 
   keyState(databaseId: string): Promise<DatabaseKeyState> {
     const row = this.requireDatabase(databaseId);
+    // Rewraps move the registry's WDEKs; the key file follows here, the next time anyone looks.
+    this.recordKeys(row.database_id, () => undefined);
     const wdeks = this.wdeksOf(row);
     const active = this.meta
       .prepare<[string], { hash: string }>(`SELECT hash FROM backup_keys WHERE database_id = ? AND state = 'active'`)
@@ -211,7 +370,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     }
   }
 
-  async backup(databaseId: string, path: string, progress?: Progress): Promise<BackupImage> {
+  async backup(databaseId: string, path: string, progress?: Progress, label?: { backupId: string; night: string }): Promise<BackupImage> {
     const row = this.requireDatabase(databaseId);
     const state = await this.keyState(row.database_id);
     if (state.keyChangeInProgress) {
@@ -228,6 +387,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
       );
     }
     const dekRecord = this.requireWdek(dekWdekId(row.database_id));
+    const backupKeyRecord = this.requireWdek(backupKeyWdekId(row.database_id, state.backupKeyHash));
     const backupKey = await this.backupKey(row.database_id, state.backupKeyHash);
     const dek = await this.unwrapDek(row);
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
@@ -241,15 +401,19 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
         db.prepare('SELECT count(*) FROM sqlite_master').get();
         const { size } = await source.stat();
         const createdAt = new Date().toISOString();
+        const night = label?.night ?? createdAt.slice(0, 10);
         const written = await writeBackupFile({
           path,
           header: {
             databaseId: row.database_id,
+            backupId: label?.backupId ?? `backup/${row.database_id}/${night}`,
+            night,
             createdAt,
             keyId: row.key_id,
             keyVersion: dekRecord.keyVersion,
             wdek: dekRecord.wdek.toString('base64'),
             backupKeyHash: state.backupKeyHash,
+            backupKey: { keyId: backupKeyRecord.keyId, keyVersion: backupKeyRecord.keyVersion, wdek: backupKeyRecord.wdek.toString('base64') },
           },
           plainBytes: size,
           read: async (buffer, length, position) => (await source.read(buffer, 0, length, position)).bytesRead,
@@ -277,20 +441,29 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     }
   }
 
-  async verifyBackup(image: Pick<BackupImage, 'path' | 'sha256'>, progress?: Progress): Promise<RestoreCheck> {
+  async verifyBackup(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<RestoreCheck> {
+    return (await this.verifyBackupFile(image, progress)).check;
+  }
+
+  async verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<VerifiedBackupFile> {
     const scratch = `${image.path}.verify-${randomBytes(4).toString('hex')}.db`;
     try {
-      return await this.restoreTo(image, scratch, progress);
+      const { check, header, sha256 } = await this.restoreTo(image, scratch, progress);
+      return { check, sha256, description: describe(header) };
     } finally {
       await rm(scratch, { force: true });
     }
   }
 
-  async restore(image: Pick<BackupImage, 'path' | 'sha256'>, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
+  async describeBackup(path: string): Promise<BackupDescription> {
+    return describe(await readBackupHeader(path));
+  }
+
+  async restore(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
     const partial = `${targetPath}.partial-${randomBytes(4).toString('hex')}`;
     mkdirSync(dirname(targetPath), { recursive: true, mode: 0o700 });
     try {
-      const check = await this.restoreTo(image, partial, progress);
+      const { check } = await this.restoreTo(image, partial, progress);
       // link() publishes without ever replacing: a file that appeared at the target meanwhile
       // (another restore, the operator) stays. The same bytes there mean an earlier attempt of
       // this restore got that far before its worker died: done.
@@ -318,7 +491,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
       if (result instanceof KmsError) throw new EngineError('KEY_UNAVAILABLE', `WDEK ${record.id} does not unwrap: ${result.message}`);
       return { id: record.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: record.keyVersion, expectedWdek: record.wdek };
     });
-    this.registry.update(updates);
+    this.recordKeys(row.database_id, () => this.registry.update(updates));
     return this.keyState(row.database_id);
   }
 
@@ -336,18 +509,50 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
 
   activateBackupKey(databaseId: string, hash: string): Promise<void> {
     const row = this.requireDatabase(databaseId);
-    this.meta.transaction(() => {
+    this.recordKeys(row.database_id, () => {
       const key = this.meta.prepare<[string, string], { state: string }>('SELECT state FROM backup_keys WHERE database_id = ? AND hash = ?').get(row.database_id, hash);
       if (!key) throw new EngineError('BACKUP_KEY_MISSING', `database ${row.database_id} has no backup key ${hash.slice(0, 12)}…`);
       if (key.state === 'active') return;
       this.meta.prepare(`UPDATE backup_keys SET state = 'retired' WHERE database_id = ? AND state = 'active'`).run(row.database_id);
       this.meta.prepare(`UPDATE backup_keys SET state = 'active' WHERE database_id = ? AND hash = ?`).run(row.database_id, hash);
-    })();
+    });
     return Promise.resolve();
   }
 
   hasBackupKey(databaseId: string, hash: string): boolean {
-    return this.registry.get(backupKeyWdekId(databaseId, hash)) !== undefined;
+    return this.registry.get(backupKeyWdekId(databaseId, hash)) !== undefined || this.keyFileWdek(databaseId, backupKeyWdekId(databaseId, hash)) !== undefined;
+  }
+
+  /**
+   * Registers a backup key read from its export file again (`keyops backup key import`), wrapped
+   * under the database's root key (or `keyId` for a database this engine does not hold), so that
+   * backups whose files do not carry their backup key (format 1) restore. Idempotent.
+   */
+  async importBackupKey(databaseId: string, material: Buffer, keyId?: string): Promise<{ hash: string; keyId: string; keyVersion: number; alreadyRegistered: boolean }> {
+    const id = checkDatabaseId(databaseId);
+    const hash = keyHash(material);
+    const wid = backupKeyWdekId(id, hash);
+    const row = this.meta.prepare<[string], DatabaseRow>('SELECT * FROM databases WHERE database_id = ?').get(id);
+    const rootKey = row?.key_id ?? keyId;
+    if (!rootKey) {
+      throw new EngineError('DATABASE_NOT_FOUND', `no database ${id} in this engine: name the root key to wrap its backup key under (--key)`);
+    }
+    if (row && keyId !== undefined && keyId !== row.key_id) {
+      throw new EngineError('INVALID_CONFIGURATION', `database ${id} is protected by root key ${row.key_id}, not ${keyId}`);
+    }
+    const existing = this.registry.get(wid);
+    if (existing) return { hash, keyId: existing.keyId, keyVersion: existing.keyVersion, alreadyRegistered: true };
+    const { wdek, keyVersion } = await this.kmsCall(() => this.kms.wrap(rootKey, material));
+    const record: WdekRecord = { id: wid, keyId: rootKey, keyVersion, wdek, owner: `backup key of database ${id} (imported)` };
+    if (row) {
+      this.recordKeys(id, () => {
+        this.registry.register(record);
+        this.meta.prepare(`INSERT OR IGNORE INTO backup_keys (database_id, hash, state, created_at) VALUES (?, ?, 'retired', ?)`).run(id, hash, new Date().toISOString());
+      });
+    } else {
+      this.registry.register(record);
+    }
+    return { hash, keyId: rootKey, keyVersion, alreadyRegistered: false };
   }
 
   /**
@@ -360,14 +565,19 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   async regenerate(databaseId: string, progress?: Progress): Promise<DatabaseKeyState> {
     const row = this.requireDatabase(databaseId);
     const id = row.database_id;
-    let next = this.registry.get(nextDekWdekId(id));
+    const nextId = nextDekWdekId(id);
+    let next = this.wdek(nextId);
     if (!next) {
       const { dek, wdek, keyVersion } = await this.kmsCall(() => this.kms.wrap(row.key_id));
       dek.fill(0);
-      next = { id: nextDekWdekId(id), keyId: row.key_id, keyVersion, wdek, owner: `database ${id} (regenerating)` };
-      this.registry.register(next);
+      next = { id: nextId, keyId: row.key_id, keyVersion, wdek, owner: `database ${id} (regenerating)` };
     }
-    this.meta.prepare('UPDATE databases SET key_change = ? WHERE database_id = ? AND key_change IS NULL').run(`DEK regeneration since ${new Date().toISOString()}`, id);
+    // The new DEK is in the key file before any page is encrypted under it.
+    const record = next;
+    this.recordKeys(id, () => {
+      if (!this.registry.get(nextId)) this.registry.register(record);
+      this.meta.prepare('UPDATE databases SET key_change = ? WHERE database_id = ? AND key_change IS NULL').run(`DEK regeneration since ${new Date().toISOString()}`, id);
+    });
     const newDek = (await this.kmsCall(() => this.kms.unwrap(next.keyId, next.wdek))).dek;
     const path = this.databasePath(id);
     await this.exclusive(id, async () => {
@@ -376,6 +586,20 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
           const oldDek = await this.unwrapDek(row);
           try {
             await this.copyUnderNewKey(path, oldDek, newDek, progress);
+          } catch (err) {
+            // A schema the copy cannot carry will not copy on a retry either: the database stays
+            // on its old file and DEK, and backups must not wait for a change that is not coming.
+            if (err instanceof EngineError && !err.retryable) {
+              this.recordKeys(
+                id,
+                () => {
+                  this.registry.remove(nextId);
+                  this.meta.prepare('UPDATE databases SET key_change = NULL WHERE database_id = ?').run(id);
+                },
+                [nextId],
+              );
+            }
+            throw err;
           } finally {
             oldDek.fill(0);
           }
@@ -384,12 +608,23 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
         newDek.fill(0);
       }
       // The file is under the new DEK: make it the database's DEK, then end the key change. The
-      // record is read again: a root-key rewrap during the copy may have moved it to a newer version.
-      const latest = this.requireWdek(nextDekWdekId(id));
-      const current = this.requireWdek(dekWdekId(id));
-      this.registry.update([{ id: current.id, wdek: latest.wdek, keyVersion: latest.keyVersion, expectedVersion: current.keyVersion, expectedWdek: current.wdek }]);
-      this.registry.remove(latest.id);
-      this.meta.prepare('UPDATE databases SET key_change = NULL WHERE database_id = ?').run(id);
+      // records are read again: a root-key rewrap during the copy may have moved them to a newer
+      // version. Compare-and-set: if another process changed the DEK record meanwhile, stop with
+      // dek-next kept; the file opens with it (unwrapDek), and a retry swaps again.
+      this.recordKeys(
+        id,
+        () => {
+          const latest = this.requireWdek(nextId);
+          const current = this.requireWdek(dekWdekId(id));
+          const swapped = this.registry.update([{ id: current.id, wdek: latest.wdek, keyVersion: latest.keyVersion, expectedVersion: current.keyVersion, expectedWdek: current.wdek }]);
+          if (swapped !== 1) {
+            throw new EngineError('KEY_IN_TRANSITION', `the DEK record of database ${id} changed while its regeneration swapped it; the new DEK stays recorded as ${nextId} and the database opens with it: retry`);
+          }
+          this.registry.remove(nextId);
+          this.meta.prepare('UPDATE databases SET key_change = NULL WHERE database_id = ?').run(id);
+        },
+        [nextId],
+      );
     });
     return this.keyState(id);
   }
@@ -467,28 +702,35 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     const hash = keyHash(material);
     try {
       const { wdek, keyVersion } = await this.kmsCall(() => this.kms.wrap(row.key_id, material));
-      this.registry.register({ id: backupKeyWdekId(row.database_id, hash), keyId: row.key_id, keyVersion, wdek, owner: `backup key of database ${row.database_id}` });
+      this.recordKeys(row.database_id, () => {
+        this.registry.register({ id: backupKeyWdekId(row.database_id, hash), keyId: row.key_id, keyVersion, wdek, owner: `backup key of database ${row.database_id}` });
+        this.meta.prepare('INSERT INTO backup_keys (database_id, hash, state, created_at) VALUES (?, ?, ?, ?)').run(row.database_id, hash, state, new Date().toISOString());
+      });
     } finally {
       material.fill(0);
     }
-    this.meta.prepare('INSERT INTO backup_keys (database_id, hash, state, created_at) VALUES (?, ?, ?, ?)').run(row.database_id, hash, state, new Date().toISOString());
     return hash;
   }
 
-  private async restoreTo(image: Pick<BackupImage, 'path' | 'sha256'>, target: string, progress?: Progress): Promise<RestoreCheck> {
+  private async restoreTo(
+    image: Pick<BackupImage, 'path'> & { sha256?: string | undefined },
+    target: string,
+    progress?: Progress,
+  ): Promise<{ check: RestoreCheck; header: BackupHeader; sha256: string }> {
     const out = await open(target, 'wx', 0o600);
-    let header;
+    let header: BackupHeader;
+    let sha256: string;
     try {
-      header = await readBackupFile({
+      ({ header, sha256 } = await readBackupFile({
         path: image.path,
         expectedSha256: image.sha256,
-        keyFor: (h) => this.backupKey(h.databaseId, h.backupKeyHash),
+        keyFor: (h) => this.backupKeyOf(h),
         write: async (data, position) => {
           let written = 0;
           while (written < data.length) written += (await out.write(data, written, data.length - written, position + written)).bytesWritten;
         },
         ...(progress ? { progress } : {}),
-      });
+      }));
       await out.sync();
     } finally {
       await out.close();
@@ -497,7 +739,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     const { dek } = await this.kmsCall(() => this.kms.unwrap(header.keyId, Buffer.from(header.wdek, 'base64')));
     try {
       // What the restored file holds, after SQLite's own consistency check.
-      return await inspectInThread(target, dek, () => progress?.(header.plainBytes, header.plainBytes));
+      return { check: await inspectInThread(target, dek, () => progress?.(header.plainBytes, header.plainBytes)), header, sha256 };
     } catch (err) {
       if (err instanceof InspectError) throw new EngineError('BACKUP_INVALID', `the database restored from ${image.path} fails SQLite's quick_check: ${err.message}`);
       throw new EngineError('BACKUP_INVALID', `backup ${image.path} decrypts but does not open as database ${header.databaseId}: ${String(err)}`);
@@ -512,9 +754,25 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     return row;
   }
 
+  /** A WDEK from the registry, or from the database's key file when the registry lost it. */
+  private wdek(id: string): WdekRecord | undefined {
+    const found = this.registry.get(id);
+    if (found) return found;
+    const kept = this.keyFileWdek(/^db\/([^/]+)\//.exec(id)?.[1] ?? '', id);
+    if (!kept) return undefined;
+    this.registry.register(kept);
+    return kept;
+  }
+
+  private keyFileWdek(databaseId: string, id: string): WdekRecord | undefined {
+    if (!DATABASE_ID.test(databaseId)) return undefined;
+    const kept = readKeyFile(this.keyFilePath(databaseId))?.wdeks.find((w) => w.id === id);
+    return kept && fromFileWdek(kept);
+  }
+
   private requireWdek(id: string): WdekRecord {
-    const record = this.registry.get(id);
-    if (!record) throw new EngineError('INVALID_CONFIGURATION', `the WDEK registry lacks ${id}`);
+    const record = this.wdek(id);
+    if (!record) throw new EngineError('INVALID_CONFIGURATION', `neither the WDEK registry nor the database's key file holds ${id}`);
     return record;
   }
 
@@ -524,14 +782,40 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     return [dekWdekId(row.database_id), ...hashes.map((h) => backupKeyWdekId(row.database_id, h.hash))].map((id) => this.requireWdek(id));
   }
 
+  /**
+   * The DEK the database file is under now. Normally its `dek`; between a regeneration's file
+   * swap and its record swap (a crash, a lost compare-and-set) the file is under `dek-next`.
+   */
   private async unwrapDek(row: DatabaseRow): Promise<Buffer> {
     const record = this.requireWdek(dekWdekId(row.database_id));
-    return (await this.kmsCall(() => this.kms.unwrap(record.keyId, record.wdek))).dek;
+    const dek = (await this.kmsCall(() => this.kms.unwrap(record.keyId, record.wdek))).dek;
+    const next = this.wdek(nextDekWdekId(row.database_id));
+    const path = this.databasePath(row.database_id);
+    if (!next || !existsSync(path) || opensWith(path, dek)) return dek;
+    const nextDek = (await this.kmsCall(() => this.kms.unwrap(next.keyId, next.wdek))).dek;
+    if (opensWith(path, nextDek)) {
+      dek.fill(0);
+      return nextDek;
+    }
+    nextDek.fill(0);
+    return dek;
+  }
+
+  /** A backup's key: from its own header (format 2), else from the registry or key file. */
+  private async backupKeyOf(header: BackupHeader): Promise<Buffer> {
+    if (!header.backupKey) return this.backupKey(header.databaseId, header.backupKeyHash);
+    const { keyId, wdek } = header.backupKey;
+    const { dek } = await this.kmsCall(() => this.kms.unwrap(keyId, Buffer.from(wdek, 'base64')));
+    if (keyHash(dek) !== header.backupKeyHash) {
+      dek.fill(0);
+      throw new EngineError('BACKUP_INVALID', `the backup key inside the backup of ${header.databaseId} does not match its hash ${header.backupKeyHash.slice(0, 12)}…`);
+    }
+    return dek;
   }
 
   private async backupKey(databaseId: string, hash: string): Promise<Buffer> {
-    const record = this.registry.get(backupKeyWdekId(databaseId, hash));
-    if (!record) throw new EngineError('BACKUP_KEY_MISSING', `backup key ${hash.slice(0, 12)}… of database ${databaseId} is not in the key registry: restore its key backup first`);
+    const record = this.wdek(backupKeyWdekId(databaseId, hash));
+    if (!record) throw new EngineError('BACKUP_KEY_MISSING', `backup key ${hash.slice(0, 12)}… of database ${databaseId} is not in the key registry: import its key backup first (keyops backup key import FILE)`);
     const { dek } = await this.kmsCall(() => this.kms.unwrap(record.keyId, record.wdek));
     if (keyHash(dek) !== hash) throw new EngineError('BACKUP_KEY_MISSING', `the registered backup key ${hash.slice(0, 12)}… of database ${databaseId} does not match its hash`);
     return dek;

@@ -31,8 +31,10 @@ export class SqliteWdekRegistry implements WdekRegistry {
     if (created) chmodSync(path, 0o600);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 5000');
-    // NORMAL in WAL mode survives a process crash (only power loss can drop the last commits).
-    this.db.pragma('synchronous = NORMAL');
+    // FULL: a commit is on disk before the caller goes on. NORMAL can lose the last commits on a
+    // power loss, while what followed them (a fsynced rename of a backup or key file, a KMS
+    // rotation) survives: a WDEK rewrapped to a version the registry then forgets.
+    this.db.pragma('synchronous = FULL');
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS wdeks (
         id TEXT PRIMARY KEY,

@@ -1,7 +1,7 @@
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { ApplicationFailure } from '@temporalio/common';
 import type { Command } from 'commander';
-import { listBackups, nightlyBackup, restoreBackup, verifyBackup } from '../../workflows';
+import { importBackupKey, importBackups, listBackups, nightlyBackup, restoreBackup, verifyBackup } from '../../workflows';
 import { type BackupPhase, backupProgressQuery, backupWorkflowId } from '../../workflows/backup-messages';
 import { followRun } from '../follow-run';
 import { TASK_QUEUE } from '../../workflows/task-queue';
@@ -51,6 +51,8 @@ function explainBackupFailure(failure: ApplicationFailure | undefined, fallback:
     case 'BACKUP_NOT_FOUND':
     case 'INVALID_INPUT':
       throw new CliError(message, ExitCode.usage);
+    case 'PERMISSION_DENIED':
+      throw new CliError(message, ExitCode.failed, 'the workers open key exports with KEYOPS_BACKUP_KEY_PASSPHRASE (or _FILE): set the passphrase the export was written with');
     case 'BACKUP_KEY_MISSING':
     case 'KEY_VERSION_MISSING':
       throw new CliError(message, ExitCode.failed, 'keys that a retained backup needs must outlive it; restore the key backup, then retry');
@@ -146,37 +148,118 @@ export function registerBackupCommands(program: Command): void {
     });
 
   backup
-    .command('restore <backupId>')
-    .description('restore a catalogued backup to a new file, after checking that its keys still exist')
-    .requiredOption('--to <path>', 'the restored database file (must not exist)')
+    .command('restore <backup>')
+    .description('restore a backup to a new file, after checking that its keys still exist: a catalogued backup by id, or any backup file by its path')
+    .requiredOption('--to <path>', 'the restored database file, an absolute path on the worker (must not exist)')
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
     .addHelpText(
       'after',
       `
+A backup file carries the wrapped keys it needs: it restores with the KMS alone, on workers
+that lost their registry and catalog, or on a fresh data directory (the local KMS needs its
+master secret). Paths are on the worker's machine.
+
 Examples:
   keyops backup list --database payroll
-  keyops backup restore backup/payroll/2026-12-01 --to /srv/restore/payroll.db`,
+  keyops backup restore backup/payroll/2026-12-01 --to /srv/restore/payroll.db
+  keyops backup restore /srv/keyops/backups/payroll/payroll-2026-12-01-0a1b2c3d4e5f.kob --to /srv/restore/payroll.db`,
     )
-    .action(async (backupId: string, _opts: BackupOptions, cmd: Command) => {
+    .action(async (backup: string, _opts: BackupOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { to: string }>();
       if (!options.to.startsWith('/')) throw new CliError(`--to "${options.to}" must be an absolute path (the worker resolves it, not this shell)`, ExitCode.usage);
-      const workflowId = `restore/${backupId}/${Date.now()}`;
+      const byFile = backup.startsWith('/');
+      if (!byFile && !backup.startsWith('backup/')) {
+        throw new CliError(`"${backup}" is neither a backup id (backup/DATABASE/NIGHT, see keyops backup list) nor the absolute path of a backup file`, ExitCode.usage);
+      }
+      const workflowId = byFile ? `restore/file/${backup.split('/').pop() ?? 'backup'}/${Date.now()}` : `restore/${backup}/${Date.now()}`;
       const result = await withClient(options, (client) =>
         client.workflow
           .execute(restoreBackup, {
             taskQueue: options.taskQueue,
             workflowId,
-            args: [{ backupId, targetPath: options.to }],
-            staticSummary: `Restore ${backupId} to ${options.to}`,
+            args: [{ ...(byFile ? { path: backup } : { backupId: backup }), targetPath: options.to }],
+            staticSummary: `Restore ${backup} to ${options.to}`,
             staticDetails: [
-              `Started by \`keyops backup restore\`. Checks that the root key and the backup key ${backupId} needs still exist, then decrypts, checks every chunk and the SHA-256, and publishes ${options.to} only when complete.`,
+              `Started by \`keyops backup restore\`. Checks that the root key and the backup key ${backup} needs still exist, then decrypts, checks every chunk${byFile ? '' : ' and the SHA-256'}, and publishes ${options.to} only when complete.`,
               'It never overwrites an existing file.',
             ].join('\n\n'),
           })
           .catch((err: unknown) => explainBackupFailure(rootApplicationFailure(err), err)),
       );
       emit(options, { workflowId, ...result }, () => [
-        `restored ${backupId} to ${result.targetPath}: ${result.rows} rows in ${result.tables} table(s) (root key ${result.keyId} version ${result.keyVersion})`,
+        `restored ${result.backupId} to ${result.targetPath}: ${result.rows} rows in ${result.tables} table(s) (root key ${result.keyId} version ${result.keyVersion})`,
+      ]);
+    });
+
+  backup
+    .command('import <dir>')
+    .description('catalogue the backup files under a directory (a lost catalog is rebuilt from the files): each is test-restored first')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .addHelpText(
+      'after',
+      `
+Every backup file's header names its database, backup id, night and keys. Files already in
+the catalog are left alone; files that do not restore are listed with the reason and exit 1.
+
+Example:
+  keyops backup import /srv/keyops/backups`,
+    )
+    .action(async (dir: string, _opts: BackupOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions>();
+      if (!dir.startsWith('/')) throw new CliError(`"${dir}" must be an absolute path (the worker reads it, not this shell)`, ExitCode.usage);
+      const workflowId = `import-backups/${Date.now()}`;
+      const result = await withClient(options, (client) =>
+        client.workflow
+          .execute(importBackups, {
+            taskQueue: options.taskQueue,
+            workflowId,
+            args: [{ dir }],
+            staticSummary: `Catalogue the backup files under ${dir}`,
+            staticDetails: `Started by \`keyops backup import\`. Reads every backup file's header, test-restores it, and catalogues it; files already catalogued are left alone.`,
+          })
+          .catch((err: unknown) => explainBackupFailure(rootApplicationFailure(err), err)),
+      );
+      emit(options, { workflowId, ...result }, () => [
+        ...result.imported.map((b) => `imported ${b.backupId}: ${b.rows} rows, root key ${b.keyId} version ${b.keyVersion} (${b.path})`),
+        ...result.refused.map((r) => `refused ${r.path}: ${r.reason}`),
+        `${result.imported.length} imported, ${result.known.length} already catalogued, ${result.refused.length} refused`,
+      ]);
+      if (result.refused.length > 0) process.exitCode = ExitCode.failed;
+    });
+
+  const key = backup.command('key').description('backup keys: import an exported backup key');
+  key
+    .command('import <file>')
+    .description('register a backup key again from its export file (written by a backup-key rotation), so that the backups it encrypted restore')
+    .option('--key <keyId>', 'root key to wrap it under, when the workers do not hold its database')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .addHelpText(
+      'after',
+      `
+The workers open the file with their KEYOPS_BACKUP_KEY_PASSPHRASE: the passphrase never travels
+through Temporal. Backups written since keyops carries the backup key in each file do not
+need this; older ones do, once the workers' registry is lost.
+
+Example:
+  keyops backup key import /srv/keyops/key-backups/payroll/9f86d081884c7d65-….json`,
+    )
+    .action(async (file: string, _opts: BackupOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { key?: string }>();
+      if (!file.startsWith('/')) throw new CliError(`"${file}" must be an absolute path (the worker reads it, not this shell)`, ExitCode.usage);
+      const workflowId = `import-backup-key/${Date.now()}`;
+      const result = await withClient(options, (client) =>
+        client.workflow
+          .execute(importBackupKey, {
+            taskQueue: options.taskQueue,
+            workflowId,
+            args: [{ path: file, ...(options.key !== undefined ? { keyId: options.key } : {}) }],
+            staticSummary: `Import the backup key in ${file}`,
+            staticDetails: 'Started by `keyops backup key import`. Opens the export with the workers\' passphrase and registers the backup key under the root key.',
+          })
+          .catch((err: unknown) => explainBackupFailure(rootApplicationFailure(err), err)),
+      );
+      emit(options, { workflowId, ...result }, () => [
+        `${result.alreadyRegistered ? 'already registered' : 'imported'}: backup key ${result.hash.slice(0, 12)}… of database ${result.databaseId}, wrapped under root key ${result.keyId} version ${result.keyVersion}`,
       ]);
     });
 
