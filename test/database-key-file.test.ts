@@ -221,7 +221,7 @@ describe('database key files: a database survives losing the registry and the en
     }
   });
 
-  it('every local store commits durably (synchronous = FULL): a rename fsynced after a commit never outlives it', async () => {
+  it('every local store commits durably (synchronous = FULL): a rename fsynced after a commit never outlives it', () => {
     const site = open('durable');
     const catalog = SqliteBackupCatalog.open(join(dir, 'durable', 'catalog.sqlite'));
     const ledger = RotationLedger.open(join(dir, 'durable', 'ledger.sqlite'));
