@@ -11,6 +11,7 @@ import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-regi
 import { nightlyBackup, rotateBackupKey, rotateRootKey } from '../workflows';
 import { keyEntityWorkflowId } from '../workflows/root-key-messages';
 import { keyops } from './helpers/child-process';
+import { recordHistory } from './helpers/record-history';
 import { localActivities } from './helpers/local-activities';
 import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 
@@ -158,6 +159,7 @@ describe('disaster-recovery drill: every backup and the live database survive lo
               const restored = await runOn('backup', 'restore', path, '--to', target, '--json');
               assert.equal(restored.code, 0, `${where} ${path}: ${restored.stderr}`);
               assert.deepEqual(await rowsOfRestored(kms, path, target), expected.get(path)!.rows, `${where}: backup ${index} restores to identical rows`);
+              if (process.env.KEYOPS_RECORD_HISTORIES && where === 'bare') await recordHistory((JSON.parse(restored.stdout) as { workflowId: string }).workflowId, 'restore-backup-file.json');
             }
           }
 
@@ -170,6 +172,7 @@ describe('disaster-recovery drill: every backup and the live database survive lo
             report.imported.map((b) => ({ path: b.path, keyVersion: b.keyVersion, rows: b.rows })).sort((a, b) => a.path.localeCompare(b.path)),
             backups.map((path) => ({ path, keyVersion: expected.get(path)!.keyVersion, rows: expected.get(path)!.rows.length })).sort((a, b) => a.path.localeCompare(b.path)),
           );
+          const { workflowId: importId } = JSON.parse(imported.stdout) as { workflowId: string };
           const again = JSON.parse((await run('backup', 'import', join(dataDir, 'backups'), '--json')).stdout) as { imported: unknown[]; known: string[] };
           assert.deepEqual({ imported: again.imported.length, known: again.known.length }, { imported: 0, known: 5 }, 'a second import changes nothing');
           const listed = JSON.parse((await run('backup', 'list', '--database', databaseId, '--json')).stdout) as { backupId: string; night: string; status: string }[];
@@ -192,6 +195,10 @@ describe('disaster-recovery drill: every backup and the live database survive lo
             { databaseId: key.databaseId, hash: key.hash, keyId: key.keyId, alreadyRegistered: key.alreadyRegistered },
             { databaseId, hash: [...expected.values()][4]!.backupKeyHash, keyId, alreadyRegistered: false },
           );
+          if (process.env.KEYOPS_RECORD_HISTORIES) {
+            await recordHistory(importId, 'import-backups.json');
+            await recordHistory((JSON.parse(keyImport.stdout) as { workflowId: string }).workflowId, 'import-backup-key.json');
+          }
           const onSite = JSON.parse((await run('backup', 'key', 'import', exportPath, '--json')).stdout) as { alreadyRegistered: boolean };
           assert.equal(onSite.alreadyRegistered, true, 'the recovered site has it from the key file');
 

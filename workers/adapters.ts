@@ -42,6 +42,12 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
   const kms = LocalKms.open({ path: join(config.dataDir, 'kms', 'keys.sqlite'), masterSecret: secret });
   const registry = SqliteWdekRegistry.open(join(config.dataDir, 'registry', 'wdeks.sqlite'));
   const engine = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
+  if (engine.recovered.databases.length > 0 || engine.recovered.wdeks > 0) {
+    logger.warn(
+      { adoptedDatabases: engine.recovered.databases, reregisteredWdeks: engine.recovered.wdeks },
+      'rebuilt lost engine state from the databases\' key files (a lost or replaced WDEK registry or engine metadata)',
+    );
+  }
   const catalog = SqliteBackupCatalog.open(join(config.dataDir, 'catalog', 'backups.sqlite'));
   const unitSets = new SimulatedUnitSets(join(config.dataDir, 'crypto-units'));
   const rotationLedger = RotationLedger.open(join(config.dataDir, 'ledger', 'mk-rotations.sqlite'));
