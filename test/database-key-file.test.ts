@@ -221,6 +221,22 @@ describe('database key files: a database survives losing the registry and the en
     }
   });
 
+  it('a regeneration refused for good (a database in WAL mode) ends the key change: backups do not wait for nothing', async () => {
+    const site = open('refused');
+    try {
+      await seed(site.engine, 'wal', 200);
+      await site.engine.withDatabase('wal', (db) => db.pragma('journal_mode = WAL'));
+      const rows = await rowsOf(site.engine, 'wal');
+      await assert.rejects(site.engine.regenerate('wal'), (err: unknown) => err instanceof EngineError && err.code === 'INVALID_CONFIGURATION' && !err.retryable && /keeps its old file and DEK/.test(err.message));
+      assert.equal((await site.engine.keyState('wal')).keyChangeInProgress, false, 'no key change left behind');
+      assert.equal(site.registry.get('db/wal/dek-next'), undefined);
+      assert.ok(!readKeyFile(site.engine.keyFilePath('wal'))!.wdeks.some((w) => w.id === 'db/wal/dek-next'));
+      assert.deepEqual(await rowsOf(site.engine, 'wal'), rows, 'the database opens with its old DEK');
+    } finally {
+      site.close();
+    }
+  });
+
   it('every local store commits durably (synchronous = FULL): a rename fsynced after a commit never outlives it', () => {
     const site = open('durable');
     const catalog = SqliteBackupCatalog.open(join(dir, 'durable', 'catalog.sqlite'));

@@ -1,7 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { link, open, readdir, rename, rm } from 'node:fs/promises';
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import { link, open, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
 import type { KeyManagementService } from '../kms/key-management-service';
@@ -11,6 +10,7 @@ import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, 
 import { type BackupHeader, readBackupFile, readBackupHeader, syncDirectory, writeBackupFile } from './backup-file-format';
 import { type DatabaseKeyFile, type KeyFileWdek, databaseKeyFileSchema, keyFileFormat, readKeyFile, writeKeyFile } from './database-key-file';
 import { InspectError, inspectInThread } from './inspect-thread';
+import { copyUnderNewKey } from './sqlite-rekey';
 import { EngineError } from './engine-error';
 
 const DATABASE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -18,8 +18,6 @@ const DATABASE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 export const dekWdekId = (databaseId: string) => `db/${databaseId}/dek`;
 /** The DEK a regeneration is moving the database to, until it takes the place of `dek`. */
 const nextDekWdekId = (databaseId: string) => `db/${databaseId}/dek-next`;
-const SCHEMA_OBJECT = /^(CREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?)/i;
-const COPY_BATCH_ROWS = 5000;
 export const backupKeyWdekId = (databaseId: string, hash: string) => `db/${databaseId}/backup-key/${hash}`;
 const keyHash = (material: Buffer) => createHash('sha256').update(material).digest('hex');
 const KEY_FILE_SUFFIX = '.keys.json';
@@ -556,11 +554,12 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   }
 
   /**
-   * A new DEK, and every page re-encrypted under it: the database is copied, table by table in
-   * batches (progress in rows), into a new file keyed with the new DEK, which then replaces the
-   * old file. Writers wait for the duration (the copy holds the write lock), and so do backups
-   * (keyState reports the key change). Resumable: a crash before the swap leaves the old file and
-   * DEK in use and the copy starts again; a crash after it finishes the registry swap.
+   * A new DEK, and every page re-encrypted under it (sqlite-rekey.ts: a page copy rekeyed and
+   * swapped in, never while another process holds the file). Writers wait for the duration (the
+   * copy holds the write lock), and so do backups (keyState reports the key change). The new DEK
+   * is in the key file before any page is encrypted under it. Resumable: a crash before the swap
+   * leaves the old file and DEK in use and the copy starts again; a crash after it finishes the
+   * registry swap. A refusal that a retry cannot fix (WAL mode, no disk space) ends the change.
    */
   async regenerate(databaseId: string, progress?: Progress): Promise<DatabaseKeyState> {
     const row = this.requireDatabase(databaseId);
@@ -585,7 +584,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
         if (!opensWith(path, newDek)) {
           const oldDek = await this.unwrapDek(row);
           try {
-            await this.copyUnderNewKey(path, oldDek, newDek, progress);
+            await copyUnderNewKey({ path, oldDek, newDek, ...(progress ? { progress } : {}) });
           } catch (err) {
             // A schema the copy cannot carry will not copy on a retry either: the database stays
             // on its old file and DEK, and backups must not wait for a change that is not coming.
@@ -627,72 +626,6 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
       );
     });
     return this.keyState(id);
-  }
-
-  private async copyUnderNewKey(path: string, oldDek: Buffer, newDek: Buffer, progress?: Progress): Promise<void> {
-    // A name per attempt: an earlier attempt's copy (its worker died) is removed, never reused.
-    const base = `${path.slice(dirname(path).length + 1)}.rekey-`;
-    for (const name of await readdir(dirname(path))) if (name.startsWith(base)) await rm(join(dirname(path), name), { force: true });
-    const fresh = `${path}.rekey-${randomBytes(4).toString('hex')}`;
-    const db = openKeyed(path, oldDek);
-    let rowsCopied = 0;
-    let rowsExpected = 0;
-    try {
-      db.prepare('ATTACH DATABASE ? AS fresh KEY ?').run(fresh, `x'${newDek.toString('hex')}'`);
-      const objects = db
-        .prepare<[], { type: string; name: string; sql: string }>(`SELECT type, name, sql FROM main.sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid`)
-        .all();
-      const tables = objects.filter((o) => o.type === 'table');
-      const quoted = (name: string) => `"${name.replace(/"/g, '""')}"`;
-      // Counted inside the write lock, so the count is of the rows the copy sees.
-      db.exec('BEGIN IMMEDIATE');
-      const total = tables.reduce((n, t) => n + db.prepare<[], { n: number }>(`SELECT count(*) AS n FROM main.${quoted(t.name)}`).get()!.n, 0);
-      let done = 0;
-      try {
-        for (const t of tables) db.exec(t.sql.replace(SCHEMA_OBJECT, '$1fresh.'));
-        for (const t of tables) {
-          const withRowid = !/WITHOUT\s+ROWID\s*$/i.test(t.sql);
-          if (!withRowid) {
-            done += db.prepare(`INSERT INTO fresh.${quoted(t.name)} SELECT * FROM main.${quoted(t.name)}`).run().changes;
-            continue;
-          }
-          const copy = db.prepare(`INSERT INTO fresh.${quoted(t.name)} SELECT * FROM main.${quoted(t.name)} WHERE rowid > ? ORDER BY rowid LIMIT ${COPY_BATCH_ROWS}`);
-          const last = db.prepare<[], { r: number | null }>(`SELECT max(rowid) AS r FROM fresh.${quoted(t.name)}`);
-          for (let after = Number.MIN_SAFE_INTEGER; ; ) {
-            const copied = copy.run(after).changes;
-            if (copied === 0) break;
-            done += copied;
-            after = last.get()!.r ?? after;
-            progress?.(done, total);
-            await yieldToEventLoop();
-          }
-        }
-        for (const o of objects.filter((x) => x.type !== 'table')) db.exec(o.sql.replace(SCHEMA_OBJECT, '$1fresh.'));
-        db.exec('COMMIT');
-        rowsCopied = done;
-        rowsExpected = total;
-      } catch (err) {
-        db.exec('ROLLBACK');
-        throw err;
-      }
-      db.exec('DETACH DATABASE fresh');
-    } finally {
-      db.close();
-    }
-    // The copy replaces the only file of the database: it must open with the new DEK, pass
-    // SQLite's check and hold every row first.
-    const check = await inspectInThread(fresh, newDek, () => progress?.(rowsCopied, rowsExpected)).catch((err: unknown) => {
-      throw new EngineError('ENGINE_COMMAND_FAILED', `the re-encrypted copy ${fresh} fails its check (${String(err)}); the database keeps its old file and DEK`);
-    });
-    if (check.rows !== rowsExpected) {
-      throw new EngineError('ENGINE_COMMAND_FAILED', `the re-encrypted copy holds ${check.rows} rows, the database ${rowsExpected}; the database keeps its old file and DEK`);
-    }
-    const handle = await open(fresh, 'r');
-    await handle.sync();
-    await handle.close();
-    chmodSync(fresh, 0o600);
-    await rename(fresh, path);
-    await syncDirectory(path);
   }
 
   /** Creates a backup key (wrapped by the database's root key); `pending` keys wait for activation. */
