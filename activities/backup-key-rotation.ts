@@ -14,13 +14,13 @@ export interface BackupKeyDeps {
 }
 
 export function createBackupKeyActivities({ dataDir, engine, backupKeyPassphrase }: BackupKeyDeps) {
-  const passphrase = (): string => {
+  const passphrase = (then = 'start the rotation again'): string => {
     const value = backupKeyPassphrase?.();
     if (!value) {
       throw ApplicationFailure.create({
         type: 'INVALID_CONFIGURATION',
         nonRetryable: true,
-        message: 'no backup-key passphrase: set KEYOPS_BACKUP_KEY_PASSPHRASE or KEYOPS_BACKUP_KEY_PASSPHRASE_FILE on the workers, then start the rotation again',
+        message: `no backup-key passphrase: set KEYOPS_BACKUP_KEY_PASSPHRASE or KEYOPS_BACKUP_KEY_PASSPHRASE_FILE on the workers, then ${then}`,
       });
     }
     return value;
@@ -81,7 +81,10 @@ export function createBackupKeyActivities({ dataDir, engine, backupKeyPassphrase
       if (!isAbsolute(input.path)) {
         throw ApplicationFailure.create({ type: 'INVALID_INPUT', nonRetryable: true, message: `key backup file ${input.path} must be an absolute path (the worker reads it)` });
       }
-      const secret = passphrase();
+      if (!existsSync(input.path)) {
+        throw ApplicationFailure.create({ type: 'INVALID_INPUT', nonRetryable: true, message: `key backup file ${input.path} does not exist on the worker` });
+      }
+      const secret = passphrase('import the key again');
       return typed(async () => {
         const read = await readBackupKeyExport(input.path, secret);
         try {

@@ -76,6 +76,8 @@ export interface ImportedBackups {
   known: string[];
   /** Files that are not restorable backups, with the reason. */
   refused: { path: string; reason: string }[];
+  /** Good files of a backup the catalog already holds under another file. */
+  duplicates: { path: string; backupId: string; catalogued: string }[];
 }
 
 export function createBackupActivities({ dataDir, kms, engine, catalog, alertWebhook, keyStorageRotation }: BackupDeps) {
@@ -174,17 +176,20 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
       }
       const { backup, label } = await restorableFrom(input);
       const file = await typed(() => engine.describeBackup(backup.path));
-      const key = await typed(() => kms.getKeyMetadata(backup.keyId));
-      for (const version of [backup.keyVersion, file.backupKeyVersion]) {
-        if (version === undefined || key.versions.some((v) => v.version === version)) continue;
-        throw ApplicationFailure.create({
-          type: 'KEY_VERSION_MISSING',
-          nonRetryable: true,
-          message: `${label} needs version ${version} of root key ${backup.keyId}, which the KMS no longer has`,
-        });
-      }
-      if (key.state !== 'active') {
-        throw ApplicationFailure.create({ type: 'KEY_DISABLED', nonRetryable: true, message: `${label} needs root key ${backup.keyId}, which is disabled` });
+      const needs: [string, number][] = [[backup.keyId, backup.keyVersion]];
+      if (file.backupKeyId !== undefined && file.backupKeyVersion !== undefined) needs.push([file.backupKeyId, file.backupKeyVersion]);
+      for (const [keyId, version] of needs) {
+        const key = await typed(() => kms.getKeyMetadata(keyId));
+        if (!key.versions.some((v) => v.version === version)) {
+          throw ApplicationFailure.create({
+            type: 'KEY_VERSION_MISSING',
+            nonRetryable: true,
+            message: `${label} needs version ${version} of root key ${keyId}, which the KMS no longer has`,
+          });
+        }
+        if (key.state !== 'active') {
+          throw ApplicationFailure.create({ type: 'KEY_DISABLED', nonRetryable: true, message: `${label} needs root key ${keyId}, which is disabled` });
+        }
       }
       if (file.backupKeyVersion === undefined && !engine.hasBackupKey(backup.databaseId, backup.backupKeyHash)) {
         throw ApplicationFailure.create({
@@ -212,7 +217,7 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
         .filter((n) => n.endsWith('.kob') && !NOT_A_BACKUP.test(n))
         .map((n) => join(input.dir, n))
         .sort();
-      const result: ImportedBackups = { dir: input.dir, imported: [], known: [], refused: [] };
+      const result: ImportedBackups = { dir: input.dir, imported: [], known: [], refused: [], duplicates: [] };
       // A retry starts over: files its earlier attempt catalogued are now known, and cost nothing.
       const catalogued = new Map(catalog.list().filter((e) => e.status !== 'deleted').map((e) => [e.path, e.backupId]));
       for (const [index, path] of files.entries()) {
@@ -220,17 +225,23 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
         if (known) {
           result.known.push(known);
         } else {
+          let verified;
+          let size;
           try {
-            const { size } = await stat(path);
-            const verified = await engine.verifyBackupFile({ path }, heartbeatProgress({ file: index + 1, files: files.length }));
-            const entry = catalog.record(entryFrom(path, verified.description, verified.sha256, size, verified.check));
-            if (entry.path === path) result.imported.push({ backupId: entry.backupId, path, keyId: entry.keyId, keyVersion: entry.keyVersion, rows: verified.check.rows });
-            else result.refused.push({ path, reason: `the catalog already holds a good ${entry.backupId} at ${relative(input.dir, entry.path)}` });
+            size = (await stat(path)).size;
+            verified = await engine.verifyBackupFile({ path }, heartbeatProgress({ file: index + 1, files: files.length }));
           } catch (err) {
             // A foreign, damaged or unreadable file is reported, never catalogued; the KMS
             // being unreachable is not the file's fault: retry the activity.
             if (err instanceof EngineError && err.retryable) throw engineFailure(err);
             result.refused.push({ path, reason: err instanceof Error ? err.message : String(err) });
+          }
+          if (verified && size !== undefined) {
+            // Outside the catch: a catalog that cannot write fails the activity, never a file.
+            const entry = catalog.record(entryFrom(path, verified.description, verified.sha256, size, verified.check));
+            if (entry.path === path) result.imported.push({ backupId: entry.backupId, path, keyId: entry.keyId, keyVersion: entry.keyVersion, rows: verified.check.rows });
+            // Two runs of one night (a scheduled and a manual one) wrote two files: one is kept.
+            else result.duplicates.push({ path, backupId: entry.backupId, catalogued: relative(input.dir, entry.path) });
           }
         }
         heartbeat({ file: index + 1, files: files.length });

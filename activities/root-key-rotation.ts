@@ -1,8 +1,10 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { ApplicationFailure, type SignalDefinition } from '@temporalio/common';
 import { activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
+import type { DatabaseEngine } from './engines/database-engine';
 import type { KeyManagementService, KeyMetadata } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
+import { typed } from './typed';
 import type { WdekRegistry, WdekUpdate } from './wdek-registry/wdek-registry';
 import {
   awaitRewrapSignal,
@@ -20,6 +22,8 @@ export interface RootKeyDeps {
   registry: WdekRegistry;
   /** Whether the HSM master key protecting the KMS's key storage is being rotated (optional). */
   keyStorageRotation?: () => Promise<{ inProgress: boolean; reason: string | undefined }>;
+  /** The databases whose own key records must follow a rewrap (optional). */
+  engine?: Pick<DatabaseEngine, 'followRewrap'>;
 }
 
 /** Metadata a workflow may carry: ids, versions and dates, never key material. */
@@ -95,7 +99,7 @@ function resumePoint(input: ChunkInput): Cursor {
   return details ?? { cursor: input.afterId, processed: 0 };
 }
 
-export function createRootKeyActivities({ kms, registry, keyStorageRotation }: RootKeyDeps) {
+export function createRootKeyActivities({ kms, registry, keyStorageRotation, engine }: RootKeyDeps) {
   const toStatus = (meta: KeyMetadata): KeyStatus => ({
     keyId: meta.keyId,
     name: meta.name,
@@ -256,8 +260,10 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation }: R
     },
 
     async recordRewrappedVersion(input: RewrapComplete): Promise<void> {
+      // Databases keep their WDEKs beside them too: those follow first, so that a registry lost
+      // after this point is rebuilt at the rewrapped version, not one behind.
+      if (engine) await typed(() => engine.followRewrap(input.keyId));
       registry.setRewrappedVersion(input.keyId, input.version);
-      return Promise.resolve();
     },
 
     /** Asks the key's entity workflow (starting it if needed) to signal `workflowId` at `minVersion`. */

@@ -89,7 +89,7 @@ describe('database key files: a database survives losing the registry and the en
     await removeSqlite(join(dir, 'lost', 'databases', 'engine.sqlite'));
     site = open('lost');
     try {
-      assert.deepEqual(site.engine.recovered, { databases: ['payroll'], wdeks: 3 }, 'the database adopted from its key file; DEK and two backup keys registered again');
+      assert.deepEqual(site.engine.recovered, { databases: ['payroll'], wdeks: 3, problems: [] }, 'the database adopted from its key file; DEK and two backup keys registered again');
       assert.deepEqual(await rowsOf(site.engine, 'payroll'), before);
       const again = await site.engine.keyState('payroll');
       assert.deepEqual(again, state, 'same root key, versions and active backup key');
@@ -221,6 +221,36 @@ describe('database key files: a database survives losing the registry and the en
     }
   });
 
+  it('a registry restored from an older copy never takes the key file\'s DEK: the one that opens the data wins, the other is kept as superseded', async () => {
+    let site = open('stale');
+    const registryPath = join(dir, 'stale', 'wdeks.sqlite');
+    await seed(site.engine, 'hr', 500);
+    site.close();
+    const { copyFileSync } = await import('node:fs');
+    copyFileSync(registryPath, `${registryPath}.old`);
+    site = open('stale');
+    await site.engine.regenerate('hr');
+    const rows = await rowsOf(site.engine, 'hr');
+    const current = site.registry.get(dekWdekId('hr'))!;
+    site.close();
+    await removeSqlite(registryPath);
+    copyFileSync(`${registryPath}.old`, registryPath);
+    site = open('stale');
+    try {
+      assert.ok(!site.registry.get(dekWdekId('hr'))!.wdek.equals(current.wdek), 'the registry holds the DEK from before the regeneration');
+      assert.deepEqual(await rowsOf(site.engine, 'hr'), rows, 'the database opens with the DEK that encrypts it');
+      await site.engine.keyState('hr');
+      assert.ok(site.registry.get(dekWdekId('hr'))!.wdek.equals(current.wdek), 'the registry is corrected from the key file');
+      const file = readKeyFile(site.engine.keyFilePath('hr'))!;
+      assert.ok(file.wdeks.some((w) => w.id === dekWdekId('hr') && Buffer.from(w.wdek, 'base64').equals(current.wdek)));
+      assert.equal(file.superseded.length, 1, 'the stale DEK is kept, not lost');
+      const image = await site.engine.backup('hr', join(dir, 'stale', 'after.kob'));
+      assert.deepEqual(await site.engine.verifyBackup(image), { tables: 1, rows: 500 });
+    } finally {
+      site.close();
+    }
+  });
+
   it('a regeneration refused for good (a database in WAL mode) ends the key change: backups do not wait for nothing', async () => {
     const site = open('refused');
     try {
@@ -262,8 +292,13 @@ describe('database key files: a database survives losing the registry and the en
     const path = site.engine.keyFilePath('old');
     site.close();
     await rm(path);
+    // An operator's stray copy of a key file is named, and stops nothing.
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(join(dir, 'legacy', 'databases', 'old-copy.keys.json'), readFileSync(join(dir, 'lost', 'databases', 'payroll.keys.json')));
     site = open('legacy');
     try {
+      assert.equal(site.engine.recovered.problems.length, 1);
+      assert.match(site.engine.recovered.problems[0]!, /old-copy\.keys\.json names database payroll; it belongs beside payroll\.db/);
       assert.ok(existsSync(path));
       assert.deepEqual(
         readKeyFile(path)!.wdeks.map((w) => w.id).sort(),

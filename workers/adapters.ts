@@ -48,6 +48,7 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
       'rebuilt lost engine state from the databases\' key files (a lost or replaced WDEK registry or engine metadata)',
     );
   }
+  for (const problem of engine.recovered.problems) logger.error({ problem }, 'a database key file could not be used; its database is not adopted until it is fixed');
   const catalog = SqliteBackupCatalog.open(join(config.dataDir, 'catalog', 'backups.sqlite'));
   const unitSets = new SimulatedUnitSets(join(config.dataDir, 'crypto-units'));
   const rotationLedger = RotationLedger.open(join(config.dataDir, 'ledger', 'mk-rotations.sqlite'));

@@ -52,6 +52,8 @@ export interface BackupDescription {
    * not carry its backup key (format 1), whose restore needs the key registered or imported.
    */
   backupKeyVersion: number | undefined;
+  /** The root key wrapping the backup key inside the file (format 2). */
+  backupKeyId: string | undefined;
   plainBytes: number;
 }
 
@@ -101,4 +103,6 @@ export interface DatabaseEngine {
   importBackupKey(databaseId: string, material: Buffer, keyId?: string): Promise<{ hash: string; keyId: string; keyVersion: number; alreadyRegistered: boolean }>;
   /** Rewraps the database's WDEKs under the latest root-key version; data pages stay as they are. */
   reprotect(databaseId: string): Promise<DatabaseKeyState>;
+  /** After a rewrap moved WDEKs of `keyId` elsewhere (the registry): the engine's own records follow. */
+  followRewrap(keyId: string): Promise<void>;
 }

@@ -10,7 +10,7 @@
  * (temporary file, fsync, rename, directory fsync).
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { z } from 'zod';
 import { EngineError } from './engine-error';
@@ -35,6 +35,12 @@ export const databaseKeyFileSchema = z.object({
   /** Set while the DEK is being regenerated (the WDEKs then include `dek-next`). */
   keyChange: z.string().nullable(),
   wdeks: z.array(wdekSchema),
+  /**
+   * WDEKs this file once held for an id and gave up for a different one without proof that both
+   * wrap the same key (a registry restored from an older copy, say): kept, never dropped, so
+   * that the key which opens the data is never lost to a wrong guess.
+   */
+  superseded: z.array(wdekSchema).default([]),
   backupKeys: z.array(z.object({ hash: z.string().regex(/^[0-9a-f]{64}$/), state: z.enum(['pending', 'active', 'retired']), createdAt: z.string() })),
 });
 export type DatabaseKeyFile = z.infer<typeof databaseKeyFileSchema>;
@@ -68,11 +74,11 @@ export function readKeyFile(path: string): DatabaseKeyFile | undefined {
  * Replaces the key file atomically and durably. Synchronous on purpose: callers write it inside
  * the engine's metadata transaction, which is what serializes writers across processes.
  */
-export function writeKeyFile(path: string, content: DatabaseKeyFile): void {
+export function writeKeyFile(path: string, content: z.input<typeof databaseKeyFileSchema>): void {
   const temp = `${path}.partial-${randomBytes(4).toString('hex')}`;
   const fd = openSync(temp, 'wx', 0o600);
   try {
-    writeSync(fd, `${JSON.stringify(content, null, 2)}\n`);
+    writeFileSync(fd, `${JSON.stringify(content, null, 2)}\n`);
     fsyncSync(fd);
   } catch (err) {
     closeSync(fd);

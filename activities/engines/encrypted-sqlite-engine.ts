@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { link, open, rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
 import type { KeyManagementService } from '../kms/key-management-service';
 import { KmsError } from '../kms/kms-error';
@@ -33,6 +33,7 @@ const describe = (header: BackupHeader): BackupDescription => ({
   keyId: header.keyId,
   keyVersion: header.keyVersion,
   backupKeyHash: header.backupKeyHash,
+  backupKeyId: header.backupKey?.keyId,
   backupKeyVersion: header.backupKey?.keyVersion,
   plainBytes: header.plainBytes,
 });
@@ -72,14 +73,28 @@ function openKeyed(path: string, dek: Buffer, options: Database.Options = {}): D
   }
 }
 
-/** Whether the file opens with this DEK (a regeneration may have swapped it in before a crash). */
-function opensWith(path: string, dek: Buffer): boolean {
+/**
+ * Whether the file opens with this DEK: 'no' only when SQLite says the key is wrong, 'unknown'
+ * when it could not tell (busy, no such file, out of descriptors). Decisions that drop a key
+ * must see 'yes' for the key they keep.
+ */
+function opensWith(path: string, dek: Buffer): 'yes' | 'no' | 'unknown' {
   try {
     openKeyed(path, dek, { fileMustExist: true }).close();
-    return true;
-  } catch {
-    return false;
+    return 'yes';
+  } catch (err) {
+    return (err as { code?: string }).code === 'SQLITE_NOTADB' ? 'no' : 'unknown';
   }
+}
+
+/** What a key file and the registry hold for one id, when they differ, and which one to keep. */
+interface Decision {
+  id: string;
+  registry: WdekRecord;
+  file: WdekRecord;
+  keep: 'registry' | 'file';
+  /** Both wrap the same key (a rewrap): the other one may go. */
+  sameKey: boolean;
 }
 
 interface DatabaseRow {
@@ -150,23 +165,37 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     return engine;
   }
 
-  /** What opening had to rebuild: databases adopted from key files, WDEKs registered again. */
-  recovered: { databases: string[]; wdeks: number } = { databases: [], wdeks: 0 };
+  /**
+   * What opening had to rebuild (databases adopted from key files, WDEKs registered again) and
+   * key files it could not use (named, not fatal: one stray copy must not stop every database).
+   */
+  recovered: { databases: string[]; wdeks: number; problems: string[] } = { databases: [], wdeks: 0, problems: [] };
 
-  private reconcile(): { databases: string[]; wdeks: number } {
+  private reconcile(): { databases: string[]; wdeks: number; problems: string[] } {
     const adopted: string[] = [];
+    const problems: string[] = [];
     let wdeks = 0;
+    // Under the metadata lock, which every key-file writer holds: a temporary seen here is a
+    // crash's leftover, not another process's file about to be renamed.
+    this.meta
+      .transaction(() => {
+        for (const name of readdirSync(this.dir)) if (name.includes(`${KEY_FILE_SUFFIX}.partial-`)) rmSync(join(this.dir, name), { force: true });
+      })
+      .immediate();
     for (const name of readdirSync(this.dir)) {
-      // A key file's temporary left by a crash: the key file itself is either old or new, whole.
-      if (name.includes(`${KEY_FILE_SUFFIX}.partial-`)) rmSync(join(this.dir, name), { force: true });
       if (!name.endsWith(KEY_FILE_SUFFIX)) continue;
-      const file = readKeyFile(join(this.dir, name));
-      if (!file) continue;
-      if (`${file.databaseId}${KEY_FILE_SUFFIX}` !== name) {
-        throw new EngineError('INVALID_CONFIGURATION', `database key file ${join(this.dir, name)} names database ${file.databaseId}; it belongs beside ${file.databaseId}.db`);
-      }
+      const path = join(this.dir, name);
       this.meta
         .transaction(() => {
+          let file;
+          try {
+            file = readKeyFile(path);
+            if (file && `${file.databaseId}${KEY_FILE_SUFFIX}` !== name) throw new EngineError('INVALID_CONFIGURATION', `${path} names database ${file.databaseId}; it belongs beside ${file.databaseId}.db`);
+          } catch (err) {
+            problems.push(err instanceof Error ? err.message : String(err));
+            return;
+          }
+          if (!file) return;
           const known = this.meta.prepare('SELECT 1 FROM databases WHERE database_id = ?').get(file.databaseId);
           if (!known) {
             this.meta
@@ -176,6 +205,8 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
           }
           const addKey = this.meta.prepare('INSERT OR IGNORE INTO backup_keys (database_id, hash, state, created_at) VALUES (?, ?, ?, ?)');
           for (const k of file.backupKeys) addKey.run(file.databaseId, k.hash, k.state, k.createdAt);
+          // A WDEK the registry lacks comes back; one it holds differently is decided, with
+          // proof, the next time the database's keys are read (keyState).
           for (const w of file.wdeks) {
             if (this.registry.get(w.id)) continue;
             this.registry.register(fromFileWdek(w));
@@ -188,7 +219,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     for (const { database_id: id } of this.meta.prepare<[], { database_id: string }>('SELECT database_id FROM databases').all()) {
       if (!existsSync(this.keyFilePath(id))) this.meta.transaction(() => this.syncKeyFile(id)).immediate();
     }
-    return { databases: adopted, wdeks };
+    return { databases: adopted, wdeks, problems };
   }
 
   /** The database's key file: its WDEKs, beside its data file. */
@@ -197,12 +228,17 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   }
 
   /**
-   * Makes the key file say what the registry and metadata say now, writing only on a change.
-   * Runs inside an IMMEDIATE metadata transaction: that lock serializes every process's writes.
-   * A WDEK the registry lost is taken from the key file (and registered again), never dropped;
-   * only ids in `without` (a DEK a regeneration gave up or replaced) leave the file.
+   * Writes the key file from the metadata and the WDEKs, writing only on a change. Runs inside an
+   * IMMEDIATE metadata transaction: that lock serializes every process's writes.
+   *
+   * For each id the key file keeps its own WDEK unless the registry's is `trusted` (the engine
+   * itself just made it: a reprotect, a regeneration's swap) or the key file has none. A WDEK the
+   * registry lacks is registered again from the key file, never dropped. A registry WDEK that
+   * differs and is not trusted waits for `followRegistry`, which decides with proof. Only ids in
+   * `without` (a DEK a regeneration gave up or replaced) leave the file.
    */
-  private syncKeyFile(databaseId: string, without: readonly string[] = []): void {
+  private syncKeyFile(databaseId: string, options: { without?: readonly string[]; trusted?: readonly string[]; superseded?: readonly WdekRecord[] } = {}): void {
+    const { without = [], trusted = [], superseded = [] } = options;
     const row = this.requireDatabase(databaseId);
     const id = row.database_id;
     const path = this.keyFilePath(id);
@@ -213,15 +249,16 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     const ids = [dekWdekId(id), nextDekWdekId(id), ...backupKeys.map((k) => backupKeyWdekId(id, k.hash))].filter((w) => !without.includes(w));
     const wdeks: KeyFileWdek[] = [];
     for (const wid of ids) {
-      let record = this.registry.get(wid);
-      if (!record) {
-        const kept = existing?.wdeks.find((w) => w.id === wid);
-        if (!kept) continue;
-        record = fromFileWdek(kept);
-        this.registry.register(record);
+      const registered = this.registry.get(wid);
+      const kept = existing?.wdeks.find((w) => w.id === wid);
+      if (registered && (!kept || trusted.includes(wid))) {
+        wdeks.push(toFileWdek(registered));
+      } else if (kept) {
+        if (!registered) this.registry.register(fromFileWdek(kept));
+        wdeks.push(kept);
       }
-      wdeks.push(toFileWdek(record));
     }
+    const keptSuperseded = [...(existing?.superseded ?? []), ...superseded.map(toFileWdek)];
     const content: DatabaseKeyFile = databaseKeyFileSchema.parse({
       format: keyFileFormat,
       databaseId: id,
@@ -229,6 +266,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
       createdAt: row.created_at,
       keyChange: row.key_change,
       wdeks,
+      superseded: keptSuperseded.filter((w, i) => keptSuperseded.findIndex((x) => x.wdek === w.wdek) === i),
       backupKeys: backupKeys.map((k) => ({ hash: k.hash, state: k.state, createdAt: k.created_at })),
     });
     if (existing && JSON.stringify(existing) === JSON.stringify(content)) return;
@@ -236,14 +274,79 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   }
 
   /** Runs `fn` and then brings the database's key file up to date, under the metadata write lock. */
-  private recordKeys<T>(databaseId: string, fn: () => T, without: readonly string[] = []): T {
+  private recordKeys<T>(databaseId: string, fn: () => T, options: { without?: readonly string[]; trusted?: readonly string[]; superseded?: readonly WdekRecord[] } = {}): T {
     return this.meta
       .transaction(() => {
         const result = fn();
-        this.syncKeyFile(databaseId, without);
+        this.syncKeyFile(databaseId, options);
         return result;
       })
       .immediate();
+  }
+
+  /**
+   * Settles every difference between the registry and the key file with proof, then writes both.
+   * Rewraps move the registry's WDEKs (same key, newer version): the key file follows once both
+   * unwrap to the same key. Otherwise one of them is stale (a registry or a data directory
+   * restored from an older copy): the one that opens the data file (DEK) or matches its hash
+   * (backup key) is kept in both places, and the other stays in the key file as superseded.
+   */
+  private async followRegistry(databaseId: string): Promise<void> {
+    const row = this.requireDatabase(databaseId);
+    const id = row.database_id;
+    const file = readKeyFile(this.keyFilePath(id));
+    const decisions: Decision[] = [];
+    for (const kept of file?.wdeks ?? []) {
+      const registered = this.registry.get(kept.id);
+      if (!registered || registered.wdek.equals(Buffer.from(kept.wdek, 'base64'))) continue;
+      decisions.push(await this.decide(row, registered, fromFileWdek(kept)));
+    }
+    this.recordKeys(
+      id,
+      () => {
+        for (const d of decisions) {
+          // Decided on what the registry held then; a change since is decided on the next call.
+          const now = this.registry.get(d.id);
+          if (!now?.wdek.equals(d.registry.wdek)) continue;
+          if (d.keep === 'file') this.registry.register(d.file);
+        }
+      },
+      {
+        trusted: decisions.filter((d) => d.keep === 'registry' && this.registry.get(d.id)?.wdek.equals(d.registry.wdek)).map((d) => d.id),
+        superseded: decisions.filter((d) => !d.sameKey).map((d) => (d.keep === 'registry' ? d.file : d.registry)),
+      },
+    );
+  }
+
+  private async decide(row: DatabaseRow, registry: WdekRecord, file: WdekRecord): Promise<Decision> {
+    const open = async (r: WdekRecord) => (await this.kmsCall(() => this.kms.unwrapBatch(r.keyId, [r.wdek])))[0];
+    const [a, b] = [await open(registry), await open(file)];
+    const keyA = a instanceof KmsError || !a ? undefined : a.dek;
+    const keyB = b instanceof KmsError || !b ? undefined : b.dek;
+    try {
+      const newer: 'registry' | 'file' = registry.keyVersion >= file.keyVersion ? 'registry' : 'file';
+      if (keyA && keyB && keyA.equals(keyB)) return { id: registry.id, registry, file, keep: newer, sameKey: true };
+      const fits = (dek: Buffer | undefined): boolean => {
+        if (!dek) return false;
+        const hash = /\/backup-key\/([0-9a-f]{64})$/.exec(registry.id)?.[1];
+        return hash ? keyHash(dek) === hash : opensWith(this.databasePath(row.database_id), dek) === 'yes';
+      };
+      // Neither proven: the key file's stays (it is written before any data is encrypted).
+      const keep = fits(keyA) && !fits(keyB) ? 'registry' : 'file';
+      return { id: registry.id, registry, file, keep, sameKey: false };
+    } finally {
+      keyA?.fill(0);
+      keyB?.fill(0);
+    }
+  }
+
+  /**
+   * Brings the key files of every database protected by `keyId` up to the registry after a
+   * rewrap, so that a registry lost afterwards is rebuilt at the rewrapped versions.
+   */
+  async followRewrap(keyId: string): Promise<void> {
+    const ids = this.meta.prepare<[string], { database_id: string }>('SELECT database_id FROM databases WHERE key_id = ?').all(keyId);
+    for (const { database_id: id } of ids) await this.followRegistry(id);
   }
 
   close(): void {
@@ -271,9 +374,14 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   async createDatabase(databaseId: string, keyId: string): Promise<DatabaseKeyState> {
     const id = checkDatabaseId(databaseId);
     const path = this.databasePath(id);
-    const exists = () => new EngineError('DATABASE_EXISTS', `database ${id} already exists`);
-    const taken = () => this.meta.prepare('SELECT 1 FROM databases WHERE database_id = ?').get(id) !== undefined || existsSync(path) || existsSync(this.keyFilePath(id));
-    if (taken()) throw exists();
+    const holders = () =>
+      [
+        this.meta.prepare('SELECT 1 FROM databases WHERE database_id = ?').get(id) !== undefined ? 'the engine metadata' : '',
+        existsSync(path) ? `the data file ${path}` : '',
+        existsSync(this.keyFilePath(id)) ? `the key file ${this.keyFilePath(id)}` : '',
+      ].filter(Boolean);
+    const exists = (found: string[]) => new EngineError('DATABASE_EXISTS', `database ${id} already exists (${found.join(', ')})`);
+    if (holders().length > 0) throw exists(holders());
     const { dek, wdek, keyVersion } = await this.kmsCall(() => this.kms.wrap(keyId));
     const material = randomBytes(32);
     try {
@@ -286,7 +394,8 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
       const now = new Date().toISOString();
       this.meta
         .transaction(() => {
-          if (taken()) throw exists();
+          const found = holders();
+          if (found.length > 0) throw exists(found);
           writeKeyFile(this.keyFilePath(id), {
             format: keyFileFormat,
             databaseId: id,
@@ -296,8 +405,14 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
             wdeks: records.map(toFileWdek),
             backupKeys: [{ hash, state: 'active', createdAt: now }],
           });
-          this.meta.prepare('INSERT INTO databases (database_id, key_id, created_at) VALUES (?, ?, ?)').run(id, keyId, now);
-          this.meta.prepare(`INSERT INTO backup_keys (database_id, hash, state, created_at) VALUES (?, ?, 'active', ?)`).run(id, hash, now);
+          try {
+            this.meta.prepare('INSERT INTO databases (database_id, key_id, created_at) VALUES (?, ?, ?)').run(id, keyId, now);
+            this.meta.prepare(`INSERT INTO backup_keys (database_id, hash, state, created_at) VALUES (?, ?, 'active', ?)`).run(id, hash, now);
+          } catch (err) {
+            // The claim rolls back: its key file goes with it, or a retry would find the name taken.
+            rmSync(this.keyFilePath(id), { force: true });
+            throw err;
+          }
         })
         .immediate();
       this.registry.registerMany(records);
@@ -318,7 +433,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   }
 
   private async openAndRun<T>(row: DatabaseRow, fn: (db: Database.Database) => T): Promise<T> {
-    const dek = await this.unwrapDek(row);
+    const { dek } = await this.liveDek(row);
     try {
       const db = openKeyed(this.databasePath(row.database_id), dek);
       try {
@@ -331,22 +446,22 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     }
   }
 
-  keyState(databaseId: string): Promise<DatabaseKeyState> {
+  async keyState(databaseId: string): Promise<DatabaseKeyState> {
     const row = this.requireDatabase(databaseId);
     // Rewraps move the registry's WDEKs; the key file follows here, the next time anyone looks.
-    this.recordKeys(row.database_id, () => undefined);
+    await this.followRegistry(row.database_id);
     const wdeks = this.wdeksOf(row);
     const active = this.meta
       .prepare<[string], { hash: string }>(`SELECT hash FROM backup_keys WHERE database_id = ? AND state = 'active'`)
       .get(row.database_id);
     if (!active) throw new EngineError('INVALID_CONFIGURATION', `database ${row.database_id} has no active backup key`);
-    return Promise.resolve({
+    return {
       databaseId: row.database_id,
       keyId: row.key_id,
       wdekVersions: wdeks.map((w) => w.keyVersion),
       keyChangeInProgress: row.key_change !== null,
       backupKeyHash: active.hash,
-    });
+    };
   }
 
   /**
@@ -369,8 +484,15 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   }
 
   async backup(databaseId: string, path: string, progress?: Progress, label?: { backupId: string; night: string }): Promise<BackupImage> {
+    // Alone with the database in this process: a regeneration's swap cannot slip in between the
+    // key checks and the copy, and the header names the DEK the copied pages are under.
+    const id = this.requireDatabase(databaseId).database_id;
+    return this.exclusive(id, () => this.backupAlone(id, path, progress, label));
+  }
+
+  private async backupAlone(databaseId: string, path: string, progress?: Progress, label?: { backupId: string; night: string }): Promise<BackupImage> {
+    const state = await this.keyState(databaseId);
     const row = this.requireDatabase(databaseId);
-    const state = await this.keyState(row.database_id);
     if (state.keyChangeInProgress) {
       throw new EngineError('KEY_IN_TRANSITION', `database ${row.database_id} is being re-encrypted under a new DEK (${row.key_change}); back it up afterwards`);
     }
@@ -384,10 +506,9 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
         `database ${row.database_id}: root key ${row.key_id} is at version ${key.currentVersion} but ${behind.length} of its WDEKs are still on version ${Math.min(...behind)}; the rewrap is in progress`,
       );
     }
-    const dekRecord = this.requireWdek(dekWdekId(row.database_id));
     const backupKeyRecord = this.requireWdek(backupKeyWdekId(row.database_id, state.backupKeyHash));
     const backupKey = await this.backupKey(row.database_id, state.backupKeyHash);
-    const dek = await this.unwrapDek(row);
+    const { record: dekRecord, dek } = await this.liveDek(row);
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     try {
       // A read transaction holds SQLite's shared lock: no writer can commit into the file while
@@ -444,7 +565,10 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   }
 
   async verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<VerifiedBackupFile> {
-    const scratch = `${image.path}.verify-${randomBytes(4).toString('hex')}.db`;
+    // In the engine's own directory: the backup's may be read-only (an import from a mount).
+    const scratchDir = join(this.dir, 'scratch');
+    mkdirSync(scratchDir, { recursive: true, mode: 0o700 });
+    const scratch = join(scratchDir, `${basename(image.path)}.verify-${randomBytes(4).toString('hex')}.db`);
     try {
       const { check, header, sha256 } = await this.restoreTo(image, scratch, progress);
       return { check, sha256, description: describe(header) };
@@ -482,6 +606,8 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
 
   async reprotect(databaseId: string): Promise<DatabaseKeyState> {
     const row = this.requireDatabase(databaseId);
+    // Settled first: what is rewrapped here is trusted into the key file as it is.
+    await this.followRegistry(row.database_id);
     const records = this.wdeksOf(row);
     const results = await this.kmsCall(() => this.kms.rewrapBatch(row.key_id, records.map((r) => r.wdek)));
     const updates = records.map((record, i) => {
@@ -489,7 +615,8 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
       if (result instanceof KmsError) throw new EngineError('KEY_UNAVAILABLE', `WDEK ${record.id} does not unwrap: ${result.message}`);
       return { id: record.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: record.keyVersion, expectedWdek: record.wdek };
     });
-    this.recordKeys(row.database_id, () => this.registry.update(updates));
+    // Rewrapped here: the same keys under a newer version, so the key file takes them as they are.
+    this.recordKeys(row.database_id, () => this.registry.update(updates), { trusted: records.map((r) => r.id) });
     return this.keyState(row.database_id);
   }
 
@@ -562,10 +689,17 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
    * registry swap. A refusal that a retry cannot fix (WAL mode, no disk space) ends the change.
    */
   async regenerate(databaseId: string, progress?: Progress): Promise<DatabaseKeyState> {
-    const row = this.requireDatabase(databaseId);
-    const id = row.database_id;
+    const id = this.requireDatabase(databaseId).database_id;
+    await this.followRegistry(id);
+    const row = this.requireDatabase(id);
     const nextId = nextDekWdekId(id);
-    let next = this.wdek(nextId);
+    const live = await this.liveDek(row);
+    live.dek.fill(0);
+    let next = live.record.id === nextId ? live.record : this.wdek(nextId);
+    // A dek-next with no key change recorded, that the file is not under, is a leftover (a
+    // registry or key file restored from an older copy): reusing it would "regenerate" to a key
+    // that may already be in use. A fresh one replaces it.
+    if (next && row.key_change === null && live.record.id !== nextId) next = undefined;
     if (!next) {
       const { dek, wdek, keyVersion } = await this.kmsCall(() => this.kms.wrap(row.key_id));
       dek.fill(0);
@@ -573,29 +707,34 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     }
     // The new DEK is in the key file before any page is encrypted under it.
     const record = next;
-    this.recordKeys(id, () => {
-      if (!this.registry.get(nextId)) this.registry.register(record);
-      this.meta.prepare('UPDATE databases SET key_change = ? WHERE database_id = ? AND key_change IS NULL').run(`DEK regeneration since ${new Date().toISOString()}`, id);
-    });
+    this.recordKeys(
+      id,
+      () => {
+        if (!this.registry.get(nextId)?.wdek.equals(record.wdek)) this.registry.register(record);
+        this.meta.prepare('UPDATE databases SET key_change = ? WHERE database_id = ? AND key_change IS NULL').run(`DEK regeneration since ${new Date().toISOString()}`, id);
+      },
+      { trusted: [nextId] },
+    );
     const newDek = (await this.kmsCall(() => this.kms.unwrap(next.keyId, next.wdek))).dek;
     const path = this.databasePath(id);
     await this.exclusive(id, async () => {
       try {
-        if (!opensWith(path, newDek)) {
-          const oldDek = await this.unwrapDek(row);
+        if (opensWith(path, newDek) !== 'yes') {
+          const { dek: oldDek, record: oldRecord } = await this.liveDek(row);
           try {
             await copyUnderNewKey({ path, oldDek, newDek, ...(progress ? { progress } : {}) });
           } catch (err) {
-            // A schema the copy cannot carry will not copy on a retry either: the database stays
-            // on its old file and DEK, and backups must not wait for a change that is not coming.
-            if (err instanceof EngineError && !err.retryable) {
+            // A refusal a retry cannot fix (WAL mode, no disk space): the database stays on its
+            // old file and DEK, and backups must not wait for a change that is not coming. The
+            // new DEK is dropped only once the file is proven to open with the one it keeps.
+            if (err instanceof EngineError && !err.retryable && oldRecord.id !== nextId && opensWith(path, oldDek) === 'yes') {
               this.recordKeys(
                 id,
                 () => {
                   this.registry.remove(nextId);
                   this.meta.prepare('UPDATE databases SET key_change = NULL WHERE database_id = ?').run(id);
                 },
-                [nextId],
+                { without: [nextId] },
               );
             }
             throw err;
@@ -609,7 +748,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
       // The file is under the new DEK: make it the database's DEK, then end the key change. The
       // records are read again: a root-key rewrap during the copy may have moved them to a newer
       // version. Compare-and-set: if another process changed the DEK record meanwhile, stop with
-      // dek-next kept; the file opens with it (unwrapDek), and a retry swaps again.
+      // dek-next kept; the file opens with it (liveDek), and a retry swaps again.
       this.recordKeys(
         id,
         () => {
@@ -622,7 +761,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
           this.registry.remove(nextId);
           this.meta.prepare('UPDATE databases SET key_change = NULL WHERE database_id = ?').run(id);
         },
-        [nextId],
+        { without: [nextId], trusted: [dekWdekId(id)] },
       );
     });
     return this.keyState(id);
@@ -687,14 +826,25 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     return row;
   }
 
-  /** A WDEK from the registry, or from the database's key file when the registry lost it. */
+  /**
+   * A WDEK from the registry, or from the database's key file when the registry lost it (then
+   * registered again, under the metadata lock: a key file being rewritten by another process is
+   * read only once it is whole, so a DEK it just retired does not come back).
+   */
   private wdek(id: string): WdekRecord | undefined {
     const found = this.registry.get(id);
     if (found) return found;
-    const kept = this.keyFileWdek(/^db\/([^/]+)\//.exec(id)?.[1] ?? '', id);
-    if (!kept) return undefined;
-    this.registry.register(kept);
-    return kept;
+    const databaseId = /^db\/([^/]+)\//.exec(id)?.[1] ?? '';
+    if (!this.keyFileWdek(databaseId, id)) return undefined;
+    return this.meta
+      .transaction(() => {
+        const again = this.registry.get(id);
+        if (again) return again;
+        const kept = this.keyFileWdek(databaseId, id);
+        if (kept) this.registry.register(kept);
+        return kept;
+      })
+      .immediate();
   }
 
   private keyFileWdek(databaseId: string, id: string): WdekRecord | undefined {
@@ -716,22 +866,39 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   }
 
   /**
-   * The DEK the database file is under now. Normally its `dek`; between a regeneration's file
-   * swap and its record swap (a crash, a lost compare-and-set) the file is under `dek-next`.
+   * The DEK the database file is under now, and the WDEK that holds it: normally `dek`; between a
+   * regeneration's file swap and its record swap (a crash, a lost compare-and-set) `dek-next`;
+   * and where the registry and the key file disagree (one restored from an older copy), the one
+   * that opens the file. With one candidate nothing is probed.
    */
-  private async unwrapDek(row: DatabaseRow): Promise<Buffer> {
-    const record = this.requireWdek(dekWdekId(row.database_id));
-    const dek = (await this.kmsCall(() => this.kms.unwrap(record.keyId, record.wdek))).dek;
-    const next = this.wdek(nextDekWdekId(row.database_id));
-    const path = this.databasePath(row.database_id);
-    if (!next || !existsSync(path) || opensWith(path, dek)) return dek;
-    const nextDek = (await this.kmsCall(() => this.kms.unwrap(next.keyId, next.wdek))).dek;
-    if (opensWith(path, nextDek)) {
-      dek.fill(0);
-      return nextDek;
+  private async liveDek(row: DatabaseRow): Promise<{ record: WdekRecord; dek: Buffer }> {
+    const id = row.database_id;
+    const file = readKeyFile(this.keyFilePath(id));
+    const candidates: WdekRecord[] = [];
+    for (const wid of [dekWdekId(id), nextDekWdekId(id)]) {
+      const kept = file?.wdeks.find((w) => w.id === wid);
+      for (const record of [this.wdek(wid), kept && fromFileWdek(kept)]) {
+        if (record && !candidates.some((c) => c.wdek.equals(record.wdek))) candidates.push(record);
+      }
     }
-    nextDek.fill(0);
-    return dek;
+    for (const w of file?.superseded ?? []) {
+      if (w.id === dekWdekId(id) && !candidates.some((c) => c.wdek.equals(Buffer.from(w.wdek, 'base64')))) candidates.push(fromFileWdek(w));
+    }
+    const first = candidates[0];
+    if (!first) throw new EngineError('INVALID_CONFIGURATION', `neither the WDEK registry nor the key file ${this.keyFilePath(id)} holds a DEK of database ${id}`);
+    const path = this.databasePath(id);
+    if (candidates.length === 1 || !existsSync(path)) return { record: first, dek: (await this.kmsCall(() => this.kms.unwrap(first.keyId, first.wdek))).dek };
+    let unsure = false;
+    for (const record of candidates) {
+      const [result] = await this.kmsCall(() => this.kms.unwrapBatch(record.keyId, [record.wdek]));
+      if (!result || result instanceof KmsError) continue;
+      const opens = opensWith(path, result.dek);
+      if (opens === 'yes') return { record, dek: result.dek };
+      unsure ||= opens === 'unknown';
+      result.dek.fill(0);
+    }
+    if (unsure) throw new EngineError('DATABASE_BUSY', `database ${id} could not be opened to find which of its DEKs it is under; try again`);
+    throw new EngineError('INVALID_CONFIGURATION', `database ${id} opens with none of the ${candidates.length} DEKs its registry and key file hold`);
   }
 
   /** A backup's key: from its own header (format 2), else from the registry or key file. */

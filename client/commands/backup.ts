@@ -221,8 +221,9 @@ Example:
       );
       emit(options, { workflowId, ...result }, () => [
         ...result.imported.map((b) => `imported ${b.backupId}: ${b.rows} rows, root key ${b.keyId} version ${b.keyVersion} (${b.path})`),
+        ...result.duplicates.map((d) => `duplicate ${d.path}: ${d.backupId} is catalogued as ${d.catalogued}`),
         ...result.refused.map((r) => `refused ${r.path}: ${r.reason}`),
-        `${result.imported.length} imported, ${result.known.length} already catalogued, ${result.refused.length} refused`,
+        `${result.imported.length} imported, ${result.known.length} already catalogued, ${result.duplicates.length} duplicate(s) left uncatalogued, ${result.refused.length} refused`,
       ]);
       if (result.refused.length > 0) process.exitCode = ExitCode.failed;
     });
