@@ -251,6 +251,37 @@ describe('database key files: a database survives losing the registry and the en
     }
   });
 
+  it('a data directory restored from an older copy beside a newer registry opens with its own DEK, and the registry follows it', async () => {
+    const site = open('snapshot');
+    const databases = join(dir, 'snapshot', 'databases');
+    const { cpSync } = await import('node:fs');
+    try {
+      await seed(site.engine, 'crm', 300);
+      const before = await rowsOf(site.engine, 'crm');
+      const original = site.registry.get(dekWdekId('crm'))!;
+      site.engine.close();
+      cpSync(databases, `${databases}.snapshot`, { recursive: true });
+      const engine = EncryptedSqliteEngine.open({ dir: databases, kms, registry: site.registry });
+      await engine.withDatabase('crm', (db) => db.prepare('INSERT INTO orders (payload) VALUES (?)').run('after the snapshot'));
+      await engine.regenerate('crm');
+      engine.close();
+      await rm(databases, { recursive: true });
+      cpSync(`${databases}.snapshot`, databases, { recursive: true });
+      const restored = EncryptedSqliteEngine.open({ dir: databases, kms, registry: site.registry });
+      try {
+        assert.ok(!site.registry.get(dekWdekId('crm'))!.wdek.equals(original.wdek), 'the registry holds the regenerated DEK');
+        assert.deepEqual(await rowsOf(restored, 'crm'), before, 'the snapshot opens with the DEK beside it');
+        await restored.keyState('crm');
+        assert.ok(site.registry.get(dekWdekId('crm'))!.wdek.equals(original.wdek), 'the registry follows the data it protects');
+        assert.equal(readKeyFile(restored.keyFilePath('crm'))!.superseded.length, 1, 'the regenerated DEK is kept as superseded');
+      } finally {
+        restored.close();
+      }
+    } finally {
+      site.registry.close();
+    }
+  });
+
   it('a regeneration refused for good (a database in WAL mode) ends the key change: backups do not wait for nothing', async () => {
     const site = open('refused');
     try {
