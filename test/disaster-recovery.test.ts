@@ -163,7 +163,7 @@ describe('disaster-recovery drill: every backup and the live database survive lo
               const restored = await runOn('backup', 'restore', path, '--to', target, '--json');
               assert.equal(restored.code, 0, `${where} ${path}: ${restored.stderr}`);
               assert.deepEqual(await rowsOfRestored(kms, path, target), expected.get(path)!.rows, `${where}: backup ${index} restores to identical rows`);
-              if (process.env.KEYOPS_RECORD_HISTORIES && where === 'bare') await recordHistory((JSON.parse(restored.stdout) as { workflowId: string }).workflowId, 'restore-backup-file.json');
+              if (process.env.KEYOPS_RECORD_HISTORIES && where === 'bare') await recordHistory((JSON.parse(restored.stdout) as { workflowId: string }).workflowId, 'restore-backup-file-checked-input.json');
             }
           }
 
@@ -200,8 +200,8 @@ describe('disaster-recovery drill: every backup and the live database survive lo
             { databaseId, hash: [...expected.values()][4]!.backupKeyHash, keyId, alreadyRegistered: false },
           );
           if (process.env.KEYOPS_RECORD_HISTORIES) {
-            await recordHistory(importId, 'import-backups.json');
-            await recordHistory((JSON.parse(keyImport.stdout) as { workflowId: string }).workflowId, 'import-backup-key.json');
+            await recordHistory(importId, 'import-backups-checked-input.json');
+            await recordHistory((JSON.parse(keyImport.stdout) as { workflowId: string }).workflowId, 'import-backup-key-checked-input.json');
           }
           const onSite = JSON.parse((await run('backup', 'key', 'import', exportPath, '--json')).stdout) as { alreadyRegistered: boolean };
           assert.equal(onSite.alreadyRegistered, true, 'the recovered site has it from the key file');

@@ -64,7 +64,7 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
         await new Promise((r) => setTimeout(r, 50));
       }
 
-      const night = '2026-12-01';
+      const night = '2026-11-01';
       const backup = await suite.client.workflow.start(nightlyBackup, {
         taskQueue: s.taskQueue,
         workflowId: backupWorkflowId('payroll', night),
@@ -114,7 +114,7 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       );
       assert.deepEqual(await s.engine.verifyBackup(entry), { tables: 1, rows: 500 });
       assert.equal((await backup.describe()).typedSearchAttributes.get(OutcomeAttribute), 'succeeded');
-      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backup.workflowId, 'nightly-backup.json');
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backup.workflowId, 'nightly-backup-checked-input.json');
     });
     await suite.client.workflow.getHandle(keyEntityWorkflowId(s.keyId)).terminate('test finished');
   });
@@ -138,8 +138,8 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
     await s.worker.runUntil(async () => {
       // No such database yet: a configuration error, not retried.
       for (const [night, expected] of [
-        ['2026-12-01', 'failed'],
-        ['2026-12-02', 'alert'],
+        ['2026-11-01', 'failed'],
+        ['2026-11-02', 'alert'],
       ] as const) {
         const err = await run(night).then(() => undefined, (e: unknown) => e);
         assert.ok(err instanceof WorkflowFailedError, String(err));
@@ -150,15 +150,15 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       }
       assert.deepEqual(
         received.map((a) => ({ event: a.event, databaseId: a.databaseId, night: a.night, failedNights: a.failedNights })),
-        [{ event: 'keyops.backup.alert', databaseId: 'crm', night: '2026-12-02', failedNights: 2 }],
+        [{ event: 'keyops.backup.alert', databaseId: 'crm', night: '2026-11-02', failedNights: 2 }],
         'one webhook call, on the second failed night',
       );
       assert.match(String(received[0]!.reason), /no database crm/);
       await s.engine.createDatabase('crm', s.keyId);
-      const good = await run('2026-12-03');
+      const good = await run('2026-11-03');
       assert.equal(good.failedNights, 0);
-      assert.equal(await outcome('2026-12-03'), 'succeeded');
-      assert.equal(s.catalog.recordNight('crm', '2026-12-04', 'failed'), 1, 'the streak restarted after the good night');
+      assert.equal(await outcome('2026-11-03'), 'succeeded');
+      assert.equal(s.catalog.recordNight('crm', '2026-11-04', 'failed'), 1, 'the streak restarted after the good night');
     });
   });
 
@@ -166,7 +166,7 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
     const s = await setup('retention');
     await s.engine.createDatabase('logs', s.keyId);
     await s.engine.withDatabase('logs', (db) => db.exec('CREATE TABLE l (v); INSERT INTO l VALUES (1);'));
-    const nights = ['2026-12-01', '2026-12-02', '2026-12-03', '2026-12-04'];
+    const nights = ['2026-11-01', '2026-11-02', '2026-11-03', '2026-11-04'];
     await s.worker.runUntil(async () => {
       for (const night of nights) {
         const result = await suite.client.workflow.execute(nightlyBackup, {
@@ -181,10 +181,10 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
     assert.deepEqual(
       entries.map((e) => [e.night, e.status, existsSync(e.path)]),
       [
-        ['2026-12-04', 'good', true],
-        ['2026-12-03', 'good', true],
-        ['2026-12-02', 'deleted', false],
-        ['2026-12-01', 'deleted', false],
+        ['2026-11-04', 'good', true],
+        ['2026-11-03', 'good', true],
+        ['2026-11-02', 'deleted', false],
+        ['2026-11-01', 'deleted', false],
       ],
     );
     for (const e of entries.filter((x) => x.status === 'good')) {
@@ -199,7 +199,7 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
     await s.engine.createDatabase('hr', s.keyId);
     await s.engine.withDatabase('hr', (db) => db.exec('CREATE TABLE staff (name TEXT); INSERT INTO staff VALUES (1), (2), (3);'));
     await units.loadNewMasterKey(); // stage 1 of a rotation: key storage is about to change
-    const night = '2026-12-08';
+    const night = '2026-11-08';
     await s.worker.runUntil(async () => {
       const handle = await suite.client.workflow.start(nightlyBackup, {
         taskQueue: s.taskQueue,
@@ -232,7 +232,7 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       const insert = db.prepare('INSERT INTO c (v) VALUES (?)');
       for (let i = 0; i < 300; i++) insert.run(randomBytes(16 * 1024));
     });
-    const night = '2026-12-07';
+    const night = '2026-11-07';
     const results = await s.worker.runUntil(() =>
       Promise.all(
         // A schedule names its runs `<id>-<fire time>`: the two ids differ, Temporal runs both.
@@ -271,7 +271,7 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
     assert.equal((await s.engine.keyState('orders')).keyChangeInProgress, true);
 
     await s.worker.runUntil(async () => {
-      const night = '2026-12-05';
+      const night = '2026-11-05';
       const backup = await suite.client.workflow.start(nightlyBackup, {
         taskQueue: s.taskQueue,
         workflowId: backupWorkflowId('orders', night),

@@ -67,7 +67,7 @@ describe('rotateMasterKey on a real worker and simulated crypto units', () => {
     assert.deepEqual(steps, ['precheckMasterKeyRotation', 'loadNewMasterKey', 'reencryptKeyStorage', 'promoteNewMasterKey', 'checkKeyStorage']);
     const text = JSON.stringify(result);
     assert.ok(!/"[0-9a-f]{64}"/.test(text), 'no 32-byte value in hex in the result');
-    if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'rotate-master-key.json');
+    if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'rotate-master-key-checked-input.json');
   });
 
   it('fails the pre-check without changing anything, naming what to fix', async () => {
@@ -163,7 +163,7 @@ describe('rotateMasterKey on a real worker and simulated crypto units', () => {
       assert.equal(result.phase, 'done');
       assert.deepEqual(result.decisions, [{ action: 'promote', operator: 'test', note: 'unit 2 is back' }]);
       await assertRotated(s.unitSets, 'hsm', result.newVp, 'after the operator decision');
-      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'rotate-master-key-operator.json');
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'rotate-master-key-operator-checked-input.json');
     });
   });
 

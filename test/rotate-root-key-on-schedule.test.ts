@@ -95,7 +95,7 @@ describe('rotateRootKeyOnSchedule (what a rotations: entry of the schedule file 
       assert.equal((await suite.client.workflow.getHandle(rewrapWorkflowId(s.keyId, v)).describe()).status.name, 'COMPLETED', `rewrap to v${v} ran`);
     }
     await assertAllOn(s, 3);
-    if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(handle.workflowId, 'rotate-root-key-on-schedule.json');
+    if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(handle.workflowId, 'rotate-root-key-on-schedule-checked-input.json');
   });
 
   it('a KMS clock 14 s behind ours refuses the rotation once; the run waits past its retryAfter and rotates on the second try', async () => {

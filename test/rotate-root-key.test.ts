@@ -95,7 +95,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
         args: [{ keyId: s.keyId, targetVersion: 2, rotate: true }],
       });
       assert.equal(again.rotated, false);
-      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'rotate-root-key.json');
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'rotate-root-key-checked-input.json');
       await entity.terminate('test finished');
     });
     assert.equal((await s.setupKms.getKeyMetadata(s.keyId)).versions.length, 2, 'rotated exactly once');
@@ -240,7 +240,7 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     );
     assert.ok(err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure);
     assert.equal(err.cause.type, 'INVALID_INPUT');
-    assert.match(err.cause.message, /chunkSize must be a positive whole number, got 0/);
+    assert.match(err.cause.message, /rotateRootKey input chunkSize: must be a positive whole number/);
     assert.equal((await s.setupKms.getKeyMetadata(s.keyId)).versions.length, 1);
   });
 

@@ -10,6 +10,8 @@ import {
 import type { Activities } from '../activities';
 import { keyEntityWorkflowId, rewrapCompleteSignal } from './root-key-messages';
 import { KeyIdAttribute, KeyVersionAttribute, PhaseAttribute } from './search-attributes';
+import { z } from 'zod';
+import { durationMsSchema, keyIdSchema, parseInput, parseSignal, versionSchema } from './workflow-input';
 
 const { describeKey, registerRewrapWaiter } = proxyActivities<Activities>({
   startToCloseTimeout: '30 seconds',
@@ -33,6 +35,8 @@ export interface AwaitRewrapResult {
   waitedMs: number;
 }
 
+const awaitRewrapInputSchema = z.object({ keyId: keyIdSchema, minVersion: versionSchema, timeoutMs: durationMsSchema.optional(), recheckEveryMs: durationMsSchema.optional() });
+
 /**
  * Waits for "rewrap complete (key, version)" without a fixed sleep. It registers with the key's
  * entity workflow, which signals it in order with the announcement, whether the rewrap ended
@@ -40,14 +44,16 @@ export interface AwaitRewrapResult {
  * Nightly backups are meant to reuse this wait.
  */
 export async function awaitRewrap(input: AwaitRewrapInput): Promise<AwaitRewrapResult> {
+  parseInput('awaitRewrap', awaitRewrapInputSchema, input);
   const started = Date.now();
   const deadline = started + (input.timeoutMs ?? 6 * 3600_000);
   const recheckEvery = input.recheckEveryMs ?? 10 * 60_000;
   let reached: number | undefined;
   let releasedBy: AwaitRewrapResult['releasedBy'] = 'signal';
 
-  setHandler(rewrapCompleteSignal, ({ keyId, version }) => {
-    if (keyId === input.keyId && version >= input.minVersion) reached = Math.max(reached ?? 0, version);
+  setHandler(rewrapCompleteSignal, (payload) => {
+    const done = parseSignal('rewrapComplete', z.object({ keyId: z.string(), version: versionSchema }), payload);
+    if (done && done.keyId === input.keyId && done.version >= input.minVersion) reached = Math.max(reached ?? 0, done.version);
   });
   upsertSearchAttributes([
     { key: KeyIdAttribute, value: input.keyId },

@@ -1,6 +1,8 @@
 import { proxyActivities, setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { DatabaseIdAttribute, KeyIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+import { z } from 'zod';
+import { absolutePathSchema, keyIdSchema, parseInput } from './workflow-input';
 
 const { importBackupKey: importKey } = proxyActivities<Activities>({
   startToCloseTimeout: '2 minutes',
@@ -14,11 +16,14 @@ export interface ImportBackupKeyInput {
   keyId?: string;
 }
 
+const importBackupKeyInputSchema = z.object({ path: absolutePathSchema, keyId: keyIdSchema.optional() });
+
 /**
  * `keyops backup key import FILE`: a backup key from its passphrase-protected export becomes
  * usable again, so that backups encrypted with it restore. Only ids and hashes leave the worker.
  */
 export async function importBackupKey(input: ImportBackupKeyInput): Promise<{ databaseId: string; hash: string; keyId: string; keyVersion: number; alreadyRegistered: boolean }> {
+  parseInput('importBackupKey', importBackupKeyInputSchema, input);
   upsertSearchAttributes([{ key: PhaseAttribute, value: 'importing' }]);
   setCurrentDetails(`**importing** the backup key in \`${input.path}\``);
   try {

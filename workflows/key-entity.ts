@@ -9,7 +9,9 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
+import { z } from 'zod';
 import { KeyIdAttribute, KeyVersionAttribute } from './search-attributes';
+import { keyIdSchema, parseInput, parseSignal, versionSchema } from './workflow-input';
 import {
   awaitRewrapSignal,
   keyStateQuery,
@@ -25,7 +27,10 @@ import {
  * registered before, during or after the rewrap is released exactly when its version is reached.
  * (A visibility query for waiting workflows would be eventually consistent and could miss one.)
  */
+const waiterSchema = z.object({ workflowId: z.string().min(1).max(1000), minVersion: versionSchema });
+
 export async function keyEntity(state: KeyEntityState): Promise<never> {
+  parseInput('keyEntity', z.object({ keyId: keyIdSchema, rewrappedVersion: z.number().int().nonnegative(), waiters: z.array(waiterSchema) }), state);
   const { keyId } = state;
   const pending: RewrapWaiter[] = [];
 
@@ -44,8 +49,10 @@ export async function keyEntity(state: KeyEntityState): Promise<never> {
   setHandler(keyStateQuery, () => state);
   setHandler(
     rewrapCompleteSignal,
-    (done) => {
-      if (done.version <= state.rewrappedVersion) return;
+    (payload) => {
+      // A malformed announcement (a version 2.5 sent by hand) would wedge every waiter: dropped.
+      const done = parseSignal('rewrapComplete', z.object({ keyId: z.string(), version: versionSchema }), payload);
+      if (!done || done.version <= state.rewrappedVersion) return;
       state.rewrappedVersion = done.version;
       const ready = state.waiters.filter((w) => w.minVersion <= done.version);
       state.waiters = state.waiters.filter((w) => w.minVersion > done.version);
@@ -57,7 +64,9 @@ export async function keyEntity(state: KeyEntityState): Promise<never> {
   );
   setHandler(
     awaitRewrapSignal,
-    (waiter) => {
+    (payload) => {
+      const waiter = parseSignal('awaitRewrap', waiterSchema, payload);
+      if (!waiter) return;
       if (waiter.minVersion <= state.rewrappedVersion) pending.push(waiter);
       else if (!state.waiters.some((w) => w.workflowId === waiter.workflowId && w.minVersion === waiter.minVersion)) state.waiters.push(waiter);
       describe();

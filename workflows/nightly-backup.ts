@@ -16,6 +16,8 @@ import { awaitRewrap } from './await-rewrap';
 import { backupProgressQuery, backupWorkflowId, type BackupPhase, type BackupProgress } from './backup-messages';
 import { keyEntityWorkflowId } from './root-key-messages';
 import { DatabaseIdAttribute, KeyIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+import { z } from 'zod';
+import { databaseIdSchema, durationMsSchema, nightSchema, parseInput, positiveIntSchema } from './workflow-input';
 
 export interface NightlyBackupInput {
   databaseId: string;
@@ -60,9 +62,18 @@ const { backupDatabase, verifyBackupImage } = proxyActivities<Activities>({
  * failing or sleeping; then backs up, verifies by a test restore, and catalogues the backup.
  */
 export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupProgress> {
-  if (typeof input.databaseId !== 'string' || input.databaseId.length === 0) {
-    throw ApplicationFailure.nonRetryable('databaseId is required', 'INVALID_INPUT');
-  }
+  parseInput(
+    'nightlyBackup',
+    z.object({
+      databaseId: databaseIdSchema,
+      night: nightSchema(workflowInfo().startTime.getTime()).optional(),
+      rewrapWaitMs: durationMsSchema.optional(),
+      recheckEveryMs: durationMsSchema.optional(),
+      keyChangeRecheckMs: durationMsSchema.optional(),
+      retain: positiveIntSchema.max(10_000).optional(),
+    }),
+    input,
+  );
   const night = input.night ?? new Date(workflowInfo().startTime).toISOString().slice(0, 10);
   const progress: BackupProgress = {
     databaseId: input.databaseId,

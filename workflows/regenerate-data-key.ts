@@ -1,6 +1,8 @@
 import { proxyActivities, setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { DatabaseIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+import { z } from 'zod';
+import { databaseIdSchema, parseInput } from './workflow-input';
 
 const { regenerateDek } = proxyActivities<Activities>({
   startToCloseTimeout: '24 hours',
@@ -11,11 +13,14 @@ const { regenerateDek } = proxyActivities<Activities>({
 /** The id of a database's DEK regeneration: one at a time per database. */
 export const regenerateWorkflowId = (databaseId: string): string => `regenerate/${databaseId}`;
 
+const regenerateDataKeyInputSchema = z.object({ databaseId: databaseIdSchema });
+
 /**
  * A new DEK for the database and all its data re-encrypted (SQL Server's REGENERATE, not the
  * instant re-protect): long and heartbeated; nightly backups of the database wait meanwhile.
  */
 export async function regenerateDataKey(input: { databaseId: string }): Promise<{ databaseId: string; wdekVersions: number[] }> {
+  parseInput('regenerateDataKey', regenerateDataKeyInputSchema, input);
   upsertSearchAttributes([
     { key: PhaseAttribute, value: 'regenerating' },
     { key: DatabaseIdAttribute, value: input.databaseId },

@@ -1,6 +1,8 @@
 import { setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
 import { checkRestorable, restoreBackupImage } from './restore-activities';
 import { DatabaseIdAttribute, KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+import { z } from 'zod';
+import { absolutePathSchema, parseInput } from './workflow-input';
 
 export interface RestoreBackupInput {
   /** A catalogued backup, by id; or */
@@ -21,11 +23,16 @@ export interface RestoreBackupResult {
   rows: number;
 }
 
+const restoreBackupInputSchema = z
+  .object({ backupId: z.string().regex(/^backup\/[^/]+\/[^/]+$/, 'a backup id such as backup/payroll/2026-12-01').optional(), path: absolutePathSchema.optional(), targetPath: absolutePathSchema })
+  .refine((v) => (v.backupId === undefined) !== (v.path === undefined), { message: 'name exactly one of backupId and path', path: ['backupId'] });
+
 /**
  * Restores a backup, after checking that every key it needs is still there: a catalogued one by
  * id, or any backup file by path (disaster recovery: no registry, no catalog, only the KMS).
  */
 export async function restoreBackup(input: RestoreBackupInput): Promise<RestoreBackupResult> {
+  parseInput('restoreBackup', restoreBackupInputSchema, input);
   const name = input.backupId ?? input.path;
   const phase = (value: string, details: string) => {
     upsertSearchAttributes([{ key: PhaseAttribute, value }]);

@@ -1,6 +1,8 @@
 import { proxyActivities, setCurrentDetails, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { DatabaseIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+import { z } from 'zod';
+import { databaseIdSchema, parseInput } from './workflow-input';
 
 export interface RotateBackupKeyInput {
   databaseId: string;
@@ -18,12 +20,15 @@ const { createPendingBackupKey, exportBackupKey, verifyBackupKeyExport, activate
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 });
 
+const rotateBackupKeyInputSchema = z.object({ databaseId: databaseIdSchema });
+
 /**
  * SAP HANA's staged backup-key rotation (reference 004): create the new key without activating
  * it, export it under the passphrase to a new file, read the export back, and only then
  * activate it. A failure before activation leaves backups on the old key, which still works.
  */
 export async function rotateBackupKey(input: RotateBackupKeyInput): Promise<RotateBackupKeyResult> {
+  parseInput('rotateBackupKey', rotateBackupKeyInputSchema, input);
   const phase = (value: string, details: string) => {
     upsertSearchAttributes([
       { key: PhaseAttribute, value },

@@ -2,11 +2,15 @@ import { proxyActivities, upsertSearchAttributes } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { rewrapWorkflowId } from './root-key-messages';
 import { KeyIdAttribute, KeyVersionAttribute } from './search-attributes';
+import { z } from 'zod';
+import { keyIdSchema, parseInput, versionSchema } from './workflow-input';
 
 const { rotateToVersion } = proxyActivities<Activities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '500 milliseconds', maximumAttempts: 3 },
 });
+
+const rotateInKmsInputSchema = z.object({ keyId: keyIdSchema, targetVersion: versionSchema });
 
 /**
  * `keyops key rotate --kms-only`: a new key version and nothing else, as a KMS console or a
@@ -14,6 +18,7 @@ const { rotateToVersion } = proxyActivities<Activities>({
  * watcher finds the rotation and rewraps; backups of databases under the key wait meanwhile.
  */
 export async function rotateInKms(input: { keyId: string; targetVersion: number }): Promise<{ version: number; rotated: boolean }> {
+  parseInput('rotateInKms', rotateInKmsInputSchema, input);
   upsertSearchAttributes([
     { key: KeyIdAttribute, value: input.keyId },
     { key: KeyVersionAttribute, value: input.targetVersion },

@@ -14,6 +14,8 @@ import type { CryptoUnit } from '../activities/crypto-units/crypto-unit-set';
 import { type MasterKeyPhase, type MasterKeyRotationState, type OperatorDecision, decideRecoveryUpdate, masterKeyRotationQuery } from './master-key-messages';
 import { type RecoveryActionName, type RecoveryDecision, decideRecovery, forbiddenReason } from './master-key-recovery';
 import { OutcomeAttribute, PhaseAttribute } from './search-attributes';
+import { z } from 'zod';
+import { checkUpdate, labelSchema, parseInput } from './workflow-input';
 
 export interface RotateMasterKeyInput {
   unitSetId: string;
@@ -35,6 +37,12 @@ const errorText = (err: unknown) => {
   return root instanceof Error ? root.message : String(root);
 };
 
+const rotateMasterKeyInputSchema = z.object({
+  unitSetId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, '1 to 63 letters, digits, "_", "." or "-"'),
+  requestId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/, '1 to 128 letters, digits, "_", ".", ":" or "-"').optional(),
+  heartbeatTimeout: z.string().regex(/^\d{1,6} ?(ms|milliseconds?|s|seconds?|m|minutes?)$/, 'a duration such as "30 seconds"').optional(),
+});
+
 /**
  * Staged HSM master-key rotation (DESIGN.md, reference 002): pre-check → load a new MK →
  * re-encrypt key storage → promote on every unit → prove key storage opens under the new MK.
@@ -45,6 +53,7 @@ const errorText = (err: unknown) => {
  * re-encryption completed.
  */
 export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<MasterKeyRotationState> {
+  parseInput('rotateMasterKey', rotateMasterKeyInputSchema, input);
   if (typeof input.unitSetId !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(input.unitSetId)) {
     throw ApplicationFailure.nonRetryable(`unit set id ${JSON.stringify(input.unitSetId)} must be 1 to 63 letters, digits, "_", "." or "-"`, 'INVALID_INPUT');
   }
@@ -76,6 +85,7 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
     {
       description: 'An operator decision for a rotation in needs-operator: restart, reencrypt, promote, finish or abort',
       validator: (d: OperatorDecision) => {
+        checkUpdate('decideRecovery', z.object({ action: z.string(), operator: labelSchema.pipe(z.string().max(200)).optional(), note: labelSchema.optional() }), d);
         if (!ACTIONS.includes(d.action)) throw new Error(`unknown action ${JSON.stringify(d.action)}: use one of ${ACTIONS.join(', ')}`);
         if (state.phase !== 'needs-operator' || decision !== undefined) throw new Error(`the rotation is not waiting for a decision (phase ${state.phase})`);
         const why = forbiddenReason(state.checkpoint, d.action);

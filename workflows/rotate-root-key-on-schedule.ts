@@ -18,6 +18,8 @@ import { KMS_ROTATION_SPACING_MS, rewrapWorkflowId } from './root-key-messages';
 import { rotateRootKey } from './rotate-root-key';
 import { scheduledRotationQuery, type ScheduledRotationPhase, type ScheduledRotationProgress } from './scheduled-rotation-messages';
 import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+import { z } from 'zod';
+import { durationMsSchema, keyIdSchema, parseInput } from './workflow-input';
 
 const { describeKey } = proxyActivities<Activities>({
   startToCloseTimeout: '30 seconds',
@@ -33,6 +35,8 @@ export interface RotateRootKeyOnScheduleInput {
 // A KMS clock a little behind ours must not refuse the rotation we waited for.
 const QUOTA_MARGIN_MS = 5_000;
 
+const rotateRootKeyOnScheduleInputSchema = z.object({ keyId: keyIdSchema, pendingRewrapWaitMs: durationMsSchema.optional() });
+
 /**
  * What a `rotations:` entry of the schedule file starts every N days: picks the next version and
  * runs the rotation and rewrap `rewrap/<keyId>/v<next>` as a child, so the same run a manual
@@ -41,6 +45,7 @@ const QUOTA_MARGIN_MS = 5_000;
  * hand within the hour is waited out rather than refused by the KMS.
  */
 export async function rotateRootKeyOnSchedule(input: RotateRootKeyOnScheduleInput): Promise<ScheduledRotationProgress> {
+  parseInput('rotateRootKeyOnSchedule', rotateRootKeyOnScheduleInputSchema, input);
   const progress: ScheduledRotationProgress = { keyId: input.keyId, phase: 'checking', rotated: false, rewrapped: 0 };
   setHandler(scheduledRotationQuery, () => progress, { description: 'Phase and versions of this scheduled rotation' });
   const enter = (phase: ScheduledRotationPhase, details: string) => {

@@ -12,6 +12,8 @@ import type { Activities } from '../activities';
 import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 import { bulkTaskQueue } from './task-queue';
 import { keyEntityWorkflowId, rewrapProgressQuery, type RewrapPhase, type RewrapProgress } from './root-key-messages';
+import { z } from 'zod';
+import { keyIdSchema, parseInput, positiveIntSchema, versionSchema } from './workflow-input';
 
 export interface RotateRootKeyInput {
   keyId: string;
@@ -63,6 +65,20 @@ const { rewrapChunk, verifyChunk } = proxyActivities<Activities>({
 
 /** A bad number here would loop or finish without work; refuse it before anything happens. */
 function checkInput(input: RotateRootKeyInput): void {
+  parseInput(
+    'rotateRootKey',
+    z.object({
+      keyId: keyIdSchema,
+      targetVersion: versionSchema,
+      rotate: z.boolean(),
+      chunkSize: positiveIntSchema.optional(),
+      batchSize: positiveIntSchema.optional(),
+      maxHistoryEvents: positiveIntSchema.optional(),
+      parallelism: positiveIntSchema.max(64).optional(),
+      carried: z.unknown().optional(),
+    }),
+    input,
+  );
   const positive: [string, number | undefined][] = [
     ['targetVersion', input.targetVersion],
     ['chunkSize', input.chunkSize],

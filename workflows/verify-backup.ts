@@ -1,6 +1,8 @@
 import { setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
 import { checkRestorable, verifyBackupImage } from './restore-activities';
 import { DatabaseIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
+import { z } from 'zod';
+import { parseInput } from './workflow-input';
 
 export interface VerifyBackupResult {
   backupId: string;
@@ -12,12 +14,15 @@ export interface VerifyBackupResult {
   rows: number;
 }
 
+const verifyBackupInputSchema = z.object({ backupId: z.string().regex(/^backup\/[^/]+\/[^/]+$/, 'a backup id such as backup/payroll/2026-12-01') });
+
 /**
  * `keyops backup verify`: proves a catalogued backup still restores today, with today's keys:
  * its key version and backup key still exist, its checksum matches, and a test restore opens
  * and passes SQLite's check. Nothing is kept but the answer.
  */
 export async function verifyBackup(input: { backupId: string }): Promise<VerifyBackupResult> {
+  parseInput('verifyBackup', verifyBackupInputSchema, input);
   const phase = (value: string, details: string) => {
     upsertSearchAttributes([{ key: PhaseAttribute, value }]);
     setCurrentDetails(`**${value}** backup \`${input.backupId}\`: ${details}`);

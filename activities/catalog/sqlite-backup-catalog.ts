@@ -136,7 +136,9 @@ export class SqliteBackupCatalog implements BackupCatalog {
         .prepare('INSERT OR REPLACE INTO nights VALUES (?, ?, ?, ?, ?)')
         .run(databaseId, night, outcome, error ?? null, new Date().toISOString());
       const recent = this.db
-        .prepare<[string], { outcome: NightOutcome }>('SELECT outcome FROM nights WHERE database_id = ? ORDER BY night DESC')
+        // In the order the nights ran, not by their dates: a backfilled or mistyped night must
+        // not hide the failures of the nights around it.
+        .prepare<[string], { outcome: NightOutcome }>('SELECT outcome FROM nights WHERE database_id = ? ORDER BY recorded_at DESC, rowid DESC')
         .all(databaseId);
       const streak = recent.findIndex((n) => n.outcome === 'succeeded');
       return streak === -1 ? recent.length : streak;
