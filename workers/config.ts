@@ -26,7 +26,13 @@ export const workerConfigSchema = z.object({
   KEYOPS_KMS_MASTER_SECRET: z.string().optional(),
   KEYOPS_KMS_MASTER_SECRET_FILE: z.string().optional(),
   /** Receives a JSON POST when a database has two failed backup nights in a row. */
-  KEYOPS_ALERT_WEBHOOK: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+  KEYOPS_ALERT_WEBHOOK: z
+    .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
+    .refine((v) => {
+      const url = new URL(v);
+      return url.username === '' && url.password === '';
+    }, 'must not carry credentials (user:pass@): they would reach logs and process listings; use a token the receiver accepts in a header-free URL path, or a proxy')
+    .optional(),
   /** Protects exported backup keys (rotateBackupKey); read when a key is exported. */
   KEYOPS_BACKUP_KEY_PASSPHRASE: z.string().min(12, 'a backup-key passphrase needs at least 12 characters').optional(),
   KEYOPS_BACKUP_KEY_PASSPHRASE_FILE: z.string().optional(),
@@ -54,6 +60,9 @@ export interface WorkerConfig {
   kmsUnitSet: string;
 }
 
+/** Variables whose values are secrets: an error names them, never shows them. */
+const SECRET_VARIABLES: ReadonlySet<string> = new Set(['KEYOPS_KMS_MASTER_SECRET', 'KEYOPS_BACKUP_KEY_PASSPHRASE', 'KEYOPS_ALERT_WEBHOOK']);
+
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(`invalid worker configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
@@ -69,7 +78,8 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv, stdoutIsTty: boolean): 
     throw new ConfigError(
       parsed.error.issues.map((issue) => {
         const field = issue.path.join('.');
-        return `${field}=${JSON.stringify(env[field] ?? '')}: ${issue.message}`;
+        const shown = SECRET_VARIABLES.has(field) ? '(value hidden)' : JSON.stringify(env[field] ?? '');
+        return `${field}=${shown}: ${issue.message}`;
       }),
     );
   }

@@ -1,12 +1,19 @@
 import { randomBytes } from 'node:crypto';
-import { linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { WorkerConfig } from './config';
 
 export class MasterSecretError extends Error {}
 
+const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
 function decode(text: string, from: string): Buffer {
-  const secret = Buffer.from(text.trim(), 'base64');
+  const trimmed = text.trim();
+  // Node's decoder skips what is not base64: a typo would silently become a different secret.
+  if (!STRICT_BASE64.test(trimmed)) {
+    throw new MasterSecretError(`${from} is not base64 (only A-Z, a-z, 0-9, "+", "/", padded with "="); generate one with: openssl rand -base64 32`);
+  }
+  const secret = Buffer.from(trimmed, 'base64');
   if (secret.length < 32) {
     throw new MasterSecretError(`${from} must hold at least 32 bytes, base64-encoded (got ${secret.length}); generate one with: openssl rand -base64 32`);
   }
@@ -35,6 +42,13 @@ export function loadKmsMasterSecret(config: WorkerConfig): { secret: Buffer; gen
     return { secret: decode(readFileSync(file, 'utf8'), file) };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  // A store without its secret: a new secret would not open a single key, and would hide the loss.
+  const store = join(config.dataDir, 'kms', 'keys.sqlite');
+  if (existsSync(store)) {
+    throw new MasterSecretError(
+      `the local KMS store ${store} exists but its master secret ${file} is missing: restore the secret from your backup (or set KEYOPS_KMS_MASTER_SECRET or KEYOPS_KMS_MASTER_SECRET_FILE); keyops will not generate a new one beside the old store`,
+    );
   }
   mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
   // Write aside, then link into place: link fails if another worker won the race, and then

@@ -44,7 +44,9 @@ export const backupHeaderSchema = z.object({
   backupId: z.string().min(1).optional(),
   night: z.string().regex(/^\d{4}-\d{2}-\d{2}$/).optional(),
   plainBytes: z.number().int().nonnegative(),
-  chunkBytes: z.number().int().positive(),
+  // Unauthenticated until the first chunk opens: bounded, so a crafted header cannot make a
+  // reader allocate gigabytes before anything is checked.
+  chunkBytes: z.number().int().positive().max(64 * 1024 * 1024),
 });
 export type BackupHeader = z.infer<typeof backupHeaderSchema>;
 /** What a writer supplies: format 2 requires the fields format 1 lacked. */

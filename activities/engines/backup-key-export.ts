@@ -17,7 +17,20 @@ const exportSchema = z.object({
   format: z.literal(FORMAT),
   databaseId: z.string(),
   hash: z.string().regex(/^[0-9a-f]{64}$/),
-  kdf: z.object({ name: z.literal('scrypt'), N: z.number().int(), r: z.number().int(), p: z.number().int(), salt: z.string() }),
+  // Read before anything is authenticated: bounded, so a crafted file cannot ask scrypt for
+  // gigabytes of memory or hours of work (keyops writes N = 2^17, r = 8, p = 1).
+  kdf: z.object({
+    name: z.literal('scrypt'),
+    N: z
+      .number()
+      .int()
+      .min(2 ** 14)
+      .max(2 ** 20)
+      .refine((n) => (n & (n - 1)) === 0, 'a power of two'),
+    r: z.number().int().min(1).max(16),
+    p: z.number().int().min(1).max(4),
+    salt: z.string().max(256),
+  }).refine((k) => 128 * k.N * k.r <= 256 * 1024 * 1024, 'at most 256 MiB of scrypt memory'),
   iv: z.string(),
   tag: z.string(),
   ciphertext: z.string(),
