@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { DEFAULT_CHILD_TIMEOUT_MS, childEnvironment } from '../engines/child-environment';
 import type { CommandResult, CommandRunner } from '../engines/command-runner';
 import { CryptoUnitError } from './crypto-unit-set';
 import { checkpointFromOutput, classifyTkeFailure, parseMasterKeyRegisters, type TkeCheckpoint, type TkeUnitRegisters } from './tke-output';
@@ -34,9 +35,9 @@ export class TkeProcessRunner implements TkeCommandRunner {
       const child = execFile(
         command,
         [...args],
-        { timeout: options.timeoutMs ?? 0, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, ...options.env }, encoding: 'utf8' },
+        { timeout: options.timeoutMs ?? DEFAULT_CHILD_TIMEOUT_MS, maxBuffer: 64 * 1024 * 1024, env: childEnvironment(options.env), encoding: 'utf8' },
         (err, stdout, stderr) => {
-          if (err && typeof err.code !== 'number') reject(new Error(`${command}: ${err.message}`, { cause: err }));
+          if (err && typeof err.code !== 'number') reject(new Error(`${command}: ${err.killed ? `did not finish within ${options.timeoutMs ?? DEFAULT_CHILD_TIMEOUT_MS} ms and was stopped (${err.signal ?? 'killed'})` : err.message}`, { cause: err }));
           else resolve({ exitCode: err ? Number(err.code) : 0, stdout, stderr });
         },
       );

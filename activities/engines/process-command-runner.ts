@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { DEFAULT_CHILD_TIMEOUT_MS, childEnvironment } from './child-environment';
 import type { CommandResult, CommandRunner } from './command-runner';
 
 /**
@@ -11,11 +12,11 @@ export class ProcessCommandRunner implements CommandRunner {
       execFile(
         command,
         [...args],
-        { timeout: options.timeoutMs ?? 0, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, ...options.env }, encoding: 'utf8' },
+        { timeout: options.timeoutMs ?? DEFAULT_CHILD_TIMEOUT_MS, maxBuffer: 64 * 1024 * 1024, env: childEnvironment(options.env), encoding: 'utf8' },
         (err, stdout, stderr) => {
           if (err && typeof err.code !== 'number') {
             // Not an exit status: the tool is missing (ENOENT), was killed, or timed out.
-            reject(new Error(`${command}: ${err.message}`, { cause: err }));
+            reject(new Error(`${command}: ${err.killed ? `did not finish within ${options.timeoutMs ?? DEFAULT_CHILD_TIMEOUT_MS} ms and was stopped (${err.signal ?? 'killed'})` : err.message}`, { cause: err }));
             return;
           }
           resolve({ exitCode: err ? Number(err.code) : 0, stdout, stderr });
