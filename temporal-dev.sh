@@ -264,6 +264,12 @@ cmd_up() {
     esac
     shift
   done
+  # The data directory holds key stores, databases, histories and logs: no one else reads them.
+  # Everything created from here on is 0600 (files) or 0700 (directories); what an older version
+  # left readable is tightened.
+  umask 077
+  mkdir -p "$DATA_DIR"
+  chmod -R go-rwx "$DATA_DIR"
   mkdir -p "$RUN_DIR" "$LOG_DIR"
   exec 9>"$RUN_DIR/up.lock"
   flock -n 9 || die "another ./temporal-dev.sh up is starting the stack right now"

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -106,6 +106,24 @@ describe('temporal-dev.sh', () => {
       databaseId: 'demo',
       rows: 1000,
     });
+
+    // Key stores, databases, the Temporal SQLite file, WAL and SHM files, logs: this user's only.
+    const exposed: string[] = [];
+    const walk = (dir: string) => {
+      for (const entry of readdirSync(dir, { withFileTypes: true })) {
+        const path = join(dir, entry.name);
+        const mode = statSync(path).mode & 0o777;
+        if (entry.isDirectory()) {
+          if (mode !== 0o700) exposed.push(`${path} ${mode.toString(8)}`);
+          walk(path);
+        } else if (entry.isFile() && mode !== 0o600) {
+          exposed.push(`${path} ${mode.toString(8)}`);
+        }
+      }
+    };
+    assert.equal(statSync(stack.dataDir).mode & 0o777, 0o700, 'the data directory is 0700');
+    walk(stack.dataDir);
+    assert.deepEqual(exposed, [], 'every directory 0700, every file 0600');
 
     const status = await runToEnd(DEV_SCRIPT, ['status'], { env: stack.env });
     assert.equal(status.code, 0, status.stdout + status.stderr);

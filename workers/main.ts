@@ -13,6 +13,9 @@ import { PinoSdkLogger } from './sdk-logger';
 import { keyopsVersion, temporalSdkVersion } from './version';
 
 async function main(): Promise<number> {
+  // Everything the worker writes under its data directory (SQLite WAL and SHM files, scratch
+  // restores, exports, logs) is for this user only, whatever umask it was started with.
+  process.umask(0o077);
   let config;
   try {
     config = loadWorkerConfig(process.env, process.stdout.isTTY === true);
