@@ -92,4 +92,63 @@ describe('nightlyBackup survives SIGKILL of its worker in the middle of writing'
       kms.close();
     }
   });
+  it('a worker killed during the test restore leaves no scratch database behind once a worker starts again', async () => {
+    const dir = join(suite.dir, 'verify-kill');
+    const secret = randomBytes(32);
+    const kms = LocalKms.open({ path: join(dir, 'kms', 'keys.sqlite'), masterSecret: secret });
+    const registry = SqliteWdekRegistry.open(join(dir, 'registry', 'wdeks.sqlite'));
+    const engine = EncryptedSqliteEngine.open({ dir: join(dir, 'databases'), kms, registry });
+    const { keyId } = await kms.createKey({ name: 'crash-verify' });
+    await engine.createDatabase('wide', keyId);
+    await engine.withDatabase('wide', (db) => {
+      db.exec('CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB NOT NULL)');
+      const insert = db.prepare('INSERT INTO blobs (data) VALUES (?)');
+      db.transaction(() => {
+        for (let i = 0; i < 384; i++) insert.run(randomBytes(MIB));
+      })();
+    });
+    engine.close();
+    registry.close();
+    kms.close();
+    const taskQueue = uniqueTaskQueue('verify-crash');
+    const workerEnv = async () => ({
+      TEMPORAL_ADDRESS: testServerAddress(),
+      KEYOPS_TASK_QUEUE: taskQueue,
+      KEYOPS_DATA_DIR: dir,
+      KEYOPS_LOG_FORMAT: 'json',
+      KEYOPS_METRICS_ADDRESS: `127.0.0.1:${await freePort()}`,
+      KEYOPS_KMS_MASTER_SECRET: secret.toString('base64'),
+    });
+    const scratchDir = join(dir, 'databases', 'scratch');
+    const scratch = () => {
+      try {
+        return readdirSync(scratchDir).filter((f) => f.includes('.verify-'));
+      } catch {
+        return [];
+      }
+    };
+    const first = new WorkerProcess(await workerEnv());
+    await first.waitFor('worker started');
+    const night = '2026-11-30';
+    const handle = await suite.client.workflow.start(nightlyBackup, { taskQueue, workflowId: backupWorkflowId('wide', night), args: [{ databaseId: 'wide', night }] });
+    for (let i = 0; scratch().length === 0; i++) {
+      assert.ok(i < 6000, 'the test restore started');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    first.child.kill('SIGKILL');
+    await once(first.child, 'exit');
+    assert.ok(scratch().length > 0, 'the killed worker left its scratch database');
+
+    const second = new WorkerProcess(await workerEnv());
+    try {
+      const result = await handle.result();
+      assert.equal(result.phase, 'done');
+      assert.deepEqual(scratch(), [], 'no scratch database left');
+      const own = `wide-${night}-${(await handle.describe()).runId.replace(/-/g, '').slice(-12)}.kob`;
+      assert.deepEqual(readdirSync(join(dir, 'backups', 'wide')), [own], 'nothing but the catalogued backup');
+    } finally {
+      second.child.kill('SIGTERM');
+      await once(second.child, 'exit');
+    }
+  });
 });

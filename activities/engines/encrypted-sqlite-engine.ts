@@ -97,6 +97,15 @@ interface Decision {
   sameKey: boolean;
 }
 
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 interface DatabaseRow {
   database_id: string;
   key_id: string;
@@ -158,6 +167,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     const engine = new EncryptedSqliteEngine(options.dir, options.kms, options.registry);
     try {
       engine.recovered = engine.reconcile();
+      engine.sweepScratch();
     } catch (err) {
       engine.close();
       throw err;
@@ -566,15 +576,30 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
 
   async verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<VerifiedBackupFile> {
     // In the engine's own directory: the backup's may be read-only (an import from a mount).
-    const scratchDir = join(this.dir, 'scratch');
-    mkdirSync(scratchDir, { recursive: true, mode: 0o700 });
-    const scratch = join(scratchDir, `${basename(image.path)}.verify-${randomBytes(4).toString('hex')}.db`);
+    // Named with this process's id, so a sweep can tell a dead process's leftover from a live one's.
+    const scratchDir = this.sweepScratch();
+    const scratch = join(scratchDir, `${basename(image.path)}.verify-${process.pid}-${randomBytes(4).toString('hex')}.db`);
     try {
       const { check, header, sha256 } = await this.restoreTo(image, scratch, progress);
       return { check, sha256, description: describe(header) };
     } finally {
       await rm(scratch, { force: true });
     }
+  }
+
+  /**
+   * Removes test-restore scratch files whose process is gone (killed mid-verify: its `finally`
+   * never ran), at engine start and before every verify. Returns the scratch directory.
+   */
+  sweepScratch(): string {
+    const scratchDir = join(this.dir, 'scratch');
+    mkdirSync(scratchDir, { recursive: true, mode: 0o700 });
+    for (const name of readdirSync(scratchDir)) {
+      const pid = Number(/\.verify-(\d+)-[0-9a-f]+\.db(?:-journal)?$/.exec(name)?.[1]);
+      if (!pid || pid === process.pid || processAlive(pid)) continue;
+      rmSync(join(scratchDir, name), { force: true });
+    }
+    return scratchDir;
   }
 
   async describeBackup(path: string): Promise<BackupDescription> {
