@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
@@ -88,6 +89,14 @@ describe('encrypted SQLite engine (real SQLCipher files, real KMS files)', () =>
     await rejectsWith(engine.restore(later, restored), 'INVALID_CONFIGURATION', /restore target .*restored-shop\.db exists; restore never overwrites/);
     assert.deepEqual(await engine.restore(later, join(dir, 'restored-shop-later.db')), { tables: 1, rows: 2001 });
     assert.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), [], 'no partial restore is left');
+    // A restore killed earlier (its process is gone) left a partial file: the next restore to the
+    // same target removes it; a live process's partial stays.
+    const dead = spawnSync(process.execPath, ['-e', '']).pid;
+    writeFileSync(join(dir, `restored-again.db.partial-${dead}-0badc0de`), 'half a database');
+    writeFileSync(join(dir, `restored-again.db.partial-${process.ppid}-0badc0de`), 'someone else, still running');
+    assert.deepEqual(await engine.restore(later, join(dir, 'restored-again.db')), { tables: 1, rows: 2001 });
+    assert.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), [`restored-again.db.partial-${process.ppid}-0badc0de`]);
+    await rm(join(dir, `restored-again.db.partial-${process.ppid}-0badc0de`));
     await rm(later.path);
   });
 

@@ -607,8 +607,14 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   }
 
   async restore(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
-    const partial = `${targetPath}.partial-${randomBytes(4).toString('hex')}`;
     mkdirSync(dirname(targetPath), { recursive: true, mode: 0o700 });
+    // An earlier attempt killed mid-restore (its `finally` never ran) left its partial file here.
+    const prefix = `${basename(targetPath)}.partial-`;
+    for (const name of readdirSync(dirname(targetPath))) {
+      const pid = name.startsWith(prefix) ? Number(/^(\d+)-[0-9a-f]+$/.exec(name.slice(prefix.length))?.[1]) : 0;
+      if (pid && pid !== process.pid && !processAlive(pid)) rmSync(join(dirname(targetPath), name), { force: true });
+    }
+    const partial = `${targetPath}.partial-${process.pid}-${randomBytes(4).toString('hex')}`;
     try {
       const { check } = await this.restoreTo(image, partial, progress);
       // link() publishes without ever replacing: a file that appeared at the target meanwhile
