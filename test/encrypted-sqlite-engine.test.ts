@@ -7,20 +7,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3-multiple-ciphers';
-import { EngineError, type EngineErrorCode } from '../activities/engines/engine-error';
 import { EncryptedSqliteEngine, backupKeyWdekId } from '../activities/engines/encrypted-sqlite-engine';
 import { readBackupFile, readBackupHeader, writeBackupFile } from '../activities/engines/backup-file-format';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
-
-async function rejectsWith(promise: Promise<unknown>, code: EngineErrorCode, message?: RegExp): Promise<EngineError> {
-  let caught: unknown;
-  await assert.rejects(promise, (err: unknown) => ((caught = err), true));
-  assert.ok(caught instanceof EngineError, `expected an EngineError ${code}, got ${String(caught)}`);
-  assert.equal(caught.code, code, caught.message);
-  if (message) assert.match(caught.message, message);
-  return caught;
-}
+import { rejectsWith } from './helpers/engine-errors';
 
 const rowsOf = (engine: EncryptedSqliteEngine, databaseId: string) =>
   engine.withDatabase(databaseId, (db) => db.prepare('SELECT id, payload FROM orders ORDER BY id').all());

@@ -8,9 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3-multiple-ciphers';
-import { EngineError, type EngineErrorCode } from '../activities/engines/engine-error';
 import { inspectInThread } from '../activities/engines/inspect-thread';
 import { copyUnderNewKey } from '../activities/engines/sqlite-rekey';
+import { EngineError } from '../activities/engines/engine-error';
+import { rejectsWith } from './helpers/engine-errors';
 
 function openKeyed(path: string, dek: Buffer): Database.Database {
   const db = new Database(path);
@@ -43,15 +44,6 @@ function everything(db: Database.Database) {
     userVersion: db.pragma('user_version', { simple: true }) as number,
     applicationId: db.pragma('application_id', { simple: true }) as number,
   };
-}
-
-async function rejectsWith(promise: Promise<unknown>, code: EngineErrorCode, message?: RegExp): Promise<EngineError> {
-  let caught: unknown;
-  await assert.rejects(promise, (err: unknown) => ((caught = err), true));
-  assert.ok(caught instanceof EngineError, `expected an EngineError ${code}, got ${String(caught)}`);
-  assert.equal(caught.code, code, caught.message);
-  if (message) assert.match(caught.message, message);
-  return caught;
 }
 
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');

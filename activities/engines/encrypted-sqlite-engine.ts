@@ -10,6 +10,7 @@ import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, 
 import { type BackupHeader, readBackupFile, readBackupHeader, syncDirectory, writeBackupFile } from './backup-file-format';
 import { type DatabaseKeyFile, type KeyFileWdek, databaseKeyFileSchema, keyFileFormat, readKeyFile, writeKeyFile } from './database-key-file';
 import { InspectError, inspectInThread } from './inspect-thread';
+import { openKeyed } from './open-keyed';
 import { copyUnderNewKey } from './sqlite-rekey';
 import { EngineError } from './engine-error';
 
@@ -54,23 +55,6 @@ function checkDatabaseId(databaseId: unknown): string {
     throw new EngineError('INVALID_CONFIGURATION', `database id ${JSON.stringify(databaseId)} must be 1 to 63 characters: a-z, 0-9, "_" or "-", starting with a letter or digit`);
   }
   return databaseId;
-}
-
-/** Opens a SQLCipher (v4) database keyed with the raw 32-byte DEK: no passphrase KDF. */
-function openKeyed(path: string, dek: Buffer, options: Database.Options = {}): Database.Database {
-  const db = new Database(path, options);
-  try {
-    db.pragma(`cipher='sqlcipher'`);
-    db.pragma('legacy=4');
-    db.pragma(`key="x'${dek.toString('hex')}'"`);
-    db.pragma('busy_timeout = 10000');
-    // Reading the schema proves the key: a wrong one fails here with SQLITE_NOTADB.
-    db.prepare('SELECT count(*) FROM sqlite_master').get();
-    return db;
-  } catch (err) {
-    db.close();
-    throw err;
-  }
 }
 
 /**

@@ -24,10 +24,10 @@ import { type FileHandle, link, open, readFile, readdir, rename, rm, stat, statf
 import { setTimeout as delay } from 'node:timers/promises';
 import { basename, dirname, join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import Database from 'better-sqlite3-multiple-ciphers';
 import { syncDirectory } from './backup-file-format';
 import { EngineError } from './engine-error';
 import { inspectInThread } from './inspect-thread';
+import { openKeyed } from './open-keyed';
 
 const COPY_CHUNK_BYTES = 4 * 1024 * 1024;
 const POLL_MS = 250;
@@ -109,7 +109,7 @@ export async function copyUnderNewKey(options: { path: string; oldDek: Buffer; n
   const tag = randomBytes(4).toString('hex');
   const fresh = `${path}${LEFTOVER}${tag}.new`;
   const previous = `${path}${LEFTOVER}${tag}.old`;
-  const lock = openKeyed(path, oldDek);
+  const lock = openKeyed(path, oldDek, { fileMustExist: true });
   let source: FileHandle | undefined;
   // The copy is at `path` and the original only at `previous`: undone unless confirmed.
   let swapped = false;
@@ -189,23 +189,6 @@ export async function copyUnderNewKey(options: { path: string; oldDek: Buffer; n
       // Kept only if the undo failed: then it is the file others may still be writing into.
       if (!swapped) await rm(previous, { force: true });
     }
-  }
-}
-
-/** Opens a SQLCipher (v4) database keyed with the raw 32-byte DEK, as the engine does. */
-function openKeyed(path: string, dek: Buffer): Database.Database {
-  const db = new Database(path, { fileMustExist: true });
-  try {
-    db.pragma(`cipher='sqlcipher'`);
-    db.pragma('legacy=4');
-    db.pragma(`key="x'${dek.toString('hex')}'"`);
-    db.pragma('busy_timeout = 10000');
-    // Reading the schema proves the key, and rolls back a crashed writer's hot journal.
-    db.prepare('SELECT count(*) FROM sqlite_master').get();
-    return db;
-  } catch (err) {
-    db.close();
-    throw err;
   }
 }
 
