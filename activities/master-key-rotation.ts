@@ -1,13 +1,19 @@
-import { Context, heartbeat } from '@temporalio/activity';
+import { Context, getClient, heartbeat } from '@temporalio/activity';
+import { WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { type CryptoUnit, CryptoUnitError, type CryptoUnitSet } from './crypto-units/crypto-unit-set';
 import { precheckProblems } from './crypto-units/precheck';
 import type { RotationLedger } from './crypto-units/rotation-ledger';
+import { awaitMasterKeyRotationSignal, type MasterKeyWait } from '../workflows/master-key-messages';
 
 export interface MasterKeyDeps {
   /** The crypto-unit set with this id, or an error naming it. */
   cryptoUnitSet: (unitSetId: string) => CryptoUnitSet;
   rotationLedger: RotationLedger;
+  /** The unit set whose master key protects the KMS's key storage (backups and rewraps wait for it). */
+  kmsUnitSet?: string;
+  /** Whether that set's master key is being rotated. */
+  keyStorageRotation?: () => Promise<{ inProgress: boolean; reason: string | undefined }>;
 }
 
 /** The rotation an activity runs for: its workflow id. */
@@ -44,7 +50,7 @@ const isPromoted = (u: CryptoUnit, newVp: string) => u.current.state === 'valid'
  * a durable checkpoint in the workflow's history. Each one is safe to retry at the point where
  * the workflow calls it; the workflow never calls one where it would not be.
  */
-export function createMasterKeyActivities({ cryptoUnitSet, rotationLedger }: MasterKeyDeps) {
+export function createMasterKeyActivities({ cryptoUnitSet, rotationLedger, kmsUnitSet, keyStorageRotation }: MasterKeyDeps) {
   const set = (unitSetId: string) => {
     try {
       return cryptoUnitSet(unitSetId);
@@ -185,6 +191,28 @@ export function createMasterKeyActivities({ cryptoUnitSet, rotationLedger }: Mas
     async releaseMasterKeyRotation(input: { unitSetId: string }): Promise<void> {
       rotationLedger.release(input.unitSetId, owner());
       return Promise.resolve();
+    },
+
+    /**
+     * Asks the rotation that holds the KMS's unit set to signal `workflowId` when it ends. The
+     * registers are read after the request is in the rotation's history: a rotation that ended
+     * before it could hear the request is then seen as ended, so no waiter is ever missed.
+     */
+    async registerMasterKeyWaiter(input: { workflowId: string }): Promise<MasterKeyWait> {
+      const claim = kmsUnitSet === undefined ? undefined : rotationLedger.get(kmsUnitSet);
+      let registered = false;
+      if (claim) {
+        try {
+          await getClient().workflow.getHandle(claim.owner).signal(awaitMasterKeyRotationSignal, { workflowId: input.workflowId });
+          registered = true;
+        } catch (err) {
+          // The run holding the claim is closed: its end is what the registers now show.
+          if (!(err instanceof WorkflowNotFoundError)) throw err;
+        }
+      }
+      const state = await keyStorageRotation?.();
+      if (!state?.inProgress) return 'ended';
+      return registered ? 'signal' : 'poll';
     },
 
     /** Whether a master-key rotation is under way on the set: backups and rewraps wait for it. */

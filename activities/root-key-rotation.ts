@@ -50,12 +50,25 @@ export interface ChunkInput {
   maxItems: number;
   /** Items per registry read and transaction. */
   batchSize: number;
+  /**
+   * Set by runs that wait for a master-key rotation themselves (released by its end): the
+   * chunk then stops with a non-retryable MASTER_KEY_ROTATION_IN_PROGRESS instead of spending
+   * its retry budget on a rotation that may outlast it. Older runs leave it unset.
+   */
+  masterKeyHold?: 'workflow';
 }
 
 export interface ChunkResult {
   processed: number;
   cursor: string | undefined;
   finished: boolean;
+  /**
+   * Rewrap only: the key's WDEKs and how many are still below the version, counted when the
+   * chunk ended. `processed` under-counts after a retry that resumed from a heartbeat older
+   * than the last batch moved; these counts are exact whatever the retries did.
+   */
+  total?: number;
+  stale?: number;
 }
 
 export interface VerifyResult extends ChunkResult {
@@ -130,6 +143,24 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
     });
   }
 
+  /**
+   * Operational work waits while the master key under the KMS's key storage changes (reference
+   * 002). Checked before every KMS batch, not once per chunk: a rotation that starts mid-chunk
+   * must stop WDEKs moving before its new master key is loaded. The progress so far is
+   * heartbeated first, so the next attempt resumes where this one stopped.
+   */
+  async function holdForMasterKey(input: ChunkInput, what: string, progress?: Cursor): Promise<void> {
+    const masterKey = await keyStorageRotation?.();
+    if (!masterKey?.inProgress) return;
+    if (progress && progress.processed > 0) heartbeat(progress);
+    throw ApplicationFailure.create({
+      type: 'MASTER_KEY_ROTATION_IN_PROGRESS',
+      // Runs that wait in the workflow are released by the rotation's end; older runs retry.
+      nonRetryable: input.masterKeyHold === 'workflow',
+      message: `${what} waits: ${masterKey.reason ?? 'a master-key rotation is running'}`,
+    });
+  }
+
   return {
     describeKey,
 
@@ -153,7 +184,12 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
      */
     async rotateToVersion(input: { keyId: string; targetVersion: number; requestId: string }): Promise<{ version: number; rotated: boolean }> {
       const meta = await kmsCall(() => kms.getKeyMetadata(input.keyId));
-      if (meta.currentVersion >= input.targetVersion) return { version: meta.currentVersion, rotated: false };
+      if (meta.currentVersion >= input.targetVersion) {
+        // An earlier attempt of this run may have rotated and lost the answer: that is still
+        // this run's rotation. Anyone else's (policy, by hand, another run) is not.
+        const made = meta.versions.find((v) => v.version === input.targetVersion);
+        return { version: meta.currentVersion, rotated: made?.requestId === input.requestId };
+      }
       if (meta.currentVersion !== input.targetVersion - 1) {
         throw ApplicationFailure.create({
           type: 'STALE_TARGET_VERSION',
@@ -177,17 +213,16 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
      * attempt makes progress even against a KMS that fails often.
      */
     async rewrapChunk(input: ChunkInput): Promise<ChunkResult> {
-      // Operational work waits while the master key under key storage changes (reference 002):
-      // retried with backoff, it resumes by itself once the rotation ends.
-      const masterKey = await keyStorageRotation?.();
-      if (masterKey?.inProgress) {
-        throw ApplicationFailure.create({ type: 'MASTER_KEY_ROTATION_IN_PROGRESS', message: `rewrap of ${input.keyId} waits: ${masterKey.reason ?? 'a master-key rotation is running'}` });
-      }
       let { cursor, processed } = resumePoint(input);
       const range = () => ({ afterId: cursor, untilId: input.untilId });
+      const counted = (finished: boolean): ChunkResult => {
+        const { total, below } = registry.countBelowVersion(input.keyId, input.version);
+        return { processed, cursor, finished, total, stale: below };
+      };
       while (processed < input.maxItems) {
+        await holdForMasterKey(input, `rewrap of ${input.keyId}`);
         const batch = registry.listBelowVersion(input.keyId, input.version, range(), Math.min(input.batchSize, input.maxItems - processed));
-        if (batch.length === 0) return { processed, cursor, finished: true };
+        if (batch.length === 0) return counted(true);
         const results = await kmsCall(() => kms.rewrapBatch(input.keyId, batch.map((r) => r.wdek)));
         const updates: WdekUpdate[] = [];
         let invalid: { id: string; error: KmsError } | undefined;
@@ -217,7 +252,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
           });
         }
       }
-      return { processed, cursor, finished: registry.listBelowVersion(input.keyId, input.version, range(), 1).length === 0 };
+      return counted(registry.listBelowVersion(input.keyId, input.version, range(), 1).length === 0);
     },
 
     /** Checks that every WDEK in the chunk's range is recorded on `version` and really unwraps under it. */
@@ -231,6 +266,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       // WDEKs past the target, which still satisfies it; the watcher rewraps to the newer one.
       const current = (v: number) => v >= input.version;
       while (processed < input.maxItems) {
+        await holdForMasterKey(input, `verification of ${input.keyId}`, { cursor, processed, failed, failedIds });
         const batch = registry.list(input.keyId, range(), Math.min(input.batchSize, input.maxItems - processed));
         if (batch.length === 0) return { processed, cursor, finished: true, failedIds, failed };
         const onVersion = batch.flatMap((r, i) => (current(r.keyVersion) ? [i] : []));

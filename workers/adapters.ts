@@ -24,6 +24,8 @@ export interface Adapters {
   backupKeyPassphrase: () => string | undefined;
   cryptoUnitSet: (unitSetId: string) => CryptoUnitSet;
   rotationLedger: RotationLedger;
+  /** The unit set behind the KMS's key storage. */
+  kmsUnitSet: string;
   /** Whether the master key protecting the KMS's key storage is being rotated. */
   keyStorageRotation: () => Promise<{ inProgress: boolean; reason: string | undefined }>;
   close(): void;
@@ -69,6 +71,7 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
     },
     cryptoUnitSet: (unitSetId) => unitSets.get(unitSetId),
     rotationLedger,
+    kmsUnitSet: config.kmsUnitSet,
     // No unit set of that name: no HSM behind this KMS, so never a rotation to wait for.
     keyStorageRotation: async () =>
       unitSets.exists(config.kmsUnitSet) ? masterKeyRotationState(await unitSets.get(config.kmsUnitSet).listUnits()) : { inProgress: false, reason: undefined },

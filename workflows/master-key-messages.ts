@@ -1,4 +1,4 @@
-import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { CryptoUnit } from '../activities/crypto-units/crypto-unit-set';
 import type { Checkpoint, RecoveryActionName } from './master-key-recovery';
 
@@ -45,3 +45,18 @@ export const decideRecoveryUpdate = defineUpdate<{ accepted: RecoveryActionName 
 
 /** DESIGN.md's id: one rotation per unit set and request. */
 export const masterKeyRotationWorkflowId = (unitSetId: string, requestId: string): string => `mk-rotation/${unitSetId}/${requestId}`;
+
+/**
+ * A run held by a master-key rotation (a backup, a rewrap) asks the rotation to tell it when it
+ * ends, as rewrap-complete releases backups: no minute-long poll after a half-second rotation.
+ */
+export const awaitMasterKeyRotationSignal = defineSignal<[{ workflowId: string }]>('awaitMasterKeyRotation');
+
+/** Sent by a rotation, however it ended, to every run that asked; the run re-checks the registers. */
+export const masterKeyRotationEndedSignal = defineSignal<[{ unitSetId: string }]>('masterKeyRotationEnded');
+
+/**
+ * How a held run waits: `signal` (the rotation will tell it), `poll` (a rotation keyops does not
+ * own, e.g. started outside it: re-check now and then), `ended` (already over: go on).
+ */
+export type MasterKeyWait = 'signal' | 'poll' | 'ended';

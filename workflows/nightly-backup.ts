@@ -1,6 +1,7 @@
 import {
   ApplicationFailure,
   CancellationScope,
+  condition,
   executeChild,
   log,
   patched,
@@ -14,6 +15,7 @@ import {
 import type { Activities } from '../activities';
 import { awaitRewrap } from './await-rewrap';
 import { backupProgressQuery, backupWorkflowId, type BackupPhase, type BackupProgress } from './backup-messages';
+import { masterKeyRotationEndedSignal } from './master-key-messages';
 import { keyEntityWorkflowId } from './root-key-messages';
 import { DatabaseIdAttribute, KeyIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 import { z } from 'zod';
@@ -43,7 +45,7 @@ function duration(ms: number): string {
   return `${Math.round((ms / 3600_000) * 10) / 10} h`;
 }
 
-const { checkBackupKeys, recordBackup, recordNight, applyRetention, sendBackupAlert } = proxyActivities<Activities>({
+const { checkBackupKeys, recordBackup, recordNight, applyRetention, sendBackupAlert, registerMasterKeyWaiter } = proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 });
@@ -90,6 +92,10 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     failedNights: 0,
   };
   setHandler(backupProgressQuery, () => progress, { description: 'Phase, key versions and the backup written' });
+  let masterKeyEnded = false;
+  setHandler(masterKeyRotationEndedSignal, () => void (masterKeyEnded = true), {
+    description: 'The master-key rotation this backup waits for ended: re-check the registers now',
+  });
   const enter = (phase: BackupPhase, details: string) => {
     progress.phase = phase;
     upsertSearchAttributes([
@@ -116,7 +122,7 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     const recheckS = Math.round((input.keyChangeRecheckMs ?? 60_000) / 1000);
     while (keys.keyChangeInProgress || keys.masterKeyRotation) {
       if (keys.masterKeyRotation) {
-        enter('awaiting-master-key', `the master key under the KMS's key storage is being rotated (${keys.masterKeyRotation}); re-checking every ${recheckS} s`);
+        enter('awaiting-master-key', `the master key under the KMS's key storage is being rotated (${keys.masterKeyRotation}); released when it ends (re-checking every ${recheckS} s)`);
       } else {
         enter('awaiting-key-change', `database ${input.databaseId} is being re-encrypted under a new DEK; re-checking every ${recheckS} s`);
       }
@@ -125,7 +131,18 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
         throw ApplicationFailure.nonRetryable(`${what} when the wait ended`, 'KEY_CHANGE_WAIT_TIMEOUT');
       }
       const awaited = keys.masterKeyRotation ? 'the master-key rotation under the KMS' : `the DEK regeneration of ${db}`;
-      await sleep(Math.min(input.keyChangeRecheckMs ?? 60_000, waitUntil - Date.now()), { summary: `backup held: wait, then re-check whether ${awaited} has ended` });
+      const recheckMs = Math.min(input.keyChangeRecheckMs ?? 60_000, waitUntil - Date.now());
+      // The rotation's end releases the backup by signal, as a rewrap's does; the re-check
+      // remains for a rotation keyops does not run. (Runs started before this only poll.)
+      if (keys.masterKeyRotation && patched('master-key-wait-signal')) {
+        masterKeyEnded = false;
+        const wait = await registerMasterKeyWaiter.executeWithOptions({ summary: `ask the master-key rotation under the KMS to release this backup of ${db} when it ends` }, [
+          { workflowId: workflowInfo().workflowId },
+        ]);
+        if (wait !== 'ended') await condition(() => masterKeyEnded, recheckMs);
+      } else {
+        await sleep(recheckMs, { summary: `backup held: wait, then re-check whether ${awaited} has ended` });
+      }
       keys = await checkKeys(`re-check whether ${awaited} has ended`);
     }
     if (keys.wdeksBehind) {

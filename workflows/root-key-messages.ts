@@ -13,6 +13,8 @@ export interface RewrapProgress {
   total: number;
   rewrapped: number;
   verified: number;
+  /** While chunks wait for a master-key rotation under the KMS to end: why (its registers' state). */
+  heldBy?: string;
 }
 
 /** Key Protect allows one manual rotation per key per hour (reference 001). */

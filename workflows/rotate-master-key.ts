@@ -1,8 +1,11 @@
 import {
   ApplicationFailure,
+  CancellationScope,
   condition,
+  getExternalWorkflowHandle,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -11,11 +14,19 @@ import {
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { CryptoUnit } from '../activities/crypto-units/crypto-unit-set';
-import { type MasterKeyPhase, type MasterKeyRotationState, type OperatorDecision, decideRecoveryUpdate, masterKeyRotationQuery } from './master-key-messages';
+import {
+  type MasterKeyPhase,
+  type MasterKeyRotationState,
+  type OperatorDecision,
+  awaitMasterKeyRotationSignal,
+  decideRecoveryUpdate,
+  masterKeyRotationEndedSignal,
+  masterKeyRotationQuery,
+} from './master-key-messages';
 import { type RecoveryActionName, type RecoveryDecision, decideRecovery, forbiddenReason } from './master-key-recovery';
 import { OutcomeAttribute, PhaseAttribute } from './search-attributes';
 import { z } from 'zod';
-import { checkUpdate, labelSchema, parseInput } from './workflow-input';
+import { checkUpdate, labelSchema, parseInput, parseSignal } from './workflow-input';
 
 export interface RotateMasterKeyInput {
   unitSetId: string;
@@ -53,6 +64,36 @@ const rotateMasterKeyInputSchema = z.object({
  * re-encryption completed.
  */
 export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<MasterKeyRotationState> {
+  // Backups and rewraps held by this rotation, to be told when it ends, however it ends.
+  const waiters: string[] = [];
+  setHandler(
+    awaitMasterKeyRotationSignal,
+    (payload) => {
+      const waiter = parseSignal('awaitMasterKeyRotation', z.object({ workflowId: z.string().min(1).max(1000) }), payload);
+      if (waiter && !waiters.includes(waiter.workflowId)) waiters.push(waiter.workflowId);
+    },
+    { description: 'A run held by this rotation asks to be signalled masterKeyRotationEnded when it ends' },
+  );
+  try {
+    return await rotate(input);
+  } finally {
+    // Runs started before this release existed end without it; their waiters poll.
+    if (waiters.length > 0 && patched('master-key-rotation-ended-signal')) {
+      await CancellationScope.nonCancellable(async () => {
+        // A request that arrives while these signals go out is sent too (signals come first in
+        // an activation), so none is left waiting on its poll.
+        for (let id = waiters.shift(); id !== undefined; id = waiters.shift()) {
+          // A waiter that ended meanwhile (cancelled, timed out) needs no release.
+          await getExternalWorkflowHandle(id)
+            .signal(masterKeyRotationEndedSignal, { unitSetId: input.unitSetId })
+            .catch((err: unknown) => log.info('a held run could not be told that the master-key rotation ended', { workflowId: id, error: errorText(err) }));
+        }
+      });
+    }
+  }
+}
+
+async function rotate(input: RotateMasterKeyInput): Promise<MasterKeyRotationState> {
   parseInput('rotateMasterKey', rotateMasterKeyInputSchema, input);
   if (typeof input.unitSetId !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(input.unitSetId)) {
     throw ApplicationFailure.nonRetryable(`unit set id ${JSON.stringify(input.unitSetId)} must be 1 to 63 letters, digits, "_", "." or "-"`, 'INVALID_INPUT');

@@ -1,7 +1,10 @@
 import {
+  ActivityFailure,
   ApplicationFailure,
   ContinueAsNew,
+  condition,
   continueAsNew,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -12,6 +15,7 @@ import type { Activities } from '../activities';
 import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 import { bulkTaskQueue } from './task-queue';
 import { keyEntityWorkflowId, rewrapProgressQuery, type RewrapPhase, type RewrapProgress } from './root-key-messages';
+import { masterKeyRotationEndedSignal } from './master-key-messages';
 import { z } from 'zod';
 import { keyIdSchema, parseInput, positiveIntSchema, versionSchema } from './workflow-input';
 
@@ -51,7 +55,7 @@ const DEFAULT_PARALLELISM = 2;
 // (the watcher starts it again later) instead of leaving it, and `key rotate --wait`, hanging.
 const retry = { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 20 };
 
-const { describeKey, rotateToVersion, countWdeks, partitionWdeks, recordRewrappedVersion, announceRewrapComplete } = proxyActivities<Activities>({
+const { describeKey, rotateToVersion, countWdeks, partitionWdeks, recordRewrappedVersion, announceRewrapComplete, registerMasterKeyWaiter } = proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
   retry,
 });
@@ -62,6 +66,15 @@ const { rewrapChunk, verifyChunk } = proxyActivities<Activities>({
   heartbeatTimeout: '30 seconds',
   retry,
 });
+
+/** Without a signal (a rotation keyops does not run), a held rewrap re-checks this often. */
+const MASTER_KEY_RECHECK = '1 minute';
+
+/** The reason a chunk was held by a master-key rotation, or undefined for any other failure. */
+function masterKeyHoldOf(err: unknown): string | undefined {
+  if (!(err instanceof ActivityFailure) || !(err.cause instanceof ApplicationFailure)) return undefined;
+  return err.cause.type === 'MASTER_KEY_ROTATION_IN_PROGRESS' ? err.cause.message : undefined;
+}
 
 /** A bad number here would loop or finish without work; refuse it before anything happens. */
 function checkInput(input: RotateRootKeyInput): void {
@@ -128,6 +141,14 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
   };
   let partitions: Partition[] = input.carried?.partitions ?? [];
   setHandler(rewrapProgressQuery, () => progress, { description: 'Phase, WDEKs done/total and versions' });
+  // A chunk held by a master-key rotation under the KMS (reference 002) fails at once, and the
+  // run waits here until the rotation's end is signalled: however long the rotation takes, it
+  // spends none of the chunk's retry budget. Runs started before this retried the chunk instead.
+  const hold = patched('rewrap-master-key-hold');
+  let masterKeyEnded = false;
+  setHandler(masterKeyRotationEndedSignal, () => void (masterKeyEnded = true), {
+    description: 'The master-key rotation holding this rewrap ended: resume the held chunks',
+  });
 
   const enter = (phase: RewrapPhase, details: string) => {
     progress.phase = phase;
@@ -148,7 +169,32 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
     untilId: p.untilId,
     maxItems: chunkSize,
     batchSize,
+    ...(hold ? { masterKeyHold: 'workflow' as const } : {}),
   });
+  /**
+   * Runs one chunk per open range. Fulfilled chunks are returned beside their range; held ones
+   * leave theirs open and the run waits for the rotation's end; any other failure fails the run.
+   */
+  const runChunks = async <T>(phase: RewrapPhase, open: Partition[], start: (p: Partition) => Promise<T>): Promise<[Partition, T][]> => {
+    if (!hold) return (await Promise.all(open.map(start))).map((chunk, i) => [open[i]!, chunk]);
+    const settled = await Promise.allSettled(open.map(start));
+    const failures = settled.flatMap((s) => (s.status === 'rejected' ? [s.reason as unknown] : []));
+    const other = failures.find((f) => masterKeyHoldOf(f) === undefined);
+    if (other !== undefined) throw other;
+    const done = settled.flatMap((s, i): [Partition, T][] => (s.status === 'fulfilled' ? [[open[i]!, s.value]] : []));
+    const heldBy = failures.map(masterKeyHoldOf).find((r) => r !== undefined);
+    if (heldBy !== undefined) {
+      progress.heldBy = heldBy;
+      enter(phase, `held: ${heldBy}; resumes when the master-key rotation ends`);
+      masterKeyEnded = false;
+      const wait = await registerMasterKeyWaiter.executeWithOptions({ summary: `ask the master-key rotation under the KMS to release this rewrap of ${key} when it ends` }, [
+        { workflowId: workflowInfo().workflowId },
+      ]);
+      if (wait !== 'ended') await condition(() => masterKeyEnded, MASTER_KEY_RECHECK);
+      delete progress.heldBy;
+    }
+    return done;
+  };
   // One CPU-bound chunk per worker process at a time: parallel ranges land on different cores.
   const bulk = bulkTaskQueue(workflowInfo().taskQueue);
   const where = (p: Partition) => `after ${p.cursor ?? p.afterId ?? 'the start'}${p.untilId ? ` up to ${p.untilId}` : ''}`;
@@ -186,18 +232,18 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
   if (progress.phase === 'rewrapping') {
     for (let open = partitions.filter((p) => !p.finished); open.length; open = partitions.filter((p) => !p.finished)) {
       enter('rewrapping', `${progress.rewrapped}/${progress.total} WDEKs on the new version`);
-      const chunks = await Promise.all(
-        open.map((p) =>
-          rewrapChunk.executeWithOptions(
-            { summary: `rewrap up to ${chunkSize} WDEKs of ${key} to ${version}, ids ${where(p)}`, taskQueue: bulk },
-            [chunkArgs(p)],
-          ),
-        ),
+      const chunks = await runChunks('rewrapping', open, (p) =>
+        rewrapChunk.executeWithOptions({ summary: `rewrap up to ${chunkSize} WDEKs of ${key} to ${version}, ids ${where(p)}`, taskQueue: bulk }, [chunkArgs(p)]),
       );
-      chunks.forEach((chunk, i) => {
-        Object.assign(open[i]!, { cursor: chunk.cursor ?? open[i]!.cursor, finished: chunk.finished });
+      for (const [p, chunk] of chunks) {
+        Object.assign(p, { cursor: chunk.cursor ?? p.cursor, finished: chunk.finished });
         progress.rewrapped = Math.min(progress.total, progress.rewrapped + chunk.processed);
-      });
+      }
+      // A chunk retried from an older heartbeat under-reports what it moved; the registry's own
+      // count at the end of the latest chunk is exact (older workers do not send it).
+      const counted = chunks.flatMap(([, c]) => (c.stale === undefined || c.total === undefined ? [] : [{ total: c.total, stale: c.stale }]));
+      const latest = counted.sort((a, b) => a.stale - b.stale)[0];
+      if (latest) Object.assign(progress, { total: latest.total, rewrapped: latest.total - latest.stale });
       if (partitions.some((p) => !p.finished) && shouldContinueAsNew()) return continueWith();
     }
     progress.phase = 'verifying';
@@ -207,25 +253,20 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
   if (progress.phase === 'verifying') {
     for (let open = partitions.filter((p) => !p.finished); open.length; open = partitions.filter((p) => !p.finished)) {
       enter('verifying', `${progress.verified}/${progress.total} WDEKs unwrap under version ${input.targetVersion}`);
-      const chunks = await Promise.all(
-        open.map((p) =>
-          verifyChunk.executeWithOptions(
-            { summary: `verify up to ${chunkSize} WDEKs of ${key} unwrap under ${version}, ids ${where(p)}`, taskQueue: bulk },
-            [chunkArgs(p)],
-          ),
-        ),
+      const chunks = await runChunks('verifying', open, (p) =>
+        verifyChunk.executeWithOptions({ summary: `verify up to ${chunkSize} WDEKs of ${key} unwrap under ${version}, ids ${where(p)}`, taskQueue: bulk }, [chunkArgs(p)]),
       );
-      const failed = chunks.reduce((n, c) => n + c.failed, 0);
+      const failed = chunks.reduce((n, [, c]) => n + c.failed, 0);
       if (failed > 0) {
         throw ApplicationFailure.nonRetryable(
-          `${failed} WDEK(s) of key ${input.keyId} are not on version ${input.targetVersion} or do not unwrap: ${chunks.flatMap((c) => c.failedIds).slice(0, 20).join(', ')}`,
+          `${failed} WDEK(s) of key ${input.keyId} are not on version ${input.targetVersion} or do not unwrap: ${chunks.flatMap(([, c]) => c.failedIds).slice(0, 20).join(', ')}`,
           'REWRAP_VERIFICATION_FAILED',
         );
       }
-      chunks.forEach((chunk, i) => {
-        Object.assign(open[i]!, { cursor: chunk.cursor ?? open[i]!.cursor, finished: chunk.finished });
+      for (const [p, chunk] of chunks) {
+        Object.assign(p, { cursor: chunk.cursor ?? p.cursor, finished: chunk.finished });
         progress.verified += chunk.processed;
-      });
+      }
       if (partitions.some((p) => !p.finished) && shouldContinueAsNew()) return continueWith();
     }
     progress.total = progress.verified;
