@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { NativeConnection, Runtime, makeTelemetryFilterString } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { ConnectionConfigError, resolveConnection } from '../client/connection';
 import { KmsError } from '../activities/kms/kms-error';
+import { ActivityJournal, resumeOrphanedActivities } from './activity-journal';
 import { openAdapters } from './adapters';
 import { ConfigError, loadWorkerConfig } from './config';
 import { MasterSecretError } from './kms-master-secret';
@@ -77,6 +79,8 @@ async function main(): Promise<number> {
     adapters.close();
     return 3;
   }
+  const journal = new ActivityJournal(join(config.dataDir, 'workers'));
+  let sweeper: NodeJS.Timeout | undefined;
   try {
     const workers = await KeyopsWorkers.create({
       connection,
@@ -85,7 +89,19 @@ async function main(): Promise<number> {
       workflowsPath: require.resolve('../workflows'),
       activities: createActivities({ dataDir: config.dataDir, keyopsVersion, alertWebhook: config.alertWebhook, ...adapters }),
       shutdownGraceTime: `${config.shutdownGraceSeconds} seconds`,
+      interceptors: { activity: [journal.interceptor] },
+      // A workflow task held for a worker that died goes to any worker after this, not 10 s.
+      stickyQueueScheduleToStartTimeout: '3 seconds',
     });
+    // What a killed worker on this data directory left running is retried now, not after its
+    // heartbeat or start-to-close timeout; then every few seconds, for one that dies meanwhile.
+    const sweep = () =>
+      resumeOrphanedActivities(journal, connection, target.namespace, logger).catch((err: unknown) =>
+        logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'could not check for activities of dead workers'),
+      );
+    await sweep();
+    sweeper = setInterval(() => void sweep(), 5_000);
+    sweeper.unref();
     logger.info(
       {
         address: target.address,
@@ -102,6 +118,8 @@ async function main(): Promise<number> {
     logger.info('worker stopped');
     return 0;
   } finally {
+    clearInterval(sweeper);
+    journal.close();
     await connection.close();
     adapters.close();
   }
