@@ -102,7 +102,7 @@ describe('LocalKms (real files, real AES-256-GCM)', () => {
     assert.equal(meta.currentVersion, 2);
     assert.deepEqual(meta.versions, [
       { version: 1, createdAt: new Date(T0).toISOString() },
-      { version: 2, createdAt: new Date(T0 + 5 * 60_000).toISOString() },
+      { version: 2, createdAt: new Date(T0 + 5 * 60_000).toISOString(), requestId: 'rotate-1' },
     ]);
     assert.equal(meta.lastRotateDate, new Date(T0 + 5 * 60_000).toISOString());
 

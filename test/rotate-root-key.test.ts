@@ -182,6 +182,13 @@ describe('rotateRootKey and watchRootKeys on a real worker, KMS files and regist
     );
     assert.ok(failedAfterRotating);
     assert.equal(rotations, 1);
+    // The first attempt really failed (it is in the history), and the retry that found the key
+    // already rotated still reports the rotation as this run's.
+    const history = (await suite.client.workflow.getHandle(rewrapWorkflowId(s.keyId, 2)).fetchHistory()).events ?? [];
+    const failedAttempts = history.filter((e) => e.activityTaskStartedEventAttributes && e.activityTaskStartedEventAttributes.attempt === 2);
+    assert.ok(failedAttempts.length >= 1, 'rotateToVersion ran a second attempt');
+    assert.match(JSON.stringify(history.map((e) => e.activityTaskStartedEventAttributes?.lastFailure?.message)), /connection reset after the rotate request was sent/);
+    assert.equal(result.rotated, true, 'this run rotated the key, though its first attempt could not report it');
     assert.equal(result.verified, 20);
     assert.deepEqual((await s.setupKms.getKeyMetadata(s.keyId)).versions.map((v) => v.version), [1, 2]);
     await assertAllOn(s, 2);

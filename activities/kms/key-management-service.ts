@@ -10,6 +10,11 @@ export type KeyState = 'active' | 'disabled';
 export interface RootKeyVersion {
   version: number;
   createdAt: string;
+  /**
+   * The rotation request that created this version, where the KMS records one: a retried
+   * rotation learns from it that its own earlier attempt rotated the key.
+   */
+  requestId?: string;
 }
 
 /** Key Protect allows policies of 1 to 12 months, each month counted as 30 days. */

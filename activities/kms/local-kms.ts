@@ -129,8 +129,10 @@ function prepareStatements(db: Db) {
     getVersion: db.prepare<[string, number], { material: Buffer }>(
       'SELECT material FROM root_key_versions WHERE key_id = ? AND version = ?',
     ),
-    listVersions: db.prepare<[string], RootKeyVersion>(
-      'SELECT version, created_at AS createdAt FROM root_key_versions WHERE key_id = ? ORDER BY version',
+    listVersions: db.prepare<[string], { version: number; createdAt: string; requestId: string | null }>(
+      `SELECT v.version, v.created_at AS createdAt, r.request_id AS requestId
+         FROM root_key_versions v LEFT JOIN rotation_requests r ON r.key_id = v.key_id AND r.version = v.version
+        WHERE v.key_id = ? ORDER BY v.version`,
     ),
     insertVersion: db.prepare<[string, number, string, Buffer]>(
       'INSERT INTO root_key_versions (key_id, version, created_at, material) VALUES (?, ?, ?, ?)',
@@ -605,7 +607,9 @@ export class LocalKms implements KeyManagementService {
       name: row.name,
       state: row.state,
       currentVersion: row.current_version,
-      versions: this.stmt.listVersions.all(row.key_id).map((v) => ({ version: v.version, createdAt: v.createdAt })),
+      versions: this.stmt.listVersions.all(row.key_id).map(
+        (v): RootKeyVersion => ({ version: v.version, createdAt: v.createdAt, ...(v.requestId === null ? {} : { requestId: v.requestId }) }),
+      ),
       createdAt: row.created_at,
       lastRotateDate: row.last_rotate_date ?? undefined,
       rotationPolicy: row.policy_months === null ? undefined : { intervalMonths: row.policy_months },
