@@ -185,10 +185,11 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
     async rotateToVersion(input: { keyId: string; targetVersion: number; requestId: string }): Promise<{ version: number; rotated: boolean }> {
       const meta = await kmsCall(() => kms.getKeyMetadata(input.keyId));
       if (meta.currentVersion >= input.targetVersion) {
-        // An earlier attempt of this run may have rotated and lost the answer: that is still
-        // this run's rotation. Anyone else's (policy, by hand, another run) is not.
+        // An earlier attempt of this activity may have rotated and lost the answer: that is
+        // still this run's rotation. A first attempt finding it done was preceded by another
+        // run with the same id (or by a policy, by hand): not this run's.
         const made = meta.versions.find((v) => v.version === input.targetVersion);
-        return { version: meta.currentVersion, rotated: made?.requestId === input.requestId };
+        return { version: meta.currentVersion, rotated: activityInfo().attempt > 1 && made?.requestId === input.requestId };
       }
       if (meta.currentVersion !== input.targetVersion - 1) {
         throw ApplicationFailure.create({
@@ -197,7 +198,10 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
           message: `key ${input.keyId} is at version ${meta.currentVersion}; cannot rotate it to version ${input.targetVersion}`,
         });
       }
-      return kmsCall(() => kms.rotateKey(input.keyId, input.requestId));
+      let sent = 0;
+      const result = await kmsCall(() => (sent++, kms.rotateKey(input.keyId, input.requestId)));
+      // A transient error after the KMS acted makes the retry find this request already done.
+      return sent > 1 ? { ...result, rotated: true } : result;
     },
 
     async countWdeks(input: { keyId: string; version: number }): Promise<{ total: number; stale: number }> {

@@ -9,6 +9,7 @@ import { rotateRootKey } from '../workflows';
 import { rewrapWorkflowId, keyEntityWorkflowId } from '../workflows/root-key-messages';
 import { freePort } from './helpers/child-process';
 import { testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { waitUntil } from './helpers/wait-until';
 import { WorkerProcess } from './helpers/worker-process';
 
 const COUNT = 40_000;
@@ -60,10 +61,34 @@ describe('rotateRootKey survives SIGKILL of its worker', () => {
     await once(first.child, 'exit');
     const rewrappedAtKill = registry.countByVersion(keyId).get(2) ?? 0;
 
+    const killedAttempts = new Map(
+      ((await handle.describe()).raw.pendingActivities ?? []).map((a) => [a.activityId ?? '', a.attempt ?? 0]),
+    );
+    assert.ok(killedAttempts.size > 0, 'the kill left activities in flight');
+
+    const restartedAt = Date.now();
     const second = new WorkerProcess(await workerEnv());
     try {
+      // The new worker reads the dead one's journal and fails its attempts at once: the retry
+      // carries WORKER_DIED, not the heartbeat timeout that would have taken 30 s.
+      const retried = await waitUntil('every killed attempt to be retried', async () => {
+        const pending = (await handle.describe()).raw.pendingActivities ?? [];
+        const moved = [...killedAttempts].filter(([id, attempt]) => {
+          const now = pending.find((a) => a.activityId === id);
+          return now === undefined || (now.attempt ?? 0) > attempt;
+        });
+        return moved.length === killedAttempts.size ? pending : undefined;
+      });
+      const resumeMs = Date.now() - restartedAt;
+      for (const a of retried.filter((p) => killedAttempts.has(p.activityId ?? ''))) {
+        assert.equal(a.lastFailure?.applicationFailureInfo?.type, 'WORKER_DIED', `${a.activityType?.name}: ${a.lastFailure?.message}`);
+      }
+      const resumed = second.lines.filter((l) => l.msg === 'resumed an activity a dead worker left running');
+      assert.ok(resumed.length >= 1, 'the new worker says what it resumed');
+      process.stdout.write(`# killed worker's ${killedAttempts.size} in-flight activities resumed ${resumeMs} ms after the new worker was spawned\n`);
       const result = await handle.result();
       assert.equal(result.verified, COUNT);
+      assert.deepEqual({ total: result.total, rewrapped: result.rewrapped }, { total: COUNT, rewrapped: COUNT }, 'progress counts exactly, after the retry');
       assert.ok(rewrappedAtKill < COUNT, `killed with ${rewrappedAtKill}/${COUNT} rewrapped`);
     } finally {
       second.child.kill('SIGTERM');
