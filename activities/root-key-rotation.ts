@@ -149,7 +149,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
    * must stop WDEKs moving before its new master key is loaded. The progress so far is
    * heartbeated first, so the next attempt resumes where this one stopped.
    */
-  async function holdForMasterKey(input: ChunkInput, what: string, progress?: Cursor): Promise<void> {
+  async function holdForMasterKey(input: ChunkInput, what: string, progress?: Cursor, counts?: () => { total: number; stale: number }): Promise<void> {
     const masterKey = await keyStorageRotation?.();
     if (!masterKey?.inProgress) return;
     if (progress && progress.processed > 0) heartbeat(progress);
@@ -158,6 +158,8 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       // Runs that wait in the workflow are released by the rotation's end; older runs retry.
       nonRetryable: input.masterKeyHold === 'workflow',
       message: `${what} waits: ${masterKey.reason ?? 'a master-key rotation is running'}`,
+      // What the held chunk moved before it stopped: the count shown while held stays exact.
+      details: counts ? [counts()] : [],
     });
   }
 
@@ -219,12 +221,13 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
     async rewrapChunk(input: ChunkInput): Promise<ChunkResult> {
       let { cursor, processed } = resumePoint(input);
       const range = () => ({ afterId: cursor, untilId: input.untilId });
-      const counted = (finished: boolean): ChunkResult => {
+      const counts = () => {
         const { total, below } = registry.countBelowVersion(input.keyId, input.version);
-        return { processed, cursor, finished, total, stale: below };
+        return { total, stale: below };
       };
+      const counted = (finished: boolean): ChunkResult => ({ processed, cursor, finished, ...counts() });
       while (processed < input.maxItems) {
-        await holdForMasterKey(input, `rewrap of ${input.keyId}`);
+        await holdForMasterKey(input, `rewrap of ${input.keyId}`, undefined, counts);
         const batch = registry.listBelowVersion(input.keyId, input.version, range(), Math.min(input.batchSize, input.maxItems - processed));
         if (batch.length === 0) return counted(true);
         const results = await kmsCall(() => kms.rewrapBatch(input.keyId, batch.map((r) => r.wdek)));

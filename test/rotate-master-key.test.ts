@@ -8,12 +8,15 @@ import type { temporal } from '@temporalio/proto';
 import type { Fault } from '../activities/crypto-units/simulated-crypto-units';
 import { SimulatedUnitSets } from '../activities/crypto-units/simulated-unit-sets';
 import { rotateMasterKey, rotateRootKey } from '../workflows';
-import { keyEntityWorkflowId, rewrapWorkflowId } from '../workflows/root-key-messages';
+import { keyEntityWorkflowId, rewrapProgressQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { decideRecoveryUpdate, masterKeyRotationQuery, masterKeyRotationWorkflowId } from '../workflows/master-key-messages';
 import { freePort } from './helpers/child-process';
-import { localWorker } from './helpers/local-activities';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { localActivities, localWorker } from './helpers/local-activities';
 import { recordHistory } from './helpers/record-history';
-import { testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { createTestWorker, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { waitUntil } from './helpers/wait-until';
 import { WorkerProcess } from './helpers/worker-process';
 
 const UNITS = ['1', '2', '3'];
@@ -167,30 +170,92 @@ describe('rotateMasterKey on a real worker and simulated crypto units', () => {
     });
   });
 
-  it('holds a root-key rewrap while the master key under the KMS rotates; the rewrap finishes after promotion', async () => {
-    const s = await setup('rewrap-waits', 'kms-hsm');
-    const units = s.unitSets.create('kms-hsm', { units: 2, entries: 4 });
+  it('holds a rewrap at the next KMS batch once a master-key rotation under the KMS starts mid-chunk; the rotation end releases it by signal', async () => {
+    const dataDir = join(suite.dir, 'rewrap-waits');
+    const s = {
+      dataDir,
+      kms: LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) }),
+      registry: SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite')),
+    };
     const { keyId } = await s.kms.createKey({ name: 'held' });
     const wdeks = [];
-    for (let i = 0; i < 50; i++) {
+    for (let i = 0; i < 200; i++) {
       const { wdek, keyVersion } = await s.kms.wrap(keyId);
-      wdeks.push({ id: `app/${i}`, keyId, keyVersion, wdek, owner: 'app' });
+      wdeks.push({ id: `app/${String(i).padStart(3, '0')}`, keyId, keyVersion, wdek, owner: 'app' });
     }
     s.registry.registerMany(wdeks);
     s.registry.setRewrappedVersion(keyId, 1);
-    await units.loadNewMasterKey();
-    await s.worker.runUntil(async () => {
+    const mkWorkflowId = masterKeyRotationWorkflowId('kms-hsm', 'mid-chunk');
+    const rewrapId = rewrapWorkflowId(keyId, 2);
+    // The KMS's third rewrap batch starts the master-key rotation and returns once its new
+    // master key is loaded: the rest of the chunk must not move another WDEK.
+    let batches = 0;
+    let batchesAfterRotationStarted = 0;
+    let rotationStarted = false;
+    const kms = new Proxy(s.kms, {
+      get(target, prop, receiver) {
+        if (prop !== 'rewrapBatch') return Reflect.get(target, prop, receiver) as unknown;
+        return async (id: string, batch: Buffer[]) => {
+          if (rotationStarted) batchesAfterRotationStarted++;
+          const result = await target.rewrapBatch(id, batch);
+          if (++batches === 3) {
+            await suite.client.workflow.start(rotateMasterKey, { taskQueue, workflowId: mkWorkflowId, args: [{ unitSetId: 'kms-hsm', requestId: 'mid-chunk' }] });
+            await waitUntil('the new master key to be loaded', async () => ((await units.listUnits()).every((u) => u.next.state !== 'empty') ? true : undefined));
+            rotationStarted = true;
+          }
+          return result;
+        };
+      },
+    });
+    const local = localActivities({ dataDir: s.dataDir, kms, registry: s.registry, kmsUnitSet: 'kms-hsm' });
+    const units = local.unitSets.create('kms-hsm', { units: 3, entries: ENTRIES });
+    // The rotation stops before promoting unit 2 until an operator decides: it runs as long as the test wants.
+    for (let i = 0; i < 4; i++) units.injectFault({ step: 'promote', unitId: '2', timing: 'before', action: 'fatal' });
+    const taskQueue = uniqueTaskQueue('mid-chunk');
+    const worker = await createTestWorker(suite.env, { taskQueue, activities: local.activities });
+    await worker.runUntil(async () => {
       const rewrap = await suite.client.workflow.start(rotateRootKey, {
-        taskQueue: s.taskQueue,
-        workflowId: rewrapWorkflowId(keyId, 2),
-        args: [{ keyId, targetVersion: 2, rotate: true, parallelism: 1, chunkSize: 1000, batchSize: 100 }],
+        taskQueue,
+        workflowId: rewrapId,
+        args: [{ keyId, targetVersion: 2, rotate: true, parallelism: 1, chunkSize: 1000, batchSize: 10 }],
       });
-      await new Promise((r) => setTimeout(r, 2500));
-      assert.deepEqual(s.registry.countBelowVersion(keyId, 2), { total: 50, below: 50 }, 'no WDEK moves while the master key rotates');
-      await units.reencryptKeyStorage();
-      await units.promoteNewMasterKey();
-      await rewrap.result();
-      assert.deepEqual(s.registry.countBelowVersion(keyId, 2), { total: 50, below: 0 });
+      const held = await waitUntil('the rewrap to report its hold', async () => {
+        const p = await rewrap.query(rewrapProgressQuery);
+        return p.heldBy ? p : undefined;
+      });
+      assert.equal(held.phase, 'rewrapping');
+      assert.match(held.heldBy ?? '', /rewrap of .* waits/);
+      assert.equal(batchesAfterRotationStarted, 0, 'no KMS batch after the rotation started');
+      assert.deepEqual(s.registry.countBelowVersion(keyId, 2), { total: 200, below: 170 }, 'exactly the 3 batches before the rotation moved');
+      assert.deepEqual({ total: held.total, rewrapped: held.rewrapped }, { total: 200, rewrapped: 30 });
+      // The held chunk failed at once, non-retryable: a rotation of any length spends no retry budget.
+      const heldFailures = ((await rewrap.fetchHistory()).events ?? []).flatMap((e) => {
+        const f = e.activityTaskFailedEventAttributes?.failure;
+        return f ? [f] : [];
+      });
+      assert.equal(heldFailures.length, 1, JSON.stringify(heldFailures.map((f) => f.message)));
+      assert.equal(heldFailures[0]!.applicationFailureInfo?.type, 'MASTER_KEY_ROTATION_IN_PROGRESS');
+      assert.equal(heldFailures[0]!.applicationFailureInfo?.nonRetryable, true);
+
+      const mk = suite.client.workflow.getHandle<typeof rotateMasterKey>(mkWorkflowId);
+      await waitUntil('the rotation to need an operator', async () => ((await mk.query(masterKeyRotationQuery)).phase === 'needs-operator' ? true : undefined));
+      await mk.executeUpdate(decideRecoveryUpdate, { args: [{ action: 'promote', operator: 'test' }] });
+      assert.equal((await mk.result()).phase, 'done');
+      const result = await rewrap.result();
+      assert.deepEqual({ total: result.total, rewrapped: result.rewrapped, verified: result.verified, heldBy: result.heldBy }, { total: 200, rewrapped: 200, verified: 200, heldBy: undefined });
+      assert.deepEqual(s.registry.countBelowVersion(keyId, 2), { total: 200, below: 0 });
+      // Released by the rotation's signal: the next chunk was scheduled after it arrived.
+      const events = (await rewrap.fetchHistory()).events ?? [];
+      const released = events.findIndex((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'masterKeyRotationEnded');
+      assert.ok(released > 0, 'the rotation signalled its end to the held rewrap');
+      const nextChunk = events.findIndex((e, i) => i > released && e.activityTaskScheduledEventAttributes?.activityType?.name === 'rewrapChunk');
+      assert.ok(nextChunk > released, 'the held chunk ran again after the signal');
+      const mkEvents = (await mk.fetchHistory()).events ?? [];
+      assert.ok(mkEvents.some((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'awaitMasterKeyRotation'), 'the rewrap asked the rotation to tell it');
+      if (process.env.KEYOPS_RECORD_HISTORIES) {
+        await recordHistory(rewrapId, 'rotate-root-key-master-key-hold.json');
+        await recordHistory(mkWorkflowId, 'rotate-master-key-with-waiters.json');
+      }
       await suite.client.workflow.getHandle(keyEntityWorkflowId(keyId)).terminate('test finished');
     });
   });

@@ -2,7 +2,7 @@ import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { Client, WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { Context } from '@temporalio/activity';
+import type { Context } from '@temporalio/activity';
 import type { ActivityInterceptorsFactory, NativeConnection } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { z } from 'zod';

@@ -70,10 +70,24 @@ const { rewrapChunk, verifyChunk } = proxyActivities<Activities>({
 /** Without a signal (a rotation keyops does not run), a held rewrap re-checks this often. */
 const MASTER_KEY_RECHECK = '1 minute';
 
-/** The reason a chunk was held by a master-key rotation, or undefined for any other failure. */
-function masterKeyHoldOf(err: unknown): string | undefined {
+interface MasterKeyHold {
+  reason: string;
+  /** A held rewrap chunk's count of the key's WDEKs and those still below the version. */
+  counts?: { total: number; stale: number };
+}
+
+/** Why a chunk was held by a master-key rotation, or undefined for any other failure. */
+function masterKeyHoldOf(err: unknown): MasterKeyHold | undefined {
   if (!(err instanceof ActivityFailure) || !(err.cause instanceof ApplicationFailure)) return undefined;
-  return err.cause.type === 'MASTER_KEY_ROTATION_IN_PROGRESS' ? err.cause.message : undefined;
+  if (err.cause.type !== 'MASTER_KEY_ROTATION_IN_PROGRESS') return undefined;
+  const counts = err.cause.details?.[0] as MasterKeyHold['counts'];
+  return { reason: err.cause.message, ...(counts ? { counts } : {}) };
+}
+
+/** Of several counts taken as chunks ended, the latest: the one with the fewest WDEKs still to move. */
+function latestCount(counts: { total: number; stale: number }[]): { total: number; rewrapped: number } | undefined {
+  const latest = [...counts].sort((a, b) => a.stale - b.stale)[0];
+  return latest && { total: latest.total, rewrapped: latest.total - latest.stale };
 }
 
 /** A bad number here would loop or finish without work; refuse it before anything happens. */
@@ -178,14 +192,16 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
   const runChunks = async <T>(phase: RewrapPhase, open: Partition[], start: (p: Partition) => Promise<T>): Promise<[Partition, T][]> => {
     if (!hold) return (await Promise.all(open.map(start))).map((chunk, i) => [open[i]!, chunk]);
     const settled = await Promise.allSettled(open.map(start));
-    const failures = settled.flatMap((s) => (s.status === 'rejected' ? [s.reason as unknown] : []));
+    const failures = settled.flatMap((s) => (s.status === 'rejected' ? [s.reason as Error] : []));
     const other = failures.find((f) => masterKeyHoldOf(f) === undefined);
-    if (other !== undefined) throw other;
+    if (other) throw other;
     const done = settled.flatMap((s, i): [Partition, T][] => (s.status === 'fulfilled' ? [[open[i]!, s.value]] : []));
-    const heldBy = failures.map(masterKeyHoldOf).find((r) => r !== undefined);
-    if (heldBy !== undefined) {
-      progress.heldBy = heldBy;
-      enter(phase, `held: ${heldBy}; resumes when the master-key rotation ends`);
+    const holds = failures.flatMap((f) => masterKeyHoldOf(f) ?? []);
+    if (holds.length > 0) {
+      const counted = latestCount(holds.flatMap((h) => h.counts ?? []));
+      if (counted) Object.assign(progress, counted);
+      progress.heldBy = holds[0]!.reason;
+      enter(phase, `held: ${progress.heldBy}; resumes when the master-key rotation ends`);
       masterKeyEnded = false;
       const wait = await registerMasterKeyWaiter.executeWithOptions({ summary: `ask the master-key rotation under the KMS to release this rewrap of ${key} when it ends` }, [
         { workflowId: workflowInfo().workflowId },
@@ -241,9 +257,8 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
       }
       // A chunk retried from an older heartbeat under-reports what it moved; the registry's own
       // count at the end of the latest chunk is exact (older workers do not send it).
-      const counted = chunks.flatMap(([, c]) => (c.stale === undefined || c.total === undefined ? [] : [{ total: c.total, stale: c.stale }]));
-      const latest = counted.sort((a, b) => a.stale - b.stale)[0];
-      if (latest) Object.assign(progress, { total: latest.total, rewrapped: latest.total - latest.stale });
+      const counted = latestCount(chunks.flatMap(([, c]) => (c.stale === undefined || c.total === undefined ? [] : [{ total: c.total, stale: c.stale }])));
+      if (counted) Object.assign(progress, counted);
       if (partitions.some((p) => !p.finished) && shouldContinueAsNew()) return continueWith();
     }
     progress.phase = 'verifying';
