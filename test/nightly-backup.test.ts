@@ -9,14 +9,17 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { EngineError } from '../activities/engines/engine-error';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
-import { nightlyBackup, regenerateDataKey, rotateRootKey } from '../workflows';
+import { awaitRewrap, nightlyBackup, regenerateDataKey, rotateMasterKey, rotateRootKey } from '../workflows';
+import { decideRecoveryUpdate, masterKeyRotationQuery, masterKeyRotationWorkflowId } from '../workflows/master-key-messages';
 import { regenerateWorkflowId } from '../workflows/regenerate-data-key';
 import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
 import { keyEntityWorkflowId, rewrapProgressQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { OutcomeAttribute } from '../workflows/search-attributes';
+import { backupFiles } from './helpers/backup-nights';
 import { localActivities } from './helpers/local-activities';
 import { recordHistory } from './helpers/record-history';
 import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { waitUntil } from './helpers/wait-until';
 
 const eventMs = (e: { eventTime?: { seconds?: unknown; nanos?: number | null } | null }) =>
   Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6);
@@ -35,7 +38,7 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
     return { dataDir, kms, registry, keyId, taskQueue, worker, ...local };
   };
 
-  it('waits while a root-key rewrap is in progress, is released by its signal and backs up within 1 s; a naive backup then fails', async (t) => {
+  it('waits while a root-key rewrap is in progress, is released by its signal and backs up; a naive backup then fails', async (t) => {
     const s = await setup('incident');
     await s.engine.createDatabase('payroll', s.keyId);
     await s.engine.withDatabase('payroll', (db) => {
@@ -103,7 +106,11 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       const backupStarted = backupEvents.find((e) => String(e.activityTaskStartedEventAttributes?.scheduledEventId) === String(backupScheduled?.eventId));
       assert.ok(backupStarted, 'the backup activity started');
       const latency = eventMs(backupStarted) - eventMs(announced);
-      assert.ok(latency >= 0 && latency < 1000, `backup started ${latency} ms after the rewrap was announced`);
+      assert.ok(latency >= 0, `backup started ${latency} ms after the rewrap was announced`);
+      // Released by the announcement itself, not by a later re-check of the key: how fast that
+      // is on this machine is measured by npm run bench:backup (rewrap complete -> backup started).
+      const waited = await suite.client.workflow.getHandle<typeof awaitRewrap>(`${backupWorkflowId('payroll', night)}/await-rewrap`).result();
+      assert.equal(waited.releasedBy, 'signal');
       t.diagnostic(`rewrap announced -> backup started: ${latency} ms`);
 
       const entry = s.catalog.get(backupWorkflowId('payroll', night));
@@ -193,34 +200,40 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
     }
   });
 
-  it('waits while the HSM master key under the KMS key storage rotates, and backs up once it is promoted', async () => {
+  it('waits while the HSM master key under the KMS key storage rotates, and is released by the rotation end signal, not its poll', async () => {
     const s = await setup('mk-wait', undefined, 'kms-hsm');
-    const units = s.unitSets.create('kms-hsm', { units: 2, entries: 4 });
+    const units = s.unitSets.create('kms-hsm', { units: 3, entries: 4 });
+    // The rotation stops before promoting unit 2 until an operator decides: it lasts as long as the test wants.
+    for (let i = 0; i < 4; i++) units.injectFault({ step: 'promote', unitId: '2', timing: 'before', action: 'fatal' });
     await s.engine.createDatabase('hr', s.keyId);
     await s.engine.withDatabase('hr', (db) => db.exec('CREATE TABLE staff (name TEXT); INSERT INTO staff VALUES (1), (2), (3);'));
-    await units.loadNewMasterKey(); // stage 1 of a rotation: key storage is about to change
     const night = '2026-11-08';
+    const mkWorkflowId = masterKeyRotationWorkflowId('kms-hsm', 'night');
     await s.worker.runUntil(async () => {
+      const mk = await suite.client.workflow.start(rotateMasterKey, { taskQueue: s.taskQueue, workflowId: mkWorkflowId, args: [{ unitSetId: 'kms-hsm', requestId: 'night' }] });
+      await waitUntil('the rotation to need an operator', async () => ((await mk.query(masterKeyRotationQuery)).phase === 'needs-operator' ? true : undefined));
       const handle = await suite.client.workflow.start(nightlyBackup, {
         taskQueue: s.taskQueue,
         workflowId: backupWorkflowId('hr', night),
-        args: [{ databaseId: 'hr', night, keyChangeRecheckMs: 300 }],
+        // A poll once an hour: only the rotation's signal can release this backup within the test.
+        args: [{ databaseId: 'hr', night, keyChangeRecheckMs: 3_600_000 }],
       });
-      let progress = await handle.query(backupProgressQuery);
-      for (let i = 0; progress.phase !== 'awaiting-master-key'; i++) {
-        assert.ok(i < 200, `waits for the master key (phase ${progress.phase})`);
-        await new Promise((r) => setTimeout(r, 50));
-        progress = await handle.query(backupProgressQuery);
-      }
-      await new Promise((r) => setTimeout(r, 1000));
-      assert.equal((await handle.query(backupProgressQuery)).phase, 'awaiting-master-key', 'still waiting while the rotation runs');
-      await units.reencryptKeyStorage();
-      await units.promoteNewMasterKey();
+      await waitUntil('the backup to wait for the master key', async () => ((await handle.query(backupProgressQuery)).phase === 'awaiting-master-key' ? true : undefined));
+      await waitUntil('the backup to ask the rotation for its end', async () =>
+        ((await mk.fetchHistory()).events ?? []).some((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'awaitMasterKeyRotation') ? true : undefined,
+      );
+      assert.deepEqual(backupFiles(s.dataDir, 'hr'), [], 'nothing written while the master key rotates');
+      await mk.executeUpdate(decideRecoveryUpdate, { args: [{ action: 'promote', operator: 'test' }] });
+      assert.equal((await mk.result()).phase, 'done');
       const promotedAt = Date.now();
       const result = await handle.result();
       assert.equal(result.phase, 'done');
-      assert.ok(result.backupStartedAt! >= promotedAt, 'the backup started only after the rotation ended');
-      assert.ok(result.backupStartedAt! - promotedAt < 2000, `re-checks every 300 ms: started ${result.backupStartedAt! - promotedAt} ms after`);
+      assert.ok(result.backupStartedAt! >= promotedAt - 1000, 'the backup started only after the rotation ended');
+      const events = (await handle.fetchHistory()).events ?? [];
+      assert.ok(events.some((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'masterKeyRotationEnded'), 'released by the rotation end signal');
+      assert.ok(!events.some((e) => e.timerFiredEventAttributes), 'the hour-long poll never fired');
+      assert.equal(s.catalog.list({ databaseId: 'hr' }).length, 1);
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backupWorkflowId('hr', night), 'nightly-backup-master-key-signal.json');
     });
   });
 
