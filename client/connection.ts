@@ -1,4 +1,5 @@
 import { Connection, Client } from '@temporalio/client';
+import type { PayloadCodec } from '@temporalio/common';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { NativeConnectionOptions } from '@temporalio/worker';
 
@@ -51,13 +52,20 @@ export function resolveConnection(flags: ConnectionFlags = {}): ResolvedConnecti
   return { connectionOptions: { ...loaded.connectionOptions, address }, address, namespace };
 }
 
+/** `payloadCodec`: the worker's payload encryption (KEYOPS_PAYLOAD_KEY_FILE), if it is on. */
 export async function connectClient(
   resolved: ResolvedConnection,
   connectTimeout = '5 seconds',
+  payloadCodec?: PayloadCodec,
 ): Promise<{ client: Client; connection: Connection; resolved: ResolvedConnection }> {
   const connection = await Connection.connect({
     ...(resolved.connectionOptions as Parameters<typeof Connection.connect>[0]),
     connectTimeout,
   });
-  return { client: new Client({ connection, namespace: resolved.namespace }), connection, resolved };
+  const client = new Client({
+    connection,
+    namespace: resolved.namespace,
+    ...(payloadCodec ? { dataConverter: { payloadCodecs: [payloadCodec] } } : {}),
+  });
+  return { client, connection, resolved };
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError, Option } from 'commander';
 import { CliError, ExitCode } from './cli-error';
+import { explainEncryptedPayload } from './connect-or-explain';
 import { registerBackupCommands } from './commands/backup';
 import { registerKeyCommands } from './commands/key';
 import { registerMasterKeyCommands } from './commands/mk';
@@ -47,7 +48,8 @@ async function main(argv: string[]): Promise<number> {
   try {
     await buildProgram().parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : ExitCode.ok;
-  } catch (err) {
+  } catch (thrown) {
+    const err = explainEncryptedPayload(thrown) ?? thrown;
     if (err instanceof CommanderError) {
       // Commander already printed the message (or the help / version text).
       return err.exitCode === 0 ? ExitCode.ok : ExitCode.usage;

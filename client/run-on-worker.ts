@@ -1,7 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Client, Workflow, WorkflowStartOptions } from '@temporalio/client';
 import { CliError, ExitCode } from './cli-error';
-import { connectOrExplain } from './connect-or-explain';
+import { connectOrExplain, explainEncryptedPayload } from './connect-or-explain';
 import type { GlobalOptions } from './global-options';
 
 /** The ApplicationFailure at the root of a workflow or activity failure, if any. */
@@ -47,6 +47,8 @@ export async function runOnWorker<W extends Workflow>(
   } catch (err) {
     const failure = rootApplicationFailure(err);
     if (failure) explain(failure);
+    const encrypted = explainEncryptedPayload(err);
+    if (encrypted) throw encrypted;
     throw new CliError(
       `no worker answered within 30 s on task queue "${opts.taskQueue}"`,
       ExitCode.failed,

@@ -9,6 +9,7 @@ import { ActivityJournal, resumeOrphanedActivities } from './activity-journal';
 import { openAdapters } from './adapters';
 import { ConfigError, loadWorkerConfig } from './config';
 import { MasterSecretError } from './kms-master-secret';
+import { PayloadKeyError, loadPayloadCodec } from './payload-keys';
 import { KeyopsWorkers } from './keyops-workers';
 import { createLogger } from './logger';
 import { PinoSdkLogger } from './sdk-logger';
@@ -55,14 +56,16 @@ async function main(): Promise<number> {
 
   let target;
   let adapters;
+  let payloadCodec;
   try {
     mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
     target = resolveConnection();
+    payloadCodec = loadPayloadCodec(process.env);
     adapters = openAdapters(config, logger);
   } catch (err) {
     // Configuration the operator can fix: one line, no stack trace.
     const reason =
-      err instanceof ConnectionConfigError || err instanceof MasterSecretError || err instanceof KmsError
+      err instanceof ConnectionConfigError || err instanceof MasterSecretError || err instanceof KmsError || err instanceof PayloadKeyError
         ? err.message
         : `cannot prepare KEYOPS_DATA_DIR ${config.dataDir}: ${String(err)}`;
     logger.error(reason);
@@ -92,6 +95,7 @@ async function main(): Promise<number> {
       interceptors: { activity: [journal.interceptor] },
       // A workflow task held for a worker that died goes to any worker after this, not 10 s.
       stickyQueueScheduleToStartTimeout: '3 seconds',
+      ...(payloadCodec ? { dataConverter: { payloadCodecs: [payloadCodec] } } : {}),
     });
     // What a killed worker on this data directory left running is retried now, not after its
     // heartbeat or start-to-close timeout; then every few seconds, for one that dies meanwhile.
@@ -109,6 +113,7 @@ async function main(): Promise<number> {
         taskQueue: config.taskQueue,
         dataDir: config.dataDir,
         metrics: config.metricsAddress ? `http://${config.metricsAddress}/metrics` : 'off',
+        payloadEncryption: payloadCodec ? { currentKeyId: payloadCodec.currentKeyId, keyIds: payloadCodec.keyIds } : 'off',
         keyopsVersion,
         temporalSdkVersion,
       },
