@@ -1,5 +1,5 @@
 import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
 
 /**
@@ -21,4 +21,13 @@ export function recordedNights(catalogPath: string, databaseId: string): { night
 export function backupFiles(dataDir: string, databaseId: string): string[] {
   const dir = join(dataDir, 'backups', databaseId);
   return existsSync(dir) ? readdirSync(dir) : [];
+}
+
+/**
+ * Whatever a restore left at `targetPath`: the file itself and any partial beside it
+ * (`<name>.partial-<pid>-<random>`). Empty when the directory does not exist.
+ */
+export function filesAt(targetPath: string): string[] {
+  const dir = dirname(targetPath);
+  return existsSync(dir) ? readdirSync(dir).filter((name) => name.startsWith(basename(targetPath))) : [];
 }
