@@ -13,13 +13,17 @@ IP="${KEYOPS_TEMPORAL_IP:-127.0.0.1}"
 PORT="${KEYOPS_TEMPORAL_PORT:-7233}"
 UI_PORT="${KEYOPS_UI_PORT:-8233}"
 METRICS_PORT="${KEYOPS_WORKER_METRICS_PORT:-9464}"
+CODEC_PORT="${KEYOPS_CODEC_PORT:-8234}"
+PAYLOAD_KEY_FILE="${KEYOPS_PAYLOAD_KEY_FILE:-}"
 DATA_DIR="$(realpath -m -- "${KEYOPS_DATA_DIR:-$ROOT/.data}")"
 RUN_DIR="$DATA_DIR/run"
 LOG_DIR="$DATA_DIR/logs"
 SERVER_PID="$RUN_DIR/temporal.pid"
 WORKER_PID="$RUN_DIR/worker.pid"
+CODEC_PID="$RUN_DIR/codec-server.pid"
 SERVER_LOG="$LOG_DIR/temporal.log"
 WORKER_LOG="$LOG_DIR/worker.log"
+CODEC_LOG="$LOG_DIR/codec-server.log"
 START_TIMEOUT="${KEYOPS_START_TIMEOUT:-60}"
 
 usage() {
@@ -28,7 +32,7 @@ Usage: ./temporal-dev.sh [command] [options]
 
 Runs the keyops stack locally: the Temporal dev server (gRPC, Web UI, SQLite persistence),
 the keyops worker on task queue "keyops", the custom search attributes they need, the demo
-data of `keyops init` (first start) and the schedules of schedules.yaml (nightly backup of the
+data of \`keyops init\` (first start) and the schedules of schedules.yaml (nightly backup of the
 demo database, hourly rotation watcher).
 
 Commands:
@@ -37,7 +41,7 @@ Commands:
                      With --detach it returns once the worker polls.
   down               stop the worker, then the server (data is kept)
   status             show what runs, where, and whether the worker polls (exit 3 if not all up)
-  logs [server|worker] [-f]
+  logs [server|worker|codec] [-f]
                      print the last log lines (both by default); -f follows them
   cli-path           print the path of the Temporal CLI, building it first if needed
   -h, --help         this help
@@ -47,6 +51,10 @@ Environment (defaults in brackets):
   KEYOPS_TEMPORAL_PORT         Temporal gRPC port [7233]
   KEYOPS_UI_PORT               Temporal Web UI port [8233]
   KEYOPS_WORKER_METRICS_PORT   worker Prometheus metrics port [9464]
+  KEYOPS_PAYLOAD_KEY_FILE      encrypt workflow payloads with these key files (colon-separated,
+                               the first encrypts, all decrypt); also starts a codec server for
+                               the Web UI [off]
+  KEYOPS_CODEC_PORT            codec server port, when payloads are encrypted [8234]
   KEYOPS_DATA_DIR              data, logs and pid files [$ROOT/.data]
   KEYOPS_TEMPORAL_CLI          use this temporal binary instead of finding or building one
   KEYOPS_START_TIMEOUT         seconds to wait for the server and worker [60]
@@ -58,6 +66,7 @@ Examples:
   ./temporal-dev.sh                 # everything, in the foreground; Ctrl-C to stop
   ./temporal-dev.sh up -d && npx keyops ping
   KEYOPS_TEMPORAL_PORT=7300 KEYOPS_UI_PORT=8300 ./temporal-dev.sh up -d
+  KEYOPS_PAYLOAD_KEY_FILE=\$HOME/.keyops/payload.key ./temporal-dev.sh up -d
 EOF
 }
 
@@ -74,6 +83,7 @@ validate_settings() {
   require_number KEYOPS_TEMPORAL_PORT "$PORT"
   require_number KEYOPS_UI_PORT "$UI_PORT"
   require_number KEYOPS_WORKER_METRICS_PORT "$METRICS_PORT"
+  require_number KEYOPS_CODEC_PORT "$CODEC_PORT"
   require_number KEYOPS_START_TIMEOUT "$START_TIMEOUT"
 }
 
@@ -85,6 +95,20 @@ for name in $(compgen -e); do
   if [[ $name == TEMPORAL_* ]]; then LOCAL_ENV+=(-u "$name"); fi
 done
 LOCAL_ENV+=(TEMPORAL_ADDRESS="$IP:$PORT" TEMPORAL_NAMESPACE=default TEMPORAL_CONFIG_FILE="$RUN_DIR/no-profile.toml")
+
+# Payload encryption: one key list for the worker, the keyops CLI and the codec server, made
+# absolute because they run from $ROOT, not from where this script was started.
+codec_enabled() { [[ -n $PAYLOAD_KEY_FILE ]]; }
+if codec_enabled; then
+  IFS=: read -r -a key_files <<<"$PAYLOAD_KEY_FILE"
+  absolute=()
+  # An empty entry stays empty, for the worker to refuse by name.
+  for f in "${key_files[@]}"; do absolute+=("${f:+$(realpath -m -- "$f")}"); done
+  PAYLOAD_KEY_FILE="$(IFS=:; printf '%s' "${absolute[*]}")"
+  unset key_files absolute f
+fi
+LOCAL_ENV+=(KEYOPS_PAYLOAD_KEY_FILE="$PAYLOAD_KEY_FILE")
+CODEC_URL="http://$IP:$CODEC_PORT"
 
 # --- Temporal CLI ------------------------------------------------------------------------
 
@@ -153,6 +177,7 @@ running_pid() {
 }
 server_pid() { running_pid "$SERVER_PID" "$DATA_DIR/temporal/temporal.sqlite"; }
 worker_pid() { running_pid "$WORKER_PID" "$ROOT/dist/workers/main.js"; }
+codec_pid() { running_pid "$CODEC_PID" "$ROOT/dist/workers/codec-server.js"; }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -198,6 +223,7 @@ start_server() {
   local listed
   listed="$(search_attribute_flags)" || die "cannot read the search attributes from dist/workflows (try npm run build)"
   mapfile -t flags <<<"$listed"
+  if codec_enabled; then flags+=(--ui-codec-endpoint "$CODEC_URL"); fi
   say "starting the Temporal dev server on $IP:$PORT (Web UI on $UI_PORT, data in ${DATA_DIR/#"$ROOT"\//})"
   # setsid: Ctrl-C in the terminal reaches only this script, which stops things in order.
   setsid "$cli" server start-dev \
@@ -210,6 +236,19 @@ start_server() {
   echo $! >"$SERVER_PID"
   wait_for "the Temporal server" "$!" "$SERVER_LOG" port_open "$IP" "$PORT"
   wait_for "the Temporal Web UI" "$(<"$SERVER_PID")" "$SERVER_LOG" port_open "$IP" "$UI_PORT"
+}
+
+# The Web UI decodes in the browser by calling this server, so it allows the UI's origin(s).
+start_codec_server() {
+  require_free_port "$CODEC_PORT" "codec server" KEYOPS_CODEC_PORT
+  local origins="http://$IP:$UI_PORT"
+  if [[ $IP == 127.0.0.1 ]]; then origins+=",http://localhost:$UI_PORT"; fi
+  say "starting the codec server on $CODEC_URL (payload encryption is on)"
+  (cd "$ROOT" && exec setsid env "${LOCAL_ENV[@]}" KEYOPS_CODEC_ADDRESS="$IP:$CODEC_PORT" \
+    KEYOPS_CODEC_ORIGINS="${KEYOPS_CODEC_ORIGINS:-$origins}" \
+    node "$ROOT/dist/workers/codec-server.js" >>"$CODEC_LOG" 2>&1 </dev/null 9>&-) &
+  echo $! >"$CODEC_PID"
+  wait_for "the codec server" "$!" "$CODEC_LOG" port_open "$IP" "$CODEC_PORT"
 }
 
 keyops_cli() { env "${LOCAL_ENV[@]}" node "$ROOT/dist/client/main.js" "$@"; }
@@ -251,6 +290,11 @@ stop_server() {
   if pid="$(server_pid)"; then stop_pid "the Temporal dev server" "$pid"; fi
   rm -f "$SERVER_PID"
 }
+stop_codec() {
+  local pid
+  if pid="$(codec_pid)"; then stop_pid "the codec server" "$pid"; fi
+  rm -f "$CODEC_PID"
+}
 
 # --- commands ----------------------------------------------------------------------------
 
@@ -274,7 +318,7 @@ cmd_up() {
   exec 9>"$RUN_DIR/up.lock"
   flock -n 9 || die "another ./temporal-dev.sh up is starting the stack right now"
 
-  local cli started_server=false started_worker=false pid
+  local cli started_server=false started_worker=false started_codec=false pid
   cli="$(ensure_cli)"
   ensure_node_deps
   ensure_build
@@ -285,12 +329,25 @@ cmd_up() {
     trap - INT TERM HUP EXIT
     if [[ $started_worker == true ]]; then stop_worker; fi
     if [[ $started_server == true ]]; then stop_server; fi
+    if [[ $started_codec == true ]]; then stop_codec; fi
   }
   trap 'stop_started; exit 0' INT TERM HUP
   trap 'stop_started' EXIT
 
+  # Before the Temporal server: a bad key file stops everything before anything has started.
+  if codec_enabled; then
+    if pid="$(codec_pid)"; then
+      say "the codec server is already running (pid $pid)"
+    else
+      started_codec=true
+      start_codec_server
+    fi
+  fi
   if pid="$(server_pid)"; then
     say "the Temporal dev server is already running (pid $pid)"
+    if codec_enabled && ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--ui-codec-endpoint $CODEC_URL"; then
+      say "warning: the running Web UI does not know the codec server; restart with ./temporal-dev.sh down && ./temporal-dev.sh up, or set $CODEC_URL in the UI's data encoder settings"
+    fi
   else
     started_server=true
     start_server "$cli"
@@ -312,12 +369,14 @@ cmd_up() {
     say "warning: no schedule of schedules.yaml was applied (it names the demo data of keyops init; see ./temporal-dev.sh logs worker)"
   fi
 
+  local codec_line=''
+  if codec_enabled; then codec_line=$'\n'"    Codec server      $CODEC_URL (payloads encrypted; the Web UI decodes through it)"; fi
   cat >&2 <<EOF
 
   keyops is up.
     Temporal Web UI   http://$IP:$UI_PORT
     Temporal gRPC     $IP:$PORT (namespace default)
-    Worker metrics    http://$IP:$METRICS_PORT/metrics
+    Worker metrics    http://$IP:$METRICS_PORT/metrics$codec_line
     Logs              ${LOG_DIR/#"$ROOT"\//}/  (./temporal-dev.sh logs)
     Try               npx keyops key show demo; npx keyops runs  (README: Walkthrough)
     Stop              ./temporal-dev.sh down
@@ -345,8 +404,10 @@ cmd_down() {
   local any=false
   worker_pid >/dev/null && any=true
   server_pid >/dev/null && any=true
+  codec_pid >/dev/null && any=true
   stop_worker
   stop_server
+  stop_codec
   [[ $any == true ]] || say "nothing was running"
 }
 
@@ -370,6 +431,12 @@ cmd_status() {
     say "keyops worker        stopped"
     ok=3
   fi
+  if pid="$(codec_pid)"; then
+    say "codec server         running, pid $pid, $CODEC_URL"
+  elif codec_enabled; then
+    say "codec server         stopped (KEYOPS_PAYLOAD_KEY_FILE is set)"
+    ok=3
+  fi
   say "data                 $DATA_DIR"
   return $ok
 }
@@ -380,8 +447,9 @@ cmd_logs() {
     case $1 in
       server | temporal) files+=("$SERVER_LOG") ;;
       worker) files+=("$WORKER_LOG") ;;
+      codec) files+=("$CODEC_LOG") ;;
       -f | --follow) follow=true ;;
-      *) die "unknown argument for logs: $1 (expected server, worker or -f)" ;;
+      *) die "unknown argument for logs: $1 (expected server, worker, codec or -f)" ;;
     esac
     shift
   done
