@@ -11,6 +11,7 @@ import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-regi
 import { awaitRewrap, rotateRootKey } from '../workflows';
 import { keyEntityWorkflowId, keyStateQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { waitUntil } from './helpers/wait-until';
 
 const EventType = temporal.api.enums.v1.EventType;
 const eventMs = (e: temporal.api.history.v1.IHistoryEvent) => Number(e.eventTime?.seconds ?? 0) * 1000 + (e.eventTime?.nanos ?? 0) / 1e6;
@@ -39,12 +40,10 @@ describe('awaitRewrap released by the key entity', () => {
     await worker.runUntil(async () => {
       const before = await wait('before');
       const entity = suite.client.workflow.getHandle(keyEntityWorkflowId(keyId));
-      for (let i = 0; ; i++) {
-        const state = await entity.query(keyStateQuery).catch(() => undefined);
-        if (state?.waiters.some((w) => w.workflowId === before.workflowId)) break;
-        assert.ok(i < 100, 'the first waiter registered with the key entity');
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      /** Returns once the key entity lists `workflowId` among its waiters: it registered, having seen the key not yet there. */
+      const registered = (workflowId: string) =>
+        waitUntil(`${workflowId} to register with the key entity`, async () => ((await entity.query(keyStateQuery)).waiters.some((w) => w.workflowId === workflowId) ? true : undefined));
+      await registered(before.workflowId);
       const rotation = await suite.client.workflow.start(rotateRootKey, {
         taskQueue,
         workflowId: rewrapWorkflowId(keyId, 2),
@@ -74,14 +73,15 @@ describe('awaitRewrap released by the key entity', () => {
       assert.ok(never.cause instanceof ApplicationFailure && never.cause.type === 'REWRAP_WAIT_TIMEOUT', String(never.cause));
 
       // A lost announcement: the registry says done, nobody signals; the re-check releases.
-      const recheck = suite.client.workflow.start(awaitRewrap, {
+      const recheck = await suite.client.workflow.start(awaitRewrap, {
         taskQueue,
         workflowId: `await/${taskQueue}/recheck`,
         args: [{ keyId, minVersion: 4, recheckEveryMs: 500, timeoutMs: 30_000 }],
       });
-      await new Promise((r) => setTimeout(r, 700));
+      // Registered: its first look found the key below version 4, so only a re-check can release it.
+      await registered(recheck.workflowId);
       registry.setRewrappedVersion(keyId, 4);
-      const rechecked = await (await recheck).result();
+      const rechecked = await recheck.result();
       assert.equal(rechecked.releasedBy, 'recheck');
       await entity.terminate('test finished');
     });
