@@ -21,7 +21,7 @@ import { TASK_QUEUE } from '../workflows/task-queue';
 import { ROOT, freePort, keyops, runToEnd } from './helpers/child-process';
 import { DEV_SCRIPT, useDevStack } from './helpers/dev-stack';
 import { localActivities } from './helpers/local-activities';
-import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { createTestWorker, temporalCliPath, testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 
 const EventType = temporal.api.enums.v1.EventType;
 const text = (bytes: Uint8Array | null | undefined) => Buffer.from(bytes ?? []).toString();
@@ -254,8 +254,9 @@ describe('codec server', () => {
 describe('payload encryption with a real Temporal server', () => {
   const suite = useSuiteFixture('payload-codec');
 
-  it('stores the workflow input encrypted; the worker and a client with the codec read it', async () => {
-    const codec = new AesGcmPayloadCodec([randomBytes(32)]);
+  it('stores the workflow input encrypted; the worker, a client with the codec, and the temporal CLI through the codec server read it', async () => {
+    const firstKey = randomBytes(32);
+    const codec = new AesGcmPayloadCodec([firstKey]);
     const kms = LocalKms.open({ path: join(suite.dir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
     const registry = SqliteWdekRegistry.open(join(suite.dir, 'registry', 'wdeks.sqlite'));
     const taskQueue = uniqueTaskQueue('payload-codec');
@@ -270,6 +271,31 @@ describe('payload encryption with a real Temporal server', () => {
     const result = await worker.runUntil(client.workflow.execute(listBackups, { taskQueue, workflowId, args: [{ databaseId }] }));
     assert.deepEqual(result, [], 'the worker decoded the input and the client the result');
     assertEncryptedAtRest(await rawHistory(suite.client, workflowId), databaseId, codec.currentKeyId);
+    // After a rotation of the codec key, the stored result still reads with the old key listed second.
+    const rotated = new Client({ connection: suite.env.connection, namespace: 'default', dataConverter: { payloadCodecs: [new AesGcmPayloadCodec([randomBytes(32), firstKey])] } });
+    assert.deepEqual(await rotated.workflow.getHandle(workflowId).result(), []);
+
+    // The temporal CLI reads it through the codec server (--codec-endpoint), as the Web UI does.
+    const server = createCodecServer({ codec, allowedOrigins: [], logger: pino({ level: 'silent' }) });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    try {
+      const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      // The started event's input as `temporal workflow show -o json` prints it (proto3 JSON).
+      const shownInput = async (extra: string[]) => {
+        const shown = await runToEnd(temporalCliPath(), ['workflow', 'show', '--address', testServerAddress(), '-w', workflowId, '-o', 'json', ...extra]);
+        assert.equal(shown.code, 0, shown.stderr);
+        const events = (JSON.parse(shown.stdout) as { events: { workflowExecutionStartedEventAttributes?: { input: { payloads: { metadata: { encoding: string }; data: string }[] } } }[] }).events;
+        const [input] = events[0]!.workflowExecutionStartedEventAttributes!.input.payloads;
+        return { encoding: Buffer.from(input!.metadata.encoding, 'base64').toString(), data: Buffer.from(input!.data, 'base64').toString() };
+      };
+      assert.deepEqual(await shownInput(['--codec-endpoint', endpoint]), { encoding: 'json/plain', data: JSON.stringify({ databaseId }) });
+      const raw = await shownInput([]);
+      assert.equal(raw.encoding, ENCRYPTED_ENCODING);
+      assert.ok(!raw.data.includes(databaseId));
+    } finally {
+      server.close();
+    }
   });
 });
 
