@@ -39,7 +39,7 @@ Commands:
   up [-d|--detach]   start whatever is not running yet (default command). In the foreground it
                      follows the worker log; Ctrl-C stops what this invocation started.
                      With --detach it returns once the worker polls.
-  down               stop the worker, then the server (data is kept)
+  down               stop the worker, then the server and the codec server (data is kept)
   status             show what runs, where, and whether the worker polls (exit 3 if not all up)
   logs [server|worker|codec] [-f]
                      print the last log lines (both by default); -f follows them
