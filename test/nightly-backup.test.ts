@@ -9,7 +9,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { EngineError } from '../activities/engines/engine-error';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
-import { awaitRewrap, nightlyBackup, regenerateDataKey, rotateMasterKey, rotateRootKey } from '../workflows';
+import { type awaitRewrap, nightlyBackup, regenerateDataKey, rotateMasterKey, rotateRootKey } from '../workflows';
 import { decideRecoveryUpdate, masterKeyRotationQuery, masterKeyRotationWorkflowId } from '../workflows/master-key-messages';
 import { regenerateWorkflowId } from '../workflows/regenerate-data-key';
 import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';

@@ -4,9 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { Client } from '@temporalio/client';
+import { SearchAttributeType } from '@temporalio/common';
+import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { DefaultLogger, type LogLevel, Runtime, type WorkerOptions } from '@temporalio/worker';
 import { KeyopsWorkers } from '../../workers/keyops-workers';
+import { keyopsSearchAttributes } from '../../workflows/search-attributes';
 import { testEnvVars } from './test-env-vars';
 
 // Before any worker or connection exists in this test process; TEST_LOG_LEVEL=INFO shows more.
@@ -35,12 +38,23 @@ export async function createTimeSkippingEnv(): Promise<TestWorkflowEnvironment> 
   // JVM on 2 busy cores sometimes needs longer: try again rather than fail the suite.
   for (let attempt = 1; ; attempt++) {
     try {
-      return await TestWorkflowEnvironment.createTimeSkipping({
+      const env = await TestWorkflowEnvironment.createTimeSkipping({
         server: {
           executable: { type: 'existing-path', path: required(testEnvVars.timeSkippingServer) },
           extraArgs: ['--enable-time-skipping'],
         },
       });
+      // As the dev server does at start: workflows that upsert them fail their tasks otherwise.
+      await env.connection.operatorService.addSearchAttributes({
+        namespace: 'default',
+        searchAttributes: Object.fromEntries(
+          keyopsSearchAttributes.map((a) => [
+            a.name,
+            a.type === SearchAttributeType.INT ? temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_INT : temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+          ]),
+        ),
+      });
+      return env;
     } catch (err) {
       if (attempt >= 3) throw err;
     }

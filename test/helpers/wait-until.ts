@@ -15,7 +15,7 @@ export async function waitUntil<T>(what: string, probe: () => Promise<T | undefi
       // A query before the first workflow task, or a workflow not yet started, is "not yet".
       last = err;
     }
-    if (Date.now() > deadline) throw new Error(`waited ${timeoutMs} ms for ${what}${last === undefined ? '' : `; last error: ${String(last)}`}`);
+    if (Date.now() > deadline) throw new Error(`waited ${timeoutMs} ms for ${what}${last === undefined ? '' : `; last error: ${last instanceof Error ? last.message : JSON.stringify(last)}`}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
