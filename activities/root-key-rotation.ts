@@ -1,6 +1,6 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { ApplicationFailure, type SignalDefinition } from '@temporalio/common';
-import { activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
+import { Context, activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
 import type { DatabaseEngine } from './engines/database-engine';
 import type { KeyManagementService, KeyMetadata } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
@@ -95,6 +95,25 @@ async function kmsCall<T>(fn: () => Promise<T>): Promise<T> {
       await sleep(100 * 2 ** attempt);
     }
   }
+}
+
+/**
+ * Between batches: a chunk the worker cancels because it is shutting down (its grace time ran
+ * out) stops here, where its last batch is committed and heartbeated, and fails retryably so
+ * another worker resumes it at once instead of after the heartbeat timeout. A cancellation the
+ * workflow asked for is reported as one.
+ */
+function stopIfCancelled(what: string, progress: Cursor): void {
+  const ctx = Context.current();
+  if (!ctx.cancellationSignal.aborted) return;
+  const reason = ctx.cancellationSignal.reason as Error;
+  // Asked by the workflow, or the server already gave this attempt up (timed out): say so.
+  if (reason.message !== 'WORKER_SHUTDOWN') throw reason;
+  heartbeat(progress);
+  throw ApplicationFailure.create({
+    type: 'WORKER_SHUTDOWN',
+    message: `${what} stopped after ${progress.processed} WDEKs: the worker is shutting down; another worker resumes it`,
+  });
 }
 
 /** What a chunk heartbeats, and what its retry resumes from. */
@@ -227,6 +246,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       };
       const counted = (finished: boolean): ChunkResult => ({ processed, cursor, finished, ...counts() });
       while (processed < input.maxItems) {
+        stopIfCancelled(`rewrap of ${input.keyId}`, { cursor, processed });
         await holdForMasterKey(input, `rewrap of ${input.keyId}`, undefined, counts);
         const batch = registry.listBelowVersion(input.keyId, input.version, range(), Math.min(input.batchSize, input.maxItems - processed));
         if (batch.length === 0) return counted(true);
@@ -273,6 +293,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       // WDEKs past the target, which still satisfies it; the watcher rewraps to the newer one.
       const current = (v: number) => v >= input.version;
       while (processed < input.maxItems) {
+        stopIfCancelled(`verification of ${input.keyId}`, { cursor, processed, failed, failedIds });
         await holdForMasterKey(input, `verification of ${input.keyId}`, { cursor, processed, failed, failedIds });
         const batch = registry.list(input.keyId, range(), Math.min(input.batchSize, input.maxItems - processed));
         if (batch.length === 0) return { processed, cursor, finished: true, failedIds, failed };
