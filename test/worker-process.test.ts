@@ -11,7 +11,7 @@ import { testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/t
 describe('worker process', () => {
   const suite = useSuiteFixture('worker');
 
-  it('polls its task queue, logs JSON through pino, serves Prometheus metrics and drains on SIGTERM', async () => {
+  it('polls its task queue, logs JSON through pino, serves Prometheus metrics and stops on SIGTERM when idle (draining work in flight: worker-shutdown.test.ts)', async () => {
     const taskQueue = uniqueTaskQueue('worker-process');
     const metricsAddress = `127.0.0.1:${await freePort()}`;
     const worker = new WorkerProcess({
