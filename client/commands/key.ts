@@ -226,6 +226,7 @@ Examples:
         }
         const workflowId = rewrapWorkflowId(keyId, targetVersion);
         let handle;
+        let joined = false;
         try {
           handle = await client.workflow.start(rotateRootKey, {
             taskQueue: options.taskQueue,
@@ -239,13 +240,19 @@ Examples:
             ].join('\n\n'),
           });
         } catch (err) {
-          if (err instanceof WorkflowExecutionAlreadyStartedError) {
-            throw new CliError(`a rotation of key ${keyId} to version ${targetVersion} is already running: ${workflowId}`, ExitCode.failed);
+          if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+          // The same rotation, started by the schedule, the watcher or another operator: the
+          // workflow id makes it one run, so join it rather than fail (--wait follows it).
+          if (!options.wait) {
+            throw new CliError(`a rotation of key ${keyId} to version ${targetVersion} is already running: ${workflowId}; follow it: keyops rewrap status ${keyId}`, ExitCode.failed);
           }
-          throw err;
+          handle = client.workflow.getHandle<typeof rotateRootKey>(workflowId);
+          joined = true;
+          // On stderr even with --json: stdout stays one JSON document.
+          process.stderr.write(`${workflowId} is already running (started elsewhere): following it\n`);
         }
         if (!options.wait) {
-          emit(options, { workflowId, runId: handle.firstExecutionRunId, keyId, targetVersion }, () => [
+          emit(options, { workflowId, runId: 'firstExecutionRunId' in handle ? handle.firstExecutionRunId : undefined, keyId, targetVersion }, () => [
             `started ${workflowId}: rotating key ${keyId} to version ${targetVersion}`,
           ]);
           return;
@@ -257,8 +264,8 @@ Examples:
           (p) => ({ phase: p.phase, done: p.phase === 'verifying' ? p.verified : p.rewrapped, total: p.total }),
           () => handle.result(),
         ).catch((err: unknown) => explainKmsFailure(err, keyId));
-        emit(options, { workflowId, ...result }, () => [
-          `${workflowId}: key ${keyId} ${result.rotated ? 'rotated' : 'was already'} at version ${result.targetVersion}; ${result.verified} WDEK(s) rewrapped and verified`,
+        emit(options, { workflowId, joined, ...result }, () => [
+          `${workflowId}: key ${keyId} ${result.rotated ? 'rotated' : 'was already'} at version ${result.targetVersion}; ${result.verified} WDEK(s) rewrapped and verified${joined ? ' (a run started elsewhere, followed)' : ''}`,
         ]);
       });
     });
