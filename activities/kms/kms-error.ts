@@ -7,10 +7,14 @@ export type KmsErrorCode =
   | 'KEY_ROTATION_NOT_PERMITTED'
   | 'CIPHERTEXT_INVALID'
   | 'INVALID_INPUT'
-  | 'KMS_UNAVAILABLE';
+  | 'KMS_UNAVAILABLE'
+  /** 429, AWS ThrottlingException/LimitExceededException, a Vault rate-limit quota: slow down (`retryAfter` when the KMS said). */
+  | 'KMS_THROTTLED'
+  /** 401/403 after a fresh credential: the credential or its policy is wrong; retrying does not help. */
+  | 'KMS_AUTH_FAILED';
 
-/** Only an unavailable KMS is worth retrying; the rest stay wrong however often they are tried. */
-const RETRYABLE: ReadonlySet<KmsErrorCode> = new Set(['KMS_UNAVAILABLE']);
+/** An unavailable or throttling KMS is worth retrying; the rest stay wrong however often they are tried. */
+const RETRYABLE: ReadonlySet<KmsErrorCode> = new Set(['KMS_UNAVAILABLE', 'KMS_THROTTLED']);
 
 export class KmsError extends Error {
   readonly retryable: boolean;
@@ -19,7 +23,7 @@ export class KmsError extends Error {
     readonly code: KmsErrorCode,
     message: string,
     readonly keyId?: string,
-    /** For KEY_ROTATION_NOT_PERMITTED: when a manual rotation is allowed again (ISO time). */
+    /** For KEY_ROTATION_NOT_PERMITTED and KMS_THROTTLED: when to try again (ISO time). */
     readonly retryAfter?: string,
   ) {
     super(message);
