@@ -1,0 +1,126 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { KeyopsConfigError, loadKeyopsConfig } from '../workers/keyops-config';
+
+const dir = mkdtempSync(join(tmpdir(), 'keyops-config-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const write = (name: string, text: string) => {
+  const file = join(dir, name);
+  writeFileSync(file, text);
+  return file;
+};
+
+/** The problems a file is refused with (the test fails if it loads). */
+const problemsOf = (file: string): string[] => {
+  try {
+    loadKeyopsConfig(file);
+  } catch (err) {
+    assert.ok(err instanceof KeyopsConfigError, String(err));
+    return err.problems;
+  }
+  return assert.fail(`${file} loaded`);
+};
+
+describe('keyops.yaml (KEYOPS_CONFIG)', () => {
+  it('no file: the embedded local KMS only', () => {
+    const config = loadKeyopsConfig(undefined);
+    assert.equal(config.defaultKms, 'local');
+    assert.deepEqual([...config.kms], [['local', { type: 'local' }]]);
+  });
+
+  it('reads every instance type, with defaults, and resolves credential files against the file', () => {
+    const file = write(
+      'good.yaml',
+      `kms:
+  default: bao
+  instances:
+    local: { type: local }
+    bao:
+      type: vault-transit
+      address: http://127.0.0.1:8200
+      tokenFile: secrets/bao.token
+    aws:
+      type: aws-kms
+      region: us-east-1
+      endpoint: http://127.0.0.1:5000
+    kp:
+      type: key-protect
+      endpoint: https://us-south.kms.cloud.ibm.com
+      instanceId: 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90
+      apiKeyEnv: IBMCLOUD_API_KEY
+`,
+    );
+    const config = loadKeyopsConfig(file);
+    assert.equal(config.defaultKms, 'bao');
+    assert.deepEqual([...config.kms.keys()], ['local', 'bao', 'aws', 'kp']);
+    assert.deepEqual(config.kms.get('bao'), {
+      type: 'vault-transit',
+      address: 'http://127.0.0.1:8200',
+      tokenFile: join(dir, 'secrets', 'bao.token'),
+      mount: 'transit',
+      tlsSkipVerify: false,
+      caFile: undefined,
+    });
+    assert.equal((config.kms.get('kp') as { iamEndpoint: string }).iamEndpoint, 'https://iam.cloud.ibm.com');
+  });
+
+  it('reports each mistake as file:line:col: field: problem', () => {
+    const file = write(
+      'bad.yaml',
+      `kms:
+  default: nowhere
+  instances:
+    bao:
+      type: vault-transit
+      address: not-a-url
+      tokenFile: t
+    aws:
+      type: aws-kms
+      region: Virginia
+    kp:
+      type: key-protect
+      endpoint: https://kp.example
+      instanceId: 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90
+    odd:
+      type: hsm
+`,
+    );
+    assert.deepEqual(problemsOf(file), [
+      `${file}:6:16: kms.instances.bao.address: must be an http(s) URL`,
+      `${file}:10:15: kms.instances.aws.region: an AWS region such as us-east-1`,
+      `${file}:12:7: kms.instances.kp.apiKeyFile: give exactly one of apiKeyFile or apiKeyEnv`,
+      `${file}:16:13: kms.instances.odd.type: type must be one of local, vault-transit, aws-kms, key-protect`,
+    ]);
+  });
+
+  it('refuses a credential written inline, naming where it goes instead, and never echoes it', () => {
+    const file = write(
+      'inline.yaml',
+      `kms:
+  instances:
+    bao:
+      type: vault-transit
+      address: http://127.0.0.1:8200
+      token: s.SuperSecretRootToken
+`,
+    );
+    const problems = problemsOf(file);
+    assert.deepEqual(problems, [`${file}:6:14: kms.instances.bao.token: credentials are never written in the config file; use tokenFile or tokenEnv`]);
+    assert.doesNotMatch(problems.join('\n'), /SuperSecret/);
+    const inUrl = write('url.yaml', 'kms:\n  instances:\n    bao: { type: vault-transit, address: "http://user:pw@vault:8200", tokenEnv: VAULT_TOKEN }\n');
+    assert.match(problemsOf(inUrl)[0]!, /:3:42: kms\.instances\.bao\.address: must not carry credentials/);
+  });
+
+  it('refuses YAML syntax errors, unknown fields, a missing default and an unreadable file with a position', () => {
+    assert.match(problemsOf(write('syntax.yaml', 'kms:\n  instances: [\n'))[0]!, /syntax\.yaml:\d+:\d+: /);
+    assert.deepEqual(problemsOf(write('unknown.yaml', 'kms:\n  instances:\n    l: { type: local, colour: blue }\n')), [
+      `${join(dir, 'unknown.yaml')}:3:8: kms.instances.l: Unrecognized key: "colour"`,
+    ]);
+    assert.match(problemsOf(write('nodefault.yaml', 'kms:\n  instances:\n    a: { type: local }\n    b: { type: local }\n'))[0]!, /nodefault\.yaml:2:3: kms: the default KMS "local" is not among the instances \(a, b\)/);
+    assert.match(problemsOf(join(dir, 'missing.yaml'))[0]!, /missing\.yaml: cannot read KEYOPS_CONFIG: ENOENT/);
+  });
+});
