@@ -190,7 +190,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       return toStatus(await kmsCall(() => kms.setRotationPolicy(input.keyId, input.intervalMonths === undefined ? undefined : { intervalMonths: input.intervalMonths })));
     },
 
-    async createKey(input: { name: string }): Promise<KeyStatus> {
+    async createKey(input: { name: string; kms?: string }): Promise<KeyStatus> {
       return toStatus(await kmsCall(() => kms.createKey(input)));
     },
 

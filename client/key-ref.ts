@@ -7,10 +7,12 @@ import { runOnWorker } from './run-on-worker';
 
 /** The help line of every command that takes a <key>. */
 export const KEY_ARGUMENT =
-  '<key> is a key id (a UUID) or the name of a key keyops protects WDEKs with, such as the demo\n' +
-  'key "demo"; a key without registered WDEKs is found by its id only.';
+  '<key> is a key id (a UUID of the local KMS, or <instance>:<id> for a KMS of keyops.yaml, such as\n' +
+  'bao:orders) or the name of a key keyops protects WDEKs with, such as the demo key "demo"; a key\n' +
+  'without registered WDEKs is found by its id only.';
 
-const NAME = /^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,89}$/;
+// No ":" in a name: `<instance>:<id>` is a key id.
+const NAME = /^[A-Za-z0-9][A-Za-z0-9 _.-]{0,89}$/;
 
 /**
  * Resolves key references through a worker (only workers hold KMS credentials): a key id (a
@@ -21,7 +23,7 @@ export async function resolveKeyRefs(client: Client, raws: string[], taskQueue: 
   const refs = raws.map((raw) => raw.trim());
   for (const ref of refs) {
     if (!asKeyId(ref) && !NAME.test(ref)) {
-      throw new CliError(`key "${ref}" is neither a key id (a UUID such as 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90) nor a key name`, ExitCode.usage);
+      throw new CliError(`key "${ref}" is neither a key id (a UUID such as 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90, or <instance>:<id> such as bao:orders) nor a key name`, ExitCode.usage);
     }
   }
   return runOnWorker(

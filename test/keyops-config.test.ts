@@ -117,10 +117,14 @@ describe('keyops.yaml (KEYOPS_CONFIG)', () => {
 
   it('refuses YAML syntax errors, unknown fields, a missing default and an unreadable file with a position', () => {
     assert.match(problemsOf(write('syntax.yaml', 'kms:\n  instances: [\n'))[0]!, /syntax\.yaml:\d+:\d+: /);
-    assert.deepEqual(problemsOf(write('unknown.yaml', 'kms:\n  instances:\n    l: { type: local, colour: blue }\n')), [
-      `${join(dir, 'unknown.yaml')}:3:8: kms.instances.l: Unrecognized key: "colour"`,
+    assert.deepEqual(problemsOf(write('unknown.yaml', 'kms:\n  instances:\n    local: { type: local, colour: blue }\n')), [
+      `${join(dir, 'unknown.yaml')}:3:12: kms.instances.local: Unrecognized key: "colour"`,
     ]);
-    assert.match(problemsOf(write('nodefault.yaml', 'kms:\n  instances:\n    a: { type: local }\n    b: { type: local }\n'))[0]!, /nodefault\.yaml:2:3: kms: the default KMS "local" is not among the instances \(a, b\)/);
+    assert.deepEqual(problemsOf(write('second-local.yaml', 'kms:\n  instances:\n    local: { type: local }\n    spare: { type: local }\n')), [
+      `${join(dir, 'second-local.yaml')}:4:20: kms.instances.spare.type: type local is the embedded KMS of the data directory: only the instance named "local" can have it`,
+    ]);
+    const twoRemote = 'kms:\n  instances:\n    a: { type: aws-kms, region: us-east-1 }\n    b: { type: aws-kms, region: eu-west-1 }\n';
+    assert.match(problemsOf(write('nodefault.yaml', twoRemote))[0]!, /nodefault\.yaml:2:3: kms: the default KMS "local" is not among the instances \(a, b\)/);
     assert.match(problemsOf(join(dir, 'missing.yaml'))[0]!, /missing\.yaml: cannot read KEYOPS_CONFIG: ENOENT/);
   });
 });

@@ -74,6 +74,23 @@ describe('worker process', () => {
     assert.doesNotMatch(r.stdout + r.stderr, /^\s+at /m);
   });
 
+  it('a mistake in keyops.yaml is file:line:col: field: problem, without the secret, and the worker does not start', async () => {
+    const file = join(suite.dir, 'keyops.yaml');
+    await writeFile(file, 'kms:\n  instances:\n    bao:\n      type: vault-transit\n      address: http://127.0.0.1:8200\n      token: s.TOKEN-IN-THE-FILE\n');
+    const r = await runToEnd(process.execPath, WORKER, {
+      env: { KEYOPS_CONFIG: file, TEMPORAL_ADDRESS: testServerAddress(), KEYOPS_METRICS_ADDRESS: 'off', KEYOPS_LOG_FORMAT: 'json', KEYOPS_DATA_DIR: join(suite.dir, 'bad-config') },
+    });
+    assert.equal(r.code, 2, r.stderr);
+    const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as LogLine);
+    assert.ok(
+      lines.some((l) => l.msg === `${file}:6:14: kms.instances.bao.token: credentials are never written in the config file; use tokenFile or tokenEnv`),
+      r.stdout,
+    );
+    assert.ok(!lines.some((l) => l.msg === 'worker started'));
+    assert.doesNotMatch(r.stdout + r.stderr, /TOKEN-IN-THE-FILE/);
+    assert.doesNotMatch(r.stdout + r.stderr, /^\s+at /m);
+  });
+
   it('exits 3 with a clear log line when Temporal is unreachable', async () => {
     const r = await runToEnd(process.execPath, WORKER, {
       env: { TEMPORAL_ADDRESS: `127.0.0.1:${await freePort()}`, KEYOPS_METRICS_ADDRESS: 'off', KEYOPS_LOG_FORMAT: 'json', KEYOPS_DATA_DIR: suite.dir },

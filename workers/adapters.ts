@@ -9,10 +9,13 @@ import { SimulatedUnitSets } from '../activities/crypto-units/simulated-unit-set
 import { masterKeyRotationState } from '../activities/master-key-rotation';
 import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
 import type { KeyManagementService } from '../activities/kms/key-management-service';
+import { KmsRouter } from '../activities/kms/kms-router';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import type { WdekRegistry } from '../activities/wdek-registry/wdek-registry';
 import type { WorkerConfig } from './config';
+import { loadKeyopsConfig } from './keyops-config';
+import { openKmsInstance } from './kms-instances';
 import { loadKmsMasterSecret } from './kms-master-secret';
 
 export interface Adapters {
@@ -37,11 +40,19 @@ export interface Adapters {
  * adapters plug in here by configuration.
  */
 export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
-  const { secret, generatedAt } = loadKmsMasterSecret(config);
-  if (generatedAt) {
-    logger.warn({ file: generatedAt }, 'generated a new local KMS master secret; back it up: without it no root key can be read');
-  }
-  const kms = LocalKms.open({ path: join(config.dataDir, 'kms', 'keys.sqlite'), masterSecret: secret });
+  const keyopsConfig = loadKeyopsConfig(config.configFile);
+  const local = () => {
+    const { secret, generatedAt } = loadKmsMasterSecret(config);
+    if (generatedAt) {
+      logger.warn({ file: generatedAt }, 'generated a new local KMS master secret; back it up: without it no root key can be read');
+    }
+    return LocalKms.open({ path: join(config.dataDir, 'kms', 'keys.sqlite'), masterSecret: secret });
+  };
+  const kms = new KmsRouter(
+    new Map([...keyopsConfig.kms].map(([name, instance]) => [name, instance.type === 'local' ? local() : openKmsInstance(name, instance)])),
+    keyopsConfig.defaultKms,
+  );
+  logger.info({ kms: kms.names, defaultKms: kms.defaultInstance, config: keyopsConfig.file ?? 'none (the embedded local KMS)' }, 'KMS instances');
   const registry = SqliteWdekRegistry.open(join(config.dataDir, 'registry', 'wdeks.sqlite'));
   const engine = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
   if (engine.recovered.databases.length > 0 || engine.recovered.wdeks > 0) {

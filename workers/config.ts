@@ -39,6 +39,8 @@ export const workerConfigSchema = z.object({
   /** The crypto-unit set whose master key protects the KMS's key storage: backups and rewraps wait while it rotates. */
   KEYOPS_KMS_UNIT_SET: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'must be a crypto-unit set id: letters, digits, "_", "." or "-"').default('default'),
   /** How long in-flight activities get to finish after SIGINT/SIGTERM before they are cancelled. */
+  /** keyops.yaml: the KMS instances (keyops-config.ts). Unset: the embedded local KMS. */
+  KEYOPS_CONFIG: z.string().optional(),
   KEYOPS_SHUTDOWN_GRACE_SECONDS: z.coerce
     .number(wholeSeconds)
     .int(wholeSeconds)
@@ -58,6 +60,8 @@ export interface WorkerConfig {
   backupKeyPassphrase: { value: string } | { file: string } | undefined;
   alertWebhook: string | undefined;
   kmsUnitSet: string;
+  /** The KMS instances, from KEYOPS_CONFIG (checked when the adapters open). */
+  configFile: string | undefined;
 }
 
 /** Variables whose values are secrets: an error names them, never shows them. */
@@ -103,5 +107,6 @@ export function loadWorkerConfig(env: NodeJS.ProcessEnv, stdoutIsTty: boolean): 
         : undefined,
     alertWebhook: c.KEYOPS_ALERT_WEBHOOK,
     kmsUnitSet: c.KEYOPS_KMS_UNIT_SET,
+    configFile: c.KEYOPS_CONFIG === undefined ? undefined : resolve(c.KEYOPS_CONFIG),
   };
 }

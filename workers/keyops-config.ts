@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, isNode, type Node } from 'yaml';
 import { z } from 'zod';
+import { INSTANCE_NAME } from '../activities/kms/key-id';
 
 /**
  * The one config file (`KEYOPS_CONFIG`, e.g. keyops.yaml): which KMS instances the worker talks
@@ -9,8 +10,7 @@ import { z } from 'zod';
  * itself can be reviewed and committed. Without a file: one instance, `local`, the embedded KMS.
  */
 
-/** Instance names are part of key ids (`<instance>:<id>`): short, lower case, no separator. */
-export const INSTANCE_NAME = /^[a-z][a-z0-9-]{0,30}$/;
+// Instance names are part of key ids (`<instance>:<id>`): short, lower case, no separator.
 const instanceName = z.string().regex(INSTANCE_NAME, 'an instance name is 1 to 31 lower-case letters, digits or "-", starting with a letter');
 
 const envName = z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'an environment variable name (e.g. VAULT_TOKEN)');
@@ -160,6 +160,11 @@ export function loadKeyopsConfig(file: string | undefined): KeyopsConfig {
     const parsed = instanceSchema.safeParse(value);
     if (!parsed.success) {
       problems.push(...parsed.error.issues.map((i) => locate(path, doc, lines, [...where, ...i.path], i.message)));
+      continue;
+    }
+    if (parsed.data.type === 'local' && name !== 'local') {
+      // One embedded store per data directory: a second name for it would be the same keys.
+      problems.push(locate(path, doc, lines, [...where, 'type'], 'type local is the embedded KMS of the data directory: only the instance named "local" can have it'));
       continue;
     }
     kms.set(name, withAbsolutePaths(parsed.data, dirname(path)));

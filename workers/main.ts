@@ -8,6 +8,7 @@ import { KmsError } from '../activities/kms/kms-error';
 import { ActivityJournal, resumeOrphanedActivities } from './activity-journal';
 import { openAdapters } from './adapters';
 import { ConfigError, loadWorkerConfig } from './config';
+import { KeyopsConfigError } from './keyops-config';
 import { MasterSecretError } from './kms-master-secret';
 import { PayloadKeyError, loadPayloadCodec } from './payload-keys';
 import { KeyopsWorkers } from './keyops-workers';
@@ -64,6 +65,11 @@ async function main(): Promise<number> {
     adapters = openAdapters(config, logger);
   } catch (err) {
     // Configuration the operator can fix: one line, no stack trace.
+    if (err instanceof KeyopsConfigError) {
+      // file:line:col: field: problem, one line each; the worker does not start on a guess.
+      for (const problem of err.problems) logger.error(problem);
+      return 2;
+    }
     const reason =
       err instanceof ConnectionConfigError || err instanceof MasterSecretError || err instanceof KmsError || err instanceof PayloadKeyError
         ? err.message

@@ -69,7 +69,8 @@ export interface RotateResult {
 export type BatchResult<T> = (T | KmsError)[];
 
 export interface KeyManagementService {
-  createKey(input: { name: string }): Promise<KeyMetadata>;
+  /** `kms`: which configured instance holds the new key (the router's concern; one KMS ignores it). */
+  createKey(input: { name: string; kms?: string }): Promise<KeyMetadata>;
   getKeyMetadata(keyId: string): Promise<KeyMetadata>;
   /** Manual rotation, idempotent per request id; at most one per hour per key. */
   rotateKey(keyId: string, requestId: string): Promise<RotateResult>;

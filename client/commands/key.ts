@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { createRootKey, describeRootKey, rotateInKms, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
 import { KMS_ROTATION_SPACING_MS, rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { followRun } from '../follow-run';
+import { INSTANCE_NAME } from '../../activities/kms/key-id';
 import { KEY_ARGUMENT, resolveKeyId } from '../key-ref';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
@@ -107,13 +108,28 @@ Examples:
     .command('create <name>')
     .description('create a root key in the KMS and print its id')
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
+    .option('--kms <instance>', "the KMS instance of the workers' keyops.yaml that holds the key (default: its default instance)")
+    .addHelpText(
+      'after',
+      `
+The key id printed says where the key is: a bare UUID for the local KMS, <instance>:<id> for a KMS
+of keyops.yaml (KEYOPS_CONFIG on the workers), e.g. bao:orders.
+
+Examples:
+  keyops key create orders
+  keyops key create orders --kms bao --json`,
+    )
     .action(async (name: string, _opts: KeyOptions, cmd: Command) => {
-      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
+      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions & { kms?: string }>();
+      if (options.kms !== undefined && !INSTANCE_NAME.test(options.kms)) {
+        throw new CliError(`--kms "${options.kms}" is not a KMS instance name (lower-case letters, digits and "-", as in keyops.yaml)`, ExitCode.usage);
+      }
+      const args: Parameters<typeof createRootKey> = options.kms === undefined ? [name] : [name, { kms: options.kms }];
       const status = await withClient(options, (client) =>
         runOnWorker(
           client,
           createRootKey,
-          { taskQueue: options.taskQueue, workflowId: `create-key/${Date.now()}`, args: [name], summary: `keyops: create root key "${name}"` },
+          { taskQueue: options.taskQueue, workflowId: `create-key/${Date.now()}`, args, summary: `keyops: create root key "${name}"${options.kms ? ` in ${options.kms}` : ''}` },
           (failure) => explainKmsFailure(failure, name),
         ),
       );

@@ -1,0 +1,15 @@
+import type { KeyManagementService } from '../activities/kms/key-management-service';
+import { KeyopsConfigError, type KmsInstanceConfig } from './keyops-config';
+
+/**
+ * The adapter for one configured remote KMS instance. The local KMS is opened by adapters.ts,
+ * which owns the data directory and the master secret.
+ */
+export function openKmsInstance(name: string, instance: Exclude<KmsInstanceConfig, { type: 'local' }>): KeyManagementService {
+  switch (instance.type) {
+    case 'vault-transit':
+    case 'aws-kms':
+    case 'key-protect':
+      throw new KeyopsConfigError([`kms.instances.${name}: type ${instance.type} is not available in this build`]);
+  }
+}
