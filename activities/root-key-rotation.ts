@@ -2,7 +2,8 @@ import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { ApplicationFailure, type SignalDefinition } from '@temporalio/common';
 import { Context, activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
 import type { DatabaseEngine } from './engines/database-engine';
-import type { KeyManagementService, KeyMetadata } from './kms/key-management-service';
+import { AdaptiveConcurrency, type ThrottleStats } from './kms/adaptive-concurrency';
+import type { BatchResult, KeyManagementService, KeyMetadata } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
 import { typed } from './typed';
 import type { WdekRegistry, WdekUpdate } from './wdek-registry/wdek-registry';
@@ -10,6 +11,7 @@ import {
   awaitRewrapSignal,
   keyEntityWorkflowId,
   rewrapCompleteSignal,
+  rewrapKmsThrottleSignal,
   type KeyEntityState,
   type RewrapComplete,
   type RewrapWaiter,
@@ -69,6 +71,8 @@ export interface ChunkResult {
    */
   total?: number;
   stale?: number;
+  /** How the KMS throttled the chunk, and the concurrency it ended at. */
+  kms?: ThrottleStats;
 }
 
 export interface VerifyResult extends ChunkResult {
@@ -114,6 +118,42 @@ function stopIfCancelled(what: string, progress: Cursor): void {
     type: 'WORKER_SHUTDOWN',
     message: `${what} stopped after ${progress.processed} WDEKs: the worker is shutting down; another worker resumes it`,
   });
+}
+
+/** KMS calls a chunk keeps in flight at first and at most (batches of `batchSize` WDEKs each). */
+const INITIAL_LANES = 2;
+const MAX_LANES = 16;
+
+/**
+ * Sends `items` to the KMS in batches of `batchSize`, as many at once as the adaptive window
+ * allows, and returns the per-item results in order. Throttling shrinks the window and waits
+ * (AIMD); other transient failures get the usual short in-place retries.
+ */
+async function inLanes<R>(window: AdaptiveConcurrency, items: readonly Buffer[], batchSize: number, call: (part: readonly Buffer[]) => Promise<BatchResult<R>>): Promise<BatchResult<R>> {
+  const parts: Buffer[][] = [];
+  for (let i = 0; i < items.length; i += batchSize) parts.push(items.slice(i, i + batchSize));
+  return (await Promise.all(parts.map((part) => kmsCall(() => window.run(() => call(part)))))).flat();
+}
+
+/**
+ * Tells the run how the KMS is throttling this chunk (its Web UI details and progress show it),
+ * at most every 2 s and only when something changed. Best effort: a lost report changes nothing.
+ */
+function throttleReporter(window: AdaptiveConcurrency): () => void {
+  let reported = { throttled: 0, concurrency: window.concurrency };
+  let at = 0;
+  return () => {
+    const now = window.snapshot();
+    if (now.throttled === 0 || Date.now() - at < 2_000 || (now.throttled === reported.throttled && now.concurrency === reported.concurrency)) return;
+    reported = now;
+    at = Date.now();
+    const { workflowExecution } = activityInfo();
+    if (!workflowExecution) return;
+    getClient()
+      .workflow.getHandle(workflowExecution.workflowId)
+      .signal(rewrapKmsThrottleSignal, now)
+      .catch(() => undefined);
+  };
 }
 
 /** What a chunk heartbeats, and what its retry resumes from. */
@@ -244,13 +284,16 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
         const { total, below } = registry.countBelowVersion(input.keyId, input.version);
         return { total, stale: below };
       };
-      const counted = (finished: boolean): ChunkResult => ({ processed, cursor, finished, ...counts() });
+      const window = new AdaptiveConcurrency({ initial: INITIAL_LANES, max: MAX_LANES, sleep: (ms) => sleep(ms), onWait: () => heartbeat({ cursor, processed } satisfies Cursor) });
+      const report = throttleReporter(window);
+      const counted = (finished: boolean): ChunkResult => ({ processed, cursor, finished, ...counts(), kms: window.snapshot() });
       while (processed < input.maxItems) {
         stopIfCancelled(`rewrap of ${input.keyId}`, { cursor, processed });
         await holdForMasterKey(input, `rewrap of ${input.keyId}`, undefined, counts);
-        const batch = registry.listBelowVersion(input.keyId, input.version, range(), Math.min(input.batchSize, input.maxItems - processed));
+        const batch = registry.listBelowVersion(input.keyId, input.version, range(), Math.min(input.batchSize * window.concurrency, input.maxItems - processed));
         if (batch.length === 0) return counted(true);
-        const results = await kmsCall(() => kms.rewrapBatch(input.keyId, batch.map((r) => r.wdek)));
+        const results = await inLanes(window, batch.map((r) => r.wdek), input.batchSize, (part) => kms.rewrapBatch(input.keyId, part));
+        report();
         const updates: WdekUpdate[] = [];
         let invalid: { id: string; error: KmsError } | undefined;
         for (const [i, result] of results.entries()) {
@@ -292,13 +335,16 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       // "On the version or later": a rotation that happened meanwhile (policy, operator) moves
       // WDEKs past the target, which still satisfies it; the watcher rewraps to the newer one.
       const current = (v: number) => v >= input.version;
+      const window = new AdaptiveConcurrency({ initial: INITIAL_LANES, max: MAX_LANES, sleep: (ms) => sleep(ms), onWait: () => heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor) });
+      const report = throttleReporter(window);
       while (processed < input.maxItems) {
         stopIfCancelled(`verification of ${input.keyId}`, { cursor, processed, failed, failedIds });
         await holdForMasterKey(input, `verification of ${input.keyId}`, { cursor, processed, failed, failedIds });
-        const batch = registry.list(input.keyId, range(), Math.min(input.batchSize, input.maxItems - processed));
-        if (batch.length === 0) return { processed, cursor, finished: true, failedIds, failed };
+        const batch = registry.list(input.keyId, range(), Math.min(input.batchSize * window.concurrency, input.maxItems - processed));
+        if (batch.length === 0) return { processed, cursor, finished: true, failedIds, failed, kms: window.snapshot() };
         const onVersion = batch.flatMap((r, i) => (current(r.keyVersion) ? [i] : []));
-        const results = await kmsCall(() => kms.unwrapBatch(input.keyId, onVersion.map((i) => batch[i]!.wdek)));
+        const results = await inLanes(window, onVersion.map((i) => batch[i]!.wdek), input.batchSize, (part) => kms.unwrapBatch(input.keyId, part));
+        report();
         const ok = batch.map(() => false);
         results.forEach((result, j) => {
           if (result instanceof KmsError) return;
@@ -315,7 +361,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
         heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor);
         await yieldToEventLoop();
       }
-      return { processed, cursor, finished: registry.list(input.keyId, range(), 1).length === 0, failedIds, failed };
+      return { processed, cursor, finished: registry.list(input.keyId, range(), 1).length === 0, failedIds, failed, kms: window.snapshot() };
     },
 
     /** Ids that split the key's WDEKs into `parts` ranges, so chunks can run on several workers. */

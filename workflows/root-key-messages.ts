@@ -15,7 +15,18 @@ export interface RewrapProgress {
   verified: number;
   /** While chunks wait for a master-key rotation under the KMS to end: why (its registers' state). */
   heldBy?: string;
+  /** When the KMS throttles: calls it refused (all retried), time waited, the concurrency adapted to. */
+  kms?: KmsThrottle;
 }
+
+export interface KmsThrottle {
+  concurrency: number;
+  throttled: number;
+  waitedMs: number;
+}
+
+/** From a chunk to its run, while the KMS throttles it: the run shows it in its details. */
+export const rewrapKmsThrottleSignal = defineSignal<[KmsThrottle]>('rewrapKmsThrottle');
 
 /** Key Protect allows one manual rotation per key per hour (reference 001). */
 export const KMS_ROTATION_SPACING_MS = 3_600_000;

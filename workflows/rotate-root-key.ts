@@ -14,10 +14,10 @@ import {
 import type { Activities } from '../activities';
 import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 import { bulkTaskQueue } from './task-queue';
-import { keyEntityWorkflowId, rewrapProgressQuery, type RewrapPhase, type RewrapProgress } from './root-key-messages';
+import { keyEntityWorkflowId, rewrapKmsThrottleSignal, rewrapProgressQuery, type KmsThrottle, type RewrapPhase, type RewrapProgress } from './root-key-messages';
 import { masterKeyRotationEndedSignal } from './master-key-messages';
 import { z } from 'zod';
-import { keyIdSchema, parseInput, positiveIntSchema, versionSchema } from './workflow-input';
+import { keyIdSchema, parseInput, parseSignal, positiveIntSchema, versionSchema } from './workflow-input';
 
 export interface RotateRootKeyInput {
   keyId: string;
@@ -164,15 +164,31 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
     description: 'The master-key rotation holding this rewrap ended: resume the held chunks',
   });
 
-  const enter = (phase: RewrapPhase, details: string) => {
+  let details = '';
+  const showDetails = () => {
+    const kms = progress.kms;
+    const throttling = kms && kms.throttled > 0 ? `\n\nKMS throttling: ${kms.throttled} call(s) refused and retried, ${Math.round(kms.waitedMs / 1000)} s waited; ${kms.concurrency} batch call(s) in flight` : '';
+    setCurrentDetails(`**${progress.phase}** key \`${input.keyId}\` to version ${input.targetVersion}: ${details}${throttling}`);
+  };
+  const enter = (phase: RewrapPhase, text: string) => {
     progress.phase = phase;
+    details = text;
     upsertSearchAttributes([
       { key: PhaseAttribute, value: phase },
       { key: KeyIdAttribute, value: input.keyId },
       { key: KeyVersionAttribute, value: input.targetVersion },
     ]);
-    setCurrentDetails(`**${phase}** key \`${input.keyId}\` to version ${input.targetVersion}: ${details}`);
+    showDetails();
   };
+  // Chunks report throttling as it happens; the details show it without waiting for the chunk.
+  const throttledBy = (kms: KmsThrottle | undefined) => {
+    if (!kms || kms.throttled === 0) return;
+    progress.kms = { concurrency: kms.concurrency, throttled: Math.max(kms.throttled, progress.kms?.throttled ?? 0), waitedMs: Math.max(kms.waitedMs, progress.kms?.waitedMs ?? 0) };
+    showDetails();
+  };
+  const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+  const throttleSchema = z.object({ concurrency: count, throttled: count, waitedMs: count }).strict();
+  setHandler(rewrapKmsThrottleSignal, (kms) => throttledBy(parseSignal('rewrapKmsThrottle', throttleSchema, kms)), { description: 'A chunk reports how the KMS throttles it (shown in the details)' });
   const shouldContinueAsNew = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > maxHistory;
   const continueWith = () => continueAsNew<typeof rotateRootKey>({ ...input, carried: { progress, partitions } });
   const restart = () => partitions.forEach((p) => Object.assign(p, { cursor: undefined, finished: false }));
@@ -254,6 +270,7 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
       for (const [p, chunk] of chunks) {
         Object.assign(p, { cursor: chunk.cursor ?? p.cursor, finished: chunk.finished });
         progress.rewrapped = Math.min(progress.total, progress.rewrapped + chunk.processed);
+        throttledBy(chunk.kms);
       }
       // A chunk retried from an older heartbeat under-reports what it moved; the registry's own
       // count at the end of the latest chunk is exact (older workers do not send it).
@@ -281,6 +298,7 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
       for (const [p, chunk] of chunks) {
         Object.assign(p, { cursor: chunk.cursor ?? p.cursor, finished: chunk.finished });
         progress.verified += chunk.processed;
+        throttledBy(chunk.kms);
       }
       if (partitions.some((p) => !p.finished) && shouldContinueAsNew()) return continueWith();
     }

@@ -1,0 +1,118 @@
+import { KmsError } from './kms-error';
+
+export interface ThrottleStats {
+  /** KMS calls in flight allowed now. */
+  concurrency: number;
+  /** Calls the KMS refused as throttled (each was retried). */
+  throttled: number;
+  /** Time spent waiting because of throttling. */
+  waitedMs: number;
+}
+
+export interface AdaptiveConcurrencyOptions {
+  initial: number;
+  max: number;
+  /** Cancellation-aware in activities: a stopping worker ends the wait. */
+  sleep: (ms: number) => Promise<void>;
+  now?: () => number;
+  /** Called while waiting out a throttle, e.g. to heartbeat through a long Retry-After. */
+  onWait?: () => void;
+}
+
+/** Longest single wait between heartbeats while a Retry-After runs. */
+const WAIT_SLICE_MS = 5_000;
+const MAX_BACKOFF_MS = 30_000;
+
+/**
+ * AIMD for KMS calls, as TCP does for packets: every throttled call halves the calls allowed in
+ * flight and pauses new ones until the KMS's Retry-After (or an exponential backoff); every
+ * `concurrency` successes in a row allow one more. A throttled call is retried, never failed:
+ * throttling slows a rewrap down and never loses a WDEK.
+ */
+export class AdaptiveConcurrency {
+  private limit: number;
+  private active = 0;
+  private pausedUntil = 0;
+  private successes = 0;
+  private consecutiveThrottles = 0;
+  private readonly waiting: (() => void)[] = [];
+  private readonly now: () => number;
+  readonly stats: Omit<ThrottleStats, 'concurrency'> = { throttled: 0, waitedMs: 0 };
+
+  constructor(private readonly options: AdaptiveConcurrencyOptions) {
+    this.limit = Math.max(1, Math.min(options.initial, options.max));
+    this.now = options.now ?? Date.now;
+  }
+
+  get concurrency(): number {
+    return this.limit;
+  }
+
+  snapshot(): ThrottleStats {
+    return { concurrency: this.limit, ...this.stats };
+  }
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    for (;;) {
+      await this.acquire();
+      let throttled: KmsError | undefined;
+      try {
+        const result = await fn();
+        this.succeeded();
+        return result;
+      } catch (err) {
+        if (!(err instanceof KmsError) || err.code !== 'KMS_THROTTLED') throw err;
+        throttled = err;
+      } finally {
+        this.release();
+      }
+      this.throttledBy(throttled);
+    }
+  }
+
+  private succeeded(): void {
+    this.consecutiveThrottles = 0;
+    if (++this.successes >= this.limit && this.limit < this.options.max) {
+      this.limit++;
+      this.successes = 0;
+      this.wake();
+    }
+  }
+
+  private throttledBy(err: KmsError): void {
+    this.stats.throttled++;
+    this.successes = 0;
+    this.limit = Math.max(1, Math.floor(this.limit / 2));
+    const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** this.consecutiveThrottles++);
+    const retryAfter = err.retryAfter === undefined ? 0 : Date.parse(err.retryAfter) - Date.now();
+    this.pausedUntil = Math.max(this.pausedUntil, this.now() + Math.max(backoff, Number.isFinite(retryAfter) ? retryAfter : 0));
+  }
+
+  private async acquire(): Promise<void> {
+    for (;;) {
+      const pause = this.pausedUntil - this.now();
+      if (pause > 0) {
+        const slice = Math.min(pause, WAIT_SLICE_MS);
+        const started = this.now();
+        await this.options.sleep(slice);
+        this.stats.waitedMs += this.now() - started;
+        this.options.onWait?.();
+        continue;
+      }
+      if (this.active < this.limit) {
+        this.active++;
+        return;
+      }
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    }
+  }
+
+  private release(): void {
+    this.active--;
+    this.wake();
+  }
+
+  private wake(): void {
+    for (const resolve of this.waiting.splice(0)) resolve();
+  }
+}
