@@ -61,7 +61,6 @@ import {
 } from '@aws-sdk/client-kms';
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { asKeyId } from './key-id';
 import type {
   BatchResult,
   KeyManagementService,
@@ -79,6 +78,8 @@ import { KmsError, type KmsErrorCode } from './kms-error';
 // Options
 
 const REGION = /^[a-z]{2}(-[a-z]+)+-\d{1,2}$/;
+/** An AWS KeyId. Not an alias, ARN or `<instance>:<id>`: the router strips its prefix first. */
+const AWS_KEY_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** Names that would put a secret into the options: credentials come from the provider chain. */
 const SECRET_OPTIONS = ['credentials', 'accessKeyId', 'secretAccessKey', 'sessionToken', 'secretKey', 'password', 'token'];
 
@@ -87,6 +88,8 @@ export const awsKmsOptionsSchema = z.strictObject({
   region: z.string().regex(REGION, 'must be an AWS region such as eu-west-1'),
   /** A VPC endpoint, FIPS endpoint or an emulator; the SDK's regional endpoint otherwise. */
   endpoint: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+  /** A named profile of the shared config files (as AWS_PROFILE), read by the default chain. */
+  profile: z.string().min(1).max(128).optional(),
   /** Requests in flight at once within a batch call (AWS has no batch API). */
   concurrency: z.number().int().min(1).max(256).default(16),
   /** Attempts per request, including the SDK's own retries of throttling and 5xx. */
@@ -287,9 +290,8 @@ function quote(value: unknown): string {
 }
 
 function checkKeyId(keyId: unknown): string {
-  const id = typeof keyId === 'string' && keyId === keyId.trim() ? asKeyId(keyId) : undefined;
-  if (!id) throw new KmsError('INVALID_INPUT', `key id ${quote(keyId)} is not an AWS KMS key id (a UUID)`);
-  return id;
+  if (typeof keyId !== 'string' || !AWS_KEY_ID.test(keyId)) throw new KmsError('INVALID_INPUT', `key id ${quote(keyId)} is not an AWS KMS key id (a UUID)`);
+  return keyId.toLowerCase();
 }
 
 function checkName(name: unknown): string {
@@ -392,6 +394,7 @@ export class AwsKms implements KeyManagementService {
     const client = new KMSClient({
       region: settings.region,
       ...(settings.endpoint ? { endpoint: settings.endpoint } : {}),
+      ...(settings.profile ? { profile: settings.profile } : {}),
       maxAttempts: settings.maxAttempts,
       requestHandler: { connectionTimeout: Math.min(settings.requestTimeoutMs, 5_000), requestTimeout: settings.requestTimeoutMs },
     });
@@ -402,7 +405,8 @@ export class AwsKms implements KeyManagementService {
     this.client.destroy();
   }
 
-  async createKey(input: { name: string }): Promise<KeyMetadata> {
+  /** `input.kms` (which instance) is the router's concern: this adapter is one instance. */
+  async createKey(input: { name: string; kms?: string }): Promise<KeyMetadata> {
     const name = checkName(input?.name);
     const created = await this.send('CreateKey', undefined, () =>
       this.client.send(
@@ -485,18 +489,17 @@ export class AwsKms implements KeyManagementService {
     const id = checkKeyId(keyId);
     const envelope = decodeAwsWdek(wdek, id);
     // The state and the decryption at once: one round trip; the DEK is dropped if disabled.
+    // What the key's state says comes first: a disabled key is KEY_DISABLED whatever Decrypt did.
     const [reading, result] = await Promise.allSettled([this.read(id, false), this.decrypt(id, envelope)]);
-    if (reading.status === 'rejected' || result.status === 'rejected') {
-      if (result.status === 'fulfilled') result.value.dek.fill(0);
-      throw reading.status === 'rejected' ? reading.reason : (result as PromiseRejectedResult).reason;
-    }
     try {
+      if (reading.status === 'rejected') throw reading.reason;
       this.requireEnabled(reading.value);
+      if (result.status === 'rejected') throw result.reason;
+      return result.value;
     } catch (err) {
-      result.value.dek.fill(0);
+      if (result.status === 'fulfilled') result.value.dek.fill(0);
       throw err;
     }
-    return result.value;
   }
 
   async rewrap(keyId: string, wdek: Buffer): Promise<RewrapResult> {
