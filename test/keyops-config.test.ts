@@ -59,13 +59,20 @@ describe('keyops.yaml (KEYOPS_CONFIG)', () => {
     assert.deepEqual([...config.kms.keys()], ['local', 'bao', 'aws', 'kp']);
     assert.deepEqual(config.kms.get('bao'), {
       type: 'vault-transit',
-      address: 'http://127.0.0.1:8200',
-      tokenFile: join(dir, 'secrets', 'bao.token'),
-      mount: 'transit',
-      tlsSkipVerify: false,
-      caFile: undefined,
+      options: {
+        address: 'http://127.0.0.1:8200',
+        tokenFile: join(dir, 'secrets', 'bao.token'),
+        mount: 'transit',
+        tlsSkipVerify: false,
+        requestTimeoutMs: 30_000,
+        maxBatchItems: 250,
+        maxSockets: 16,
+      },
     });
-    assert.equal((config.kms.get('kp') as { iamEndpoint: string }).iamEndpoint, 'https://iam.cloud.ibm.com');
+    const kp = config.kms.get('kp');
+    assert.equal(kp?.type === 'key-protect' ? kp.options.iamEndpoint : undefined, 'https://iam.cloud.ibm.com');
+    const aws = config.kms.get('aws');
+    assert.equal(aws?.type === 'aws-kms' ? aws.options.endpoint : undefined, 'http://127.0.0.1:5000');
   });
 
   it('reports each mistake as file:line:col: field: problem', () => {
@@ -90,8 +97,8 @@ describe('keyops.yaml (KEYOPS_CONFIG)', () => {
 `,
     );
     assert.deepEqual(problemsOf(file), [
-      `${file}:6:16: kms.instances.bao.address: must be an http(s) URL`,
-      `${file}:10:15: kms.instances.aws.region: an AWS region such as us-east-1`,
+      `${file}:6:16: kms.instances.bao.address: must be an http(s) URL such as https://vault.example:8200`,
+      `${file}:10:15: kms.instances.aws.region: must be an AWS region such as eu-west-1`,
       `${file}:12:7: kms.instances.kp.apiKeyFile: give exactly one of apiKeyFile or apiKeyEnv`,
       `${file}:16:13: kms.instances.odd.type: type must be one of local, vault-transit, aws-kms, key-protect`,
     ]);
@@ -112,7 +119,7 @@ describe('keyops.yaml (KEYOPS_CONFIG)', () => {
     assert.deepEqual(problems, [`${file}:6:14: kms.instances.bao.token: credentials are never written in the config file; use tokenFile or tokenEnv`]);
     assert.doesNotMatch(problems.join('\n'), /SuperSecret/);
     const inUrl = write('url.yaml', 'kms:\n  instances:\n    bao: { type: vault-transit, address: "http://user:pw@vault:8200", tokenEnv: VAULT_TOKEN }\n');
-    assert.match(problemsOf(inUrl)[0]!, /:3:42: kms\.instances\.bao\.address: must not carry credentials/);
+    assert.match(problemsOf(inUrl)[0]!, /:3:42: kms\.instances\.bao\.address: must carry no credentials/);
   });
 
   it('refuses YAML syntax errors, unknown fields, a missing default and an unreadable file with a position', () => {

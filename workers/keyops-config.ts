@@ -2,7 +2,9 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, isNode, type Node } from 'yaml';
 import { z } from 'zod';
+import { awsKmsOptionsSchema } from '../activities/kms/aws-kms';
 import { INSTANCE_NAME } from '../activities/kms/key-id';
+import { vaultTransitOptionsSchema } from '../activities/kms/vault-transit-kms';
 
 /**
  * The one config file (`KEYOPS_CONFIG`, e.g. keyops.yaml): which KMS instances the worker talks
@@ -26,38 +28,13 @@ const INLINE_SECRETS: Record<string, string> = {
   apiKey: 'apiKeyFile or apiKeyEnv',
   secretAccessKey: 'the AWS credential chain (profile, AWS_* variables, an instance role)',
   accessKeyId: 'the AWS credential chain (profile, AWS_* variables, an instance role)',
+  sessionToken: 'the AWS credential chain (profile, AWS_* variables, an instance role)',
   password: 'a file or an environment variable',
   secret: 'a file or an environment variable',
 };
 
-const localSchema = z.object({ type: z.literal('local') }).strict();
-
-const vaultSchema = z
-  .object({
-    type: z.literal('vault-transit'),
-    address: httpUrl,
-    tokenFile: z.string().min(1).optional(),
-    tokenEnv: envName.optional(),
-    namespace: z.string().min(1).optional(),
-    mount: z.string().regex(/^[A-Za-z0-9_.\-/]+$/, 'a mount path such as transit').default('transit'),
-    caFile: z.string().min(1).optional(),
-    tlsSkipVerify: z.boolean().default(false),
-  })
-  .strict()
-  .refine((v) => (v.tokenFile === undefined) !== (v.tokenEnv === undefined), { message: 'give exactly one of tokenFile or tokenEnv', path: ['tokenFile'] });
-
-const awsSchema = z
-  .object({
-    type: z.literal('aws-kms'),
-    region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d+$/, 'an AWS region such as us-east-1'),
-    endpoint: httpUrl.optional(),
-    profile: z.string().min(1).optional(),
-  })
-  .strict();
-
 const keyProtectSchema = z
   .object({
-    type: z.literal('key-protect'),
     endpoint: httpUrl,
     instanceId: z.uuid('the Key Protect instance id (a UUID)'),
     apiKeyFile: z.string().min(1).optional(),
@@ -67,13 +44,26 @@ const keyProtectSchema = z
   .strict()
   .refine((v) => (v.apiKeyFile === undefined) !== (v.apiKeyEnv === undefined), { message: 'give exactly one of apiKeyFile or apiKeyEnv', path: ['apiKeyFile'] });
 
-const instanceSchema = z.discriminatedUnion(
-  'type',
-  [localSchema, vaultSchema, awsSchema, keyProtectSchema],
-  { error: 'type must be one of local, vault-transit, aws-kms, key-protect' },
-);
+/**
+ * Each type's settings are exactly its adapter's options (one schema, owned by the adapter), so
+ * the file accepts what the adapter accepts and says so in the file's own terms.
+ */
+const TYPES = {
+  local: z.strictObject({}),
+  'vault-transit': vaultTransitOptionsSchema,
+  'aws-kms': awsKmsOptionsSchema,
+  'key-protect': keyProtectSchema,
+} as const;
+type KmsType = keyof typeof TYPES;
 
-export type KmsInstanceConfig = z.infer<typeof instanceSchema>;
+/** Fields naming files, resolved against the config file's directory. */
+const FILE_FIELDS = ['tokenFile', 'caFile', 'apiKeyFile'] as const;
+
+export type KmsInstanceConfig =
+  | { type: 'local' }
+  | { type: 'vault-transit'; options: z.output<typeof vaultTransitOptionsSchema> }
+  | { type: 'aws-kms'; options: z.output<typeof awsKmsOptionsSchema> }
+  | { type: 'key-protect'; options: z.output<typeof keyProtectSchema> };
 
 const fileSchema = z
   .object({
@@ -151,23 +141,33 @@ export function loadKeyopsConfig(file: string | undefined): KeyopsConfig {
   const kms = new Map<string, KmsInstanceConfig>();
   for (const [name, value] of Object.entries(top.data.kms.instances)) {
     const where = ['kms', 'instances', name];
-    const fields = typeof value === 'object' && value !== null ? Object.keys(value) : [];
-    for (const field of fields) {
-      const instead = INLINE_SECRETS[field];
-      if (instead) problems.push(locate(path, doc, lines, [...where, field], `credentials are never written in the config file; use ${instead}`));
-    }
-    if (fields.some((f) => f in INLINE_SECRETS)) continue;
-    const parsed = instanceSchema.safeParse(value);
-    if (!parsed.success) {
-      problems.push(...parsed.error.issues.map((i) => locate(path, doc, lines, [...where, ...i.path], i.message)));
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      problems.push(locate(path, doc, lines, where, 'expected a map with a type and its settings'));
       continue;
     }
-    if (parsed.data.type === 'local' && name !== 'local') {
+    const { type, ...settings } = value as Record<string, unknown>;
+    const secrets = Object.keys(settings).filter((f) => f in INLINE_SECRETS);
+    for (const field of secrets) problems.push(locate(path, doc, lines, [...where, field], `credentials are never written in the config file; use ${INLINE_SECRETS[field]}`));
+    if (secrets.length > 0) continue;
+    if (typeof type !== 'string' || !Object.hasOwn(TYPES, type)) {
+      problems.push(locate(path, doc, lines, [...where, 'type'], `type must be one of ${Object.keys(TYPES).join(', ')}`));
+      continue;
+    }
+    if (type === 'local' && name !== 'local') {
       // One embedded store per data directory: a second name for it would be the same keys.
       problems.push(locate(path, doc, lines, [...where, 'type'], 'type local is the embedded KMS of the data directory: only the instance named "local" can have it'));
       continue;
     }
-    kms.set(name, withAbsolutePaths(parsed.data, dirname(path)));
+    for (const field of FILE_FIELDS) {
+      const file = settings[field];
+      if (typeof file === 'string' && file !== '' && !isAbsolute(file)) settings[field] = resolve(dirname(path), file);
+    }
+    const parsed = TYPES[type as KmsType].safeParse(settings);
+    if (!parsed.success) {
+      problems.push(...parsed.error.issues.map((i) => locate(path, doc, lines, [...where, ...i.path], i.message)));
+      continue;
+    }
+    kms.set(name, (type === 'local' ? { type } : { type, options: parsed.data }) as KmsInstanceConfig);
   }
   const defaultKms = top.data.kms.default ?? (kms.size === 1 ? [...kms.keys()][0]! : 'local');
   if (problems.length === 0 && !kms.has(defaultKms)) {
@@ -177,16 +177,4 @@ export function loadKeyopsConfig(file: string | undefined): KeyopsConfig {
   }
   if (problems.length > 0) throw new KeyopsConfigError(problems);
   return { file: path, defaultKms, kms };
-}
-
-function withAbsolutePaths(instance: KmsInstanceConfig, base: string): KmsInstanceConfig {
-  const abs = (p: string | undefined) => (p === undefined || isAbsolute(p) ? p : resolve(base, p));
-  switch (instance.type) {
-    case 'vault-transit':
-      return { ...instance, tokenFile: abs(instance.tokenFile), caFile: abs(instance.caFile) };
-    case 'key-protect':
-      return { ...instance, apiKeyFile: abs(instance.apiKeyFile) };
-    default:
-      return instance;
-  }
 }

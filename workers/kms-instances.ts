@@ -1,4 +1,6 @@
+import { AwsKms } from '../activities/kms/aws-kms';
 import type { KeyManagementService } from '../activities/kms/key-management-service';
+import { VaultTransitKms } from '../activities/kms/vault-transit-kms';
 import { KeyopsConfigError, type KmsInstanceConfig } from './keyops-config';
 
 /**
@@ -8,8 +10,10 @@ import { KeyopsConfigError, type KmsInstanceConfig } from './keyops-config';
 export function openKmsInstance(name: string, instance: Exclude<KmsInstanceConfig, { type: 'local' }>): KeyManagementService {
   switch (instance.type) {
     case 'vault-transit':
+      return VaultTransitKms.open(instance.options);
     case 'aws-kms':
+      return AwsKms.create(instance.options);
     case 'key-protect':
-      throw new KeyopsConfigError([`kms.instances.${name}: type ${instance.type} is not available in this build`]);
+      throw new KeyopsConfigError([`kms.instances.${name}: type key-protect is not available in this build`]);
   }
 }
