@@ -57,18 +57,11 @@ describe('keyops.yaml (KEYOPS_CONFIG)', () => {
     const config = loadKeyopsConfig(file);
     assert.equal(config.defaultKms, 'bao');
     assert.deepEqual([...config.kms.keys()], ['local', 'bao', 'aws', 'kp']);
-    assert.deepEqual(config.kms.get('bao'), {
-      type: 'vault-transit',
-      options: {
-        address: 'http://127.0.0.1:8200',
-        tokenFile: join(dir, 'secrets', 'bao.token'),
-        mount: 'transit',
-        tlsSkipVerify: false,
-        requestTimeoutMs: 30_000,
-        maxBatchItems: 250,
-        maxSockets: 16,
-      },
-    });
+    const bao = config.kms.get('bao');
+    assert.equal(bao?.type, 'vault-transit');
+    // The adapter's own defaults apply (mount); the token file is found beside the config file.
+    const { address, tokenFile, mount } = bao?.type === 'vault-transit' ? bao.options : { address: '', tokenFile: '', mount: '' };
+    assert.deepEqual({ address, tokenFile, mount }, { address: 'http://127.0.0.1:8200', tokenFile: join(dir, 'secrets', 'bao.token'), mount: 'transit' });
     const kp = config.kms.get('kp');
     assert.equal(kp?.type === 'key-protect' ? kp.options.iamEndpoint : undefined, 'https://iam.cloud.ibm.com');
     const aws = config.kms.get('aws');
