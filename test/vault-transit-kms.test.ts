@@ -189,6 +189,12 @@ describe('VaultTransitKms against a real OpenBao server', () => {
     assert.deepEqual(meta.versions.map((v) => v.version), [1, 2]);
     assert.equal(meta.lastRotateDate, meta.versions[1]!.createdAt);
 
+    // The port's one manual rotation per hour, which Transit itself does not have.
+    const again = await rejectsWith(kms.rotateKey(name, `rewrap/${name}/v3`), 'KEY_ROTATION_NOT_PERMITTED');
+    assert.equal(again.retryAfter, new Date(Date.parse(meta.lastRotateDate) + 3_600_000).toISOString());
+    assert.equal(again.retryable, false);
+    assert.equal((await kms.getKeyMetadata(name)).currentVersion, 2);
+
     const old = await kms.unwrap(name, before[0]!.wdek);
     assert.equal(old.keyVersion, 1, 'a retired version still unwraps');
     assert.ok(old.dek.equals(before[0]!.dek));
@@ -232,9 +238,14 @@ describe('VaultTransitKms against a real OpenBao server', () => {
     assert.equal(meta.currentVersion, 2);
     assert.ok(meta.lastRotateDate !== undefined && Date.parse(meta.lastRotateDate) >= Date.parse(meta.createdAt));
     assert.equal(meta.versions.at(-1)!.requestId, undefined);
+    // It counts towards the hour between rotations; minRotationIntervalMs: 0 lifts the rule.
+    await rejectsWith(kms.rotateKey(name, 'r3'), 'KEY_ROTATION_NOT_PERMITTED');
+    assert.deepEqual(await open({ minRotationIntervalMs: 0 }).rotateKey(name, 'r3'), { version: 3, rotated: true });
+    await bao.cli(['write', '-f', `transit/keys/${name}/rotate`]);
+    assert.equal((await kms.getKeyMetadata(name)).currentVersion, 4);
     const [moved] = await kms.rewrapBatch(name, [wdek]);
     assert.ok(moved && !(moved instanceof KmsError));
-    assert.equal(moved.keyVersion, 2);
+    assert.equal(moved.keyVersion, 4);
     assert.ok((await kms.unwrap(name, moved.wdek)).dek.equals(dek));
   });
 

@@ -14,7 +14,8 @@
  *   but their WDEKs no longer unwrap (CIPHERTEXT_INVALID): the port has no per-version state.
  * - Rotation: `POST keys/:name/rotate`. Transit records no request id, so `requestId` is
  *   checked and then dropped: versions never carry one, and the activity's idempotency rests on
- *   reading the version before it rotates. Transit has no one-per-hour limit; none is added.
+ *   reading the version before it rotates. Transit has no limit on rotations; the port's one
+ *   per hour per key (counting rotations made outside keyops) is kept here (minRotationIntervalMs).
  * - WDEK = the Transit ciphertext `vault:vN:<base64>` as UTF-8 bytes; its version is the `N`
  *   (authenticated: a changed N opens under another key version and fails).
  * - wrap: `datakey/plaintext` (Vault makes the DEK) or `encrypt` of the given DEK; unwrap:
@@ -113,6 +114,8 @@ export const vaultTransitOptionsSchema = z
     maxBatchItems: z.number().int().min(1).max(10_000).default(250),
     /** Connections kept open to the server. */
     maxSockets: z.number().int().min(1).max(1024).default(16),
+    /** The port's one manual rotation per hour per key (Transit has no limit of its own); 0 lifts it. */
+    minRotationIntervalMs: z.number().int().min(0).default(3_600_000),
   })
   .strict()
   .refine((o) => (o.tokenFile === undefined) !== (o.tokenEnv === undefined), { message: 'give exactly one of tokenFile or tokenEnv', path: ['tokenFile'] })
@@ -346,6 +349,14 @@ export class VaultTransitKms implements KeyManagementService {
     }
     // Transit keeps no request id: nothing here can tell a retry from a second rotation. The
     // activity reads the version first (rotateToVersion) and rotates only from target - 1.
+    if (this.options.minRotationIntervalMs > 0) {
+      const { lastRotateDate } = this.toMetadata(name, await this.readKey(name));
+      const allowedMs = lastRotateDate === undefined ? 0 : Date.parse(lastRotateDate) + this.options.minRotationIntervalMs;
+      if (this.now() < allowedMs) {
+        const allowed = new Date(allowedMs).toISOString();
+        throw new KmsError('KEY_ROTATION_NOT_PERMITTED', `key ${name} was last rotated at ${lastRotateDate}; it may be rotated again from ${allowed}`, name, allowed);
+      }
+    }
     const res = await this.send('POST', `keys/${name}/rotate`, {}, name, 'rotate');
     // OpenBao answers with the key; older Vaults with 204.
     const answered = keyDataSchema.safeParse(dataField(res.body));
