@@ -49,6 +49,8 @@ Commands:
   logs [server|worker|codec|openbao] [-f]
                      print the last log lines (both by default); -f follows them
   cli-path           print the path of the Temporal CLI, building it first if needed
+  bao ARGS...        run the OpenBao CLI against this stack's OpenBao (KEYOPS_KMS=openbao), as root,
+                     e.g. ./temporal-dev.sh bao write -f transit/keys/demo/rotate
   -h, --help         this help
 
 Environment (defaults in brackets):
@@ -560,6 +562,13 @@ cmd_logs() {
   tail -n 50 "${files[@]}"
 }
 
+cmd_bao() {
+  [[ -f $BAO_DIR/root.token ]] || die "no OpenBao in $DATA_DIR (start the stack with KEYOPS_KMS=openbao ./temporal-dev.sh up -d)"
+  bao_pid >/dev/null || die "OpenBao is not running (KEYOPS_KMS=openbao ./temporal-dev.sh up -d)"
+  BAO_BIN="$("$ROOT/scripts/install-openbao.sh")" || die "could not install OpenBao (scripts/install-openbao.sh)"
+  BAO_ADDR="http://$IP:$BAO_PORT" BAO_TOKEN="$(<"$BAO_DIR/root.token")" exec "$BAO_BIN" "$@"
+}
+
 main() {
   local cmd=${1:-up}
   validate_settings
@@ -570,6 +579,7 @@ main() {
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
     cli-path) ensure_cli ;;
+    bao) cmd_bao "$@" ;;
     -h | --help | help) usage ;;
     *)
       say "unknown command: $cmd"
