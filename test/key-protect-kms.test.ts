@@ -30,6 +30,7 @@ import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/te
 const HOUR = 3_600_000;
 const API_KEY = randomBytes(30).toString('base64url');
 const READER_KEY = randomBytes(30).toString('base64url');
+const WRITER_KEY = randomBytes(30).toString('base64url');
 const OUTSIDER_KEY = randomBytes(30).toString('base64url');
 const ENV_NAME = 'KEYOPS_TEST_KP_API_KEY';
 
@@ -78,7 +79,7 @@ describe('KeyProtectKms against a FAKE Key Protect (test/fakes/key-protect-fake.
     // 30-s enable wait and rate-limit windows are exact, however slowly the machine runs.
     const frozen = Date.now();
     fake = await KeyProtectFake.start({
-      apiKeys: { [API_KEY]: {}, [READER_KEY]: { role: 'Reader' }, [OUTSIDER_KEY]: { instances: [randomUUID()] } },
+      apiKeys: { [API_KEY]: {}, [READER_KEY]: { role: 'Reader' }, [WRITER_KEY]: { role: 'Writer' }, [OUTSIDER_KEY]: { instances: [randomUUID()] } },
       now: () => frozen,
     });
     kms = adapter();
@@ -89,7 +90,7 @@ describe('KeyProtectKms against a FAKE Key Protect (test/fakes/key-protect-fake.
     delete process.env[ENV_NAME];
     // No error message of any test carried the API key, a DEK or plaintext.
     for (const err of seen) {
-      for (const secret of [API_KEY, READER_KEY, OUTSIDER_KEY]) assert.ok(!err.message.includes(secret), `an API key in: ${err.message}`);
+      for (const secret of [API_KEY, READER_KEY, WRITER_KEY, OUTSIDER_KEY]) assert.ok(!err.message.includes(secret), `an API key in: ${err.message}`);
     }
   });
 
@@ -283,7 +284,7 @@ describe('KeyProtectKms against a FAKE Key Protect (test/fakes/key-protect-fake.
     assert.equal((await fromEnv.wrap(keyId)).keyVersion, 1);
   });
 
-  it('fails with KMS_AUTH_FAILED for a bad API key, no access to the instance, a Reader, no key file', async () => {
+  it('fails with KMS_AUTH_FAILED for a bad API key, no access to the instance, a role too small, no key', async () => {
     const { keyId } = await kms.createKey({ name: 'auth key' });
     const badFile = join(dir, 'bad.key');
     await writeFile(badFile, 'not-an-api-key', { mode: 0o600 });
@@ -298,11 +299,21 @@ describe('KeyProtectKms against a FAKE Key Protect (test/fakes/key-protect-fake.
     assert.equal(fake.count('token') - before, 2, 'one token, then one refresh after the 401, then given up');
     assert.match(outsider.message, /HTTP 401 UNAUTHORIZED_ERR/);
 
+    // Roles as documented: a Reader wraps but does not rotate; a Writer rotates but does not
+    // disable. A 403 is final: no token refresh.
     const readerFile = join(dir, 'reader.key');
     await writeFile(readerFile, READER_KEY, { mode: 0o600 });
     const reader = adapter({ apiKeyFile: readerFile });
     assert.equal((await reader.getKeyMetadata(keyId)).currentVersion, 1);
-    await rejectsWith(reader.wrap(keyId), 'KMS_AUTH_FAILED');
+    assert.equal((await reader.wrap(keyId)).keyVersion, 1);
+    const exchanges = fake.count('token');
+    const forbidden = await rejectsWith(reader.rotateKey(keyId, 'reader-rotation'), 'KMS_AUTH_FAILED');
+    assert.match(forbidden.message, /HTTP 403/);
+    assert.equal(fake.count('token'), exchanges, 'no token refresh after a 403');
+    const writerFile = join(dir, 'writer.key');
+    await writeFile(writerFile, WRITER_KEY, { mode: 0o600 });
+    await rejectsWith(adapter({ apiKeyFile: writerFile }).disableKey(keyId), 'KMS_AUTH_FAILED');
+    assert.equal(fake.stateOf(keyId), 1);
     await rejectsWith(adapter({ apiKeyFile: join(dir, 'missing.key') }).wrap(keyId), 'KMS_AUTH_FAILED');
     delete process.env[ENV_NAME];
     await rejectsWith(adapter({ apiKeyFile: undefined, apiKeyEnv: ENV_NAME }).wrap(keyId), 'KMS_AUTH_FAILED');

@@ -13,7 +13,7 @@
  * rotation made "outside keyops" (as a rotation policy or the console would); request counters.
  *
  * What it cannot show (README, "IBM Key Protect"): real IAM tokens (JWTs; here opaque strings),
- * IAM policies beyond three roles, key rings, aliases, imported keys, dual authorization,
+ * IAM roles beyond Reader/Writer/Manager, key rings, aliases, imported keys, dual authorization,
  * registrations, expiry (Deactivated keys), deletion, instance policies, the 24-hour window of
  * policy rotations (nothing fires by itself here), Key Protect's real rate limits and 429 body
  * (the public docs show none: the common error envelope is used), and its exact ciphertext.
@@ -55,6 +55,14 @@ interface FakeKey {
   versions: FakeVersion[];
   policy: { enabled: boolean; interval_month: number; created: number; updated: number } | undefined;
 }
+
+/**
+ * The documented role table (concepts/manage-access.md, "service access roles"): Readers read,
+ * list versions, wrap, unwrap and rewrap; Writers also create and rotate; only Managers disable,
+ * enable and set policies (set-rotation-policy.md). Routes not listed need Reader.
+ */
+const RANK: Record<FakeRole, number> = { Reader: 0, Writer: 1, Manager: 2 };
+const NEEDED_ROLE: Record<string, FakeRole> = { createKey: 'Writer', rotate: 'Writer', disable: 'Manager', enable: 'Manager' };
 
 const ERROR_TYPE = 'application/vnd.ibm.kms.error+json';
 const MORE_INFO = 'https://cloud.ibm.com/apidocs/key-protect';
@@ -186,8 +194,8 @@ export class KeyProtectFake {
       const route = action ?? sub ?? (keyId ? 'metadata' : 'createKey');
       this.counts.set(route, (this.counts.get(route) ?? 0) + 1);
       const role = this.authenticate(req);
-      if (req.method !== 'GET' && role === 'Reader') throw new HttpError(403, 'FORBIDDEN_ERR', 'the Reader role cannot change keys', 'Forbidden');
-      if (sub === 'policies' && req.method === 'PUT' && role !== 'Manager') throw new HttpError(403, 'FORBIDDEN_ERR', 'setting a policy needs the Manager role', 'Forbidden');
+      const needed = req.method === 'PUT' ? 'Manager' : (NEEDED_ROLE[route] ?? 'Reader');
+      if (RANK[role] < RANK[needed]) throw new HttpError(403, 'FORBIDDEN_ERR', `${route} needs the ${needed} role`, 'Forbidden: The user does not have the role this action needs');
       if (this.faults && this.faults.remaining > 0) {
         this.faults.remaining--;
         throw new HttpError(this.faults.status, 'INTERNAL_SERVER_ERR', 'injected fault', 'Internal Server Error (injected by the fake)');
