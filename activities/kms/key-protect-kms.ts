@@ -398,8 +398,11 @@ export class KeyProtectKms implements KeyManagementService {
       // Rotate: a root key Key Protect generated needs no payload; 204 No Content.
       await this.request({ operation: 'rotate', keyId: id, method: 'POST', path: `/api/v2/keys/${id}/actions/rotate`, contentType: KEY_ACTION_TYPE, accept: KEY_ACTION_TYPE });
     } catch (err) {
+      // A refusal means this request rotated nothing: forget it, so that a later version (a
+      // policy's, say) is never taken for its work. After a retryable failure (a lost answer?)
+      // the record stays, and the retry looks for the version it may have made.
+      if (err instanceof KmsError && !err.retryable) this.rotations.get(id)?.delete(request);
       if (err instanceof KmsError && err.code === 'KEY_ROTATION_NOT_PERMITTED') {
-        this.rotations.get(id)?.delete(request);
         const allowed = await this.rotationAllowedAt(id, before);
         throw new KmsError(
           'KEY_ROTATION_NOT_PERMITTED',
