@@ -24,6 +24,7 @@ import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-regi
 import { rotateRootKey } from '../workflows';
 import { keyEntityWorkflowId, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { keyopsSearchAttributes } from '../workflows/search-attributes';
+import { benchOpenBao } from './rewrap-openbao';
 
 const ROOT = resolve(__dirname, '..');
 const positive = (v: string) => {
@@ -38,8 +39,14 @@ const opts = new Command('bench:rewrap')
   .option('--batch <n>', 'WDEKs per registry transaction', positive, 500)
   .option('--workers <n>', 'worker processes (and concurrent WDEK ranges)', positive, 2)
   .option('--warmup <n>', 'WDEKs of a separate key rewrapped first, unmeasured (0: none)', (v) => (v === '0' ? 0 : positive(v)), 20_000)
+  .option('--kms <kms>', 'local (the embedded KMS) or openbao (a real OpenBao, next to a direct loop)', 'local')
+  .option('--quota <n>', 'with --kms openbao: a rate-limit quota of N requests/s on transit/', positive)
   .parse()
-  .opts<{ wdeks: number; chunk: number; batch: number; workers: number; warmup: number }>();
+  .opts<{ wdeks: number; chunk: number; batch: number; workers: number; warmup: number; kms: string; quota?: number }>();
+if (opts.kms !== 'local' && opts.kms !== 'openbao') {
+  console.error(`bench:rewrap: --kms must be local or openbao, got ${opts.kms}`);
+  process.exit(2);
+}
 
 const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
 
@@ -91,6 +98,10 @@ async function main() {
     server: { executable: { type: 'existing-path', path: cli }, searchAttributes: [...keyopsSearchAttributes] },
   });
   try {
+    if (opts.kms === 'openbao') {
+      await benchOpenBao(env, dir, { wdeks: opts.wdeks, workers: opts.workers, quota: opts.quota, waitForPollers: (queue, count) => waitForPollers(env, queue, count) });
+      return;
+    }
     // The same files a worker opens under its data directory.
     const secret = randomBytes(32);
     const kms = LocalKms.open({ path: join(dir, 'kms', 'keys.sqlite'), masterSecret: secret });

@@ -82,6 +82,9 @@ export class AdaptiveConcurrency {
   private throttledBy(err: KmsError): void {
     this.stats.throttled++;
     this.successes = 0;
+    // Calls that were in flight together are refused together: that is one signal, not
+    // several, so the window halves once per pause (as TCP halves once per round trip).
+    if (this.now() < this.pausedUntil) return;
     this.limit = Math.max(1, Math.floor(this.limit / 2));
     const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** this.consecutiveThrottles++);
     const retryAfter = err.retryAfter === undefined ? 0 : Date.parse(err.retryAfter) - Date.now();
