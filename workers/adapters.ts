@@ -49,7 +49,7 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
     return LocalKms.open({ path: join(config.dataDir, 'kms', 'keys.sqlite'), masterSecret: secret });
   };
   const kms = new KmsRouter(
-    new Map([...keyopsConfig.kms].map(([name, instance]) => [name, instance.type === 'local' ? local() : openKmsInstance(name, instance)])),
+    new Map([...keyopsConfig.kms].map(([name, instance]) => [name, instance.type === 'local' ? local() : openKmsInstance(instance)])),
     keyopsConfig.defaultKms,
   );
   logger.info({ kms: kms.names, defaultKms: kms.defaultInstance, config: keyopsConfig.file ?? 'none (the embedded local KMS)' }, 'KMS instances');

@@ -4,6 +4,7 @@ import { LineCounter, parseDocument, isMap, isNode, type Node } from 'yaml';
 import { z } from 'zod';
 import { awsKmsOptionsSchema } from '../activities/kms/aws-kms';
 import { INSTANCE_NAME } from '../activities/kms/key-id';
+import { keyProtectOptionsSchema } from '../activities/kms/key-protect-kms';
 import { vaultTransitOptionsSchema } from '../activities/kms/vault-transit-kms';
 
 /**
@@ -14,13 +15,6 @@ import { vaultTransitOptionsSchema } from '../activities/kms/vault-transit-kms';
 
 // Instance names are part of key ids (`<instance>:<id>`): short, lower case, no separator.
 const instanceName = z.string().regex(INSTANCE_NAME, 'an instance name is 1 to 31 lower-case letters, digits or "-", starting with a letter');
-
-const envName = z.string().regex(/^[A-Z_][A-Z0-9_]*$/, 'an environment variable name (e.g. VAULT_TOKEN)');
-const httpUrl = z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).refine((v) => {
-  // Runs after a failed url check too: only a parsable URL can carry credentials.
-  const url = URL.canParse(v) ? new URL(v) : undefined;
-  return url === undefined || (url.username === '' && url.password === '');
-}, 'must not carry credentials (user:pass@): name a tokenFile or tokenEnv instead');
 
 /** Fields that would put a secret in the file: refused with where it should go instead. */
 const INLINE_SECRETS: Record<string, string> = {
@@ -33,17 +27,6 @@ const INLINE_SECRETS: Record<string, string> = {
   secret: 'a file or an environment variable',
 };
 
-const keyProtectSchema = z
-  .object({
-    endpoint: httpUrl,
-    instanceId: z.uuid('the Key Protect instance id (a UUID)'),
-    apiKeyFile: z.string().min(1).optional(),
-    apiKeyEnv: envName.optional(),
-    iamEndpoint: httpUrl.default('https://iam.cloud.ibm.com'),
-  })
-  .strict()
-  .refine((v) => (v.apiKeyFile === undefined) !== (v.apiKeyEnv === undefined), { message: 'give exactly one of apiKeyFile or apiKeyEnv', path: ['apiKeyFile'] });
-
 /**
  * Each type's settings are exactly its adapter's options (one schema, owned by the adapter), so
  * the file accepts what the adapter accepts and says so in the file's own terms.
@@ -52,7 +35,7 @@ const TYPES = {
   local: z.strictObject({}),
   'vault-transit': vaultTransitOptionsSchema,
   'aws-kms': awsKmsOptionsSchema,
-  'key-protect': keyProtectSchema,
+  'key-protect': keyProtectOptionsSchema,
 } as const;
 type KmsType = keyof typeof TYPES;
 
@@ -63,7 +46,7 @@ export type KmsInstanceConfig =
   | { type: 'local' }
   | { type: 'vault-transit'; options: z.output<typeof vaultTransitOptionsSchema> }
   | { type: 'aws-kms'; options: z.output<typeof awsKmsOptionsSchema> }
-  | { type: 'key-protect'; options: z.output<typeof keyProtectSchema> };
+  | { type: 'key-protect'; options: z.output<typeof keyProtectOptionsSchema> };
 
 const fileSchema = z
   .object({
