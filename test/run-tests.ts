@@ -3,16 +3,22 @@
  * TestWorkflowEnvironment.createLocal), bundles the workflows ONCE, then runs every
  * test/*.test.ts file in its own process against both. Files that need hours of workflow time
  * start their own time-skipping Java test server (test/time-skipping/). Usage: npm test [-- FILE...]
+ *
+ * After the last file, a key-material scan (test/helpers/key-material-scan.ts) searches every
+ * workflow history and every captured log for the real keys and passphrases the tests used, and
+ * fails the run on a find. KEYOPS_TEST_KEEP_SCAN=1 keeps what it read (a temporary directory).
  */
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { run } from 'node:test';
 import { spec } from 'node:test/reporters';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { DefaultLogger, Runtime, bundleWorkflowCode } from '@temporalio/worker';
 import { keyopsSearchAttributes } from '../workflows/search-attributes';
+import { formatReport, scanSuite } from './helpers/key-material-scan';
 import { testEnvVars } from './helpers/test-env-vars';
 
 const ROOT = resolve(__dirname, '..');
@@ -44,6 +50,40 @@ async function startServer(cliPath: string): Promise<TestWorkflowEnvironment> {
   }
 }
 
+/**
+ * No key material in any history or log (issue 13, section 2): every history on the suite's
+ * server and every one the test processes dumped, and every captured log, searched for every
+ * secret the tests knew. A finding fails the run; the directory is then kept for a look.
+ */
+async function keyMaterialScan(scanDir: string, env: TestWorkflowEnvironment): Promise<boolean> {
+  const started = Date.now();
+  let report;
+  try {
+    report = await scanSuite(scanDir, env.client);
+  } catch (err) {
+    process.stdout.write(`\nkey-material scan failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n  its files are kept in ${scanDir}\n`);
+    return false;
+  }
+  process.stdout.write(`\n${formatReport(report, (Date.now() - started) / 1000)}\n`);
+  let notes: string[] = [];
+  try {
+    notes = readdirSync(join(scanDir, 'notes')).flatMap((f) => readFileSync(join(scanDir, 'notes', f), 'utf8').split('\n').filter(Boolean));
+  } catch {
+    // no notes
+  }
+  if (notes.length) process.stdout.write(`  ${notes.length} note(s) on what was not scanned:\n${notes.slice(0, 10).map((n) => `    ${n}`).join('\n')}\n`);
+  if (report.findings.length > 0) {
+    process.stdout.write(`  secrets, logs and dumped histories kept in ${scanDir}\n`);
+    return false;
+  }
+  if (report.secrets === 0) {
+    process.stdout.write('  no secret was recorded: the scan proved nothing\n');
+  }
+  if (process.env.KEYOPS_TEST_KEEP_SCAN) process.stdout.write(`  kept in ${scanDir} (KEYOPS_TEST_KEEP_SCAN)\n`);
+  else rmSync(scanDir, { recursive: true, force: true });
+  return true;
+}
+
 async function main(): Promise<number> {
   const started = Date.now();
   const files = testFiles(process.argv.slice(2));
@@ -64,10 +104,15 @@ async function main(): Promise<number> {
     const bundlePath = join(CACHE, 'workflow-bundle.js');
     writeFileSync(bundlePath, bundle.code);
 
+    // Test processes leave the secrets they know, their workers' logs and private servers'
+    // histories here, for the key-material scan after the last file (test/helpers/key-material.ts).
+    const scanDir = mkdtempSync(join(tmpdir(), 'keyops-key-scan-'));
+
     // Test files run in child processes, which inherit this environment (and `--import tsx`).
     // The developer's own Temporal settings (a Cloud profile, an API key) must not leak in.
     for (const name of Object.keys(process.env)) if (name.startsWith('TEMPORAL_')) delete process.env[name];
     Object.assign(process.env, {
+      [testEnvVars.secretsDir]: scanDir,
       TEMPORAL_CONFIG_FILE: join(CACHE, 'no-profile.toml'),
       [testEnvVars.address]: env.address,
       [testEnvVars.workflowBundle]: bundlePath,
@@ -88,7 +133,8 @@ async function main(): Promise<number> {
     await once(reporter, 'end');
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
     process.stdout.write(`\n${files.length} test files in ${seconds}s\n${passed} passed, ${failed} failed\n`);
-    return failed === 0 && passed > 0 ? 0 : 1;
+    const clean = await keyMaterialScan(scanDir, env);
+    return failed === 0 && passed > 0 && clean ? 0 : 1;
   } finally {
     await env.teardown();
   }

@@ -1,7 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
-import { resolve } from 'node:path';
+import { basename, resolve } from 'node:path';
+import { logCapture, rememberWorkerEnvironment } from './key-material';
 
 export const ROOT = resolve(__dirname, '..', '..');
 
@@ -12,12 +13,27 @@ export interface Finished {
   stderr: string;
 }
 
+let outputLog: ((text: string) => void) | undefined;
+
+/**
+ * What a command run by a test printed, for the key-material scan (key-material.ts). The header
+ * names the command; its long arguments (paths, ids) are cut short, so that the header itself
+ * never carries a secret a test passed on a command line.
+ */
+function captureOutput(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string): void {
+  outputLog ??= logCapture('commands.log');
+  const args = child.spawnargs.slice(1).map((a) => (a.length > 15 ? `${a.slice(0, 8)}…` : a));
+  outputLog(`# ${basename(child.spawnfile)} ${args.join(' ')}: exit ${code ?? signal}\n${stdout}${stdout.endsWith('\n') || !stdout ? '' : '\n'}# stderr\n${stderr}${stderr.endsWith('\n') || !stderr ? '' : '\n'}`);
+}
+
 /** Runs a command to completion, capturing its output; kills it if it outlives `timeoutMs`. */
 export async function runToEnd(
   command: string,
   args: string[],
   options: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {},
 ): Promise<Finished> {
+  // The secrets it is given are looked for in everything the suite logs (key-material.ts).
+  if (options.env) rememberWorkerEnvironment(options.env);
   const child = spawn(command, args, {
     cwd: options.cwd ?? ROOT,
     env: { ...process.env, ...options.env },
@@ -34,6 +50,7 @@ export async function finish(child: ChildProcess, timeoutMs: number): Promise<Fi
   const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
   const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
   clearTimeout(timer);
+  captureOutput(child, code, signal, stdout, stderr);
   return { code, signal, stdout, stderr };
 }
 

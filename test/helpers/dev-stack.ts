@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { ROOT, freePort, runToEnd } from './child-process';
+import { captureLogFiles, captureServerDatabase, dumpHistoriesAt, harvestDataDir } from './key-material';
 import { temporalCliPath } from './temporal';
 
 export const DEV_SCRIPT = join(ROOT, 'temporal-dev.sh');
@@ -32,8 +33,16 @@ export function useDevStack(label: string): DevStack {
     };
   });
   after(async () => {
+    // For the key-material scan (key-material.ts): the stack's histories while its server is up
+    // (or its database, if its test stopped it), then its logs and the keys in its data directory.
+    const dumped = stack.ports ? await dumpHistoriesAt(`127.0.0.1:${stack.ports.grpc}`, `dev stack ${label}`, { noteFailure: false }) : false;
     if (stack.env) await runToEnd(DEV_SCRIPT, ['down'], { env: stack.env });
-    if (stack.dataDir) await rm(stack.dataDir, { recursive: true, force: true });
+    if (stack.dataDir) {
+      if (!dumped) captureServerDatabase(join(stack.dataDir, 'temporal'), `dev stack ${label}`);
+      captureLogFiles(join(stack.dataDir, 'logs'), `dev-stack-${label}`);
+      harvestDataDir(stack.dataDir);
+      await rm(stack.dataDir, { recursive: true, force: true });
+    }
   });
   const ready = <T>(value: T | undefined): T => {
     if (value === undefined) throw new Error('dev stack used outside a test');

@@ -11,6 +11,7 @@ import { masterKeyRotationState } from '../../activities/master-key-rotation';
 import { LocalKms } from '../../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../../activities/wdek-registry/sqlite-wdek-registry';
 import type { WdekRegistry } from '../../activities/wdek-registry/wdek-registry';
+import { rememberSecret } from './key-material';
 import { createTestWorker, uniqueTaskQueue } from './temporal';
 
 /**
@@ -29,9 +30,19 @@ export function localActivities(options: {
   const engine = EncryptedSqliteEngine.open({ dir: join(options.dataDir, 'databases'), kms: options.kms, registry: options.registry });
   const catalog = SqliteBackupCatalog.open(join(options.dataDir, 'catalog', 'backups.sqlite'));
   const unitSets = new SimulatedUnitSets(join(options.dataDir, 'crypto-units'));
-  const { kmsUnitSet } = options;
+  const { kmsUnitSet, backupKeyPassphrase } = options;
   const activities = createActivities({
     ...options,
+    // The key-material scan looks for the passphrase the activities are given (key-material.ts).
+    ...(backupKeyPassphrase
+      ? {
+          backupKeyPassphrase: () => {
+            const passphrase = backupKeyPassphrase();
+            if (passphrase) rememberSecret('backup-key passphrase (localActivities)', passphrase);
+            return passphrase;
+          },
+        }
+      : {}),
     keyopsVersion: 'test',
     engine,
     catalog,

@@ -7,13 +7,17 @@ import { Client } from '@temporalio/client';
 import { SearchAttributeType } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { DefaultLogger, type LogLevel, Runtime, type WorkerOptions } from '@temporalio/worker';
+import { type LogLevel, Runtime, type WorkerOptions } from '@temporalio/worker';
 import { KeyopsWorkers } from '../../workers/keyops-workers';
 import { keyopsSearchAttributes } from '../../workflows/search-attributes';
+import { dumpHistories, harvestDataDir, instrumentKeyMaterial, queryResultInterceptor, sdkTestLogger, workflowIdRecorder } from './key-material';
 import { testEnvVars } from './test-env-vars';
 
 // Before any worker or connection exists in this test process; TEST_LOG_LEVEL=INFO shows more.
-Runtime.install({ logger: new DefaultLogger((process.env.TEST_LOG_LEVEL as LogLevel | undefined) ?? 'WARN') });
+// Everything from DEBUG up also goes to the key-material scan's log file (key-material.ts).
+Runtime.install({ logger: sdkTestLogger((process.env.TEST_LOG_LEVEL as LogLevel | undefined) ?? 'WARN') });
+// The scan also needs the real keys this process creates: spy on the KMS and crypto units.
+instrumentKeyMaterial();
 
 function required(name: string): string {
   const value = process.env[name];
@@ -26,7 +30,12 @@ export const testServerAddress = (): string => required(testEnvVars.address);
 
 /** Connects to the suite's one dev server (started by test/run-tests.ts). */
 export function connectTestEnv(): Promise<TestWorkflowEnvironment> {
-  return TestWorkflowEnvironment.createFromExistingServer({ address: testServerAddress(), namespace: 'default' });
+  return TestWorkflowEnvironment.createFromExistingServer({
+    address: testServerAddress(),
+    namespace: 'default',
+    // Query results go to the key-material scan's logs (key-material.ts).
+    client: { interceptors: { workflow: [queryResultInterceptor] } },
+  });
 }
 
 /**
@@ -107,12 +116,17 @@ export function useSuiteFixture(label: string, server: 'shared' | 'time-skipping
   let env: TestWorkflowEnvironment | undefined;
   let client: Client | undefined;
   let dir: string | undefined;
+  // The time-skipping server lists no workflows: the scan walks from the ids this client touched.
+  const recorder = workflowIdRecorder();
   before(async () => {
     env = server === 'shared' ? await connectTestEnv() : await createTimeSkippingEnv();
-    client = server === 'shared' ? env.client : new Client({ connection: env.connection, namespace: 'default' });
+    client = server === 'shared' ? env.client : new Client({ connection: env.connection, namespace: 'default', interceptors: { workflow: [recorder.interceptor, queryResultInterceptor] } });
     dir = await mkdtemp(join(tmpdir(), `keyops-${label}-`));
   });
   after(async () => {
+    // For the key-material scan: a private server's histories end with it; the keys with `dir`.
+    if (env && client && server === 'time-skipping') await dumpHistories(client, `time-skipping server ${label}`, { knownWorkflowIds: recorder.ids });
+    if (dir) harvestDataDir(dir);
     await env?.teardown();
     if (dir) await rm(dir, { recursive: true, force: true });
   });

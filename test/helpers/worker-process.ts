@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { ROOT } from './child-process';
+import { harvestDataDir, logCapture, rememberWorkerEnvironment } from './key-material';
 
 export const WORKER = ['--import', 'tsx', join(ROOT, 'workers/main.ts')];
 
@@ -26,6 +27,15 @@ export class WorkerProcess {
       for (const part of parts) if (part.trim()) this.lines.push(JSON.parse(part) as LogLine);
     });
     this.child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (this.stderr += chunk));
+    // For the key-material scan (key-material.ts): the worker's secrets, everything it writes, and,
+    // when it ends (before its test can remove the data directory), every key its data holds.
+    const masterSecret = rememberWorkerEnvironment(env);
+    const stdout = logCapture('worker.stdout.log');
+    const stderr = logCapture('worker.stderr.log');
+    this.child.stdout!.on('data', (chunk: string) => stdout(chunk));
+    this.child.stderr!.on('data', (chunk: string) => stderr(chunk));
+    const dataDir = env.KEYOPS_DATA_DIR;
+    if (dataDir) this.child.once('exit', () => harvestDataDir(dataDir, masterSecret ? { masterSecret } : {}));
   }
 
   async waitFor(msg: string, timeoutMs = 60_000): Promise<LogLine> {
