@@ -202,6 +202,12 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
     });
   }
 
+  /** The window of batch calls a chunk starts with and may grow to, as the KMS serves them. */
+  const lanes = (keyId: string) => {
+    const max = Math.max(1, kms.batchConcurrency?.(keyId) ?? MAX_LANES);
+    return { initial: Math.min(INITIAL_LANES, max), max };
+  };
+
   /**
    * Operational work waits while the master key under the KMS's key storage changes (reference
    * 002). Checked before every KMS batch, not once per chunk: a rotation that starts mid-chunk
@@ -284,25 +290,44 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
         const { total, below } = registry.countBelowVersion(input.keyId, input.version);
         return { total, stale: below };
       };
-      const window = new AdaptiveConcurrency({ initial: INITIAL_LANES, max: MAX_LANES, sleep: (ms) => sleep(ms), onWait: () => heartbeat({ cursor, processed } satisfies Cursor) });
+      const window = new AdaptiveConcurrency({ ...lanes(input.keyId), sleep: (ms) => sleep(ms), onWait: () => heartbeat({ cursor, processed } satisfies Cursor) });
       const report = throttleReporter(window);
       const counted = (finished: boolean): ChunkResult => ({ processed, cursor, finished, ...counts(), kms: window.snapshot() });
-      while (processed < input.maxItems) {
-        stopIfCancelled(`rewrap of ${input.keyId}`, { cursor, processed });
-        await holdForMasterKey(input, `rewrap of ${input.keyId}`, undefined, counts);
-        const batch = registry.listBelowVersion(input.keyId, input.version, range(), Math.min(input.batchSize * window.concurrency, input.maxItems - processed));
-        if (batch.length === 0) return counted(true);
-        const results = await inLanes(window, batch.map((r) => r.wdek), input.batchSize, (part) => kms.rewrapBatch(input.keyId, part));
+      // Rows after `afterId` still below the version, and their rewrap, already on its way.
+      const send = (afterId: string | undefined, room: number) => {
+        const rows = registry.listBelowVersion(input.keyId, input.version, { afterId, untilId: input.untilId }, Math.min(input.batchSize * window.concurrency, room));
+        const results = rows.length === 0 ? Promise.resolve([]) : inLanes(window, rows.map((r) => r.wdek), input.batchSize, (part) => kms.rewrapBatch(input.keyId, part));
+        // Awaited on the next turn; a turn that ends the chunk first must not leave it unhandled.
+        results.catch(() => undefined);
+        return { rows, results };
+      };
+      stopIfCancelled(`rewrap of ${input.keyId}`, { cursor, processed });
+      await holdForMasterKey(input, `rewrap of ${input.keyId}`, undefined, counts);
+      let pending = send(cursor, input.maxItems - processed);
+      while (pending.rows.length > 0) {
+        const results = await pending.results;
         report();
         const updates: WdekUpdate[] = [];
         let invalid: { id: string; error: KmsError } | undefined;
         for (const [i, result] of results.entries()) {
-          const record = batch[i]!;
+          const record = pending.rows[i]!;
           if (result instanceof KmsError) {
             invalid = { id: record.id, error: result };
             break;
           }
           updates.push({ id: record.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: record.keyVersion, expectedWdek: record.wdek });
+        }
+        // The next rows go to the KMS before these are recorded, so the KMS works while the
+        // registry writes (a remote KMS's round trip overlaps the local commit). The master-key
+        // hold is still checked before every KMS batch; a hold records what came back first.
+        const room = input.maxItems - processed - pending.rows.length;
+        let next: ReturnType<typeof send> | undefined;
+        let held = false;
+        const goOn = !invalid && room > 0 && !Context.current().cancellationSignal.aborted;
+        if (goOn) {
+          const masterKey = await keyStorageRotation?.();
+          if (masterKey?.inProgress) held = true;
+          else next = send(pending.rows.at(-1)!.id, room);
         }
         // What was rewrapped before a bad WDEK is recorded first: a retry resumes after it.
         if (updates.length) {
@@ -311,9 +336,6 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
           cursor = updates[updates.length - 1]!.id;
           heartbeat({ cursor, processed } satisfies Cursor);
         }
-        // A local KMS answers without I/O: without this, a whole chunk would run as one task
-        // and starve every other activity and timer of this worker (a nightly backup's among them).
-        await yieldToEventLoop();
         if (invalid) {
           throw ApplicationFailure.create({
             type: 'CIPHERTEXT_INVALID',
@@ -321,6 +343,18 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
             message: `WDEK ${invalid.id} of key ${input.keyId} is invalid or tampered: ${invalid.error.message}`,
           });
         }
+        if (held) {
+          // Thrown after the commit, so the counts it carries include this batch; a rotation
+          // that ended meanwhile lets the chunk go on.
+          await holdForMasterKey(input, `rewrap of ${input.keyId}`, undefined, counts);
+          next = send(pending.rows.at(-1)!.id, room);
+        }
+        stopIfCancelled(`rewrap of ${input.keyId}`, { cursor, processed });
+        if (!next) break;
+        pending = next;
+        // A local KMS answers without I/O: without this, a whole chunk would run as one task
+        // and starve every other activity and timer of this worker (a nightly backup's among them).
+        await yieldToEventLoop();
       }
       return counted(registry.listBelowVersion(input.keyId, input.version, range(), 1).length === 0);
     },
@@ -335,7 +369,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       // "On the version or later": a rotation that happened meanwhile (policy, operator) moves
       // WDEKs past the target, which still satisfies it; the watcher rewraps to the newer one.
       const current = (v: number) => v >= input.version;
-      const window = new AdaptiveConcurrency({ initial: INITIAL_LANES, max: MAX_LANES, sleep: (ms) => sleep(ms), onWait: () => heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor) });
+      const window = new AdaptiveConcurrency({ ...lanes(input.keyId), sleep: (ms) => sleep(ms), onWait: () => heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor) });
       const report = throttleReporter(window);
       while (processed < input.maxItems) {
         stopIfCancelled(`verification of ${input.keyId}`, { cursor, processed, failed, failedIds });

@@ -86,6 +86,12 @@ export interface KeyManagementService {
   unwrapBatch(keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<UnwrapResult>>;
   rewrapBatch(keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<RewrapResult>>;
   setRotationPolicy(keyId: string, policy: RotationPolicy | undefined): Promise<KeyMetadata>;
+  /**
+   * How many batch calls for `keyId` are worth keeping in flight at once (rewraps adapt below it
+   * when throttled). A KMS that works in this process gains nothing from more than 1; a remote
+   * one leaves it unset (16).
+   */
+  batchConcurrency?(keyId: string): number | undefined;
   disableKey(keyId: string): Promise<void>;
   enableKey(keyId: string): Promise<void>;
 }

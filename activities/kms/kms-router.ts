@@ -91,6 +91,11 @@ export class KmsRouter implements KeyManagementService {
     return this.call(keyId, async (kms, id, instance) => this.withId(instance, await kms.setRotationPolicy(id, policy)));
   }
 
+  batchConcurrency(keyId: string): number | undefined {
+    const { kms, id } = this.route(keyId);
+    return kms.batchConcurrency?.(id);
+  }
+
   disableKey(keyId: string): Promise<void> {
     return this.call(keyId, (kms, id) => kms.disableKey(id));
   }

@@ -355,6 +355,11 @@ export class LocalKms implements KeyManagementService {
     return this.call(() => this.metadata(this.loadKey(checkKeyId(keyId))));
   }
 
+  /** Its crypto runs on this thread: concurrent batches only interleave, they never overlap. */
+  batchConcurrency(): number {
+    return 1;
+  }
+
   rotateKey(keyId: string, requestId: string): Promise<RotateResult> {
     return this.call(() => {
       const id = checkKeyId(keyId);
