@@ -204,7 +204,9 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
 
   /** The window of batch calls a chunk starts with and may grow to, as the KMS serves them. */
   const lanes = (keyId: string) => {
-    const max = Math.max(1, kms.batchConcurrency?.(keyId) ?? MAX_LANES);
+    // Only a plain whole number counts: a wrapper that makes every method async returns a promise.
+    const hint: unknown = kms.batchConcurrency?.(keyId);
+    const max = typeof hint === 'number' && Number.isInteger(hint) && hint >= 1 ? Math.min(hint, MAX_LANES) : MAX_LANES;
     return { initial: Math.min(INITIAL_LANES, max), max };
   };
 

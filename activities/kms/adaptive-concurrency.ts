@@ -40,7 +40,10 @@ export class AdaptiveConcurrency {
   readonly stats: Omit<ThrottleStats, 'concurrency'> = { throttled: 0, waitedMs: 0 };
 
   constructor(private readonly options: AdaptiveConcurrencyOptions) {
-    this.limit = Math.max(1, Math.min(options.initial, options.max));
+    if (!Number.isInteger(options.initial) || !Number.isInteger(options.max) || options.initial < 1 || options.max < 1) {
+      throw new RangeError(`concurrency must be whole numbers of at least 1 (initial ${String(options.initial)}, max ${String(options.max)})`);
+    }
+    this.limit = Math.min(options.initial, options.max);
     this.now = options.now ?? Date.now;
   }
 
