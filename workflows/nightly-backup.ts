@@ -139,7 +139,9 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
         const wait = await registerMasterKeyWaiter.executeWithOptions({ summary: `ask the master-key rotation under the KMS to release this backup of ${db} when it ends` }, [
           { workflowId: workflowInfo().workflowId },
         ]);
-        if (wait !== 'ended') await condition(() => masterKeyEnded, recheckMs);
+        if (wait !== 'ended') {
+          await condition(() => masterKeyEnded, recheckMs, { summary: `backup held: wait for the master-key rotation under the KMS to end (released by its signal), re-checking after ${duration(recheckMs)}` });
+        }
       } else {
         await sleep(recheckMs, { summary: `backup held: wait, then re-check whether ${awaited} has ended` });
       }

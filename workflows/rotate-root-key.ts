@@ -222,7 +222,9 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
       const wait = await registerMasterKeyWaiter.executeWithOptions({ summary: `ask the master-key rotation under the KMS to release this rewrap of ${key} when it ends` }, [
         { workflowId: workflowInfo().workflowId },
       ]);
-      if (wait !== 'ended') await condition(() => masterKeyEnded, MASTER_KEY_RECHECK);
+      if (wait !== 'ended') {
+        await condition(() => masterKeyEnded, MASTER_KEY_RECHECK, { summary: `rewrap of ${key} held: wait for the master-key rotation under the KMS to end (released by its signal), re-checking after ${MASTER_KEY_RECHECK}` });
+      }
       delete progress.heldBy;
     }
     return done;
