@@ -67,6 +67,15 @@ describe('the worker on a remote KMS from keyops.yaml', () => {
       const key = JSON.parse(await cli('key', 'show', 'demo', '--json')) as { keyId: string; currentVersion: number };
       assert.equal(splitKeyId(key.keyId).instance, instance, `the demo key lives in ${instance}: ${key.keyId}`);
       assert.equal(key.currentVersion, 1);
+      // key create puts a key in the default instance, or the one --kms names.
+      const created = JSON.parse(await cli('key', 'create', 'spare-key', '--json')) as { keyId: string };
+      assert.equal(splitKeyId(created.keyId).instance, instance);
+      const onLocal = JSON.parse(await cli('key', 'create', 'spare-key', '--kms', 'local', '--json')) as { keyId: string };
+      assert.match(onLocal.keyId, /^[0-9a-f-]{36}$/, 'a local key keeps its bare UUID');
+      const nowhere = await keyops(['key', 'create', 'spare-key', '--kms', 'nowhere', '--task-queue', taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
+      assert.notEqual(nowhere.code, 0);
+      assert.match(nowhere.stderr, /no KMS instance "nowhere" is configured \(configured: local, \w+\)/);
+      assert.doesNotMatch(nowhere.stderr, /^\s+at /m);
       await cli('backup', 'run', 'demo', '--night', '2026-11-01', '--wait');
 
       // Rotated by the operator's own tooling, not keyops; the watcher finds it and rewraps.
