@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import type { EncryptedSqliteEngine } from './engines/encrypted-sqlite-engine';
+import type Database from 'better-sqlite3-multiple-ciphers';
+import type { DatabaseKeyState } from './engines/database-engine';
 import type { KeyManagementService } from './kms/key-management-service';
 import type { WdekRegistry } from './wdek-registry/wdek-registry';
 
@@ -7,7 +8,14 @@ export interface DemoDeps {
   kms: KeyManagementService;
   registry: WdekRegistry;
   /** The embedded engine: the demo database is one of its encrypted files. */
-  engine: EncryptedSqliteEngine;
+  engine: DemoDatabases;
+}
+
+/** What the demo needs of an engine: databases it can create and fill (the embedded SQLite one). */
+export interface DemoDatabases {
+  listDatabases(): { databaseId: string; keyId: string; createdAt: string }[];
+  createDatabase(databaseId: string, keyId: string): Promise<DatabaseKeyState>;
+  withDatabase<T>(databaseId: string, fn: (db: Database.Database) => T): Promise<T>;
 }
 
 export const DEMO_DATABASE = 'demo';

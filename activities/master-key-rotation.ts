@@ -3,13 +3,13 @@ import { WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { type CryptoUnit, CryptoUnitError, type CryptoUnitSet } from './crypto-units/crypto-unit-set';
 import { precheckProblems } from './crypto-units/precheck';
-import type { RotationLedger } from './crypto-units/rotation-ledger';
+import type { RotationLedgerStore } from './crypto-units/rotation-ledger';
 import { awaitMasterKeyRotationSignal, type MasterKeyWait } from '../workflows/master-key-messages';
 
 export interface MasterKeyDeps {
   /** The crypto-unit set with this id, or an error naming it. */
   cryptoUnitSet: (unitSetId: string) => CryptoUnitSet;
-  rotationLedger: RotationLedger;
+  rotationLedger: RotationLedgerStore;
   /** The unit set whose master key protects the KMS's key storage (backups and rewraps wait for it). */
   kmsUnitSet?: string;
   /** Whether that set's master key is being rotated. */

@@ -4,7 +4,9 @@ import type { Logger } from 'pino';
 import type { BackupCatalog } from '../activities/catalog/backup-catalog';
 import { SqliteBackupCatalog } from '../activities/catalog/sqlite-backup-catalog';
 import type { CryptoUnitSet } from '../activities/crypto-units/crypto-unit-set';
-import { RotationLedger } from '../activities/crypto-units/rotation-ledger';
+import { RotationLedger, type RotationLedgerStore } from '../activities/crypto-units/rotation-ledger';
+import type { DemoDatabases } from '../activities/demo-data';
+import type { DatabaseEngine } from '../activities/engines/database-engine';
 import { SimulatedUnitSets } from '../activities/crypto-units/simulated-unit-sets';
 import { masterKeyRotationState } from '../activities/master-key-rotation';
 import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
@@ -21,12 +23,13 @@ import { loadKmsMasterSecret } from './kms-master-secret';
 export interface Adapters {
   kms: KeyManagementService;
   registry: WdekRegistry;
-  engine: EncryptedSqliteEngine;
+  /** The engine port, and what the demo data needs of it. */
+  engine: DatabaseEngine & DemoDatabases;
   catalog: BackupCatalog;
   /** The backup-key passphrase, read from its variable or file when a key is exported. */
   backupKeyPassphrase: () => string | undefined;
   cryptoUnitSet: (unitSetId: string) => CryptoUnitSet;
-  rotationLedger: RotationLedger;
+  rotationLedger: RotationLedgerStore & { close(): void };
   /** The unit set behind the KMS's key storage. */
   kmsUnitSet: string;
   /** Whether the master key protecting the KMS's key storage is being rotated. */

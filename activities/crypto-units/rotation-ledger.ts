@@ -15,7 +15,16 @@ export interface RotationClaim {
  * rotation per set at a time, and a durable "re-encryption began" mark that a late or duplicate
  * new-MK load checks before it could overwrite the value key storage is moving to.
  */
-export class RotationLedger {
+/** The port the master-key activities use: who holds the rotation of each unit set. */
+export interface RotationLedgerStore {
+  get(unitSetId: string): RotationClaim | undefined;
+  /** Claims the set for `owner`, or returns the claim someone else holds. */
+  claim(unitSetId: string, owner: string): RotationClaim;
+  markReencrypting(unitSetId: string, owner: string, newVp: string): void;
+  release(unitSetId: string, owner: string): void;
+}
+
+export class RotationLedger implements RotationLedgerStore {
   private constructor(private readonly db: Database.Database) {}
 
   static open(path: string): RotationLedger {
