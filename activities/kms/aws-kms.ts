@@ -73,6 +73,7 @@ import type {
   WrapResult,
 } from './key-management-service';
 import { KmsError, type KmsErrorCode } from './kms-error';
+import { checkBatch, checkDek, checkName, checkPolicyMonths, checkRequestId, quote } from './port-input';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -273,9 +274,7 @@ export function toKmsError(err: unknown, operation: string, keyId?: string, now 
 // ---------------------------------------------------------------------------------------------
 // Input checks
 
-// eslint-disable-next-line no-control-regex
-const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/;
-const MAX_REQUEST_ID = 256;
+ 
 const NAME_TAG = 'keyops:name';
 const ROTATION_TAG = 'keyops:rotation';
 /** AWS's default automatic rotation period, used when a status omits it. */
@@ -284,44 +283,19 @@ const DAYS_PER_MONTH = 30;
 const MIN_PERIOD_DAYS = 90;
 const MAX_PERIOD_DAYS = 2560;
 
-function quote(value: unknown): string {
-  if (typeof value !== 'string') return `a ${value === null ? 'null' : typeof value}`;
-  return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
-}
 
 function checkKeyId(keyId: unknown): string {
   if (typeof keyId !== 'string' || !AWS_KEY_ID.test(keyId)) throw new KmsError('INVALID_INPUT', `key id ${quote(keyId)} is not an AWS KMS key id (a UUID)`);
   return keyId.toLowerCase();
 }
 
-function checkName(name: unknown): string {
-  if (typeof name !== 'string' || name.length < 2 || name.length > 90 || CONTROL_CHARS.test(name)) {
-    throw new KmsError('INVALID_INPUT', `key name ${quote(name)} must be 2 to 90 characters without control characters`);
-  }
-  return name;
-}
 
-function checkRequestId(requestId: unknown, keyId: string): string {
-  if (typeof requestId !== 'string' || requestId.length === 0 || requestId.length > MAX_REQUEST_ID || CONTROL_CHARS.test(requestId)) {
-    throw new KmsError('INVALID_INPUT', `rotation request id ${quote(requestId)} must be 1 to ${MAX_REQUEST_ID} characters without control characters`, keyId);
-  }
-  return requestId;
-}
 
-function checkDek(dek: unknown, keyId: string): void {
-  if (!(dek instanceof Uint8Array) || dek.length !== DEK_LENGTH) throw new KmsError('INVALID_INPUT', `a DEK must be ${DEK_LENGTH} bytes`, keyId);
-}
 
-function checkBatch(wdeks: unknown, keyId: string): void {
-  if (!Array.isArray(wdeks)) throw new KmsError('INVALID_INPUT', 'a batch of WDEKs must be an array', keyId);
-}
 
 /** The port's policy as AWS days; AWS allows 90 to 2560, so 3 to 12 months of 30 days. */
 export function policyToDays(policy: RotationPolicy, keyId: string): number {
-  const months: unknown = typeof policy === 'object' && policy !== null ? Reflect.get(policy, 'intervalMonths') : undefined;
-  if (typeof months !== 'number' || !Number.isInteger(months) || months < 1 || months > 12) {
-    throw new KmsError('INVALID_INPUT', `a rotation policy needs intervalMonths, an integer from 1 to 12 (got ${String(months)})`, keyId);
-  }
+  const months = checkPolicyMonths(policy, keyId);
   const days = months * DAYS_PER_MONTH;
   if (days < MIN_PERIOD_DAYS) {
     throw new KmsError('INVALID_INPUT', `AWS KMS rotates automatically every ${MIN_PERIOD_DAYS} to ${MAX_PERIOD_DAYS} days: intervalMonths ${months} (${days} days) is too short; use 3 to 12`, keyId);

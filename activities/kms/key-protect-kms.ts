@@ -64,6 +64,7 @@ import type {
   WrapResult,
 } from './key-management-service';
 import { KmsError, type KmsErrorCode } from './kms-error';
+import { checkDek, checkName, checkPolicyMonths, checkRequestId, quote } from './port-input';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -151,12 +152,10 @@ const iamErrorBody = z.object({ errorCode: z.string().optional(), errorMessage: 
 // Input checks
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-// eslint-disable-next-line no-control-regex
-const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/;
+ 
 const DEK_LENGTH = 32;
 const MAX_WDEK = 16 * 1024;
 const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
-const MAX_REQUEST_ID = 256;
 const HOUR_MS = 3_600_000;
 /** Key Protect's wait between disabling a key and enabling it again (REQ_TOO_EARLY_ERR). */
 const ENABLE_WAIT_MS = 30_000;
@@ -164,41 +163,15 @@ const VERSION_PAGE = 200;
 /** Request ids remembered per key for idempotent rotation. */
 const REMEMBERED_ROTATIONS = 64;
 
-function quote(value: unknown): string {
-  if (typeof value !== 'string') return `a ${value === null ? 'null' : typeof value}`;
-  return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
-}
 
 function checkKeyId(keyId: unknown): string {
   if (typeof keyId !== 'string' || !UUID.test(keyId)) throw new KmsError('INVALID_INPUT', `key id ${quote(keyId)} is not a Key Protect key id (a UUID)`);
   return keyId.toLowerCase();
 }
 
-function checkName(name: unknown): string {
-  if (typeof name !== 'string' || name.length < 2 || name.length > 90 || CONTROL_CHARS.test(name)) {
-    throw new KmsError('INVALID_INPUT', `key name ${quote(name)} must be 2 to 90 characters without control characters`);
-  }
-  return name;
-}
 
-function checkRequestId(requestId: unknown, keyId: string): string {
-  if (typeof requestId !== 'string' || requestId.length === 0 || requestId.length > MAX_REQUEST_ID || CONTROL_CHARS.test(requestId)) {
-    throw new KmsError('INVALID_INPUT', `rotation request id ${quote(requestId)} must be 1 to ${MAX_REQUEST_ID} characters without control characters`, keyId);
-  }
-  return requestId;
-}
 
-function checkDek(dek: unknown, keyId: string): void {
-  if (!(dek instanceof Uint8Array) || dek.length !== DEK_LENGTH) throw new KmsError('INVALID_INPUT', `a DEK must be ${DEK_LENGTH} bytes`, keyId);
-}
 
-function checkMonths(policy: unknown, keyId: string): number {
-  const months: unknown = typeof policy === 'object' && policy !== null ? Reflect.get(policy, 'intervalMonths') : undefined;
-  if (typeof months !== 'number' || !Number.isInteger(months) || months < 1 || months > 12) {
-    throw new KmsError('INVALID_INPUT', `a rotation policy needs intervalMonths, an integer from 1 to 12 (got ${String(months)})`, keyId);
-  }
-  return months;
-}
 
 /** A WDEK's ciphertext string; CIPHERTEXT_INVALID, without a request, if it cannot be one. */
 function ciphertextOf(wdek: unknown, keyId: string): string {
@@ -476,7 +449,7 @@ export class KeyProtectKms implements KeyManagementService {
       // Nothing to remove; otherwise the policy is kept but switched off, as the console does.
       if (current && current.enabled !== false && current.interval_month !== undefined) rotation = { enabled: false, interval_month: current.interval_month };
     } else {
-      rotation = { enabled: true, interval_month: checkMonths(policy, id) };
+      rotation = { enabled: true, interval_month: checkPolicyMonths(policy, id) };
     }
     if (rotation) {
       // Set key policies: the policy collection envelope with one rotation policy.

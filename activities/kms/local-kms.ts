@@ -26,6 +26,7 @@ import type {
   WrapResult,
 } from './key-management-service';
 import { KmsError } from './kms-error';
+import { MAX_REQUEST_ID, checkBatch, checkName, checkPolicyMonths, quote } from './port-input';
 import { DEK_LENGTH, ROOT_KEY_LENGTH, openWdek, sealWdek, wdekKeyVersion } from './wdek-format';
 
 export interface LocalKmsOptions {
@@ -46,9 +47,7 @@ const POLICY_MONTH_MS = 30 * DAY_MS;
 const MIN_MASTER_SECRET = 32;
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const UUID_V4_ANY_CASE = new RegExp(UUID_V4.source, 'i');
-// eslint-disable-next-line no-control-regex
-const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/;
-const MAX_REQUEST_ID = 256;
+ 
 const POLICY_REQUEST_PREFIX = 'policy/';
 
 const KEK_INFO = 'keyops local-kms key-encryption key v1';
@@ -170,9 +169,6 @@ function unseal(kek: Buffer, aad: string, sealed: Buffer): Buffer | undefined {
 
 const materialAad = (keyId: string, version: number) => `keyops local-kms root key\u0000${keyId}\u0000${version}`;
 
-function checkBatch(wdeks: unknown, keyId: string): void {
-  if (!Array.isArray(wdeks)) throw new KmsError('INVALID_INPUT', 'a batch of WDEKs must be an array', keyId);
-}
 
 /** A batch entry: the WDEK's own CIPHERTEXT_INVALID is its result; anything else fails the call. */
 function invalidAsValue<T>(fn: () => T): T | KmsError {
@@ -189,10 +185,6 @@ function isBusy(err: unknown): boolean {
   return typeof code === 'string' && (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'));
 }
 
-function quote(value: unknown): string {
-  if (typeof value !== 'string') return `a ${value === null ? 'null' : typeof value}`;
-  return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
-}
 
 function checkKeyId(keyId: unknown): string {
   if (typeof keyId === 'string' && UUID_V4.test(keyId)) return keyId;
@@ -200,12 +192,6 @@ function checkKeyId(keyId: unknown): string {
   throw new KmsError('INVALID_INPUT', `key id ${quote(keyId)} is not a UUID v4`);
 }
 
-function checkName(name: unknown): string {
-  if (typeof name !== 'string' || name.length < 2 || name.length > 90 || CONTROL_CHARS.test(name)) {
-    throw new KmsError('INVALID_INPUT', `key name ${quote(name)} must be 2 to 90 characters without control characters`);
-  }
-  return name;
-}
 
 function checkRequestId(requestId: unknown, keyId: string): string {
   if (typeof requestId !== 'string' || requestId.length === 0 || requestId.length > MAX_REQUEST_ID) {
@@ -219,11 +205,7 @@ function checkRequestId(requestId: unknown, keyId: string): string {
 
 function checkPolicy(policy: unknown, keyId: string): RotationPolicy | undefined {
   if (policy === undefined) return undefined;
-  const months: unknown = typeof policy === 'object' && policy !== null ? Reflect.get(policy, 'intervalMonths') : undefined;
-  if (typeof months !== 'number' || !Number.isInteger(months) || months < 1 || months > 12) {
-    throw new KmsError('INVALID_INPUT', `a rotation policy needs intervalMonths, an integer from 1 to 12 (got ${String(months)})`, keyId);
-  }
-  return { intervalMonths: months };
+  return { intervalMonths: checkPolicyMonths(policy, keyId) };
 }
 
 function createFile0600(path: string): void {

@@ -53,6 +53,7 @@ import type {
   WrapResult,
 } from './key-management-service';
 import { KmsError } from './kms-error';
+import { checkPolicyMonths, quote } from './port-input';
 
 const DEK_LENGTH = 32;
 const POLICY_MONTH_SECONDS = 30 * 24 * 3600;
@@ -154,10 +155,6 @@ interface Response {
 
 type Operation = 'read key' | 'create key' | 'rotate' | 'configure' | 'wrap' | 'unwrap' | 'rewrap' | 'disable' | 'enable';
 
-function quote(value: unknown): string {
-  if (typeof value !== 'string') return `a ${value === null ? 'null' : typeof value}`;
-  return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
-}
 
 function checkName(name: unknown): string {
   if (typeof name !== 'string' || name.length > MAX_KEY_NAME || !KEY_NAME.test(name)) {
@@ -171,11 +168,7 @@ function checkName(name: unknown): string {
 
 function checkPolicy(policy: unknown, keyId: string): RotationPolicy | undefined {
   if (policy === undefined) return undefined;
-  const months: unknown = typeof policy === 'object' && policy !== null ? Reflect.get(policy, 'intervalMonths') : undefined;
-  if (typeof months !== 'number' || !Number.isInteger(months) || months < 1 || months > 12) {
-    throw new KmsError('INVALID_INPUT', `a rotation policy needs intervalMonths, an integer from 1 to 12 (got ${String(months)})`, keyId);
-  }
-  return { intervalMonths: months };
+  return { intervalMonths: checkPolicyMonths(policy, keyId) };
 }
 
 /** Vault durations as the API returns them: seconds as a number, or "720h", "2592000s", "30m". */
