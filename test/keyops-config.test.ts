@@ -123,6 +123,9 @@ describe('keyops.yaml (KEYOPS_CONFIG)', () => {
     assert.deepEqual(problemsOf(write('second-local.yaml', 'kms:\n  instances:\n    local: { type: local }\n    spare: { type: local }\n')), [
       `${join(dir, 'second-local.yaml')}:4:20: kms.instances.spare.type: type local is the embedded KMS of the data directory: only the instance named "local" can have it`,
     ]);
+    assert.deepEqual(problemsOf(write('remote-local.yaml', 'kms:\n  instances:\n    local: { type: aws-kms, region: us-east-1 }\n')), [
+      `${join(dir, 'remote-local.yaml')}:3:20: kms.instances.local.type: the instance named "local" is the embedded KMS (bare key ids route to it): give this KMS another name`,
+    ]);
     const twoRemote = 'kms:\n  instances:\n    a: { type: aws-kms, region: us-east-1 }\n    b: { type: aws-kms, region: eu-west-1 }\n';
     assert.match(problemsOf(write('nodefault.yaml', twoRemote))[0]!, /nodefault\.yaml:2:3: kms: the default KMS "local" is not among the instances \(a, b\)/);
     assert.match(problemsOf(join(dir, 'missing.yaml'))[0]!, /missing\.yaml: cannot read KEYOPS_CONFIG: ENOENT/);

@@ -51,6 +51,7 @@ describe('KmsRouter: key ids say which KMS instance holds the key', () => {
     assert.equal(asKeyId(' 0F6B9B2E-4C1D-4A8E-9D3A-5B7C2E1F8A90 '), '0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90');
     assert.equal(asKeyId('bao:orders'), 'bao:orders');
     assert.equal(asKeyId('aws:0F6B9B2E-4C1D-4A8E-9D3A-5B7C2E1F8A90'), 'aws:0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90');
-    for (const name of ['demo', 'Bao:orders', 'bao:', ':orders', 'bao:or ders']) assert.equal(asKeyId(name), undefined, name);
+    assert.equal(asKeyId('local:0F6B9B2E-4C1D-4A8E-9D3A-5B7C2E1F8A90'), '0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90', 'one id per key: the embedded KMS keeps bare UUIDs');
+    for (const name of ['demo', 'Bao:orders', 'bao:', ':orders', 'bao:or ders', 'local:not-a-uuid']) assert.equal(asKeyId(name), undefined, name);
   });
 });

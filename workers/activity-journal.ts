@@ -1,4 +1,5 @@
 import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Client, WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
@@ -19,6 +20,9 @@ export type InFlightActivity = z.infer<typeof entrySchema>;
 
 const journalSchema = z.object({
   pid: z.number().int(),
+  /** The SDK's default worker identity, `<pid>@<host>`: only attempts this worker ran are failed. */
+  identity: z.string().optional(),
+  host: z.string().optional(),
   /** The process's start time in clock ticks (Linux), so a reused pid is not taken for the worker. */
   started: z.string().optional(),
   activities: z.array(entrySchema),
@@ -57,8 +61,13 @@ export class ActivityJournal {
   private readonly running = new Map<string, InFlightActivity>();
   private readonly file: string;
   private readonly started = processStart(process.pid);
+  private readonly host = hostname();
+  private readonly identity = `${process.pid}@${hostname()}`;
 
-  constructor(private readonly dir: string) {
+  constructor(
+    private readonly dir: string,
+    private readonly logger?: Logger,
+  ) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     this.file = join(dir, `${process.pid}.json`);
   }
@@ -90,15 +99,20 @@ export class ActivityJournal {
   }
 
   private write(): void {
-    const body = JSON.stringify({ pid: process.pid, started: this.started, activities: [...this.running.values()] });
+    const body = JSON.stringify({ pid: process.pid, identity: this.identity, host: this.host, started: this.started, activities: [...this.running.values()] });
     const tmp = `${this.file}.tmp`;
-    // Renamed into place: a crash mid-write leaves the previous journal, never half of one.
-    writeFileSync(tmp, body, { mode: 0o600 });
-    renameSync(tmp, this.file);
+    try {
+      // Renamed into place: a crash mid-write leaves the previous journal, never half of one.
+      writeFileSync(tmp, body, { mode: 0o600 });
+      renameSync(tmp, this.file);
+    } catch (err) {
+      // The journal only speeds up recovery: a full disk must not fail (or un-succeed) the work.
+      this.logger?.warn({ file: this.file, err: err instanceof Error ? err.message : String(err) }, 'could not write the activity journal; a crash now costs the activity timeouts');
+    }
   }
 
   /** The journals of processes that are gone: their pid, and what each was running. */
-  orphans(): { file: string; pid: number; activities: InFlightActivity[] }[] {
+  orphans(): { file: string; pid: number; identity: string | undefined; activities: InFlightActivity[] }[] {
     let names: string[];
     try {
       names = readdirSync(this.dir);
@@ -114,8 +128,12 @@ export class ActivityJournal {
       } catch {
         return [];
       }
-      if (!parsed.success || alive(parsed.data.pid, parsed.data.started)) return [];
-      return [{ file, pid: parsed.data.pid, activities: parsed.data.activities }];
+      if (!parsed.success) return [];
+      // Another host (a shared volume) or another PID namespace cannot be checked from here:
+      // treated as alive, its attempts are left to their timeouts.
+      if (parsed.data.host !== undefined && parsed.data.host !== this.host) return [];
+      if (alive(parsed.data.pid, parsed.data.started)) return [];
+      return [{ file, pid: parsed.data.pid, identity: parsed.data.identity, activities: parsed.data.activities }];
     });
   }
 }
@@ -136,6 +154,8 @@ export async function resumeOrphanedActivities(journal: ActivityJournal, connect
         const pending = description.raw.pendingActivities?.find((p) => p.activityId === a.activityId);
         // Another worker already noticed (a timeout, an earlier sweep), or the run ended.
         if (!pending || pending.attempt !== a.attempt || description.status.name !== 'RUNNING') continue;
+        // Only an attempt the dead worker itself was running (a live one elsewhere keeps its own).
+        if (orphan.identity !== undefined && pending.lastWorkerIdentity && pending.lastWorkerIdentity !== orphan.identity) continue;
         await client.activity.fail(
           { workflowId: a.workflowId, runId: a.runId, activityId: a.activityId },
           ApplicationFailure.retryable(`worker process ${orphan.pid} died while running ${a.activityType} (attempt ${a.attempt})`, 'WORKER_DIED'),

@@ -136,6 +136,11 @@ export function loadKeyopsConfig(file: string | undefined): KeyopsConfig {
       problems.push(locate(path, doc, lines, [...where, 'type'], `type must be one of ${Object.keys(TYPES).join(', ')}`));
       continue;
     }
+    if (type !== 'local' && name === 'local') {
+      // Bare key ids (the embedded KMS's, from before instances) route to "local": it must stay it.
+      problems.push(locate(path, doc, lines, [...where, 'type'], 'the instance named "local" is the embedded KMS (bare key ids route to it): give this KMS another name'));
+      continue;
+    }
     if (type === 'local' && name !== 'local') {
       // One embedded store per data directory: a second name for it would be the same keys.
       problems.push(locate(path, doc, lines, [...where, 'type'], 'type local is the embedded KMS of the data directory: only the instance named "local" can have it'));

@@ -88,7 +88,7 @@ async function main(): Promise<number> {
     adapters.close();
     return 3;
   }
-  const journal = new ActivityJournal(join(config.dataDir, 'workers'));
+  const journal = new ActivityJournal(join(config.dataDir, 'workers'), logger);
   let sweeper: NodeJS.Timeout | undefined;
   try {
     const workers = await KeyopsWorkers.create({
@@ -105,10 +105,12 @@ async function main(): Promise<number> {
     });
     // What a killed worker on this data directory left running is retried now, not after its
     // heartbeat or start-to-close timeout; then every few seconds, for one that dies meanwhile.
+    let sweeping: Promise<unknown> | undefined;
+    // One sweep at a time: a slow one must not overlap the next and fail an attempt twice.
     const sweep = () =>
-      resumeOrphanedActivities(journal, connection, target.namespace, logger).catch((err: unknown) =>
-        logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'could not check for activities of dead workers'),
-      );
+      (sweeping ??= resumeOrphanedActivities(journal, connection, target.namespace, logger)
+        .catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'could not check for activities of dead workers'))
+        .finally(() => (sweeping = undefined)));
     await sweep();
     sweeper = setInterval(() => void sweep(), 5_000);
     sweeper.unref();

@@ -16,6 +16,9 @@ export function asKeyId(raw: string): string | undefined {
   const qualified = QUALIFIED.exec(trimmed);
   if (!qualified) return undefined;
   const [, instance, id] = qualified;
+  // `local:<uuid>` is the embedded KMS's key, whose one id is the bare UUID.
+  if (instance === 'local') return UUID.test(id!) ? id!.toLowerCase() : undefined;
+  // UUIDs (AWS, Key Protect) in one case, so one key never has two ids.
   return `${instance}:${UUID.test(id!) ? id!.toLowerCase() : id}`;
 }
 
