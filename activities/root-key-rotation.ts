@@ -137,14 +137,15 @@ async function inLanes<R>(window: AdaptiveConcurrency, items: readonly Buffer[],
 
 /**
  * Tells the run how the KMS is throttling this chunk (its Web UI details and progress show it),
- * at most every 2 s and only when something changed. Best effort: a lost report changes nothing.
+ * at once, then at most every 30 s (each report is an event in its history) and only when
+ * something changed. Best effort: a lost report changes nothing.
  */
 function throttleReporter(window: AdaptiveConcurrency): () => void {
   let reported = { throttled: 0, concurrency: window.concurrency };
   let at = 0;
   return () => {
     const now = window.snapshot();
-    if (now.throttled === 0 || Date.now() - at < 2_000 || (now.throttled === reported.throttled && now.concurrency === reported.concurrency)) return;
+    if (now.throttled === 0 || Date.now() - at < 30_000 || (now.throttled === reported.throttled && now.concurrency === reported.concurrency)) return;
     reported = now;
     at = Date.now();
     const { workflowExecution } = activityInfo();
@@ -307,8 +308,17 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       await holdForMasterKey(input, `rewrap of ${input.keyId}`, undefined, counts);
       let pending = send(cursor, input.maxItems - processed);
       while (pending.rows.length > 0) {
-        const results = await pending.results;
+        const results = await pending.results.catch((err: unknown) => {
+          // A stopping worker cancels a throttle pause or a retry sleep too: report it as the
+          // shutdown it is (resumed at once elsewhere), not as a cancellation nobody asked for.
+          stopIfCancelled(`rewrap of ${input.keyId}`, { cursor, processed });
+          throw err;
+        });
         report();
+        if (results.length !== pending.rows.length) {
+          // Rows past the answered ones would be skipped and the chunk reported finished.
+          throw ApplicationFailure.create({ type: 'KMS_UNAVAILABLE', message: `the KMS answered ${results.length} of ${pending.rows.length} WDEKs of key ${input.keyId} in a batch` });
+        }
         const updates: WdekUpdate[] = [];
         let invalid: { id: string; error: KmsError } | undefined;
         for (const [i, result] of results.entries()) {
@@ -379,7 +389,10 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
         const batch = registry.list(input.keyId, range(), Math.min(input.batchSize * window.concurrency, input.maxItems - processed));
         if (batch.length === 0) return { processed, cursor, finished: true, failedIds, failed, kms: window.snapshot() };
         const onVersion = batch.flatMap((r, i) => (current(r.keyVersion) ? [i] : []));
-        const results = await inLanes(window, onVersion.map((i) => batch[i]!.wdek), input.batchSize, (part) => kms.unwrapBatch(input.keyId, part));
+        const results = await inLanes(window, onVersion.map((i) => batch[i]!.wdek), input.batchSize, (part) => kms.unwrapBatch(input.keyId, part)).catch((err: unknown) => {
+          stopIfCancelled(`verification of ${input.keyId}`, { cursor, processed, failed, failedIds });
+          throw err;
+        });
         report();
         const ok = batch.map(() => false);
         results.forEach((result, j) => {

@@ -15,7 +15,7 @@ import {
 import type { Activities } from '../activities';
 import { awaitRewrap } from './await-rewrap';
 import { backupProgressQuery, backupWorkflowId, type BackupPhase, type BackupProgress } from './backup-messages';
-import { masterKeyRotationEndedSignal } from './master-key-messages';
+import { masterKeyRotationEndedSignal, type MasterKeyWait } from './master-key-messages';
 import { keyEntityWorkflowId } from './root-key-messages';
 import { DatabaseIdAttribute, KeyIdAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 import { z } from 'zod';
@@ -93,6 +93,7 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
   };
   setHandler(backupProgressQuery, () => progress, { description: 'Phase, key versions and the backup written' });
   let masterKeyEnded = false;
+  let registered: MasterKeyWait | undefined;
   setHandler(masterKeyRotationEndedSignal, () => void (masterKeyEnded = true), {
     description: 'The master-key rotation this backup waits for ended: re-check the registers now',
   });
@@ -135,11 +136,15 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
       // The rotation's end releases the backup by signal, as a rewrap's does; the re-check
       // remains for a rotation keyops does not run. (Runs started before this only poll.)
       if (keys.masterKeyRotation && patched('master-key-wait-signal')) {
-        masterKeyEnded = false;
-        const wait = await registerMasterKeyWaiter.executeWithOptions({ summary: `ask the master-key rotation under the KMS to release this backup of ${db} when it ends` }, [
-          { workflowId: workflowInfo().workflowId },
-        ]);
-        if (wait !== 'ended') {
+        // Asked once per rotation: a re-check while the rotation still owes its signal asks
+        // nothing again (each request would be an event in the rotation's history).
+        if (registered !== 'signal' || masterKeyEnded) {
+          masterKeyEnded = false;
+          registered = await registerMasterKeyWaiter.executeWithOptions({ summary: `ask the master-key rotation under the KMS to release this backup of ${db} when it ends` }, [
+            { workflowId: workflowInfo().workflowId },
+          ]);
+        }
+        if (registered !== 'ended') {
           await condition(() => masterKeyEnded, recheckMs, { summary: `backup held: wait for the master-key rotation under the KMS to end (released by its signal), re-checking after ${duration(recheckMs)}` });
         }
       } else {

@@ -66,11 +66,15 @@ const rotateMasterKeyInputSchema = z.object({
 export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<MasterKeyRotationState> {
   // Backups and rewraps held by this rotation, to be told when it ends, however it ends.
   const waiters: string[] = [];
+  let ending = false;
   setHandler(
     awaitMasterKeyRotationSignal,
     (payload) => {
       const waiter = parseSignal('awaitMasterKeyRotation', z.object({ workflowId: z.string().min(1).max(1000) }), payload);
-      if (waiter && !waiters.includes(waiter.workflowId)) waiters.push(waiter.workflowId);
+      // Once the rotation is ending, a late request is not kept: the requester read the
+      // registers after asking, and falls back to its re-check (no signal ping-pong with runs
+      // that are still held because the rotation ended with the registers mid-way).
+      if (waiter && !ending && !waiters.includes(waiter.workflowId)) waiters.push(waiter.workflowId);
     },
     { description: 'A run held by this rotation asks to be signalled masterKeyRotationEnded when it ends' },
   );
@@ -79,16 +83,17 @@ export async function rotateMasterKey(input: RotateMasterKeyInput): Promise<Mast
   } finally {
     // Runs started before this release existed end without it; their waiters poll.
     if (waiters.length > 0 && patched('master-key-rotation-ended-signal')) {
-      await CancellationScope.nonCancellable(async () => {
-        // A request that arrives while these signals go out is sent too (signals come first in
-        // an activation), so none is left waiting on its poll.
-        for (let id = waiters.shift(); id !== undefined; id = waiters.shift()) {
-          // A waiter that ended meanwhile (cancelled, timed out) needs no release.
-          await getExternalWorkflowHandle(id)
-            .signal(masterKeyRotationEndedSignal, { unitSetId: input.unitSetId })
-            .catch((err: unknown) => log.info('a held run could not be told that the master-key rotation ended', { workflowId: id, error: errorText(err) }));
-        }
-      });
+      ending = true;
+      await CancellationScope.nonCancellable(() =>
+        Promise.all(
+          waiters.splice(0).map((id) =>
+            getExternalWorkflowHandle(id)
+              .signal(masterKeyRotationEndedSignal, { unitSetId: input.unitSetId })
+              // A waiter that ended meanwhile (cancelled, timed out) needs no release.
+              .catch((err: unknown) => log.info('a held run could not be told that the master-key rotation ended', { workflowId: id, error: errorText(err) })),
+          ),
+        ),
+      );
     }
   }
 }

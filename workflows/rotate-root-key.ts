@@ -15,7 +15,7 @@ import type { Activities } from '../activities';
 import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 import { bulkTaskQueue } from './task-queue';
 import { keyEntityWorkflowId, rewrapKmsThrottleSignal, rewrapProgressQuery, type KmsThrottle, type RewrapPhase, type RewrapProgress } from './root-key-messages';
-import { masterKeyRotationEndedSignal } from './master-key-messages';
+import { masterKeyRotationEndedSignal, type MasterKeyWait } from './master-key-messages';
 import { z } from 'zod';
 import { keyIdSchema, parseInput, parseSignal, positiveIntSchema, versionSchema } from './workflow-input';
 
@@ -160,6 +160,7 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
   // spends none of the chunk's retry budget. Runs started before this retried the chunk instead.
   const hold = patched('rewrap-master-key-hold');
   let masterKeyEnded = false;
+  let registered: MasterKeyWait | undefined;
   setHandler(masterKeyRotationEndedSignal, () => void (masterKeyEnded = true), {
     description: 'The master-key rotation holding this rewrap ended: resume the held chunks',
   });
@@ -218,11 +219,15 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
       if (counted) Object.assign(progress, counted);
       progress.heldBy = holds[0]!.reason;
       enter(phase, `held: ${progress.heldBy}; resumes when the master-key rotation ends`);
-      masterKeyEnded = false;
-      const wait = await registerMasterKeyWaiter.executeWithOptions({ summary: `ask the master-key rotation under the KMS to release this rewrap of ${key} when it ends` }, [
-        { workflowId: workflowInfo().workflowId },
-      ]);
-      if (wait !== 'ended') {
+      // Asked once per rotation: a re-check while the rotation still owes its signal asks
+      // nothing again (each request would be an event in the rotation's history).
+      if (registered !== 'signal' || masterKeyEnded) {
+        masterKeyEnded = false;
+        registered = await registerMasterKeyWaiter.executeWithOptions({ summary: `ask the master-key rotation under the KMS to release this rewrap of ${key} when it ends` }, [
+          { workflowId: workflowInfo().workflowId },
+        ]);
+      }
+      if (registered !== 'ended') {
         await condition(() => masterKeyEnded, MASTER_KEY_RECHECK, { summary: `rewrap of ${key} held: wait for the master-key rotation under the KMS to end (released by its signal), re-checking after ${MASTER_KEY_RECHECK}` });
       }
       delete progress.heldBy;

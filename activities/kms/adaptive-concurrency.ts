@@ -5,7 +5,7 @@ export interface ThrottleStats {
   concurrency: number;
   /** Calls the KMS refused as throttled (each was retried). */
   throttled: number;
-  /** Time spent waiting because of throttling. */
+  /** Time paused because of throttling (each pause once, not per waiting call). */
   waitedMs: number;
 }
 
@@ -22,6 +22,7 @@ export interface AdaptiveConcurrencyOptions {
 /** Longest single wait between heartbeats while a Retry-After runs. */
 const WAIT_SLICE_MS = 5_000;
 const MAX_BACKOFF_MS = 30_000;
+const MAX_RETRY_AFTER_MS = 5 * 60_000;
 
 /**
  * AIMD for KMS calls, as TCP does for packets: every throttled call halves the calls allowed in
@@ -91,17 +92,19 @@ export class AdaptiveConcurrency {
     this.limit = Math.max(1, Math.floor(this.limit / 2));
     const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** this.consecutiveThrottles++);
     const retryAfter = err.retryAfter === undefined ? 0 : Date.parse(err.retryAfter) - Date.now();
-    this.pausedUntil = Math.max(this.pausedUntil, this.now() + Math.max(backoff, Number.isFinite(retryAfter) ? retryAfter : 0));
+    // A KMS asking for more than this is treated as if it asked for this: the chunk keeps
+    // heartbeating through the wait either way.
+    const wait = Math.min(MAX_RETRY_AFTER_MS, Math.max(backoff, Number.isFinite(retryAfter) ? retryAfter : 0));
+    this.pausedUntil = this.now() + wait;
+    // Time paused, counted once, however many calls wait it out together.
+    this.stats.waitedMs += wait;
   }
 
   private async acquire(): Promise<void> {
     for (;;) {
       const pause = this.pausedUntil - this.now();
       if (pause > 0) {
-        const slice = Math.min(pause, WAIT_SLICE_MS);
-        const started = this.now();
-        await this.options.sleep(slice);
-        this.stats.waitedMs += this.now() - started;
+        await this.options.sleep(Math.min(pause, WAIT_SLICE_MS));
         this.options.onWait?.();
         continue;
       }
