@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { WorkflowNotFoundError } from '@temporalio/client';
 import { rotateRootKey } from '../workflows';
 import { keyEntityWorkflowId, rewrapProgressQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { localWorker } from './helpers/local-activities';
@@ -55,8 +56,13 @@ describe('a rewrap held by a master-key rotation longer than its retry budget (t
         const info = f.activityTaskFailedEventAttributes?.failure?.applicationFailureInfo;
         assert.deepEqual({ type: info?.type, nonRetryable: info?.nonRetryable }, { type: 'MASTER_KEY_ROTATION_IN_PROGRESS', nonRetryable: true });
       }
-      const retried = ((await rewrap.fetchHistory()).events ?? []).filter((e) => (e.activityTaskStartedEventAttributes?.attempt ?? 1) > 1);
-      assert.deepEqual(retried, [], 'no activity attempt was retried');
+      // No attempt was retried because of the hold. (The test server's clock jumps can time out
+      // an attempt that was merely running; such a retry carries a timeout, not the hold.)
+      const retriedForTheHold = ((await rewrap.fetchHistory()).events ?? []).filter((e) => {
+        const started = e.activityTaskStartedEventAttributes;
+        return (started?.attempt ?? 1) > 1 && started?.lastFailure?.applicationFailureInfo?.type === 'MASTER_KEY_ROTATION_IN_PROGRESS';
+      });
+      assert.deepEqual(retriedForTheHold, [], 'no attempt was retried for the hold');
 
       await units.reencryptKeyStorage();
       await units.promoteNewMasterKey();
@@ -64,7 +70,13 @@ describe('a rewrap held by a master-key rotation longer than its retry budget (t
       const result = await rewrap.result();
       assert.deepEqual({ phase: result.phase, rewrapped: result.rewrapped, verified: result.verified, heldBy: result.heldBy }, { phase: 'done', rewrapped: 40, verified: 40, heldBy: undefined });
       assert.deepEqual(s.registry.countBelowVersion(keyId, 2), { total: 40, below: 0 });
-      await suite.client.workflow.getHandle(keyEntityWorkflowId(keyId)).terminate('test finished');
+      // The key's entity may already have ended on the skipped clock (an idle entity closes).
+      await suite.client.workflow
+        .getHandle(keyEntityWorkflowId(keyId))
+        .terminate('test finished')
+        .catch((err: unknown) => {
+          if (!(err instanceof WorkflowNotFoundError)) throw err;
+        });
     });
   });
 });
