@@ -7,6 +7,8 @@ import { AwsKms } from '../activities/kms/aws-kms';
 import type { KeyManagementService } from '../activities/kms/key-management-service';
 import { splitKeyId } from '../activities/kms/key-id';
 import { KeyProtectKms } from '../activities/kms/key-protect-kms';
+import type { nightlyBackup } from '../workflows';
+import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
 import { freePort, keyops } from './helpers/child-process';
 import { type Moto, startMoto } from './helpers/moto';
 import { testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
@@ -81,6 +83,10 @@ describe('the worker on a remote KMS from keyops.yaml', () => {
       // Rotated by the operator's own tooling, not keyops; the watcher finds it and rewraps.
       remote.anHourLater();
       await remote.outside.rotateKey(splitKeyId(key.keyId).id, `outside-${randomUUID()}`);
+      // Tonight's backup comes first: it must wait for the rewrap (reference 000), not fail.
+      await cli('backup', 'run', 'demo', '--night', '2026-11-02');
+      const backup = suite.client.workflow.getHandle<typeof nightlyBackup>(backupWorkflowId('demo', '2026-11-02'));
+      await waitUntil('the backup to wait for the rewrap', async () => ((await backup.query(backupProgressQuery)).phase === 'awaiting-rewrap' ? true : undefined), 120_000);
       const watched = JSON.parse(await cli('key', 'watch', '--json')) as { started: string[] };
       assert.deepEqual(watched.started, [`rewrap/${key.keyId}/v2`]);
       await waitUntil(`the rewrap of ${key.keyId} to finish`, async () => {
@@ -88,7 +94,8 @@ describe('the worker on a remote KMS from keyops.yaml', () => {
         return status.rewrappedVersion === 2 ? true : undefined;
       }, 120_000);
 
-      await cli('backup', 'run', 'demo', '--night', '2026-11-02', '--wait');
+      const released = await backup.result();
+      assert.deepEqual({ phase: released.phase, awaitedVersion: released.awaitedVersion, keyVersion: released.keyVersion }, { phase: 'done', awaitedVersion: 2, keyVersion: 2 });
       const listed = JSON.parse(await cli('backup', 'list', '--database', 'demo', '--json')) as { backupId: string; keyId: string; keyVersion: number }[];
       const byNight = new Map(listed.map((b) => [b.backupId, b]));
       assert.equal(byNight.get('backup/demo/2026-11-01')?.keyVersion, 1);
