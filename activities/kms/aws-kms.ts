@@ -73,6 +73,7 @@ import type {
   WrapResult,
 } from './key-management-service';
 import { KmsError, type KmsErrorCode } from './kms-error';
+import { eachBounded } from './per-wdek-batch';
 import { checkBatch, checkDek, checkName, checkPolicyMonths, checkRequestId, quote } from './port-input';
 
 // ---------------------------------------------------------------------------------------------
@@ -629,38 +630,11 @@ export class AwsKms implements KeyManagementService {
     return { wdek: encodeAwsWdek(version, this.blob(out.CiphertextBlob, keyId)), keyVersion: version, previousVersion: envelope.version };
   }
 
-  /**
-   * `fn` on every WDEK, at most `concurrency` at once, results in order. A WDEK's own
-   * CIPHERTEXT_INVALID is its result; any other failure stops new requests, waits for those in
-   * flight, hands what they returned to `discard` (to zero DEKs) and rejects the call.
-   */
-  private async eachBounded<T>(
-    keyId: string,
-    wdeks: readonly Buffer[],
-    fn: (envelope: { version: number; blob: Buffer }) => Promise<T>,
-    discard?: (result: T) => void,
-  ): Promise<(T | KmsError)[]> {
-    const results = new Array<T | KmsError>(wdeks.length);
-    let next = 0;
-    let failure: { err: unknown } | undefined;
-    const worker = async () => {
-      while (!failure && next < wdeks.length) {
-        const i = next++;
-        try {
-          results[i] = await fn(decodeAwsWdek(wdeks[i], keyId));
-        } catch (err) {
-          if (err instanceof KmsError && err.code === 'CIPHERTEXT_INVALID') results[i] = err;
-          else failure ??= { err };
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(this.settings.concurrency, wdeks.length) }, worker));
-    if (failure) {
-      if (discard) for (const r of results) if (r !== undefined && !(r instanceof KmsError)) discard(r);
-      throw failure.err;
-    }
-    return results;
+  /** The port's batch form, one request per WDEK (AWS has no batch API). */
+  private eachBounded<T>(keyId: string, wdeks: readonly Buffer[], fn: (envelope: { version: number; blob: Buffer }) => Promise<T>, discard?: (result: T) => void): Promise<BatchResult<T>> {
+    return eachBounded(wdeks, this.settings.concurrency, (wdek) => fn(decodeAwsWdek(wdek, keyId)), discard);
   }
+
 
   private toMetadata(reading: Reading, nameTag: string | undefined, rotationTag: string | undefined, status: GetKeyRotationStatusResponse | undefined): KeyMetadata {
     const { meta, rotations } = reading;

@@ -64,6 +64,7 @@ import type {
   WrapResult,
 } from './key-management-service';
 import { KmsError, type KmsErrorCode } from './kms-error';
+import { eachBounded } from './per-wdek-batch';
 import { checkDek, checkName, checkPolicyMonths, checkRequestId, quote } from './port-input';
 
 // ---------------------------------------------------------------------------------------------
@@ -514,33 +515,11 @@ export class KeyProtectKms implements KeyManagementService {
     return { wdek: Buffer.from(out.ciphertext, 'latin1'), keyVersion, previousVersion };
   }
 
-  /**
-   * `fn` on every WDEK, at most `concurrency` at once, results in order. A WDEK's own
-   * CIPHERTEXT_INVALID is its result; any other failure stops new requests, waits for those in
-   * flight, hands what they returned to `discard` (to zero DEKs) and rejects the call.
-   */
-  private async eachBounded<T>(id: string, wdeks: readonly Buffer[], fn: (ciphertext: string) => Promise<T>, discard?: (r: T) => void): Promise<BatchResult<T>> {
-    const results = new Array<T | KmsError>(wdeks.length);
-    let next = 0;
-    let failure: { err: unknown } | undefined;
-    const lane = async () => {
-      while (!failure && next < wdeks.length) {
-        const i = next++;
-        try {
-          results[i] = await fn(ciphertextOf(wdeks[i], id));
-        } catch (err) {
-          if (err instanceof KmsError && err.code === 'CIPHERTEXT_INVALID') results[i] = err;
-          else failure ??= { err };
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(this.settings.concurrency, wdeks.length) }, lane));
-    if (failure) {
-      if (discard) for (const r of results) if (r !== undefined && !(r instanceof KmsError)) discard(r);
-      throw failure.err;
-    }
-    return results;
+  /** The port's batch form, one request per WDEK (Key Protect rewraps one at a time). */
+  private eachBounded<T>(id: string, wdeks: readonly Buffer[], fn: (ciphertext: string) => Promise<T>, discard?: (r: T) => void): Promise<BatchResult<T>> {
+    return eachBounded(wdeks, this.settings.concurrency, (wdek) => fn(ciphertextOf(wdek, id)), discard);
   }
+
 
   private remember(id: string, request: string, record: RotationRecord): void {
     let records = this.rotations.get(id);
