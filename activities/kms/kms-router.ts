@@ -91,9 +91,10 @@ export class KmsRouter implements KeyManagementService {
     return this.call(keyId, async (kms, id, instance) => this.withId(instance, await kms.setRotationPolicy(id, policy)));
   }
 
+  /** A hint only: an unknown instance says nothing here and fails on the call itself, typed. */
   batchConcurrency(keyId: string): number | undefined {
-    const { kms, id } = this.route(keyId);
-    return kms.batchConcurrency?.(id);
+    const { instance = LOCAL_INSTANCE, id } = splitKeyId(keyId);
+    return this.instances.get(instance)?.batchConcurrency?.(id);
   }
 
   disableKey(keyId: string): Promise<void> {
