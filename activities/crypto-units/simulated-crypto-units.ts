@@ -9,7 +9,7 @@
  * unit, or after N entries of re-encryption; `kill` ends the process with SIGKILL right there.
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, linkSync, mkdirSync, rmSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
 import { type CryptoUnit, CryptoUnitError, type CryptoUnitSet, type KeyStorageCheck, type Progress, type RegisterState } from './crypto-unit-set';
@@ -78,37 +78,62 @@ export class SimulatedCryptoUnits implements CryptoUnitSet {
 
   /**
    * Creates a unit set whose units share one valid current MK, with `entries` key-storage entries
-   * under it. Opens it instead when it exists.
+   * under it. Opens it instead when it exists. Two workers starting together on a new data
+   * directory both get here: the set is built in a private file and published with a link that
+   * never replaces one, so exactly one set appears, whole, and the loser opens it.
    */
   static create(path: string, options: { units?: number; entries?: number; signatureThreshold?: number } = {}): SimulatedCryptoUnits {
     if (existsSync(path)) return SimulatedCryptoUnits.open(path);
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    const db = SimulatedCryptoUnits.connect(path);
-    chmodSync(path, 0o600);
-    const mk = randomBytes(32);
-    const vp = verificationPattern(mk);
-    db.transaction(() => {
-      const unit = db.prepare(
-        `INSERT INTO units VALUES (?, 1, 0, ?, '["admin-1","admin-2"]', 'valid', ?, 'empty', NULL)`,
-      );
-      for (let i = 1; i <= (options.units ?? 3); i++) unit.run(String(i), options.signatureThreshold ?? 2, mk);
-      const entry = db.prepare('INSERT INTO key_storage VALUES (?, ?, ?, ?, ?, ?)');
-      for (let i = 0; i < (options.entries ?? 16); i++) {
-        const secret = randomBytes(32);
-        const sealed = seal(mk, secret);
-        entry.run(`crk-${String(i).padStart(4, '0')}`, vp, sealed.iv, sealed.tag, sealed.ciphertext, createHash('sha256').update(secret).digest('hex'));
+    const draft = `${path}.creating-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      // Rollback journal while private: the published file is then one file, without a -wal beside it.
+      const db = new Database(draft);
+      chmodSync(draft, 0o600);
+      try {
+        db.pragma('synchronous = FULL');
+        SimulatedCryptoUnits.createTables(db);
+        const mk = randomBytes(32);
+        const vp = verificationPattern(mk);
+        db.transaction(() => {
+          const unit = db.prepare(
+            `INSERT INTO units VALUES (?, 1, 0, ?, '["admin-1","admin-2"]', 'valid', ?, 'empty', NULL)`,
+          );
+          for (let i = 1; i <= (options.units ?? 3); i++) unit.run(String(i), options.signatureThreshold ?? 2, mk);
+          const entry = db.prepare('INSERT INTO key_storage VALUES (?, ?, ?, ?, ?, ?)');
+          for (let i = 0; i < (options.entries ?? 16); i++) {
+            const secret = randomBytes(32);
+            const sealed = seal(mk, secret);
+            entry.run(`crk-${String(i).padStart(4, '0')}`, vp, sealed.iv, sealed.tag, sealed.ciphertext, createHash('sha256').update(secret).digest('hex'));
+          }
+        })();
+        mk.fill(0);
+      } finally {
+        db.close();
       }
-    })();
-    mk.fill(0);
-    return new SimulatedCryptoUnits(basename(path).replace(/\.sqlite$/, ''), db);
+      try {
+        linkSync(draft, path);
+      } catch (err) {
+        // Another process published its set first: that one is the set.
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+    } finally {
+      rmSync(draft, { force: true });
+    }
+    return SimulatedCryptoUnits.open(path);
   }
 
   private static connect(path: string): Database.Database {
     const db = new Database(path);
+    db.pragma('busy_timeout = 10000');
     db.pragma('journal_mode = WAL');
     // Durable commits: files renamed and fsynced after a commit must never outlive it.
     db.pragma('synchronous = FULL');
-    db.pragma('busy_timeout = 10000');
+    SimulatedCryptoUnits.createTables(db);
+    return db;
+  }
+
+  private static createTables(db: Database.Database): void {
     db.exec(`
       CREATE TABLE IF NOT EXISTS units (
         unit_id TEXT PRIMARY KEY, selected INTEGER NOT NULL, imprint_mode INTEGER NOT NULL,
@@ -125,7 +150,6 @@ export class SimulatedCryptoUnits implements CryptoUnitSet {
       );
       CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     `);
-    return db;
   }
 
   close(): void {
