@@ -3,10 +3,10 @@ import { ApplicationFailure, type SignalDefinition } from '@temporalio/common';
 import { Context, activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
 import type { DatabaseEngine } from './engines/database-engine';
 import { AdaptiveConcurrency, type ThrottleStats } from './kms/adaptive-concurrency';
-import type { BatchResult, KeyManagementService, KeyMetadata } from './kms/key-management-service';
+import type { BatchResult, KeyManagementService, KeyMetadata, RewrapResult } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
 import { typed } from './typed';
-import type { WdekRegistry, WdekUpdate } from './wdek-registry/wdek-registry';
+import type { StoredWdek, WdekRegistry, WdekUpdate } from './wdek-registry/wdek-registry';
 import {
   awaitRewrapSignal,
   keyEntityWorkflowId,
@@ -285,6 +285,11 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
      * double-applies; a WDEK rewrapped in the KMS but not yet recorded is simply rewrapped
      * again (same DEK). Whatever was rewrapped before a failure is recorded first, so every
      * attempt makes progress even against a KMS that fails often.
+     *
+     * A sliding window, not rounds: as many batch calls stay in flight as the adaptive window
+     * allows, a new one is sent as soon as the oldest answers, and answers are recorded in id
+     * order (the cursor only ever passes recorded WDEKs). Rounds would leave the KMS idle while
+     * the slowest call of each round finished and while the registry wrote.
      */
     async rewrapChunk(input: ChunkInput): Promise<ChunkResult> {
       let { cursor, processed } = resumePoint(input);
@@ -296,58 +301,84 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       const window = new AdaptiveConcurrency({ ...lanes(input.keyId), sleep: (ms) => sleep(ms), onWait: () => heartbeat({ cursor, processed } satisfies Cursor) });
       const report = throttleReporter(window);
       const counted = (finished: boolean): ChunkResult => ({ processed, cursor, finished, ...counts(), kms: window.snapshot() });
-      // Rows after `afterId` still below the version, and their rewrap, already on its way.
-      const send = (afterId: string | undefined, room: number) => {
-        const rows = registry.listBelowVersion(input.keyId, input.version, { afterId, untilId: input.untilId }, Math.min(input.batchSize * window.concurrency, room));
-        const results = rows.length === 0 ? Promise.resolve([]) : inLanes(window, rows.map((r) => r.wdek), input.batchSize, (part) => kms.rewrapBatch(input.keyId, part));
-        // Awaited on the next turn; a turn that ends the chunk first must not leave it unhandled.
-        results.catch(() => undefined);
-        return { rows, results };
+      const what = `rewrap of ${input.keyId}`;
+      stopIfCancelled(what, { cursor, processed });
+      await holdForMasterKey(input, what, undefined, counts);
+
+      interface Part {
+        rows: StoredWdek[];
+        results: Promise<BatchResult<RewrapResult>>;
+        answered: boolean;
+      }
+      /** Sent, not yet recorded, oldest (lowest ids) first. */
+      const inFlight: Part[] = [];
+      let readAfter = cursor;
+      let room = input.maxItems - processed;
+      let exhausted = false;
+      let held = false;
+      /**
+       * Sends parts until the window is full. The master-key hold is checked before every one:
+       * a rotation that starts mid-chunk stops WDEKs moving before its new master key loads.
+       */
+      const fill = async () => {
+        while (!exhausted && !held && room > 0 && inFlight.length < window.concurrency && !Context.current().cancellationSignal.aborted) {
+          if ((await keyStorageRotation?.())?.inProgress) {
+            held = true;
+            return;
+          }
+          const rows = registry.listBelowVersion(input.keyId, input.version, { afterId: readAfter, untilId: input.untilId }, Math.min(input.batchSize, room));
+          if (rows.length === 0) {
+            exhausted = true;
+            return;
+          }
+          readAfter = rows[rows.length - 1]!.id;
+          room -= rows.length;
+          const part: Part = { rows, results: kmsCall(() => window.run(() => kms.rewrapBatch(input.keyId, rows.map((r) => r.wdek)))), answered: false };
+          // Awaited in order later; one that fails while an older one is awaited must not go unhandled.
+          part.results.then(
+            () => (part.answered = true),
+            () => undefined,
+          );
+          inFlight.push(part);
+        }
       };
-      stopIfCancelled(`rewrap of ${input.keyId}`, { cursor, processed });
-      await holdForMasterKey(input, `rewrap of ${input.keyId}`, undefined, counts);
-      let pending = send(cursor, input.maxItems - processed);
-      while (pending.rows.length > 0) {
-        const results = await pending.results.catch((err: unknown) => {
+
+      await fill();
+      while (inFlight.length > 0) {
+        await inFlight[0]!.results.catch((err: unknown) => {
           // A stopping worker cancels a throttle pause or a retry sleep too: report it as the
           // shutdown it is (resumed at once elsewhere), not as a cancellation nobody asked for.
-          stopIfCancelled(`rewrap of ${input.keyId}`, { cursor, processed });
+          stopIfCancelled(what, { cursor, processed });
           throw err;
         });
+        // The oldest and every answered part right behind it, recorded in one transaction.
+        let ready = 1;
+        while (ready < inFlight.length && inFlight[ready]!.answered) ready++;
+        const parts = inFlight.splice(0, ready);
+        // Their places go to the KMS before these are recorded: it works while the registry writes.
+        await fill();
         report();
-        if (results.length !== pending.rows.length) {
-          // Rows past the answered ones would be skipped and the chunk reported finished.
-          throw ApplicationFailure.create({ type: 'KMS_UNAVAILABLE', message: `the KMS answered ${results.length} of ${pending.rows.length} WDEKs of key ${input.keyId} in a batch` });
-        }
         const updates: WdekUpdate[] = [];
         let invalid: { id: string; error: KmsError } | undefined;
-        for (const [i, result] of results.entries()) {
-          const record = pending.rows[i]!;
-          if (result instanceof KmsError) {
-            invalid = { id: record.id, error: result };
-            break;
+        for (const part of parts) {
+          const results = await part.results;
+          if (results.length !== part.rows.length) {
+            // Rows past the answered ones would be skipped and the chunk reported finished.
+            if (updates.length) record(updates);
+            throw ApplicationFailure.create({ type: 'KMS_UNAVAILABLE', message: `the KMS answered ${results.length} of ${part.rows.length} WDEKs of key ${input.keyId} in a batch` });
           }
-          updates.push({ id: record.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: record.keyVersion, expectedWdek: record.wdek });
-        }
-        // The next rows go to the KMS before these are recorded, so the KMS works while the
-        // registry writes (a remote KMS's round trip overlaps the local commit). The master-key
-        // hold is still checked before every KMS batch; a hold records what came back first.
-        const room = input.maxItems - processed - pending.rows.length;
-        let next: ReturnType<typeof send> | undefined;
-        let held = false;
-        const goOn = !invalid && room > 0 && !Context.current().cancellationSignal.aborted;
-        if (goOn) {
-          const masterKey = await keyStorageRotation?.();
-          if (masterKey?.inProgress) held = true;
-          else next = send(pending.rows.at(-1)!.id, room);
+          for (const [i, result] of results.entries()) {
+            const row = part.rows[i]!;
+            if (result instanceof KmsError) {
+              invalid = { id: row.id, error: result };
+              break;
+            }
+            updates.push({ id: row.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: row.keyVersion, expectedWdek: row.wdek });
+          }
+          if (invalid) break;
         }
         // What was rewrapped before a bad WDEK is recorded first: a retry resumes after it.
-        if (updates.length) {
-          registry.update(updates);
-          processed += updates.length;
-          cursor = updates[updates.length - 1]!.id;
-          heartbeat({ cursor, processed } satisfies Cursor);
-        }
+        if (updates.length) record(updates);
         if (invalid) {
           throw ApplicationFailure.create({
             type: 'CIPHERTEXT_INVALID',
@@ -355,20 +386,26 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
             message: `WDEK ${invalid.id} of key ${input.keyId} is invalid or tampered: ${invalid.error.message}`,
           });
         }
-        if (held) {
-          // Thrown after the commit, so the counts it carries include this batch; a rotation
+        if (held && inFlight.length === 0) {
+          // Everything sent is recorded, so the counts the hold carries are exact; a rotation
           // that ended meanwhile lets the chunk go on.
-          await holdForMasterKey(input, `rewrap of ${input.keyId}`, undefined, counts);
-          next = send(pending.rows.at(-1)!.id, room);
+          await holdForMasterKey(input, what, undefined, counts);
+          held = false;
+          await fill();
         }
-        stopIfCancelled(`rewrap of ${input.keyId}`, { cursor, processed });
-        if (!next) break;
-        pending = next;
+        stopIfCancelled(what, { cursor, processed });
         // A local KMS answers without I/O: without this, a whole chunk would run as one task
         // and starve every other activity and timer of this worker (a nightly backup's among them).
         await yieldToEventLoop();
       }
       return counted(registry.listBelowVersion(input.keyId, input.version, range(), 1).length === 0);
+
+      function record(updates: WdekUpdate[]): void {
+        registry.update(updates);
+        processed += updates.length;
+        cursor = updates[updates.length - 1]!.id;
+        heartbeat({ cursor, processed } satisfies Cursor);
+      }
     },
 
     /** Checks that every WDEK in the chunk's range is recorded on `version` and really unwraps under it. */

@@ -66,6 +66,24 @@ describe('rewrap under KMS throttling', () => {
     assert.ok(window.stats.waitedMs > 0);
   });
 
+  it('slow start: until the first throttle each success allows one more call; after it, one more per window of successes', async () => {
+    const window = new AdaptiveConcurrency({ initial: 2, max: 16, sleep: (ms) => delay(ms) });
+    let throttle = false;
+    const call = () => window.run(() => (throttle ? ((throttle = false), Promise.reject(new KmsError('KMS_THROTTLED', 'rate limit quota exceeded (429)'))) : Promise.resolve()));
+    for (let i = 0; i < 6; i++) await call();
+    assert.equal(window.concurrency, 8, 'six successes took the window from 2 to 8');
+    for (let i = 0; i < 20; i++) await call();
+    assert.equal(window.concurrency, 16, 'and no further than its maximum');
+    throttle = true;
+    await call(); // refused, then retried after the pause: one success
+    assert.equal(window.concurrency, 8, 'a throttle halves it');
+    assert.equal(window.stats.throttled, 1);
+    for (let i = 0; i < 6; i++) await call();
+    assert.equal(window.concurrency, 8, 'seven successes are not yet a window of eight');
+    await call();
+    assert.equal(window.concurrency, 9, 'a window of successes allows one more call');
+  });
+
   it('a rewrap of 3,000 WDEKs behind a rate limit completes with every WDEK verified, and its details show the throttling', async () => {
     const base = LocalKms.open({ path: join(suite.dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
     const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks.sqlite'));

@@ -27,8 +27,9 @@ const MAX_RETRY_AFTER_MS = 5 * 60_000;
 /**
  * AIMD for KMS calls, as TCP does for packets: every throttled call halves the calls allowed in
  * flight and pauses new ones until the KMS's Retry-After (or an exponential backoff); every
- * `concurrency` successes in a row allow one more. A throttled call is retried, never failed:
- * throttling slows a rewrap down and never loses a WDEK.
+ * `concurrency` successes in a row allow one more (before the first throttle, every success: slow
+ * start). A throttled call is retried, never failed: throttling slows a rewrap down and never
+ * loses a WDEK.
  */
 export class AdaptiveConcurrency {
   private limit: number;
@@ -36,6 +37,7 @@ export class AdaptiveConcurrency {
   private pausedUntil = 0;
   private successes = 0;
   private consecutiveThrottles = 0;
+  private slowStart = true;
   private readonly waiting: (() => void)[] = [];
   private readonly now: () => number;
   readonly stats: Omit<ThrottleStats, 'concurrency'> = { throttled: 0, waitedMs: 0 };
@@ -76,7 +78,11 @@ export class AdaptiveConcurrency {
 
   private succeeded(): void {
     this.consecutiveThrottles = 0;
-    if (++this.successes >= this.limit && this.limit < this.options.max) {
+    if (this.limit >= this.options.max) return;
+    // Slow start until the KMS first throttles: each success allows one more call, so the window
+    // doubles every round trip instead of growing by one. A short rewrap against a KMS with room
+    // to spare would otherwise end before it reached the concurrency the KMS serves best.
+    if (this.slowStart || ++this.successes >= this.limit) {
       this.limit++;
       this.successes = 0;
       this.wake();
@@ -84,6 +90,7 @@ export class AdaptiveConcurrency {
   }
 
   private throttledBy(err: KmsError): void {
+    this.slowStart = false;
     this.stats.throttled++;
     this.successes = 0;
     // Calls that were in flight together are refused together: that is one signal, not

@@ -13,6 +13,9 @@ export interface WdekRecord {
   owner: string;
 }
 
+/** What rewrap and verification read of each WDEK: its id, version and ciphertext, nothing more. */
+export type StoredWdek = Pick<WdekRecord, 'id' | 'keyVersion' | 'wdek'>;
+
 /** Ids after `afterId` (exclusive) up to `untilId` (inclusive); either end may be open. */
 export interface IdRange {
   afterId?: string | undefined;
@@ -50,9 +53,9 @@ export interface WdekRegistry {
   countBelowVersion(keyId: string, version: number): { total: number; below: number };
   countByVersion(keyId: string): Map<number, number>;
   /** Up to `limit` WDEKs of the key below `version`, in id order, in the id range. */
-  listBelowVersion(keyId: string, version: number, range: IdRange, limit: number): WdekRecord[];
+  listBelowVersion(keyId: string, version: number, range: IdRange, limit: number): StoredWdek[];
   /** Up to `limit` WDEKs of the key in id order in the id range, whatever their version. */
-  list(keyId: string, range: IdRange, limit: number): WdekRecord[];
+  list(keyId: string, range: IdRange, limit: number): StoredWdek[];
   /** Ids that cut the key's WDEKs into `parts` ranges of nearly equal size (parts - 1 ids). */
   partitionIds(keyId: string, parts: number): string[];
   /** Applies updates in one transaction; returns how many rows matched their expected version. */
