@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type Database from 'better-sqlite3-multiple-ciphers';
 import type { DatabaseKeyState } from './engines/database-engine';
 import type { KeyManagementService } from './kms/key-management-service';
-import type { WdekRegistry } from './wdek-registry/wdek-registry';
+import type { WdekRecord, WdekRegistry } from './wdek-registry/wdek-registry';
 
 export interface DemoDeps {
   kms: KeyManagementService;
@@ -21,6 +21,8 @@ export interface DemoDatabases {
 export const DEMO_DATABASE = 'demo';
 const DEMO_ROWS = 1000;
 const DEMO_WDEKS = 2000;
+/** Wrap requests in flight while the demo WDEKs are made (a remote KMS answers each in a round trip). */
+const WRAP_CONCURRENCY = 16;
 
 export interface DemoData {
   keyId: string;
@@ -45,11 +47,17 @@ export function createDemoActivities({ kms, registry, engine }: DemoDeps) {
         return { keyId: existing.keyId, databaseId: DEMO_DATABASE, rows, wdeks: total, created: false };
       }
       const { keyId } = await kms.createKey({ name: 'demo' });
-      const wdeks = [];
-      for (let i = 0; i < DEMO_WDEKS; i++) {
-        const { wdek, keyVersion } = await kms.wrap(keyId);
-        wdeks.push({ id: `demo-app/${String(i).padStart(5, '0')}`, keyId, keyVersion, wdek, owner: 'demo application' });
-      }
+      // A remote KMS wraps one DEK per request (AWS GenerateDataKey, Key Protect wrap): one after
+      // another, 2,000 round trips would outlast `keyops init`'s wait. Some at a time instead.
+      const wdeks: WdekRecord[] = new Array<WdekRecord>(DEMO_WDEKS);
+      let next = 0;
+      const lane = async () => {
+        for (let i = next++; i < DEMO_WDEKS; i = next++) {
+          const { wdek, keyVersion } = await kms.wrap(keyId);
+          wdeks[i] = { id: `demo-app/${String(i).padStart(5, '0')}`, keyId, keyVersion, wdek, owner: 'demo application' };
+        }
+      };
+      await Promise.all(Array.from({ length: WRAP_CONCURRENCY }, lane));
       registry.registerMany(wdeks);
       registry.setRewrappedVersion(keyId, 1);
       // The database last: a run cut short before it is simply started again.

@@ -22,6 +22,9 @@ export async function withClient<T>(options: GlobalOptions, fn: (client: Client)
   }
 }
 
+/** How long a short CLI step may take unless it says otherwise. */
+const DEFAULT_TIMEOUT_SECONDS = 30;
+
 /**
  * Runs a short workflow whose activities need what only workers hold (KMS credentials, the
  * catalog), bounded so that a missing worker gives an answer instead of a hang. A typed
@@ -30,9 +33,10 @@ export async function withClient<T>(options: GlobalOptions, fn: (client: Client)
 export async function runOnWorker<W extends Workflow>(
   client: Client,
   workflow: W,
-  opts: { taskQueue: string; workflowId: string; args: Parameters<W>; summary: string },
+  opts: { taskQueue: string; workflowId: string; args: Parameters<W>; summary: string; timeoutSeconds?: number },
   explain: (failure: ApplicationFailure) => never,
 ): Promise<Awaited<ReturnType<W>>> {
+  const seconds = opts.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS;
   try {
     // The generic args cannot be checked against WorkflowStartOptions' conditional type.
     const start = {
@@ -41,7 +45,7 @@ export async function runOnWorker<W extends Workflow>(
       args: opts.args,
       staticSummary: opts.summary,
       staticDetails: 'A short step of the keyops CLI, run on a worker because only workers hold the KMS credentials, the files and the catalog. It changes nothing unless its summary says so.',
-      workflowExecutionTimeout: '30 seconds',
+      workflowExecutionTimeout: `${seconds} seconds`,
     } as unknown as WorkflowStartOptions<W>;
     return (await client.workflow.execute(workflow, start)) as Awaited<ReturnType<W>>;
   } catch (err) {
@@ -49,10 +53,28 @@ export async function runOnWorker<W extends Workflow>(
     if (failure) explain(failure);
     const encrypted = explainEncryptedPayload(err);
     if (encrypted) throw encrypted;
+    if (await aWorkerTookIt(client, opts.workflowId)) {
+      // A worker is there: the step itself was slow or stuck (a KMS that answers slowly, say).
+      throw new CliError(
+        `a worker on task queue "${opts.taskQueue}" took "${opts.summary}" but did not finish it within ${seconds} s`,
+        ExitCode.failed,
+        `see workflow ${opts.workflowId} in the Web UI (its pending activity shows the last error), and the worker's log`,
+      );
+    }
     throw new CliError(
-      `no worker answered within 30 s on task queue "${opts.taskQueue}"`,
+      `no worker answered within ${seconds} s on task queue "${opts.taskQueue}"`,
       ExitCode.failed,
       'start a worker with ./temporal-dev.sh, and check it with keyops ping --workflow',
     );
+  }
+}
+
+/** Whether any worker started a workflow task of the run: its history says so. */
+async function aWorkerTookIt(client: Client, workflowId: string): Promise<boolean> {
+  try {
+    const history = await client.workflow.getHandle(workflowId).fetchHistory();
+    return (history.events ?? []).some((e) => e.workflowTaskStartedEventAttributes);
+  } catch {
+    return false;
   }
 }

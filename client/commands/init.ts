@@ -22,7 +22,8 @@ Then, for example:
     .action(async (_opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & { taskQueue: string }>();
       const demo = await withClient(options, (client) =>
-        runOnWorker(client, initDemo, { taskQueue: options.taskQueue, workflowId: `init-demo/${Date.now()}`, args: [], summary: 'keyops init: demo key, database and WDEKs' }, (failure) => {
+        // 2,000 WDEKs wrapped by a remote KMS take longer than a look-up: up to the activity's own limit.
+        runOnWorker(client, initDemo, { taskQueue: options.taskQueue, workflowId: `init-demo/${Date.now()}`, args: [], summary: 'keyops init: demo key, database and WDEKs', timeoutSeconds: 150 }, (failure) => {
           throw new CliError(`init failed: ${failure.message}`, ExitCode.failed);
         }),
       );
