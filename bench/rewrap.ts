@@ -99,7 +99,7 @@ async function main() {
   });
   try {
     if (opts.kms === 'openbao') {
-      await benchOpenBao(env, dir, { wdeks: opts.wdeks, workers: opts.workers, quota: opts.quota, waitForPollers: (queue, count) => waitForPollers(env, queue, count) });
+      await benchOpenBao(env, dir, { wdeks: opts.wdeks, workers: opts.workers, quota: opts.quota, warmup: opts.warmup, waitForPollers: (queue, count) => waitForPollers(env, queue, count) });
       return;
     }
     // The same files a worker opens under its data directory.

@@ -24,6 +24,8 @@ export interface OpenBao {
   address: string;
   /** The root token, in a 0600 file. */
   tokenFile: string;
+  /** The server's process id (benchmarks read its CPU time). */
+  pid: number;
   /** With `tls`: the CA that signed the dev server's certificate (as VAULT_CACERT / BAO_CACERT). */
   caFile: string | undefined;
   /** One HTTP API call as root (test setup: quotas, namespaces); never throws on a status. */
@@ -195,6 +197,7 @@ export async function startOpenBao(options: { dir: string; tls?: boolean }): Pro
     return {
       address,
       tokenFile,
+      pid: child.pid!,
       caFile,
       api: (method, path, body, headers) => call(target, method, path, body, headers),
       cli: async (cliArgs) => {
