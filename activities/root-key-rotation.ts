@@ -123,6 +123,8 @@ function stopIfCancelled(what: string, progress: Cursor): void {
 /** KMS calls a chunk keeps in flight at first and at most (batches of `batchSize` WDEKs each). */
 const INITIAL_LANES = 2;
 const MAX_LANES = 16;
+/** Answered parts recorded in one registry transaction (one fsync) while more are in flight. */
+const RECORD_GROUP_PARTS = 4;
 
 /**
  * Sends `items` to the KMS in batches of `batchSize`, as many at once as the adaptive window
@@ -343,28 +345,41 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
         }
       };
 
+      /** Answered, not yet recorded: written together, so that a commit (an fsync) covers many parts. */
+      let unrecorded: WdekUpdate[] = [];
+      const record = () => {
+        if (unrecorded.length === 0) return;
+        registry.update(unrecorded);
+        processed += unrecorded.length;
+        cursor = unrecorded[unrecorded.length - 1]!.id;
+        unrecorded = [];
+        heartbeat({ cursor, processed } satisfies Cursor);
+      };
+      const groupSize = input.batchSize * RECORD_GROUP_PARTS;
+
       await fill();
       while (inFlight.length > 0) {
         await inFlight[0]!.results.catch((err: unknown) => {
+          // What was rewrapped before the failure is recorded first: a retry resumes after it.
+          record();
           // A stopping worker cancels a throttle pause or a retry sleep too: report it as the
           // shutdown it is (resumed at once elsewhere), not as a cancellation nobody asked for.
           stopIfCancelled(what, { cursor, processed });
           throw err;
         });
-        // The oldest and every answered part right behind it, recorded in one transaction.
+        // The oldest and every answered part right behind it.
         let ready = 1;
         while (ready < inFlight.length && inFlight[ready]!.answered) ready++;
         const parts = inFlight.splice(0, ready);
         // Their places go to the KMS before these are recorded: it works while the registry writes.
         await fill();
         report();
-        const updates: WdekUpdate[] = [];
         let invalid: { id: string; error: KmsError } | undefined;
         for (const part of parts) {
           const results = await part.results;
           if (results.length !== part.rows.length) {
             // Rows past the answered ones would be skipped and the chunk reported finished.
-            if (updates.length) record(updates);
+            record();
             throw ApplicationFailure.create({ type: 'KMS_UNAVAILABLE', message: `the KMS answered ${results.length} of ${part.rows.length} WDEKs of key ${input.keyId} in a batch` });
           }
           for (const [i, result] of results.entries()) {
@@ -373,12 +388,14 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
               invalid = { id: row.id, error: result };
               break;
             }
-            updates.push({ id: row.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: row.keyVersion, expectedWdek: row.wdek });
+            unrecorded.push({ id: row.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: row.keyVersion, expectedWdek: row.wdek });
           }
           if (invalid) break;
         }
-        // What was rewrapped before a bad WDEK is recorded first: a retry resumes after it.
-        if (updates.length) record(updates);
+        const stopping = Context.current().cancellationSignal.aborted;
+        // Recorded in groups; always before the chunk stops, holds or ends, so a retry resumes
+        // after every WDEK this attempt moved, and the counts a hold carries are exact.
+        if (unrecorded.length >= groupSize || inFlight.length === 0 || invalid || stopping) record();
         if (invalid) {
           throw ApplicationFailure.create({
             type: 'CIPHERTEXT_INVALID',
@@ -387,8 +404,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
           });
         }
         if (held && inFlight.length === 0) {
-          // Everything sent is recorded, so the counts the hold carries are exact; a rotation
-          // that ended meanwhile lets the chunk go on.
+          // A rotation that ended meanwhile lets the chunk go on.
           await holdForMasterKey(input, what, undefined, counts);
           held = false;
           await fill();
@@ -398,14 +414,8 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
         // and starve every other activity and timer of this worker (a nightly backup's among them).
         await yieldToEventLoop();
       }
+      record();
       return counted(registry.listBelowVersion(input.keyId, input.version, range(), 1).length === 0);
-
-      function record(updates: WdekUpdate[]): void {
-        registry.update(updates);
-        processed += updates.length;
-        cursor = updates[updates.length - 1]!.id;
-        heartbeat({ cursor, processed } satisfies Cursor);
-      }
     },
 
     /** Checks that every WDEK in the chunk's range is recorded on `version` and really unwraps under it. */

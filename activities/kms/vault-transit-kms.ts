@@ -66,6 +66,7 @@ const KEY_NAME = /^\w(?:[\w.-]*\w)?$/;
 const MAX_KEY_NAME = 250;
 /** `vault:v<N>:<base64>`; OpenBao keeps Vault's prefix. */
 const CIPHERTEXT = /^vault:v([1-9]\d{0,9}):[A-Za-z0-9+/]+={0,2}$/;
+const CIPHERTEXT_PREFIX = /^vault:v([1-9]\d{0,9}):./;
 const MOUNT = /^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*$/;
 const ENV_NAME = /^[A-Z_][A-Z0-9_]*$/;
 /** Node's codes for a server certificate that does not verify. */
@@ -220,7 +221,9 @@ function ciphertextOf(wdek: unknown, keyId: string): { ciphertext: string; versi
     throw new KmsError('CIPHERTEXT_INVALID', `the WDEK is not valid for key ${keyId}: ${wdek.length} bytes is too long for a Transit ciphertext of a DEK`, keyId);
   }
   const text = Buffer.from(wdek.buffer, wdek.byteOffset, wdek.byteLength).toString('latin1');
-  const match = CIPHERTEXT.exec(text);
+  // The prefix only, for the version: this runs for every WDEK sent, and a body that is not
+  // base64 comes back as that item's error from Vault (CIPHERTEXT_INVALID all the same).
+  const match = CIPHERTEXT_PREFIX.exec(text);
   if (!match) throw new KmsError('CIPHERTEXT_INVALID', `the WDEK is not valid for key ${keyId}: it is not a Vault Transit ciphertext (vault:vN:…)`, keyId);
   return { ciphertext: text, version: Number(match[1]) };
 }
