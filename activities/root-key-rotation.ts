@@ -5,6 +5,7 @@ import type { DatabaseEngine } from './engines/database-engine';
 import { AdaptiveConcurrency, type ThrottleStats } from './kms/adaptive-concurrency';
 import type { BatchResult, KeyManagementService, KeyMetadata, RewrapResult } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
+import { resumableBatch } from './kms/throttled-batch';
 import { typed } from './typed';
 import type { StoredWdek, WdekRegistry, WdekUpdate } from './wdek-registry/wdek-registry';
 import {
@@ -335,7 +336,12 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
           }
           readAfter = rows[rows.length - 1]!.id;
           room -= rows.length;
-          const part: Part = { rows, results: kmsCall(() => window.run(() => kms.rewrapBatch(input.keyId, rows.map((r) => r.wdek)))), answered: false };
+          // A throttle retry resends only what the KMS had not answered yet.
+          const call = resumableBatch(
+            rows.map((r) => r.wdek),
+            (wdeks) => kms.rewrapBatch(input.keyId, wdeks),
+          );
+          const part: Part = { rows, results: kmsCall(() => window.run(call)), answered: false };
           // Awaited in order later; one that fails while an older one is awaited must not go unhandled.
           part.results.then(
             () => (part.answered = true),
@@ -358,7 +364,16 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       const groupSize = input.batchSize * RECORD_GROUP_PARTS;
 
       await fill();
-      while (inFlight.length > 0) {
+      while (inFlight.length > 0 || held) {
+        if (inFlight.length === 0) {
+          // Held, and everything sent is recorded: the counts the hold carries are exact. It
+          // throws while the rotation runs; one that ended meanwhile lets the chunk go on.
+          record();
+          await holdForMasterKey(input, what, undefined, counts);
+          held = false;
+          await fill();
+          continue;
+        }
         await inFlight[0]!.results.catch((err: unknown) => {
           // What was rewrapped before the failure is recorded first: a retry resumes after it.
           record();
@@ -402,12 +417,6 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
             nonRetryable: true,
             message: `WDEK ${invalid.id} of key ${input.keyId} is invalid or tampered: ${invalid.error.message}`,
           });
-        }
-        if (held && inFlight.length === 0) {
-          // A rotation that ended meanwhile lets the chunk go on.
-          await holdForMasterKey(input, what, undefined, counts);
-          held = false;
-          await fill();
         }
         stopIfCancelled(what, { cursor, processed });
         // A local KMS answers without I/O: without this, a whole chunk would run as one task

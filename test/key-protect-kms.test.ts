@@ -383,6 +383,40 @@ describe('rotateRootKey on a Key Protect key (the FAKE Key Protect)', () => {
     await fake?.close();
   });
 
+  it('behind its rate limit, rewraps each WDEK once: a 429 costs one request again, not the batch it came in', async () => {
+    const count = 200;
+    const { keyId } = await kms.createKey({ name: 'rate-limited root key' });
+    const registry = SqliteWdekRegistry.open(join(suite.dir, 'rate-limited.sqlite'));
+    const wrapped = await wrapMany(kms, keyId, count);
+    registry.registerMany(wrapped.map((w, i) => ({ id: `db/kp-limited/dek-${String(i).padStart(6, '0')}`, keyId, keyVersion: w.keyVersion, wdek: w.wdek, owner: 'test' })));
+    const taskQueue = uniqueTaskQueue('key-protect-limited');
+    const worker = await createTestWorker(suite.env, { taskQueue, activities: localActivities({ dataDir: suite.dir, kms, registry }).activities });
+    const before = { received: fake.count('rewrap'), served: fake.servedCount('rewrap') };
+    // Low enough to be hit however slowly a loaded machine sends: 16 requests in flight reach 60
+    // well within 2 s.
+    fake.setRateLimit({ requests: 60, windowMs: 2000 });
+    try {
+      const result = await worker.runUntil(
+        suite.client.workflow.execute(rotateRootKey, {
+          taskQueue,
+          workflowId: rewrapWorkflowId(keyId, 2),
+          args: [{ keyId, targetVersion: 2, rotate: true, chunkSize: count, batchSize: 50 }],
+        }),
+      );
+      assert.deepEqual({ phase: result.phase, rewrapped: result.rewrapped, verified: result.verified }, { phase: 'done', rewrapped: count, verified: count });
+      assert.ok((result.kms?.throttled ?? 0) > 0, 'the rate limit throttled the rewrap');
+    } finally {
+      fake.setRateLimit(undefined);
+    }
+    const received = fake.count('rewrap') - before.received;
+    const served = fake.servedCount('rewrap') - before.served;
+    assert.ok(received > served, `some rewrap requests were refused with 429 (${received} received)`);
+    assert.equal(served, count, 'each WDEK was rewrapped by Key Protect exactly once');
+    assert.ok(registry.list(keyId, {}, count + 1).every((r) => r.keyVersion === 2));
+    await suite.client.workflow.getHandle(keyEntityWorkflowId(keyId)).terminate('test finished');
+    registry.close();
+  });
+
   it('rotates the key, rewraps 300 registered WDEKs to version 2 and verifies every one', async () => {
     const count = 300;
     const { keyId } = await kms.createKey({ name: 'e2e root key' });

@@ -1,6 +1,7 @@
 import type { BatchResult, KeyManagementService, KeyMetadata, RewrapResult, RotateResult, RotationPolicy, UnwrapResult, WrapResult } from './key-management-service';
 import { splitKeyId } from './key-id';
 import { KmsError } from './kms-error';
+import { ThrottledBatch } from './throttled-batch';
 
 /** The instance bare key ids (UUIDs without `<instance>:`) belong to: keys created before instances existed. */
 export const LOCAL_INSTANCE = 'local';
@@ -42,7 +43,9 @@ export class KmsRouter implements KeyManagementService {
       return await fn(kms, id, instance);
     } catch (err) {
       if (err instanceof KmsError && err.keyId !== undefined && err.keyId !== keyId) {
-        throw new KmsError(err.code, err.message, keyId, err.retryAfter);
+        const named = new KmsError(err.code, err.message, keyId, err.retryAfter);
+        // What a throttled batch had answered goes with it: its retry sends only the rest.
+        throw err instanceof ThrottledBatch ? new ThrottledBatch(named, (err as ThrottledBatch<unknown>).answered) : named;
       }
       throw err;
     }

@@ -107,6 +107,7 @@ export class KeyProtectFake {
   private readonly windows = new Map<string, { start: number; count: number }>();
   private faults: { status: number; remaining: number } | undefined;
   private readonly counts = new Map<string, number>();
+  private readonly served = new Map<string, number>();
 
   private constructor(options: KeyProtectFakeOptions) {
     this.instanceId = options.instanceId ?? randomUUID();
@@ -161,9 +162,14 @@ export class KeyProtectFake {
     return this.addVersion(this.key(keyId)).id;
   }
 
-  /** Requests served per route (`token`, `createKey`, `metadata`, `versions`, `wrap`, …). */
+  /** Requests received per route (`token`, `createKey`, `metadata`, `versions`, `wrap`, …), refused ones too. */
   count(route: string): number {
     return this.counts.get(route) ?? 0;
+  }
+
+  /** Requests of a route that were carried out (answered below 400). */
+  servedCount(route: string): number {
+    return this.served.get(route) ?? 0;
   }
 
   versionIds(keyId: string): string[] {
@@ -203,6 +209,7 @@ export class KeyProtectFake {
       if (keyId) this.throttle(keyId);
       const body: unknown = raw.length > 0 ? JSON.parse(raw) : {};
       const out = this.route(req.method ?? 'GET', keyId, sub, action, url.searchParams, body as Record<string, unknown>);
+      if (out === undefined || out.status < 400) this.served.set(route, (this.served.get(route) ?? 0) + 1);
       if (out === undefined) {
         res.writeHead(204).end();
       } else {
