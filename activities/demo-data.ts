@@ -24,6 +24,11 @@ const DEMO_WDEKS = 2000;
 /** Wrap requests in flight while the demo WDEKs are made (a remote KMS answers each in a round trip). */
 const WRAP_CONCURRENCY = 16;
 
+export interface DemoOptions {
+  /** Application WDEKs to create under the demo key (default 2,000). */
+  wdeks?: number;
+}
+
 export interface DemoData {
   keyId: string;
   databaseId: string;
@@ -39,7 +44,8 @@ export interface DemoData {
  */
 export function createDemoActivities({ kms, registry, engine }: DemoDeps) {
   return {
-    async initDemoData(): Promise<DemoData> {
+    async initDemoData(options: DemoOptions = {}): Promise<DemoData> {
+      const count = options.wdeks ?? DEMO_WDEKS;
       const existing = engine.listDatabases().find((d) => d.databaseId === DEMO_DATABASE);
       if (existing) {
         const { total } = registry.countBelowVersion(existing.keyId, Number.MAX_SAFE_INTEGER);
@@ -49,10 +55,10 @@ export function createDemoActivities({ kms, registry, engine }: DemoDeps) {
       const { keyId } = await kms.createKey({ name: 'demo' });
       // A remote KMS wraps one DEK per request (AWS GenerateDataKey, Key Protect wrap): one after
       // another, 2,000 round trips would outlast `keyops init`'s wait. Some at a time instead.
-      const wdeks: WdekRecord[] = new Array<WdekRecord>(DEMO_WDEKS);
+      const wdeks: WdekRecord[] = new Array<WdekRecord>(count);
       let next = 0;
       const lane = async () => {
-        for (let i = next++; i < DEMO_WDEKS; i = next++) {
+        for (let i = next++; i < count; i = next++) {
           const { wdek, keyVersion } = await kms.wrap(keyId);
           wdeks[i] = { id: `demo-app/${String(i).padStart(5, '0')}`, keyId, keyVersion, wdek, owner: 'demo application' };
         }

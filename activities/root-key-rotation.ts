@@ -320,6 +320,12 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       let exhausted = false;
       let held = false;
       /**
+       * Set when this attempt ends, however it ends: calls still in flight or waiting out a
+       * throttle then send nothing more (a retry of the chunk sends those WDEKs itself, and each
+       * would otherwise cost the KMS quota twice).
+       */
+      let stopped = false;
+      /**
        * Sends parts until the window is full. The master-key hold is checked before every one:
        * a rotation that starts mid-chunk stops WDEKs moving before its new master key loads.
        */
@@ -339,7 +345,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
           // A throttle retry resends only what the KMS had not answered yet.
           const call = resumableBatch(
             rows.map((r) => r.wdek),
-            (wdeks) => kms.rewrapBatch(input.keyId, wdeks),
+            (wdeks) => (stopped ? Promise.reject(new Error(`${what}: this attempt ended`)) : kms.rewrapBatch(input.keyId, wdeks)),
           );
           const part: Part = { rows, results: kmsCall(() => window.run(call)), answered: false };
           // Awaited in order later; one that fails while an older one is awaited must not go unhandled.
@@ -363,68 +369,89 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       };
       const groupSize = input.batchSize * RECORD_GROUP_PARTS;
 
-      await fill();
-      while (inFlight.length > 0 || held) {
-        if (inFlight.length === 0) {
-          // Held, and everything sent is recorded: the counts the hold carries are exact. It
-          // throws while the rotation runs; one that ended meanwhile lets the chunk go on.
-          record();
-          await holdForMasterKey(input, what, undefined, counts);
-          held = false;
-          await fill();
-          continue;
-        }
-        await inFlight[0]!.results.catch((err: unknown) => {
-          // What was rewrapped before the failure is recorded first: a retry resumes after it.
-          record();
-          // A stopping worker cancels a throttle pause or a retry sleep too: report it as the
-          // shutdown it is (resumed at once elsewhere), not as a cancellation nobody asked for.
-          stopIfCancelled(what, { cursor, processed });
-          throw err;
-        });
-        // The oldest and every answered part right behind it.
-        let ready = 1;
-        while (ready < inFlight.length && inFlight[ready]!.answered) ready++;
-        const parts = inFlight.splice(0, ready);
-        // Their places go to the KMS before these are recorded: it works while the registry writes.
+      try {
         await fill();
-        report();
-        let invalid: { id: string; error: KmsError } | undefined;
-        for (const part of parts) {
-          const results = await part.results;
-          if (results.length !== part.rows.length) {
-            // Rows past the answered ones would be skipped and the chunk reported finished.
-            record();
-            throw ApplicationFailure.create({ type: 'KMS_UNAVAILABLE', message: `the KMS answered ${results.length} of ${part.rows.length} WDEKs of key ${input.keyId} in a batch` });
-          }
-          for (const [i, result] of results.entries()) {
-            const row = part.rows[i]!;
-            if (result instanceof KmsError) {
-              invalid = { id: row.id, error: result };
-              break;
-            }
-            unrecorded.push({ id: row.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: row.keyVersion, expectedWdek: row.wdek });
-          }
-          if (invalid) break;
+        await pipeline();
+      } catch (err) {
+        // Whatever answered before the failure is recorded first: a retry resumes after it. A
+        // failing registry write fails the same way again; the first error is the one to report.
+        try {
+          record();
+        } catch {
+          // reported below
         }
-        const stopping = Context.current().cancellationSignal.aborted;
-        // Recorded in groups; always before the chunk stops, holds or ends, so a retry resumes
-        // after every WDEK this attempt moved, and the counts a hold carries are exact.
-        if (unrecorded.length >= groupSize || inFlight.length === 0 || invalid || stopping) record();
-        if (invalid) {
-          throw ApplicationFailure.create({
-            type: 'CIPHERTEXT_INVALID',
-            nonRetryable: true,
-            message: `WDEK ${invalid.id} of key ${input.keyId} is invalid or tampered: ${invalid.error.message}`,
-          });
-        }
-        stopIfCancelled(what, { cursor, processed });
-        // A local KMS answers without I/O: without this, a whole chunk would run as one task
-        // and starve every other activity and timer of this worker (a nightly backup's among them).
-        await yieldToEventLoop();
+        throw err;
+      } finally {
+        stopped = true;
       }
-      record();
+      // A cancellation that came while the chunk was held or idle ends it as one, not as a chunk that finished.
+      stopIfCancelled(what, { cursor, processed });
       return counted(registry.listBelowVersion(input.keyId, input.version, range(), 1).length === 0);
+
+      async function pipeline(): Promise<void> {
+        while (inFlight.length > 0 || held) {
+          if (inFlight.length === 0) {
+            // Held, and everything sent is recorded: the counts the hold carries are exact. It
+            // throws while the rotation runs; one that ended meanwhile lets the chunk go on.
+            record();
+            await holdForMasterKey(input, what, undefined, counts);
+            held = false;
+            await fill();
+            continue;
+          }
+          // About to wait: what already answered is recorded now, not after a Retry-After.
+          if (!inFlight[0]!.answered) record();
+          await inFlight[0]!.results.catch((err: unknown) => {
+            // What was rewrapped before the failure is recorded first: a retry resumes after it.
+            record();
+            // A stopping worker cancels a throttle pause or a retry sleep too: report it as the
+            // shutdown it is (resumed at once elsewhere), not as a cancellation nobody asked for.
+            stopIfCancelled(what, { cursor, processed });
+            throw err;
+          });
+          // The oldest and every answered part right behind it.
+          let ready = 1;
+          while (ready < inFlight.length && inFlight[ready]!.answered) ready++;
+          const parts = inFlight.splice(0, ready);
+          // Their places go to the KMS before these are recorded: it works while the registry writes.
+          await fill();
+          report();
+          let invalid: { id: string; error: KmsError } | undefined;
+          for (const part of parts) {
+            const results = await part.results;
+            if (results.length !== part.rows.length) {
+              // Rows past the answered ones would be skipped and the chunk reported finished.
+              record();
+              throw ApplicationFailure.create({ type: 'KMS_UNAVAILABLE', message: `the KMS answered ${results.length} of ${part.rows.length} WDEKs of key ${input.keyId} in a batch` });
+            }
+            for (const [i, result] of results.entries()) {
+              const row = part.rows[i]!;
+              if (result instanceof KmsError) {
+                invalid = { id: row.id, error: result };
+                break;
+              }
+              unrecorded.push({ id: row.id, wdek: result.wdek, keyVersion: result.keyVersion, expectedVersion: row.keyVersion, expectedWdek: row.wdek });
+            }
+            if (invalid) break;
+          }
+          const stopping = Context.current().cancellationSignal.aborted;
+          // Recorded in groups; always before the chunk stops, holds or ends, so a retry resumes
+          // after every WDEK this attempt moved, and the counts a hold carries are exact.
+          if (unrecorded.length >= groupSize || inFlight.length === 0 || invalid || stopping) record();
+          if (invalid) {
+            throw ApplicationFailure.create({
+              type: 'CIPHERTEXT_INVALID',
+              nonRetryable: true,
+              message: `WDEK ${invalid.id} of key ${input.keyId} is invalid or tampered: ${invalid.error.message}`,
+            });
+          }
+          stopIfCancelled(what, { cursor, processed });
+          // A local KMS answers without I/O: without this, a whole chunk would run as one task
+          // and starve every other activity and timer of this worker (a nightly backup's among them).
+          await yieldToEventLoop();
+        }
+        record();
+      }
     },
 
     /** Checks that every WDEK in the chunk's range is recorded on `version` and really unwraps under it. */

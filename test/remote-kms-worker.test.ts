@@ -65,7 +65,8 @@ describe('the worker on a remote KMS from keyops.yaml', () => {
     };
     try {
       await worker.waitFor('worker started');
-      await cli('init');
+      // A tenth of the demo's WDEKs: moto answers about 50 requests/s on a loaded 2-core machine.
+      await cli('init', '--wdeks', '200');
       const key = JSON.parse(await cli('key', 'show', 'demo', '--json')) as { keyId: string; currentVersion: number };
       assert.equal(splitKeyId(key.keyId).instance, instance, `the demo key lives in ${instance}: ${key.keyId}`);
       assert.equal(key.currentVersion, 1);

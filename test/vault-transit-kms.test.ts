@@ -274,12 +274,14 @@ describe('VaultTransitKms against a real OpenBao server', () => {
     const tampered = tamper(good[1].wdek);
     const tooNew = Buffer.from(good[2].wdek.toString('latin1').replace(/^vault:v1:/, 'vault:v9:'), 'latin1');
     const foreign = sealWdek(randomBytes(32), name, 1, randomBytes(32));
-    const batch = [good[0].wdek, tampered, foreign, tooNew, good[2].wdek];
+    // The adapter checks only the vault:vN: prefix; a body that is not base64 is OpenBao's to refuse, per item.
+    const notBase64 = Buffer.from('vault:v1:!!!not base64', 'latin1');
+    const batch = [good[0].wdek, tampered, foreign, tooNew, notBase64, good[2].wdek];
     for (const results of [await kms.rewrapBatch(name, batch), await kms.unwrapBatch(name, batch)]) {
-      assert.equal(results.length, 5);
+      assert.equal(results.length, 6);
       assert.deepEqual(
         results.map((r) => (r instanceof KmsError ? r.code : 'ok')),
-        ['ok', 'CIPHERTEXT_INVALID', 'CIPHERTEXT_INVALID', 'CIPHERTEXT_INVALID', 'ok'],
+        ['ok', 'CIPHERTEXT_INVALID', 'CIPHERTEXT_INVALID', 'CIPHERTEXT_INVALID', 'CIPHERTEXT_INVALID', 'ok'],
       );
       for (const r of results) if (r instanceof KmsError) assert.equal(r.keyId, name);
     }
@@ -287,6 +289,7 @@ describe('VaultTransitKms against a real OpenBao server', () => {
     assert.ok(!(unwrapped[0] instanceof KmsError) && unwrapped[0]!.dek.equals(good[0].dek));
     await rejectsWith(kms.unwrap(name, tampered), 'CIPHERTEXT_INVALID');
     await rejectsWith(kms.rewrap(name, tooNew), 'CIPHERTEXT_INVALID');
+    await rejectsWith(kms.rewrap(name, notBase64), 'CIPHERTEXT_INVALID');
   });
 
   it('answers KEY_NOT_FOUND for an unknown key on every call, and creates none by wrapping', async () => {

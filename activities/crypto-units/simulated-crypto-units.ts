@@ -9,8 +9,8 @@
  * unit, or after N entries of re-encryption; `kill` ends the process with SIGKILL right there.
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, linkSync, mkdirSync, rmSync } from 'node:fs';
-import { basename, dirname } from 'node:path';
+import { chmodSync, closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
 import { type CryptoUnit, CryptoUnitError, type CryptoUnitSet, type KeyStorageCheck, type Progress, type RegisterState } from './crypto-unit-set';
 
@@ -85,6 +85,7 @@ export class SimulatedCryptoUnits implements CryptoUnitSet {
   static create(path: string, options: { units?: number; entries?: number; signatureThreshold?: number } = {}): SimulatedCryptoUnits {
     if (existsSync(path)) return SimulatedCryptoUnits.open(path);
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    removeAbandonedDrafts(path);
     const draft = `${path}.creating-${process.pid}-${randomBytes(4).toString('hex')}`;
     try {
       // Rollback journal while private: the published file is then one file, without a -wal beside it.
@@ -114,11 +115,19 @@ export class SimulatedCryptoUnits implements CryptoUnitSet {
       try {
         linkSync(draft, path);
       } catch (err) {
-        // Another process published its set first: that one is the set.
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        const code = (err as NodeJS.ErrnoException).code;
+        // Another process published its set first: that one is the set. A file system without
+        // hard links gets a rename, which only a start at the very same moment could race.
+        if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP') {
+          if (!existsSync(path)) renameSync(draft, path);
+        } else if (code !== 'EEXIST') {
+          throw err;
+        }
       }
+      syncDirectoryOf(path);
     } finally {
       rmSync(draft, { force: true });
+      rmSync(`${draft}-journal`, { force: true });
     }
     return SimulatedCryptoUnits.open(path);
   }
@@ -356,4 +365,35 @@ function common(registers: [RegisterState, Buffer | null][]): Buffer | undefined
   if (registers.length === 0 || registers.some(([state, value]) => state !== 'valid' || !value)) return undefined;
   const first = registers[0]![1]!;
   return registers.every(([, value]) => value!.equals(first)) ? Buffer.from(first) : undefined;
+}
+
+/** Drafts of a set (`<set>.creating-<pid>-…`) left by a process that died while creating it. */
+function removeAbandonedDrafts(path: string): void {
+  const prefix = `${basename(path)}.creating-`;
+  for (const name of readdirSync(dirname(path))) {
+    if (!name.startsWith(prefix)) continue;
+    const pid = Number(name.slice(prefix.length).split('-')[0]);
+    if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) continue;
+    rmSync(join(dirname(path), name), { force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: alive, another user's.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The published name survives a power cut only once its directory is on disk. */
+function syncDirectoryOf(path: string): void {
+  const fd = openSync(dirname(path), 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }
