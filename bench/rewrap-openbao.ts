@@ -51,7 +51,7 @@ function cpuSeconds(pid: number | undefined): number {
 /** CPU seconds the whole machine was busy (all cores, everything but idle and iowait). */
 function machineBusySeconds(): number {
   const [, ...ticks] = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).map(Number);
-  const [user, nice, system, , , irq, softirq, steal] = ticks as number[];
+  const [user, nice, system, , , irq, softirq, steal] = ticks;
   return (user! + nice! + system! + irq! + softirq! + steal!) / 100;
 }
 
