@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CryptoUnitError } from '../activities/crypto-units/crypto-unit-set';
 import { precheckProblems } from '../activities/crypto-units/precheck';
@@ -18,6 +20,22 @@ describe('simulated crypto units (real AES-256-GCM key storage under the registe
   });
   after(async () => {
     await rm(dir, { recursive: true, force: true });
+  });
+
+  it('creating a set removes the drafts of a process that died creating it, and keeps a live one\'s', async () => {
+    const path = join(dir, `drafts-${++n}.sqlite`);
+    // A pid that existed and is gone now, and this live process's.
+    const child = spawnSync(process.execPath, ['-e', '']);
+    const deadDraft = `${path}.creating-${child.pid}-0000dead`;
+    const liveDraft = `${path}.creating-${process.pid}-0000live`;
+    writeFileSync(deadDraft, 'a master-key set half written');
+    writeFileSync(liveDraft, 'another creator at work');
+    const units = SimulatedCryptoUnits.create(path);
+    assert.equal((await units.checkKeyStorage()).readable, 16);
+    assert.equal(existsSync(deadDraft), false, 'the dead process\'s draft is gone');
+    assert.equal(existsSync(liveDraft), true, 'a live process\'s draft is left to it');
+    assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith(`drafts-${n}.sqlite.creating-`) && f !== basename(liveDraft)), []);
+    units.close();
   });
 
   it('rotates in stages: key storage opens under the new master key and only under it', async () => {

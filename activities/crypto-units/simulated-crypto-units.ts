@@ -13,6 +13,7 @@ import { chmodSync, closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openS
 import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
 import { type CryptoUnit, CryptoUnitError, type CryptoUnitSet, type KeyStorageCheck, type Progress, type RegisterState } from './crypto-unit-set';
+import { processAlive } from '../process-alive';
 
 export type FaultStep = 'load' | 'reencrypt' | 'promote' | 'remove' | 'add';
 
@@ -373,18 +374,8 @@ function removeAbandonedDrafts(path: string): void {
   for (const name of readdirSync(dirname(path))) {
     if (!name.startsWith(prefix)) continue;
     const pid = Number(name.slice(prefix.length).split('-')[0]);
-    if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) continue;
+    if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) continue;
     rmSync(join(dirname(path), name), { force: true });
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: alive, another user's.
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

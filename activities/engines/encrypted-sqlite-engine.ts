@@ -13,6 +13,7 @@ import { InspectError, inspectInThread } from './inspect-thread';
 import { openKeyed } from './open-keyed';
 import { copyUnderNewKey } from './sqlite-rekey';
 import { EngineError } from './engine-error';
+import { processAlive } from '../process-alive';
 
 const DATABASE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
@@ -79,15 +80,6 @@ interface Decision {
   keep: 'registry' | 'file';
   /** Both wrap the same key (a rewrap): the other one may go. */
   sameKey: boolean;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 interface DatabaseRow {
