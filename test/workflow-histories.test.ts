@@ -42,6 +42,8 @@ describe('every registered workflow type has a recorded history for the replay t
     };
     await worker.runUntil(async () => {
       const demo = await run('initDemo', workflows.initDemo, []);
+      // `keyops init --wdeks N` (its input checked behind the validate-workflow-input patch); the demo is already there.
+      assert.equal((await run('initDemoWithOptions', workflows.initDemo, [{ wdeks: 10 }])).created, false);
       const created = await run('createRootKey', workflows.createRootKey, ['history-key']);
       assert.equal((await run('describeRootKey', workflows.describeRootKey, [created.keyId])).keyId, created.keyId);
       assert.equal((await run('setRootKeyPolicy', workflows.setRootKeyPolicy, [{ keyId: demo.keyId, intervalMonths: 3 }])).keyId, demo.keyId);
