@@ -128,7 +128,15 @@ export async function copyUnderNewKey(options: { path: string; oldDek: Buffer; n
     // Heartbeats while counting say 0 of a total not known yet.
     const original = await inspectInThread(path, oldDek, () => progress?.(0, 0), { quickCheck: false });
     const total = original.rows;
-    const report = (fraction: number) => progress?.(Math.min(total, Math.floor(total * fraction)), total);
+    // Never backwards: the re-encryption's progress comes from stat() calls that may resolve out
+    // of order on a loaded machine.
+    let reported = 0;
+    const report = (fraction: number) => {
+      const done = Math.min(total, Math.floor(total * fraction));
+      if (done < reported) return;
+      reported = done;
+      progress?.(done, total);
+    };
     // Closed only after the lock is released: closing any descriptor of a file drops every POSIX
     // lock this process holds on it, SQLite's included.
     source = await open(path, 'r');
