@@ -46,7 +46,7 @@ describe('worker processes starting together on a new data directory', () => {
   it(`all ${PROCESSES} start, and find one crypto-unit set whose key storage opens (${ROUNDS} rounds)`, async () => {
     for (let round = 1; round <= ROUNDS; round++) {
       const reports = await startTogether(join(base, `round-${round}`), randomBytes(32).toString('base64'));
-      for (const r of reports) assert.equal(r.ok, true, `round ${round}: a worker could not start: ${String(r.error)}`);
+      for (const r of reports) assert.equal(r.ok, true, `round ${round}: a worker could not start: ${String(r.error)} ${String(r.stack)}`);
       // One set, the same for everyone: its 16 key-storage entries all open under its master key.
       assert.equal(new Set(reports.map((r) => r.units)).size, 1, `round ${round}: the processes saw different unit sets`);
       for (const r of reports) assert.deepEqual({ entries: r.entries, readable: r.readable }, { entries: 16, readable: 16 });

@@ -2,6 +2,7 @@ import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
 import type { BackupCatalog, BackupStatus, CatalogEntry, NightOutcome } from './backup-catalog';
+import { enableWal } from '../sqlite-wal';
 
 interface Row {
   backup_id: string;
@@ -43,7 +44,7 @@ export class SqliteBackupCatalog implements BackupCatalog {
     const created = !existsSync(path);
     this.db = new Database(path);
     if (created) chmodSync(path, 0o600);
-    this.db.pragma('journal_mode = WAL');
+    enableWal(this.db);
     // Durable commits: files renamed and fsynced after a commit must never outlive it.
     this.db.pragma('synchronous = FULL');
     this.db.pragma('busy_timeout = 5000');

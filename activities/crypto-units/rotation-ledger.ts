@@ -1,6 +1,7 @@
 import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
+import { enableWal } from '../sqlite-wal';
 
 export interface RotationClaim {
   unitSetId: string;
@@ -32,7 +33,7 @@ export class RotationLedger implements RotationLedgerStore {
     const created = !existsSync(path);
     const db = new Database(path);
     if (created) chmodSync(path, 0o600);
-    db.pragma('journal_mode = WAL');
+    enableWal(db);
     // Durable commits: files renamed and fsynced after a commit must never outlive it.
     db.pragma('synchronous = FULL');
     db.pragma('busy_timeout = 10000');

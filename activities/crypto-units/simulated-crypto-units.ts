@@ -14,6 +14,7 @@ import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
 import { type CryptoUnit, CryptoUnitError, type CryptoUnitSet, type KeyStorageCheck, type Progress, type RegisterState } from './crypto-unit-set';
 import { processAlive } from '../process-alive';
+import { enableWal } from '../sqlite-wal';
 
 export type FaultStep = 'load' | 'reencrypt' | 'promote' | 'remove' | 'add';
 
@@ -136,7 +137,7 @@ export class SimulatedCryptoUnits implements CryptoUnitSet {
   private static connect(path: string): Database.Database {
     const db = new Database(path);
     db.pragma('busy_timeout = 10000');
-    db.pragma('journal_mode = WAL');
+    enableWal(db);
     // Durable commits: files renamed and fsynced after a commit must never outlive it.
     db.pragma('synchronous = FULL');
     SimulatedCryptoUnits.createTables(db);

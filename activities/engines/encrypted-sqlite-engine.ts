@@ -14,6 +14,7 @@ import { openKeyed } from './open-keyed';
 import { copyUnderNewKey } from './sqlite-rekey';
 import { EngineError } from './engine-error';
 import { processAlive } from '../process-alive';
+import { enableWal } from '../sqlite-wal';
 
 const DATABASE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
@@ -112,7 +113,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     const created = !existsSync(path);
     this.meta = new Database(path);
     if (created) chmodSync(path, 0o600);
-    this.meta.pragma('journal_mode = WAL');
+    enableWal(this.meta);
     this.meta.pragma('busy_timeout = 5000');
     // Every commit durable before the engine goes on: a backup key or a DEK change recorded here
     // is followed by fsynced files (key files, backups) that must never outlive their record.

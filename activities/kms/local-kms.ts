@@ -28,6 +28,7 @@ import type {
 import { KmsError } from './kms-error';
 import { MAX_REQUEST_ID, checkBatch, checkName, checkPolicyMonths, quote } from './port-input';
 import { DEK_LENGTH, ROOT_KEY_LENGTH, openWdek, sealWdek, wdekKeyVersion } from './wdek-format';
+import { enableWal } from '../sqlite-wal';
 
 export interface LocalKmsOptions {
   /** The SQLite file; its directory is created (mode 0700) if missing. */
@@ -298,7 +299,7 @@ export class LocalKms implements KeyManagementService {
     const db = new Database(path, { timeout: 5000 });
     try {
       db.pragma('busy_timeout = 5000');
-      db.pragma('journal_mode = WAL');
+      enableWal(db);
       db.pragma('synchronous = FULL');
       db.pragma('foreign_keys = ON');
       const kek = initStore(db, masterSecret, path);

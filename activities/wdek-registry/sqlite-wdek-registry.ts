@@ -2,6 +2,7 @@ import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
 import type { IdRange, RegisteredKey, StoredWdek, WdekRecord, WdekRegistry, WdekUpdate } from './wdek-registry';
+import { enableWal } from '../sqlite-wal';
 
 /** Sorts after every id keyops writes (ids are printable text). */
 const MAX_ID = '\u{10FFFF}';
@@ -32,7 +33,7 @@ export class SqliteWdekRegistry implements WdekRegistry {
     const created = !existsSync(path);
     this.db = new Database(path);
     if (created) chmodSync(path, 0o600);
-    this.db.pragma('journal_mode = WAL');
+    enableWal(this.db);
     this.db.pragma('busy_timeout = 5000');
     // FULL: a commit is on disk before the caller goes on. NORMAL can lose the last commits on a
     // power loss, while what followed them (a fsynced rename of a backup or key file, a KMS

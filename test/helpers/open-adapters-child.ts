@@ -21,7 +21,7 @@ async function main() {
     adapters.close();
     process.stdout.write(`${JSON.stringify({ ok: true, units: vps.size === 1 ? [...vps][0] : [...vps], ...storage })}\n`);
   } catch (err) {
-    process.stdout.write(`${JSON.stringify({ ok: false, error: err instanceof Error ? err.message : String(err) })}\n`);
+    process.stdout.write(`${JSON.stringify({ ok: false, error: err instanceof Error ? err.message : String(err), stack: err instanceof Error ? err.stack : undefined })}\n`);
   }
 }
 
