@@ -12,7 +12,7 @@
  * Diagnostics: BENCH_TIMELINE=1 prints the measured run's history events with their times;
  * BENCH_WORKER_PROF=<dir> writes a CPU profile of each worker process there.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -33,6 +33,8 @@ export interface OpenBaoBenchOptions {
   quota: number | undefined;
   /** WDEKs of another key rewrapped first, unmeasured: long-running workers, as in production. */
   warmup: number;
+  /** OpenBao alone on CPU 0; the caller has already moved itself (and so its children) off it. */
+  kmsOwnCpu: boolean;
   waitForPollers: (taskQueue: string, count: number) => Promise<void>;
 }
 
@@ -108,6 +110,10 @@ async function directRewrap(bao: OpenBao, name: string, wdeks: Buffer[], concurr
 
 export async function benchOpenBao(env: TestWorkflowEnvironment, dir: string, opts: OpenBaoBenchOptions): Promise<void> {
   const bao = await startOpenBao({ dir: join(dir, 'bao') });
+  if (opts.kmsOwnCpu) {
+    execFileSync('taskset', ['--all-tasks', '--pid', '--cpu-list', '0', String(bao.pid)], { stdio: 'ignore' });
+    console.log('CPUs                  OpenBao on CPU 0; this process, the dev server and the workers on the others');
+  }
   try {
     // The direct loop first, on a key of its own, before any quota.
     const directKey = `direct-${randomUUID().slice(0, 8)}`;

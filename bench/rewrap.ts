@@ -13,7 +13,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
@@ -41,11 +41,21 @@ const opts = new Command('bench:rewrap')
   .option('--warmup <n>', 'WDEKs of a separate key rewrapped first, unmeasured (0: none)', (v) => (v === '0' ? 0 : positive(v)), 20_000)
   .option('--kms <kms>', 'local (the embedded KMS) or openbao (a real OpenBao, next to a direct loop)', 'local')
   .option('--quota <n>', 'with --kms openbao: a rate-limit quota of N requests/s on transit/', positive)
+  .option('--kms-own-cpu', 'with --kms openbao: OpenBao on CPU 0, everything else on the others (a KMS with cores of its own, as in production)')
   .parse()
-  .opts<{ wdeks: number; chunk: number; batch: number; workers: number; warmup: number; kms: string; quota?: number }>();
+  .opts<{ wdeks: number; chunk: number; batch: number; workers: number; warmup: number; kms: string; quota?: number; kmsOwnCpu?: boolean }>();
 if (opts.kms !== 'local' && opts.kms !== 'openbao') {
   console.error(`bench:rewrap: --kms must be local or openbao, got ${opts.kms}`);
   process.exit(2);
+}
+if (opts.kmsOwnCpu && (opts.kms !== 'openbao' || availableParallelism() < 2)) {
+  console.error('bench:rewrap: --kms-own-cpu needs --kms openbao and at least 2 CPUs');
+  process.exit(2);
+}
+
+/** Pins every thread of a process to the given CPUs (util-linux taskset); its children inherit it. */
+function pin(pid: number, cpus: string): void {
+  execFileSync('taskset', ['--all-tasks', '--pid', '--cpu-list', cpus, String(pid)], { stdio: 'ignore' });
 }
 
 const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
@@ -93,13 +103,22 @@ async function waitForPollers(env: TestWorkflowEnvironment, taskQueue: string, c
 async function main() {
   const dir = mkdtempSync(join(tmpdir(), 'keyops-bench-'));
   Runtime.install({ logger: new DefaultLogger('WARN') });
+  // This process first: the dev server and the workers it starts inherit the CPUs left to keyops.
+  if (opts.kmsOwnCpu) pin(process.pid, `1-${availableParallelism() - 1}`);
   const cli = execFileSync(join(ROOT, 'temporal-dev.sh'), ['cli-path'], { encoding: 'utf8' }).trim();
   const env = await TestWorkflowEnvironment.createLocal({
     server: { executable: { type: 'existing-path', path: cli }, searchAttributes: [...keyopsSearchAttributes] },
   });
   try {
     if (opts.kms === 'openbao') {
-      await benchOpenBao(env, dir, { wdeks: opts.wdeks, workers: opts.workers, quota: opts.quota, warmup: opts.warmup, waitForPollers: (queue, count) => waitForPollers(env, queue, count) });
+      await benchOpenBao(env, dir, {
+        wdeks: opts.wdeks,
+        workers: opts.workers,
+        quota: opts.quota,
+        warmup: opts.warmup,
+        kmsOwnCpu: opts.kmsOwnCpu === true,
+        waitForPollers: (queue, count) => waitForPollers(env, queue, count),
+      });
       return;
     }
     // The same files a worker opens under its data directory.

@@ -64,8 +64,12 @@ const MAX_REQUEST_ID = 256;
 /** Transit's own rule for key names (framework.GenericNameRegex): word characters, "-" and "." inside. */
 const KEY_NAME = /^\w(?:[\w.-]*\w)?$/;
 const MAX_KEY_NAME = 250;
-/** `vault:v<N>:<base64>`; OpenBao keeps Vault's prefix. */
-const CIPHERTEXT = /^vault:v([1-9]\d{0,9}):[A-Za-z0-9+/]+={0,2}$/;
+/**
+ * `vault:v<N>:<base64>` (OpenBao keeps Vault's prefix). Only the prefix is checked, in both
+ * directions: this runs for every WDEK of a rewrap, a whole-body regex cost more than a
+ * microsecond each, and a body that is not base64 fails where it matters: Vault answers it as
+ * that item's error, and verification unwraps every stored WDEK.
+ */
 const CIPHERTEXT_PREFIX = /^vault:v([1-9]\d{0,9}):./;
 const MOUNT = /^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*$/;
 const ENV_NAME = /^[A-Z_][A-Z0-9_]*$/;
@@ -221,15 +225,13 @@ function ciphertextOf(wdek: unknown, keyId: string): { ciphertext: string; versi
     throw new KmsError('CIPHERTEXT_INVALID', `the WDEK is not valid for key ${keyId}: ${wdek.length} bytes is too long for a Transit ciphertext of a DEK`, keyId);
   }
   const text = Buffer.from(wdek.buffer, wdek.byteOffset, wdek.byteLength).toString('latin1');
-  // The prefix only, for the version: this runs for every WDEK sent, and a body that is not
-  // base64 comes back as that item's error from Vault (CIPHERTEXT_INVALID all the same).
   const match = CIPHERTEXT_PREFIX.exec(text);
   if (!match) throw new KmsError('CIPHERTEXT_INVALID', `the WDEK is not valid for key ${keyId}: it is not a Vault Transit ciphertext (vault:vN:…)`, keyId);
   return { ciphertext: text, version: Number(match[1]) };
 }
 
 function wdekOf(ciphertext: string, keyId: string): { wdek: Buffer; keyVersion: number } {
-  const match = CIPHERTEXT.exec(ciphertext);
+  const match = CIPHERTEXT_PREFIX.exec(ciphertext);
   if (!match) throw new KmsError('KMS_UNAVAILABLE', `Vault answered for key ${keyId} with a ciphertext that is not vault:vN:…`, keyId);
   return { wdek: Buffer.from(ciphertext, 'latin1'), keyVersion: Number(match[1]) };
 }
