@@ -368,6 +368,45 @@ describe('VaultTransitKms against a real OpenBao server', () => {
     assert.equal((await bao.api('GET', 'sys/policies/acl', undefined, headers)).status, 403);
   });
 
+  it('under a 1 s quota ("Retry-After: 0"), a throttled call waits for the next window, timed from the first call the current one let through', async () => {
+    const name = keyName('window');
+    await kms.createKey({ name });
+    const { wdek } = await kms.wrap(name);
+    const quota = `keyops-test-${randomUUID().slice(0, 8)}`;
+    const throttled = async (): Promise<KmsError | undefined> => {
+      try {
+        await kms.unwrap(name, wdek);
+        return undefined;
+      } catch (err) {
+        if (err instanceof KmsError && err.code === 'KMS_THROTTLED') return err;
+        throw err;
+      }
+    };
+    try {
+      assert.equal((await bao.api('POST', 'sys/quotas/config', { enable_rate_limit_response_headers: true })).status, 204);
+      assert.equal((await bao.api('POST', `sys/quotas/rate-limit/${quota}`, { rate: 3, interval: '1s', path: 'transit/' })).status, 204);
+      // Use up a window, then call until the next one lets a call through: that call opened it.
+      while (!(await throttled()));
+      let opened: { from: number; to: number };
+      for (;;) {
+        const from = Date.now();
+        const refused = await throttled();
+        if (!refused) {
+          opened = { from, to: Date.now() };
+          break;
+        }
+      }
+      let refused: KmsError | undefined;
+      while (!(refused = await throttled()));
+      const at = Date.parse(refused.retryAfter ?? '');
+      // One second after that call was sent, not after this refusal (which came later still).
+      assert.ok(at >= opened.from + 1000 && at <= opened.to + 1000, `retryAfter ${refused.retryAfter}: the window opened between ${new Date(opened.from).toISOString()} and ${new Date(opened.to).toISOString()}`);
+    } finally {
+      await bao.api('DELETE', `sys/quotas/rate-limit/${quota}`);
+      await bao.api('POST', 'sys/quotas/config', { enable_rate_limit_response_headers: false });
+    }
+  });
+
   it('answers KMS_THROTTLED with retryAfter when a rate-limit quota (sys/quotas/rate-limit) is exceeded', async () => {
     const name = keyName('quota');
     await kms.createKey({ name });

@@ -291,6 +291,13 @@ export class VaultTransitKms implements KeyManagementService {
   private readonly agent: HttpAgent | HttpsAgent;
   private readonly mountPath: string;
   private token: { value: string; stamp: string } | undefined;
+  /**
+   * A rate-limit quota's window, as far as this client can tell: when the last 429 came, and
+   * when the first request after it that the quota let through was sent (the new window had
+   * begun by then). See `retryAfter`.
+   */
+  private throttledAt = 0;
+  private windowOpenedBy: number | undefined;
 
   private constructor(
     private readonly options: Options,
@@ -530,7 +537,9 @@ export class VaultTransitKms implements KeyManagementService {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     let token = this.readToken();
     for (let attempt = 1; ; attempt++) {
+      const sentAt = this.now();
       const res = await this.exchange(method, url, payload, token, keyId);
+      if (res.status !== 429 && this.throttledAt > (this.windowOpenedBy ?? -1)) this.windowOpenedBy = sentAt;
       if (res.status >= 200 && res.status < 300) return res;
       if (options.batch && res.status === 400 && this.hasBatchResults(res)) return res;
       if ((res.status === 401 || res.status === 403) && attempt === 1) {
@@ -544,6 +553,24 @@ export class VaultTransitKms implements KeyManagementService {
     }
   }
 
+  /**
+   * When a throttled call may go again. Vault's quotas refill a fixed window at once, and their
+   * Retry-After is whole seconds rounded down: "0" says only "within the second". Waiting a
+   * second from the 429 then started every refill late by the time the last one took to drain
+   * (about a tenth of a 1 s window, and growing each window). A window opens one interval after
+   * the previous one did, so the wait ends a second after the first request this client got
+   * through since its last 429 was sent, when that is still ahead.
+   */
+  private retryAfter(headers: IncomingHttpHeaders): string | undefined {
+    const now = this.now();
+    const said = retryAfterOf(headers, now);
+    const opened = this.windowOpenedBy;
+    this.throttledAt = now;
+    if (opened === undefined || (header(headers, 'retry-after') ?? header(headers, 'x-ratelimit-reset'))?.trim() !== '0') return said;
+    const next = opened + 1000;
+    return next > now ? new Date(next).toISOString() : said;
+  }
+
   private hasBatchResults(res: Response): boolean {
     const data = dataField(res.body);
     return typeof data === 'object' && data !== null && Array.isArray(Reflect.get(data, 'batch_results'));
@@ -555,7 +582,7 @@ export class VaultTransitKms implements KeyManagementService {
     const where = `Vault Transit at ${this.base.origin}${this.options.namespace ? ` (namespace ${this.options.namespace})` : ''}`;
     const { status } = res;
     if (status === 429) {
-      const retryAfter = retryAfterOf(res.headers, this.now());
+      const retryAfter = this.retryAfter(res.headers);
       return new KmsError(
         'KMS_THROTTLED',
         `${where} throttled the ${op} of key ${keyId} (HTTP 429, a rate-limit quota)${retryAfter ? `; retry after ${retryAfter}` : ''}${because}`,
