@@ -1,5 +1,5 @@
 /**
- * npm run bench:rewrap -- --kms openbao --wdeks 100000 [--quota R]
+ * npm run bench:rewrap -- --kms openbao --wdeks 100000 [--quota R] [--kms-own-cpu]
  *
  * keyops' rewrap against a real OpenBao (installed by scripts/install-openbao.sh, run as
  * `bao server -dev` on a free port), next to a direct loop measured in the same run: the same
@@ -8,7 +8,8 @@
  * transit/ for keyops' run, which must keep close to R and fail no WDEK.
  *
  * It also prints the CPU seconds OpenBao, each worker and everything else used in each run: on a
- * small machine they share the cores, and that is what bounds the ratio.
+ * small machine they share the cores, and that is what bounds the ratio. --kms-own-cpu gives
+ * OpenBao CPU 0 alone and everything else the other CPUs, as a KMS server with its own cores.
  * Diagnostics: BENCH_TIMELINE=1 prints the measured run's history events with their times;
  * BENCH_WORKER_PROF=<dir> writes a CPU profile of each worker process there.
  */
