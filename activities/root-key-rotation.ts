@@ -68,8 +68,7 @@ export interface ChunkResult {
   /**
    * Rewrap only: the key's WDEKs and how many are still below the version, counted when the
    * chunk ended. `processed` under-counts after a retry that resumed from a heartbeat older
-   * than the last batch moved; these counts are exact whatever the retries did. Sent by a
-   * retried attempt and by the chunk that finishes its partition.
+   * than the last batch moved; these counts are exact whatever the retries did.
    */
   total?: number;
   stale?: number;
@@ -304,16 +303,7 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       };
       const window = new AdaptiveConcurrency({ ...lanes(input.keyId), sleep: (ms) => sleep(ms), onWait: () => heartbeat({ cursor, processed } satisfies Cursor) });
       const report = throttleReporter(window);
-      // The registry's count scans every WDEK of the key (a third of a second per million here):
-      // only where `processed` may under-count (an attempt resumed from an older heartbeat) and at
-      // the end of a partition. Elsewhere the workflow adds up `processed`, which is then exact.
-      const counted = (finished: boolean): ChunkResult => ({
-        processed,
-        cursor,
-        finished,
-        ...(finished || activityInfo().attempt > 1 ? counts() : {}),
-        kms: window.snapshot(),
-      });
+      const counted = (finished: boolean): ChunkResult => ({ processed, cursor, finished, ...counts(), kms: window.snapshot() });
       const what = `rewrap of ${input.keyId}`;
       stopIfCancelled(what, { cursor, processed });
       await holdForMasterKey(input, what, undefined, counts);

@@ -16,7 +16,8 @@ export function enableWal(db: Database.Database, timeoutMs = 10_000): void {
       db.pragma('journal_mode = WAL');
       return;
     } catch (err) {
-      if ((err as { code?: unknown }).code !== 'SQLITE_BUSY' || Date.now() >= deadline) throw err;
+      const code = (err as { code?: unknown }).code;
+      if (typeof code !== 'string' || !code.startsWith('SQLITE_BUSY') || Date.now() >= deadline) throw err;
       Atomics.wait(pause, 0, 0, 5 + Math.random() * 20);
     }
   }

@@ -539,7 +539,9 @@ export class VaultTransitKms implements KeyManagementService {
     for (let attempt = 1; ; attempt++) {
       const sentAt = this.now();
       const res = await this.exchange(method, url, payload, token, keyId);
-      if (res.status !== 429 && this.throttledAt > (this.windowOpenedBy ?? -1)) this.windowOpenedBy = sentAt;
+      // Sent after the last 429 and let through: a new window had opened. One sent before it may
+      // have been let through by the old window, whatever order the answers came in.
+      if (res.status !== 429 && sentAt >= this.throttledAt && this.throttledAt > (this.windowOpenedBy ?? -1)) this.windowOpenedBy = sentAt;
       if (res.status >= 200 && res.status < 300) return res;
       if (options.batch && res.status === 400 && this.hasBatchResults(res)) return res;
       if ((res.status === 401 || res.status === 403) && attempt === 1) {
@@ -559,7 +561,9 @@ export class VaultTransitKms implements KeyManagementService {
    * second from the 429 then started every refill late by the time the last one took to drain
    * (about a tenth of a 1 s window, and growing each window). A window opens one interval after
    * the previous one did, so the wait ends a second after the first request this client got
-   * through since its last 429 was sent, when that is still ahead.
+   * through since its last 429 was sent, when that is still ahead. That assumes the 1 s interval
+   * of a per-second quota; with a longer one an early retry costs one more 429, and the state is
+   * the adapter's, not per path: a quota covers a whole mount (`transit/`) or more.
    */
   private retryAfter(headers: IncomingHttpHeaders): string | undefined {
     const now = this.now();
