@@ -9,7 +9,8 @@
  *
  * It also prints the CPU seconds OpenBao, each worker and everything else used in each run: on a
  * small machine they share the cores, and that is what bounds the ratio. --kms-own-cpu gives
- * OpenBao CPU 0 alone and everything else the other CPUs, as a KMS server with its own cores.
+ * OpenBao CPU 0 alone and everything else the other CPUs, so that keyops and the KMS do not
+ * compete for CPU (as with a KMS on another host; on 2 cores OpenBao then has one core, not two).
  * Diagnostics: BENCH_TIMELINE=1 prints the measured run's history events with their times;
  * BENCH_WORKER_PROF=<dir> writes a CPU profile of each worker process there.
  */
@@ -37,6 +38,11 @@ export interface OpenBaoBenchOptions {
   /** OpenBao alone on CPU 0; the caller has already moved itself (and so its children) off it. */
   kmsOwnCpu: boolean;
   waitForPollers: (taskQueue: string, count: number) => Promise<void>;
+}
+
+/** Pins every thread of a process to the given CPUs (util-linux taskset); its children inherit it. */
+export function pinToCpus(pid: number, cpus: string): void {
+  execFileSync('taskset', ['--all-tasks', '--pid', '--cpu-list', cpus, String(pid)], { stdio: 'ignore' });
 }
 
 /** CPU seconds a process has used (user + system), from /proc: where a run's cores went. */
@@ -112,7 +118,7 @@ async function directRewrap(bao: OpenBao, name: string, wdeks: Buffer[], concurr
 export async function benchOpenBao(env: TestWorkflowEnvironment, dir: string, opts: OpenBaoBenchOptions): Promise<void> {
   const bao = await startOpenBao({ dir: join(dir, 'bao') });
   if (opts.kmsOwnCpu) {
-    execFileSync('taskset', ['--all-tasks', '--pid', '--cpu-list', '0', String(bao.pid)], { stdio: 'ignore' });
+    pinToCpus(bao.pid, '0');
     console.log('CPUs                  OpenBao on CPU 0; this process, the dev server and the workers on the others');
   }
   try {

@@ -24,7 +24,7 @@ import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-regi
 import { rotateRootKey } from '../workflows';
 import { keyEntityWorkflowId, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { keyopsSearchAttributes } from '../workflows/search-attributes';
-import { benchOpenBao } from './rewrap-openbao';
+import { benchOpenBao, pinToCpus } from './rewrap-openbao';
 
 const ROOT = resolve(__dirname, '..');
 const positive = (v: string) => {
@@ -41,7 +41,7 @@ const opts = new Command('bench:rewrap')
   .option('--warmup <n>', 'WDEKs of a separate key rewrapped first, unmeasured (0: none)', (v) => (v === '0' ? 0 : positive(v)), 20_000)
   .option('--kms <kms>', 'local (the embedded KMS) or openbao (a real OpenBao, next to a direct loop)', 'local')
   .option('--quota <n>', 'with --kms openbao: a rate-limit quota of N requests/s on transit/', positive)
-  .option('--kms-own-cpu', 'with --kms openbao: OpenBao on CPU 0, everything else on the others (a KMS with cores of its own, as in production)')
+  .option('--kms-own-cpu', 'with --kms openbao: OpenBao alone on CPU 0, everything else on the others (keyops and the KMS do not compete for CPU)')
   .parse()
   .opts<{ wdeks: number; chunk: number; batch: number; workers: number; warmup: number; kms: string; quota?: number; kmsOwnCpu?: boolean }>();
 if (opts.kms !== 'local' && opts.kms !== 'openbao') {
@@ -51,11 +51,6 @@ if (opts.kms !== 'local' && opts.kms !== 'openbao') {
 if (opts.kmsOwnCpu && (opts.kms !== 'openbao' || availableParallelism() < 2)) {
   console.error('bench:rewrap: --kms-own-cpu needs --kms openbao and at least 2 CPUs');
   process.exit(2);
-}
-
-/** Pins every thread of a process to the given CPUs (util-linux taskset); its children inherit it. */
-function pin(pid: number, cpus: string): void {
-  execFileSync('taskset', ['--all-tasks', '--pid', '--cpu-list', cpus, String(pid)], { stdio: 'ignore' });
 }
 
 const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
@@ -104,7 +99,7 @@ async function main() {
   const dir = mkdtempSync(join(tmpdir(), 'keyops-bench-'));
   Runtime.install({ logger: new DefaultLogger('WARN') });
   // This process first: the dev server and the workers it starts inherit the CPUs left to keyops.
-  if (opts.kmsOwnCpu) pin(process.pid, `1-${availableParallelism() - 1}`);
+  if (opts.kmsOwnCpu) pinToCpus(process.pid, `1-${availableParallelism() - 1}`);
   const cli = execFileSync(join(ROOT, 'temporal-dev.sh'), ['cli-path'], { encoding: 'utf8' }).trim();
   const env = await TestWorkflowEnvironment.createLocal({
     server: { executable: { type: 'existing-path', path: cli }, searchAttributes: [...keyopsSearchAttributes] },

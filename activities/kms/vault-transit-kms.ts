@@ -65,11 +65,11 @@ const MAX_REQUEST_ID = 256;
 const KEY_NAME = /^\w(?:[\w.-]*\w)?$/;
 const MAX_KEY_NAME = 250;
 /**
- * `vault:v<N>:<base64>` (OpenBao keeps Vault's prefix). Only the prefix is checked, in both
- * directions: this runs for every WDEK of a rewrap, a whole-body regex cost more than a
- * microsecond each, and a body that is not base64 fails where it matters: Vault answers it as
- * that item's error, and verification unwraps every stored WDEK.
+ * `vault:v<N>:<base64>`; OpenBao keeps Vault's prefix. An answer is checked whole: a rewrap
+ * stores it over the only other copy of the DEK, before verification runs.
  */
+const CIPHERTEXT = /^vault:v([1-9]\d{0,9}):[A-Za-z0-9+/]+={0,2}$/;
+/** What is sent is checked by prefix only: a body that is not base64 comes back as that item's error. */
 const CIPHERTEXT_PREFIX = /^vault:v([1-9]\d{0,9}):./;
 const MOUNT = /^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+)*$/;
 const ENV_NAME = /^[A-Z_][A-Z0-9_]*$/;
@@ -231,7 +231,7 @@ function ciphertextOf(wdek: unknown, keyId: string): { ciphertext: string; versi
 }
 
 function wdekOf(ciphertext: string, keyId: string): { wdek: Buffer; keyVersion: number } {
-  const match = CIPHERTEXT_PREFIX.exec(ciphertext);
+  const match = CIPHERTEXT.exec(ciphertext);
   if (!match) throw new KmsError('KMS_UNAVAILABLE', `Vault answered for key ${keyId} with a ciphertext that is not vault:vN:…`, keyId);
   return { wdek: Buffer.from(ciphertext, 'latin1'), keyVersion: Number(match[1]) };
 }
