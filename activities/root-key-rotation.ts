@@ -3,9 +3,9 @@ import { ApplicationFailure, type SignalDefinition } from '@temporalio/common';
 import { Context, activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
 import type { DatabaseEngine } from './engines/database-engine';
 import { AdaptiveConcurrency, type ThrottleStats } from './kms/adaptive-concurrency';
-import type { BatchResult, KeyManagementService, KeyMetadata, RewrapResult } from './kms/key-management-service';
+import type { BatchResult, KeyManagementService, KeyMetadata, RewrapResult, UnwrapResult } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
-import { resumableBatch } from './kms/throttled-batch';
+import { ThrottledBatch, resumableBatch } from './kms/throttled-batch';
 import { typed } from './typed';
 import type { StoredWdek, WdekRegistry, WdekUpdate } from './wdek-registry/wdek-registry';
 import {
@@ -127,15 +127,23 @@ const MAX_LANES = 16;
 /** Answered parts recorded in one registry transaction (one fsync) while more are in flight. */
 const RECORD_GROUP_PARTS = 4;
 
+/** What verification keeps of an unwrapped WDEK: its version, never its DEK. */
+interface Unwrapped {
+  keyVersion: number;
+}
+
 /**
- * Sends `items` to the KMS in batches of `batchSize`, as many at once as the adaptive window
- * allows, and returns the per-item results in order. Throttling shrinks the window and waits
- * (AIMD); other transient failures get the usual short in-place retries.
+ * An unwrap batch for verification: every DEK is zeroed as it arrives, also those a throttled
+ * batch carries for its resumed retry, so none waits in memory through a Retry-After.
  */
-async function inLanes<R>(window: AdaptiveConcurrency, items: readonly Buffer[], batchSize: number, call: (part: readonly Buffer[]) => Promise<BatchResult<R>>): Promise<BatchResult<R>> {
-  const parts: Buffer[][] = [];
-  for (let i = 0; i < items.length; i += batchSize) parts.push(items.slice(i, i + batchSize));
-  return (await Promise.all(parts.map((part) => kmsCall(() => window.run(() => call(part)))))).flat();
+async function unwrapForCheck(kms: KeyManagementService, keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<Unwrapped>> {
+  const strip = <R extends UnwrapResult | KmsError | undefined>(r: R) => (r === undefined || r instanceof KmsError ? r : (r.dek.fill(0), { keyVersion: r.keyVersion }));
+  try {
+    return (await kms.unwrapBatch(keyId, wdeks)).map(strip);
+  } catch (err) {
+    if (err instanceof ThrottledBatch) throw new ThrottledBatch<Unwrapped>(err, (err as ThrottledBatch<UnwrapResult>).answered.map(strip));
+    throw err;
+  }
 }
 
 /**
@@ -454,45 +462,112 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       }
     },
 
-    /** Checks that every WDEK in the chunk's range is recorded on `version` and really unwraps under it. */
+    /**
+     * Checks that every WDEK in the chunk's range is recorded on `version` and really unwraps
+     * under it. A sliding window like rewrap's: rounds would leave the KMS (and a rate-limit
+     * quota) idle while each round's slowest or throttled call finished.
+     */
     async verifyChunk(input: ChunkInput): Promise<VerifyResult> {
       const resumed = resumePoint(input);
       let { cursor, processed } = resumed;
       const failedIds = resumed.failedIds ?? [];
       let failed = resumed.failed ?? 0;
+      const progress = (): Cursor => ({ cursor, processed, failed, failedIds });
       const range = () => ({ afterId: cursor, untilId: input.untilId });
       // "On the version or later": a rotation that happened meanwhile (policy, operator) moves
       // WDEKs past the target, which still satisfies it; the watcher rewraps to the newer one.
       const current = (v: number) => v >= input.version;
-      const window = new AdaptiveConcurrency({ ...lanes(input.keyId), sleep: (ms) => sleep(ms), onWait: () => heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor) });
+      const window = new AdaptiveConcurrency({ ...lanes(input.keyId), sleep: (ms) => sleep(ms), onWait: () => heartbeat(progress()) });
       const report = throttleReporter(window);
-      while (processed < input.maxItems) {
-        stopIfCancelled(`verification of ${input.keyId}`, { cursor, processed, failed, failedIds });
-        await holdForMasterKey(input, `verification of ${input.keyId}`, { cursor, processed, failed, failedIds });
-        const batch = registry.list(input.keyId, range(), Math.min(input.batchSize * window.concurrency, input.maxItems - processed));
-        if (batch.length === 0) return { processed, cursor, finished: true, failedIds, failed, kms: window.snapshot() };
-        const onVersion = batch.flatMap((r, i) => (current(r.keyVersion) ? [i] : []));
-        const results = await inLanes(window, onVersion.map((i) => batch[i]!.wdek), input.batchSize, (part) => kms.unwrapBatch(input.keyId, part)).catch((err: unknown) => {
-          stopIfCancelled(`verification of ${input.keyId}`, { cursor, processed, failed, failedIds });
-          throw err;
-        });
-        report();
-        const ok = batch.map(() => false);
+      const what = `verification of ${input.keyId}`;
+      stopIfCancelled(what, progress());
+      await holdForMasterKey(input, what, progress());
+
+      interface Part {
+        rows: StoredWdek[];
+        /** Positions in `rows` of the WDEKs recorded on the version: only those go to the KMS. */
+        onVersion: number[];
+        results: Promise<BatchResult<Unwrapped>>;
+        answered: boolean;
+      }
+      /** Sent, not yet counted, oldest (lowest ids) first. */
+      const inFlight: Part[] = [];
+      let readAfter = cursor;
+      let room = input.maxItems - processed;
+      let exhausted = false;
+      let held = false;
+      /** Set when this attempt ends: calls waiting out a throttle then send nothing more. */
+      let stopped = false;
+      const fill = async () => {
+        while (!exhausted && !held && room > 0 && inFlight.length < window.concurrency && !Context.current().cancellationSignal.aborted) {
+          if ((await keyStorageRotation?.())?.inProgress) {
+            held = true;
+            return;
+          }
+          const rows = registry.list(input.keyId, { afterId: readAfter, untilId: input.untilId }, Math.min(input.batchSize, room));
+          if (rows.length === 0) {
+            exhausted = true;
+            return;
+          }
+          readAfter = rows[rows.length - 1]!.id;
+          room -= rows.length;
+          const onVersion = rows.flatMap((r, i) => (current(r.keyVersion) ? [i] : []));
+          const call = resumableBatch(
+            onVersion.map((i) => rows[i]!.wdek),
+            (wdeks) => (stopped ? Promise.reject(new Error(`${what}: this attempt ended`)) : unwrapForCheck(kms, input.keyId, wdeks)),
+          );
+          const part: Part = { rows, onVersion, results: onVersion.length > 0 ? kmsCall(() => window.run(call)) : Promise.resolve([]), answered: false };
+          part.results.then(
+            () => (part.answered = true),
+            () => undefined,
+          );
+          inFlight.push(part);
+        }
+      };
+      const tally = (part: Part, results: BatchResult<Unwrapped>) => {
+        const ok = part.rows.map(() => false);
         results.forEach((result, j) => {
           if (result instanceof KmsError) return;
-          result.dek.fill(0);
-          ok[onVersion[j]!] = current(result.keyVersion);
+          ok[part.onVersion[j]!] = current(result.keyVersion);
         });
-        batch.forEach((record, i) => {
+        part.rows.forEach((record, i) => {
           if (ok[i]) return;
           failed++;
           if (failedIds.length < 20) failedIds.push(record.id);
         });
-        processed += batch.length;
-        cursor = batch[batch.length - 1]!.id;
-        heartbeat({ cursor, processed, failed, failedIds } satisfies Cursor);
-        await yieldToEventLoop();
+        processed += part.rows.length;
+        cursor = part.rows[part.rows.length - 1]!.id;
+      };
+
+      try {
+        await fill();
+        while (inFlight.length > 0 || held) {
+          if (inFlight.length === 0) {
+            // Everything sent is counted: throws while the rotation runs, goes on once it ended.
+            await holdForMasterKey(input, what, progress());
+            held = false;
+            await fill();
+            continue;
+          }
+          await inFlight[0]!.results.catch((err: unknown) => {
+            stopIfCancelled(what, progress());
+            throw err;
+          });
+          let ready = 1;
+          while (ready < inFlight.length && inFlight[ready]!.answered) ready++;
+          const parts = inFlight.splice(0, ready);
+          // Their places go to the KMS before these are counted.
+          await fill();
+          report();
+          for (const part of parts) tally(part, await part.results);
+          heartbeat(progress());
+          stopIfCancelled(what, progress());
+          await yieldToEventLoop();
+        }
+      } finally {
+        stopped = true;
       }
+      stopIfCancelled(what, progress());
       return { processed, cursor, finished: registry.list(input.keyId, range(), 1).length === 0, failedIds, failed, kms: window.snapshot() };
     },
 

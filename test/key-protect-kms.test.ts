@@ -383,7 +383,7 @@ describe('rotateRootKey on a Key Protect key (the FAKE Key Protect)', () => {
     await fake?.close();
   });
 
-  it('behind its rate limit, rewraps each WDEK once: a 429 costs one request again, not the batch it came in', async () => {
+  it('behind its rate limit, rewraps and verifies each WDEK once: a 429 costs one request again, not the batch it came in', async () => {
     const count = 200;
     const { keyId } = await kms.createKey({ name: 'rate-limited root key' });
     const registry = SqliteWdekRegistry.open(join(suite.dir, 'rate-limited.sqlite'));
@@ -391,7 +391,7 @@ describe('rotateRootKey on a Key Protect key (the FAKE Key Protect)', () => {
     registry.registerMany(wrapped.map((w, i) => ({ id: `db/kp-limited/dek-${String(i).padStart(6, '0')}`, keyId, keyVersion: w.keyVersion, wdek: w.wdek, owner: 'test' })));
     const taskQueue = uniqueTaskQueue('key-protect-limited');
     const worker = await createTestWorker(suite.env, { taskQueue, activities: localActivities({ dataDir: suite.dir, kms, registry }).activities });
-    const before = { received: fake.count('rewrap'), served: fake.servedCount('rewrap') };
+    const before = { received: fake.count('rewrap'), served: fake.servedCount('rewrap'), unwrapsReceived: fake.count('unwrap'), unwrapsServed: fake.servedCount('unwrap') };
     // Low enough to be hit however slowly a loaded machine sends: 16 requests in flight reach 60
     // well within 2 s.
     fake.setRateLimit({ requests: 60, windowMs: 2000 });
@@ -412,6 +412,12 @@ describe('rotateRootKey on a Key Protect key (the FAKE Key Protect)', () => {
     const served = fake.servedCount('rewrap') - before.served;
     assert.ok(received > served, `some rewrap requests were refused with 429 (${received} received)`);
     assert.equal(served, count, 'each WDEK was rewrapped by Key Protect exactly once');
+    // Verification unwraps under the same limit: an unwrap batch refused half way keeps the DEKs
+    // it got (zeroed at once) and resends only the rest. A batch of 50 against 60 per window.
+    const unwrapsReceived = fake.count('unwrap') - before.unwrapsReceived;
+    const unwrapsServed = fake.servedCount('unwrap') - before.unwrapsServed;
+    assert.ok(unwrapsReceived > unwrapsServed, `some unwrap requests were refused with 429 (${unwrapsReceived} received)`);
+    assert.equal(unwrapsServed, count, 'each WDEK was unwrapped by Key Protect exactly once to verify it');
     assert.ok(registry.list(keyId, {}, count + 1).every((r) => r.keyVersion === 2));
     await suite.client.workflow.getHandle(keyEntityWorkflowId(keyId)).terminate('test finished');
     registry.close();

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { KeyManagementService } from '../activities/kms/key-management-service';
 import { KmsError, type KmsErrorCode } from '../activities/kms/kms-error';
+import { ThrottledBatch, resumableBatch } from '../activities/kms/throttled-batch';
 import { VaultTransitKms, type VaultTransitOptions } from '../activities/kms/vault-transit-kms';
 import { sealWdek } from '../activities/kms/wdek-format';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
@@ -450,6 +451,45 @@ describe('VaultTransitKms against a real OpenBao server', () => {
       await bao.api('POST', 'sys/quotas/config', { enable_rate_limit_response_headers: false });
     }
     assert.equal((await kms.unwrap(name, wdek)).keyVersion, 1, 'usable again once the quota is gone');
+  });
+
+  it('a batch a quota refuses part of the way keeps the answers of the requests it let through, and its retry sends only the rest', async () => {
+    const name = keyName('partial');
+    await kms.createKey({ name });
+    const wrapped = await Promise.all(Array.from({ length: 6 }, () => kms.wrap(name)));
+    await kms.rotateKey(name, randomUUID());
+    // One WDEK per request: six requests against a quota of three per 30 s.
+    const oneEach = open({ maxBatchItems: 1 });
+    const quota = `keyops-test-${randomUUID().slice(0, 8)}`;
+    const limit = () => bao.api('POST', `sys/quotas/rate-limit/${quota}`, { rate: 3, interval: '30s', path: 'transit/' });
+    const sent: number[] = [];
+    try {
+      for (const op of ['unwrap', 'rewrap'] as const) {
+        // A quota created anew starts with a full window.
+        assert.equal((await limit()).status, 204);
+        const call = resumableBatch(
+          wrapped.map((w) => w.wdek),
+          (part): Promise<unknown[]> => (sent.push(part.length), op === 'unwrap' ? oneEach.unwrapBatch(name, part) : oneEach.rewrapBatch(name, part)),
+        );
+        const refused = await call().then(
+          () => assert.fail(`the ${op} batch got through a quota of 3`),
+          (err: unknown) => err,
+        );
+        assert.ok(refused instanceof ThrottledBatch, `a ${op} batch refused part of the way is a ThrottledBatch: ${String(refused)}`);
+        const answered = (refused as ThrottledBatch<unknown>).answered.filter((a) => a !== undefined).length;
+        assert.equal(answered, 3, `the ${op} answers the quota let through are kept`);
+        assert.equal((await bao.api('DELETE', `sys/quotas/rate-limit/${quota}`)).status, 204);
+        const results = await call();
+        results.forEach((r, i) => {
+          assert.ok(!(r instanceof KmsError), `${op} of WDEK ${i}: ${String(r)}`);
+          if (op === 'unwrap') assert.deepEqual((r as { dek: Buffer }).dek, wrapped[i]!.dek, `WDEK ${i} unwrapped to its own DEK`);
+          else assert.equal((r as { keyVersion: number }).keyVersion, 2, `WDEK ${i} rewrapped to version 2`);
+        });
+      }
+      assert.deepEqual(sent, [6, 3, 6, 3], 'each retry sent only the three WDEKs not answered yet');
+    } finally {
+      await bao.api('DELETE', `sys/quotas/rate-limit/${quota}`);
+    }
   });
 
   it('disables and enables through transit soft delete: every use refused (KEY_DISABLED), nothing deleted', async () => {

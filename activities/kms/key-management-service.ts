@@ -81,7 +81,9 @@ export interface KeyManagementService {
   rewrap(keyId: string, wdek: Buffer): Promise<RewrapResult>;
   /**
    * Bulk forms for rewrapping a key's WDEKs: one request per batch, served against one reading
-   * of the key's state. A remote adapter may pipeline the requests of a batch.
+   * of the key's state. A remote adapter may pipeline the requests of a batch. A batch throttled
+   * part of the way rejects as a `ThrottledBatch` carrying the answers it got (a caller that
+   * drops them zeroes their DEKs).
    */
   unwrapBatch(keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<UnwrapResult>>;
   rewrapBatch(keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<RewrapResult>>;

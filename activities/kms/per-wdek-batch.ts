@@ -7,8 +7,9 @@ import { ThrottledBatch } from './throttled-batch';
  * on every WDEK, at most `concurrency` at once, results in order. A WDEK's own
  * CIPHERTEXT_INVALID is its result; any other failure stops new requests, waits for those in
  * flight, hands what they returned to `discard` (to zero DEKs) and rejects the call. A throttled
- * batch without key material in its results (no `discard`) rejects as a ThrottledBatch carrying
- * what was answered, so that its retry sends only the rest.
+ * batch rejects as a ThrottledBatch carrying what was answered, DEKs included (its caller keeps or
+ * zeroes them), so that its retry sends only the rest: a discarded answer cost quota once already,
+ * and a batch larger than the quota's window would otherwise never get through.
  */
 export async function eachBounded<T>(wdeks: readonly Buffer[], concurrency: number, fn: (wdek: Buffer) => Promise<T>, discard?: (result: T) => void): Promise<BatchResult<T>> {
   const results = new Array<T | KmsError>(wdeks.length);
@@ -27,7 +28,7 @@ export async function eachBounded<T>(wdeks: readonly Buffer[], concurrency: numb
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, wdeks.length) }, lane));
   if (failure) {
-    if (!discard && failure.err instanceof KmsError && failure.err.code === 'KMS_THROTTLED') throw new ThrottledBatch(failure.err, results);
+    if (failure.err instanceof KmsError && failure.err.code === 'KMS_THROTTLED') throw new ThrottledBatch(failure.err, results);
     if (discard) for (const r of results) if (r !== undefined && !(r instanceof KmsError)) discard(r);
     throw failure.err;
   }

@@ -3,8 +3,8 @@ import { KmsError } from './kms-error';
 
 /**
  * A batch the KMS throttled part of the way through: KMS_THROTTLED, with the items it had
- * already answered (by position; undefined where it had not). Only for results without key
- * material (rewraps): a batch of unwrapped DEKs is zeroed and thrown whole instead.
+ * already answered (by position; undefined where it had not). Unwrapped DEKs among them are
+ * the caller's to zero, as they would be in an answer.
  */
 export class ThrottledBatch<T> extends KmsError {
   constructor(

@@ -52,6 +52,7 @@ import type {
   UnwrapResult,
   WrapResult,
 } from './key-management-service';
+import { ThrottledBatch } from './throttled-batch';
 import { KmsError } from './kms-error';
 import { checkPolicyMonths, quote } from './port-input';
 
@@ -423,7 +424,7 @@ export class VaultTransitKms implements KeyManagementService {
   }
 
   unwrapBatch(keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<UnwrapResult>> {
-    return this.batch(keyId, wdeks, 'decrypt', 'unwrap', 'plaintext', (plaintext, name, version) => ({ dek: dekOf(plaintext, name), keyVersion: version }));
+    return this.batch(keyId, wdeks, 'decrypt', 'unwrap', 'plaintext', (plaintext, name, version) => ({ dek: dekOf(plaintext, name), keyVersion: version }), (r) => r.dek.fill(0));
   }
 
   rewrapBatch(keyId: string, wdeks: readonly Buffer[]): Promise<BatchResult<RewrapResult>> {
@@ -476,6 +477,9 @@ export class VaultTransitKms implements KeyManagementService {
   /**
    * One `batch_input` request per `maxBatchItems` WDEKs, all sent at once. A WDEK that is not a
    * Transit ciphertext is not sent; an item Vault reports an error for is CIPHERTEXT_INVALID.
+   * When a rate-limit quota refuses some of the requests, the answers of the others are kept (a
+   * ThrottledBatch): resending them would spend the quota twice. Any other failure zeroes what
+   * was answered (`discard`) and fails the call.
    */
   private async batch<T>(
     keyId: string,
@@ -484,6 +488,7 @@ export class VaultTransitKms implements KeyManagementService {
     op: Operation,
     field: 'ciphertext' | 'plaintext',
     toResult: (value: string, name: string, version: number) => T,
+    discard?: (result: T) => void,
   ): Promise<BatchResult<T>> {
     const name = checkName(keyId);
     if (!Array.isArray(wdeks)) throw new KmsError('INVALID_INPUT', 'a batch of WDEKs must be an array', name);
@@ -496,7 +501,7 @@ export class VaultTransitKms implements KeyManagementService {
         results[index] = err as KmsError;
       }
     });
-    await Promise.all(
+    const settled = await Promise.allSettled(
       chunks(sendable, this.options.maxBatchItems).map(async (part) => {
         const body = { batch_input: part.map((p) => ({ ciphertext: p.ciphertext })) };
         // Vault answers 400 when any item failed (decrypt) or 200 (rewrap), with per-item results either way.
@@ -524,7 +529,12 @@ export class VaultTransitKms implements KeyManagementService {
         });
       }),
     );
-    return results;
+    const failures = settled.flatMap((s) => (s.status === 'rejected' ? [s.reason as unknown] : []));
+    if (failures.length === 0) return results;
+    const throttled = failures.every((err) => err instanceof KmsError && err.code === 'KMS_THROTTLED');
+    if (throttled) throw new ThrottledBatch(failures[0] as KmsError, results);
+    if (discard) for (const r of results) if (r !== undefined && !(r instanceof KmsError)) discard(r);
+    throw failures.find((err) => !(err instanceof KmsError && err.code === 'KMS_THROTTLED'));
   }
 
   /**
