@@ -5,7 +5,7 @@ import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { BACKUP_CHUNK_BYTES, readBackupFile, writeBackupFile } from '../activities/engines/backup-file-format';
+import { BACKUP_CHUNK_BYTES, readBackupFile, readBackupHeader, writeBackupFile, writeBackupStream } from '../activities/engines/backup-file-format';
 
 const header = {
   databaseId: 'files',
@@ -134,5 +134,66 @@ describe('backup file format (real AES-256-GCM, real files)', () => {
       readBackupFile({ path, expectedSha256: written.sha256, keyFor: () => Promise.resolve(key), write: () => Promise.reject(new Error('ENOSPC: no space left')) }),
       /ENOSPC/,
     );
+  });
+
+  /** A producer writing to a pipe: pieces of uneven sizes, then (optionally) a failure at its end. */
+  async function* pieces(source: Buffer, failAtEnd?: Error): AsyncGenerator<Buffer> {
+    let at = 0;
+    for (let i = 0; at < source.length; i++) {
+      const n = [65_536, 1, 3_000_001, 777][i % 4]!;
+      yield source.subarray(at, at + n);
+      at += n;
+      await new Promise(setImmediate); // a pipe delivers between turns of the loop
+    }
+    if (failAtEnd) throw failAtEnd;
+  }
+
+  const readAll = async (path: string, size: number) => {
+    const restored = Buffer.alloc(size);
+    const back = await readBackupFile({
+      path,
+      keyFor: () => Promise.resolve(key),
+      write: (data, position) => {
+        data.copy(restored, position);
+        return Promise.resolve();
+      },
+    });
+    return { restored, back };
+  };
+
+  it('streams (format 3): a source of unknown length round-trips, ends at its final chunk, and cut at a chunk boundary fails', async () => {
+    for (const [name, size] of [
+      ['stream', 2 * BACKUP_CHUNK_BYTES + 4321],
+      ['stream-exact', 2 * BACKUP_CHUNK_BYTES],
+      ['stream-empty', 0],
+    ] as const) {
+      const source = randomBytes(size);
+      const path = join(dir, `${name}.kob`);
+      const engineKeys = { store: 'vault-kv', keyId: 1, oldestVersion: 2, latestVersion: 3 };
+      const written = await writeBackupStream({ path, header: { ...header, engineKeys }, source: pieces(source), key });
+      assert.equal(written.plainBytes, size, name);
+      assert.equal(written.sha256, createHash('sha256').update(readFileSync(path)).digest('hex'), name);
+      const described = await readBackupHeader(path);
+      assert.equal(described.plainBytes, undefined, 'a stream header cannot know its length');
+      assert.deepEqual(described.engineKeys, engineKeys);
+      const { restored, back } = await readAll(path, size);
+      assert.ok(restored.equals(source), `${name}: every byte restores`);
+      assert.equal(back.sha256, written.sha256);
+    }
+    // Cut after its second chunk, a three-chunk stream ends on a chunk not sealed as final.
+    const whole = readFileSync(join(dir, 'stream.kob'));
+    const header0 = 4 + 1 + 4 + whole.readUInt32BE(5);
+    const cut = join(dir, 'stream-cut.kob');
+    writeFileSync(cut, whole.subarray(0, header0 + 2 * (32 + BACKUP_CHUNK_BYTES)));
+    await assert.rejects(readAll(cut, 3 * BACKUP_CHUNK_BYTES), /stream-cut\.kob is not valid: chunk 1 fails authentication/);
+  });
+
+  it('streams: a producer that fails, even after its last byte, leaves no file and no partial file', async () => {
+    const path = join(dir, 'stream-failed.kob');
+    await assert.rejects(
+      writeBackupStream({ path, header, source: pieces(randomBytes(BACKUP_CHUNK_BYTES + 10), new Error('mariadb-backup exited with 1')), key }),
+      /mariadb-backup exited with 1/,
+    );
+    assert.deepEqual((await readdir(dir)).filter((f) => f.startsWith('stream-failed')), []);
   });
 });

@@ -21,7 +21,9 @@ import { Sha256Thread } from './sha256-thread';
 
 const MAGIC = Buffer.from('KOBK', 'ascii');
 const FORMAT = 2;
-const READABLE_FORMATS: ReadonlySet<number> = new Set([1, 2]);
+/** A stream of unknown length (a database server's own backup tool): no `plainBytes` in its header. */
+const STREAM_FORMAT = 3;
+const READABLE_FORMATS: ReadonlySet<number> = new Set([1, 2, 3]);
 const PREFIX = MAGIC.length + 1 + 4;
 const IV = 12;
 const TAG = 16;
@@ -43,14 +45,20 @@ export const backupHeaderSchema = z.object({
   /** Format 2: the catalog entry this file is, so the catalog can be rebuilt from files alone. */
   backupId: z.string().min(1).optional(),
   night: z.string().regex(/^\d{4}-\d{2}-\d{2}$/).optional(),
-  plainBytes: z.number().int().nonnegative(),
+  /** Absent in a stream's file (format 3): its last chunk, marked final, is where it ends. */
+  plainBytes: z.number().int().nonnegative().optional(),
+  /**
+   * Keys the backed-up data stays encrypted with inside the file, besides keyops' own: a MariaDB
+   * backup holds pages under these KV versions of MariaDB's key, which a restore needs.
+   */
+  engineKeys: z.object({ store: z.string().min(1), keyId: z.number().int().positive(), oldestVersion: z.number().int().positive(), latestVersion: z.number().int().positive() }).optional(),
   // Unauthenticated until the first chunk opens: bounded, so a crafted header cannot make a
   // reader allocate gigabytes before anything is checked.
   chunkBytes: z.number().int().positive().max(64 * 1024 * 1024),
 });
 export type BackupHeader = z.infer<typeof backupHeaderSchema>;
 /** What a writer supplies: format 2 requires the fields format 1 lacked. */
-export type NewBackupHeader = Omit<BackupHeader, 'plainBytes' | 'chunkBytes' | 'backupKey' | 'backupId' | 'night'> &
+export type NewBackupHeader = Omit<BackupHeader, 'plainBytes' | 'chunkBytes' | 'backupKey' | 'backupId' | 'night' | 'engineKeys'> &
   Required<Pick<BackupHeader, 'backupKey' | 'backupId' | 'night'>>;
 
 const invalid = (path: string, why: string) => new EngineError('BACKUP_INVALID', `backup ${path} is not valid: ${why}`);
@@ -94,6 +102,9 @@ async function readAt(file: FileHandle, buffer: Buffer, length: number, position
   return read;
 }
 
+/** The next plaintext chunk of a backup, and whether it is the last. */
+type NextChunk = (index: number) => Promise<{ data: Buffer; final: boolean }>;
+
 /**
  * Encrypts `plainBytes` bytes of `source` (read through `read`) into a new backup at `path`.
  * Writes a partial file beside it and renames it into place only once it is complete and synced.
@@ -111,10 +122,68 @@ export async function writeBackupFile(options: {
   const format = options.format ?? FORMAT;
   const { backupKey, backupId, night, ...v1 } = options.header;
   const header: BackupHeader = { ...(format === 1 ? v1 : { ...v1, backupKey, backupId, night }), plainBytes: options.plainBytes, chunkBytes: BACKUP_CHUNK_BYTES };
-  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  // Two buffers: the next chunk is read into one while the other is encrypted.
+  const plain = [Buffer.allocUnsafeSlow(BACKUP_CHUNK_BYTES), Buffer.allocUnsafeSlow(BACKUP_CHUNK_BYTES)];
+  const next: NextChunk = async (index) => {
+    const position = index * BACKUP_CHUNK_BYTES;
+    const want = Math.min(BACKUP_CHUNK_BYTES, options.plainBytes - position);
+    const got = want > 0 ? await options.read(plain[index % 2]!, want, position) : 0;
+    if (got !== want) throw new Error(`the database file ended at ${position + got} bytes, expected ${options.plainBytes}`);
+    return { data: plain[index % 2]!.subarray(0, got), final: position + got === options.plainBytes };
+  };
+  const written = await writeChunks({ path: options.path, format, header, key: options.key, next, ...(options.progress ? { progress: (done) => options.progress!(done, options.plainBytes) } : {}) });
+  return { bytes: written.bytes, sha256: written.sha256 };
+}
+
+/**
+ * Encrypts a stream of unknown length (a server's backup tool writing to a pipe) into a new
+ * backup at `path` (format 3). The source's iterator throwing, at any point including its end
+ * (the tool exited non-zero after its last byte), removes the partial file: nothing carries the
+ * final name unless the whole stream arrived and its producer said it succeeded.
+ */
+export async function writeBackupStream(options: {
+  path: string;
+  header: NewBackupHeader & Pick<BackupHeader, 'engineKeys'>;
+  source: AsyncIterable<Buffer>;
+  key: Buffer;
+  progress?: (done: number) => void;
+}): Promise<{ bytes: number; sha256: string; plainBytes: number }> {
+  const header: BackupHeader = { ...options.header, chunkBytes: BACKUP_CHUNK_BYTES };
+  const it = options.source[Symbol.asyncIterator]();
+  let carry: Buffer[] = [];
+  let carried = 0;
+  let ended = false;
+  const next: NextChunk = async () => {
+    // One byte past a chunk tells whether another follows: only the last one is marked final.
+    while (!ended && carried <= BACKUP_CHUNK_BYTES) {
+      const r = await it.next();
+      if (r.done) ended = true;
+      else {
+        carry.push(r.value);
+        carried += r.value.length;
+      }
+    }
+    const all = carry.length === 1 ? carry[0]! : Buffer.concat(carry, carried);
+    const data = all.subarray(0, BACKUP_CHUNK_BYTES);
+    const rest = all.subarray(data.length);
+    carry = rest.length > 0 ? [rest] : [];
+    carried = rest.length;
+    return { data, final: ended && carried === 0 };
+  };
+  try {
+    return await writeChunks({ path: options.path, format: STREAM_FORMAT, header, key: options.key, next, ...(options.progress ? { progress: options.progress } : {}) });
+  } finally {
+    // A failed write leaves the producer waiting on a full pipe: let it go.
+    if (!ended) await it.return?.().catch(() => undefined);
+  }
+}
+
+/** The file itself: header, then every chunk sealed with the header's digest, its index and the final flag. */
+async function writeChunks(options: { path: string; format: number; header: BackupHeader; key: Buffer; next: NextChunk; progress?: (done: number) => void }): Promise<{ bytes: number; sha256: string; plainBytes: number }> {
+  const json = Buffer.from(JSON.stringify(options.header), 'utf8');
   const prefix = Buffer.alloc(PREFIX);
   MAGIC.copy(prefix, 0);
-  prefix[4] = format;
+  prefix[4] = options.format;
   prefix.writeUInt32BE(json.length, 5);
   const headerDigest = createHash('sha256').update(prefix).update(json).digest();
   const partial = `${options.path}.partial-${randomBytes(4).toString('hex')}`;
@@ -145,35 +214,26 @@ export async function writeBackupFile(options: {
       inFlight.push({ done: syncing });
     }
   };
-  const plain = [Buffer.allocUnsafeSlow(BACKUP_CHUNK_BYTES), Buffer.allocUnsafeSlow(BACKUP_CHUNK_BYTES)];
-  const readChunk = async (index: number): Promise<number> => {
-    const position = index * BACKUP_CHUNK_BYTES;
-    const want = Math.min(BACKUP_CHUNK_BYTES, options.plainBytes - position);
-    const got = want > 0 ? await options.read(plain[index % 2]!, want, position) : 0;
-    if (got !== want) throw new Error(`the database file ended at ${position + got} bytes, expected ${options.plainBytes}`);
-    return got;
-  };
-  let next: Promise<number> = Promise.resolve(0);
+  let next: Promise<{ data: Buffer; final: boolean } | undefined> = Promise.resolve(undefined);
   try {
     await write([Buffer.concat([prefix, json])]);
-    next = pending(readChunk(0));
+    next = pending(options.next(0));
     let done = 0;
     for (let index = 0; ; index++) {
-      const got: number = await next;
-      done += got;
-      const final = done === options.plainBytes;
-      next = final ? Promise.resolve(0) : pending(readChunk(index + 1));
+      const { data, final } = (await next)!;
+      done += data.length;
+      next = final ? Promise.resolve(undefined) : pending(options.next(index + 1));
       const iv = randomBytes(IV);
       const cipher = createCipheriv('aes-256-gcm', options.key, iv);
       cipher.setAAD(chunkAad(headerDigest, index, final));
-      const ct = cipher.update(plain[index % 2]!.subarray(0, got));
+      const ct = cipher.update(data);
       cipher.final(); // GCM adds no bytes at the end
       const head = Buffer.alloc(CHUNK_HEAD);
       head.writeUInt32BE(ct.length, 0);
       iv.copy(head, 4);
       cipher.getAuthTag().copy(head, 4 + IV);
       await write([head, ct]);
-      options.progress?.(done, options.plainBytes);
+      options.progress?.(done);
       if (final) break;
     }
     while (inFlight.length > 0) await settleOldest();
@@ -182,7 +242,7 @@ export async function writeBackupFile(options: {
     const sha256 = await fileHash.digest();
     await rename(partial, options.path);
     await syncDirectory(options.path);
-    return { bytes, sha256 };
+    return { bytes, sha256, plainBytes: done };
   } catch (err) {
     await next.catch(() => undefined);
     await Promise.allSettled(inFlight.map((w) => w.done));
@@ -240,7 +300,8 @@ async function readHeader(file: FileHandle, path: string) {
   }
   const header = backupHeaderSchema.safeParse(parsed);
   if (!header.success) throw invalid(path, `the header is malformed (${header.error.issues[0]?.path.join('.') ?? '?'})`);
-  if (format >= 2 && (!header.data.backupKey || !header.data.backupId || !header.data.night)) throw invalid(path, 'its format 2 header lacks the backup key or backup id');
+  if (format >= 2 && (!header.data.backupKey || !header.data.backupId || !header.data.night)) throw invalid(path, `its format ${format} header lacks the backup key or backup id`);
+  if ((format < STREAM_FORMAT) !== (header.data.plainBytes !== undefined)) throw invalid(path, `its format ${format} header ${format < STREAM_FORMAT ? 'lacks' : 'must not have'} plainBytes`);
   return { header: header.data, prefix, json, offset: PREFIX + length };
 }
 
@@ -290,7 +351,9 @@ export async function readBackupFile(options: {
       if (!chunk) break;
       const { head, ct } = chunk;
       offset += CHUNK_HEAD + ct.length;
-      const final = done + ct.length === header.plainBytes;
+      // A stream's file (no plainBytes) ends where its final chunk does; cut short, the last chunk
+      // left was not sealed as final and fails.
+      const final = header.plainBytes === undefined ? offset === size : done + ct.length === header.plainBytes;
       next = final ? Promise.resolve(undefined) : pending(readChunk(index + 1, offset));
       const decipher = createDecipheriv('aes-256-gcm', key, head.subarray(4, 4 + IV));
       decipher.setAAD(chunkAad(headerDigest, index, final));
@@ -306,7 +369,7 @@ export async function readBackupFile(options: {
       writes.push(pending(options.write(plain, done)));
       if (writes.length > MAX_IN_FLIGHT) await writes.shift();
       done += plain.length;
-      options.progress?.(done, header.plainBytes);
+      options.progress?.(done, header.plainBytes ?? size);
       if (final) break;
     }
     await Promise.all(writes);

@@ -54,7 +54,8 @@ export interface BackupDescription {
   backupKeyVersion: number | undefined;
   /** The root key wrapping the backup key inside the file (format 2). */
   backupKeyId: string | undefined;
-  plainBytes: number;
+  /** Bytes of the backed-up data; undefined for a stream's file (format 3), whose length the header cannot know. */
+  plainBytes: number | undefined;
 }
 
 /** A backup file checked end to end from the file and the KMS alone. */

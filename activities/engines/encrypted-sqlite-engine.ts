@@ -819,7 +819,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     const { dek } = await this.kmsCall(() => this.kms.unwrap(header.keyId, Buffer.from(header.wdek, 'base64')));
     try {
       // What the restored file holds, after SQLite's own consistency check.
-      return { check: await inspectInThread(target, dek, () => progress?.(header.plainBytes, header.plainBytes)), header, sha256 };
+      return { check: await inspectInThread(target, dek, () => progress?.(header.plainBytes ?? 0, header.plainBytes ?? 0)), header, sha256 };
     } catch (err) {
       if (err instanceof InspectError) throw new EngineError('BACKUP_INVALID', `the database restored from ${image.path} fails SQLite's quick_check: ${err.message}`);
       throw new EngineError('BACKUP_INVALID', `backup ${image.path} decrypts but does not open as database ${header.databaseId}: ${String(err)}`);
