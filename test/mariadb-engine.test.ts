@@ -4,11 +4,14 @@
  * mount through the hashicorp_key_management plugin.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { randomBytes } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
 import { EngineError } from '../activities/engines/engine-error';
+import { LocalKms } from '../activities/kms/local-kms';
 import { MariaDbEngine } from '../activities/engines/mariadb-engine';
 import { MariaDbKeyStore } from '../activities/engines/mariadb-key-store';
 import { type MariaDb, startMariaDb } from './helpers/mariadb';
@@ -21,6 +24,8 @@ describe('MariaDB engine: a real MariaDB with its keys in a real OpenBao', () =>
   let db: MariaDb;
   let keys: MariaDbKeyStore;
   let engine: MariaDbEngine;
+  let kms: LocalKms;
+  let rootKeyId: string;
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'keyops-mariadb-'));
@@ -34,7 +39,9 @@ describe('MariaDB engine: a real MariaDB with its keys in a real OpenBao', () =>
     await db.query('CREATE DATABASE shop');
     await db.query('CREATE TABLE shop.orders (id INT PRIMARY KEY, item VARCHAR(100) NOT NULL, qty INT NOT NULL) ENGINE=InnoDB');
     await db.query("INSERT INTO shop.orders SELECT seq, CONCAT('item-', seq), seq % 7 FROM shop.seq_1_to_20000");
-    engine = new MariaDbEngine({ socket: db.socket, keyStore: keys });
+    engine = new MariaDbEngine({ socket: db.socket, keyStore: keys, serverConfig: db.config, vaultTokenFile: bao.tokenFile });
+    kms = LocalKms.open({ path: join(dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
+    rootKeyId = (await kms.createKey({ name: 'mariadb backups' })).keyId;
   });
   after(async () => {
     await engine?.close();
@@ -87,6 +94,53 @@ describe('MariaDB engine: a real MariaDB with its keys in a real OpenBao', () =>
     assert.equal(three.oldestVersionNeeded, 3);
     assert.deepEqual((await db.query<{ n: bigint }>('SELECT COUNT(*) AS n FROM shop.orders'))[0]!.n, 20000n);
     assert.deepEqual((await db.query<{ Msg_text: string }>('CHECK TABLE shop.orders')).at(-1)!.Msg_text, 'OK');
+  });
+
+  it('backs up through mariadb-backup into an encrypted file that restores: every table checks OK with every row', async () => {
+    const path = join(dir, 'shop-1.kob');
+    const backup = await engine.backup({ path, databaseId: 'shop', backupId: 'backup/shop/2026-12-07', night: '2026-12-07', kms, rootKeyId, workDir: dir });
+    assert.deepEqual(backup.engineKeys, { keyId: 1, oldestVersion: 3, latestVersion: 3 });
+    assert.equal(backup.keyVersion, 1);
+    assert.ok(backup.plainBytes > 1_000_000, `the stream held the data files (${backup.plainBytes} bytes)`);
+    const file = await readFile(path);
+    assert.equal(file.includes('xbstream'), false, 'nothing of the stream is readable in the file');
+    assert.equal(file.includes('XBSTCK01'), false, "no xbstream chunk magic: the whole stream is keyops' ciphertext");
+
+    const target = join(dir, 'restored');
+    const check = await engine.verifyBackup({ path, kms, targetDir: target, keep: true, expectedSha256: backup.sha256 });
+    assert.equal(check.counts['shop.orders'], 20000);
+    assert.equal(check.sha256, backup.sha256);
+    assert.ok((await readdir(join(target, 'shop'))).includes('orders.ibd'), 'the prepared data directory stays when asked to (a restore)');
+    await assert.rejects(engine.verifyBackup({ path, kms, targetDir: target }), /already exists/, 'a restore never writes over a directory');
+
+    // One altered byte in the file: refused before anything is restored.
+    const altered = join(dir, 'shop-altered.kob');
+    const bytes = Buffer.from(file);
+    bytes[bytes.length - 100]! ^= 1;
+    await writeFile(altered, bytes);
+    await assert.rejects(engine.verifyBackup({ path: altered, kms, targetDir: join(dir, 'restored-altered') }), /fails authentication/);
+    assert.equal((await readdir(dir)).includes('restored-altered'), false, 'nothing is left of a failed restore');
+  });
+
+  it('refuses to back up while MariaDB still re-encrypts pages for a new key version (KEY_IN_TRANSITION, retryable)', async () => {
+    // The background threads held: two new versions leave every page more than the key age behind.
+    await db.query('SET GLOBAL innodb_encryption_threads = 0');
+    await engine.rotateKey(3);
+    await engine.rotateKey(4);
+    const behind = await engine.encryptionState();
+    assert.equal(behind.settled, false);
+    await assert.rejects(engine.backup({ path: join(dir, 'shop-2.kob'), databaseId: 'shop', backupId: 'backup/shop/2026-12-08', night: '2026-12-08', kms, rootKeyId, workDir: dir }), (err: unknown) => {
+      assert.ok(err instanceof EngineError);
+      assert.equal(err.code, 'KEY_IN_TRANSITION');
+      assert.equal(err.retryable, true);
+      assert.match(err.message, /re-encrypting \d+ tablespace\(s\) for key 1 version 5/);
+      return true;
+    });
+    assert.equal((await readdir(dir)).includes('shop-2.kob'), false);
+    await db.query('SET GLOBAL innodb_encryption_threads = 2');
+    await waitUntil('MariaDB to settle on version 5', async () => ((await engine.encryptionState()).settled ? true : undefined), 120_000);
+    const backup = await engine.backup({ path: join(dir, 'shop-2.kob'), databaseId: 'shop', backupId: 'backup/shop/2026-12-08', night: '2026-12-08', kms, rootKeyId, workDir: dir });
+    assert.deepEqual(backup.engineKeys, { keyId: 1, oldestVersion: 5, latestVersion: 5 });
   });
 
   it('names the key store when it cannot be reached, as a retryable key-unavailable', async () => {

@@ -1,5 +1,14 @@
-import { createPool, type Pool, SqlError } from 'mariadb';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createConnection, createPool, type Pool, SqlError } from 'mariadb';
+import type { KeyManagementService } from '../kms/key-management-service';
+import { readBackupFile, writeBackupStream } from './backup-file-format';
+import { childEnvironment } from './child-environment';
 import { EngineError } from './engine-error';
+import { classifyMariaDbTool, runTool, toolOutput } from './mariadb-backup-tool';
 import type { MariaDbKeyStore } from './mariadb-key-store';
 
 /**
@@ -21,7 +30,34 @@ export interface MariaDbEngineOptions {
   keyStore: MariaDbKeyStore;
   /** The MariaDB key id whose versions keyops rotates (1: the default key of every table). */
   keyId?: number;
+  /** The server's option file: mariadb-backup and scratch servers read the plugin's settings from it. */
+  serverConfig: string;
+  /** The token the server's plugin uses, in a file: mariadb-backup gets it as VAULT_TOKEN. */
+  vaultTokenFile: string;
+  tools?: { mariadbBackup?: string; mbstream?: string; mariadbd?: string };
 }
+
+export interface MariaDbBackup {
+  path: string;
+  bytes: number;
+  sha256: string;
+  plainBytes: number;
+  /** The KMS root key and version wrapping the backup's key. */
+  keyId: string;
+  keyVersion: number;
+  /** The versions of MariaDB's own key the pages inside are encrypted with (a restore needs them). */
+  engineKeys: { keyId: number; oldestVersion: number; latestVersion: number };
+}
+
+export interface MariaDbCheck {
+  tables: number;
+  rows: number;
+  /** Rows per `schema.table`. */
+  counts: Record<string, number>;
+}
+
+/** Schemas of the server itself: not the operator's data. */
+const SYSTEM_SCHEMAS = ['mysql', 'information_schema', 'performance_schema', 'sys'];
 
 export interface TablespaceEncryption {
   name: string;
@@ -137,6 +173,175 @@ export class MariaDbEngine {
    */
   async rotateKey(expectedVersion: number): Promise<{ version: number; rotated: boolean }> {
     return this.options.keyStore.rotate(this.keyId, expectedVersion);
+  }
+
+  private get tools() {
+    return { mariadbBackup: 'mariadb-backup', mbstream: 'mbstream', mariadbd: 'mariadbd', ...this.options.tools };
+  }
+
+  private async vaultToken(): Promise<string> {
+    try {
+      return (await readFile(this.options.vaultTokenFile, 'utf8')).trim();
+    } catch (err) {
+      throw new EngineError('PERMISSION_DENIED', `cannot read the Vault token file ${this.options.vaultTokenFile}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  }
+
+  /**
+   * `mariadb-backup --backup --stream=xbstream`, encrypted on the fly into keyops' backup format
+   * (format 3) under a fresh backup key wrapped by the KMS root key. Refused while MariaDB still
+   * re-encrypts pages for a new key version (KEY_IN_TRANSITION: the night waits, reference 000).
+   * `workDir` holds the tool's scratch files (never backup data: the stream goes to the file).
+   */
+  async backup(input: {
+    path: string;
+    databaseId: string;
+    backupId: string;
+    night: string;
+    kms: Pick<KeyManagementService, 'wrap'>;
+    rootKeyId: string;
+    workDir: string;
+    progress?: (bytes: number) => void;
+  }): Promise<MariaDbBackup> {
+    const state = await this.encryptionState();
+    if (!state.settled || state.oldestVersionNeeded === undefined) {
+      const moving = state.tablespaces.filter((t) => t.rotating || t.minKeyVersion + state.rotateKeyAge < state.latestVersion).map((t) => t.name);
+      throw new EngineError('KEY_IN_TRANSITION', `MariaDB is re-encrypting ${moving.length} tablespace(s) for key ${this.keyId} version ${state.latestVersion} (${moving.slice(0, 5).join(', ')}): the backup waits`);
+    }
+    const token = await this.vaultToken();
+    const { wdek, keyVersion, dek } = await input.kms.wrap(input.rootKeyId);
+    try {
+      const scratch = join(input.workDir, `mariadb-backup-${process.pid}-${Date.now()}`);
+      await mkdir(scratch, { recursive: true, mode: 0o700 });
+      try {
+        const engineKeys = { keyId: this.keyId, oldestVersion: state.oldestVersionNeeded, latestVersion: state.latestVersion };
+        const source = toolOutput(
+          this.tools.mariadbBackup,
+          [`--defaults-file=${this.options.serverConfig}`, '--backup', '--stream=xbstream', `--target-dir=${scratch}`, `--socket=${this.options.socket}`, `--user=${this.options.user ?? 'root'}`],
+          { vaultToken: token },
+        );
+        const written = await writeBackupStream({
+          path: input.path,
+          header: {
+            databaseId: input.databaseId,
+            createdAt: new Date().toISOString(),
+            keyId: input.rootKeyId,
+            keyVersion,
+            // The backup key is the only key keyops holds for this engine: its WDEK is the file's.
+            wdek: wdek.toString('base64'),
+            backupKeyHash: createHash('sha256').update(dek).digest('hex'),
+            backupKey: { keyId: input.rootKeyId, keyVersion, wdek: wdek.toString('base64') },
+            backupId: input.backupId,
+            night: input.night,
+            engineKeys: { store: 'vault-kv', ...engineKeys },
+          },
+          source,
+          key: dek,
+          ...(input.progress ? { progress: input.progress } : {}),
+        });
+        return { path: input.path, ...written, keyId: input.rootKeyId, keyVersion, engineKeys };
+      } finally {
+        await rm(scratch, { recursive: true, force: true });
+      }
+    } finally {
+      dek.fill(0);
+    }
+  }
+
+  /**
+   * Proves a backup restores: decrypts it (every chunk authenticated), `mbstream -x` into
+   * `targetDir`, `mariadb-backup --prepare`, then a scratch `mariadbd` on the prepared directory
+   * (its own socket, no networking, the server's key settings) runs CHECK TABLE on every table and
+   * counts the rows. `keep` leaves the prepared directory in place: a restore.
+   */
+  async verifyBackup(input: { path: string; kms: Pick<KeyManagementService, 'unwrap'>; targetDir: string; keep?: boolean; expectedSha256?: string }): Promise<MariaDbCheck & { sha256: string }> {
+    const token = await this.vaultToken();
+    await mkdir(input.targetDir, { recursive: false, mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+      throw new EngineError('DATABASE_EXISTS', `restore target ${input.targetDir} ${err.code === 'EEXIST' ? 'already exists: a restore never writes over a directory' : `cannot be made (${err.code ?? String(err)})`}`);
+    });
+    let done = false;
+    try {
+      const extract = spawn(this.tools.mbstream, ['-x', '-C', input.targetDir], { env: childEnvironment(), stdio: ['pipe', 'ignore', 'pipe'] });
+      let extractErr = '';
+      extract.stderr.setEncoding('utf8').on('data', (d: string) => (extractErr = (extractErr + d).slice(-16_384)));
+      const extracted = once(extract, 'close') as Promise<[number | null]>;
+      extract.stdin.on('error', () => undefined); // a dying mbstream is reported by its exit code
+      let sha256: string;
+      try {
+        ({ sha256 } = await readBackupFile({
+          path: input.path,
+          expectedSha256: input.expectedSha256,
+          keyFor: async (header) => (await input.kms.unwrap(header.backupKey?.keyId ?? header.keyId, Buffer.from(header.backupKey?.wdek ?? header.wdek, 'base64'))).dek,
+          write: async (data) => {
+            if (!extract.stdin.write(data)) await Promise.race([once(extract.stdin, 'drain'), extracted]);
+          },
+        }));
+      } finally {
+        extract.stdin.end();
+      }
+      const [code] = await extracted;
+      if (code !== 0) throw classifyMariaDbTool('mbstream -x', code, extractErr);
+      await runTool(this.tools.mariadbBackup, ['--prepare', `--target-dir=${input.targetDir}`], { vaultToken: token });
+      const check = await this.checkDataDir(input.targetDir, token);
+      done = true;
+      return { ...check, sha256 };
+    } finally {
+      if (!input.keep || !done) await rm(input.targetDir, { recursive: true, force: true });
+    }
+  }
+
+  /** A scratch server on `dataDir`, with the server's key settings, checks every table and counts rows. */
+  private async checkDataDir(dataDir: string, token: string): Promise<MariaDbCheck> {
+    const socket = join(dataDir, 'check.sock');
+    const args = [
+      `--defaults-file=${this.options.serverConfig}`,
+      `--datadir=${dataDir}`,
+      `--socket=${socket}`,
+      `--pid-file=${join(dataDir, 'check.pid')}`,
+      `--log-error=${join(dataDir, 'check.err')}`,
+      '--skip-networking',
+      '--innodb-encryption-threads=0',
+      ...(process.getuid?.() === 0 ? ['--user=root'] : []),
+    ];
+    const server = spawn(this.tools.mariadbd, args, { env: childEnvironment({ VAULT_TOKEN: token }), stdio: 'ignore' });
+    const gone = once(server, 'close');
+    try {
+      let connection;
+      for (const deadline = Date.now() + 120_000; !connection; ) {
+        if (server.exitCode !== null || Date.now() > deadline) {
+          const log = await readFile(join(dataDir, 'check.err'), 'utf8').catch(() => '');
+          throw classifyMariaDbTool('the scratch mariadbd on the restored backup', server.exitCode, log);
+        }
+        connection = await createConnection({ socketPath: socket, user: this.options.user ?? 'root' }).catch(() => undefined);
+        if (!connection) await new Promise((r) => setTimeout(r, 100));
+      }
+      try {
+        const tables = await connection.query<{ s: string; t: string }[]>(
+          `SELECT TABLE_SCHEMA AS s, TABLE_NAME AS t FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN (${SYSTEM_SCHEMAS.map(() => '?').join(', ')}) ORDER BY 1, 2`,
+          SYSTEM_SCHEMAS,
+        );
+        const counts: Record<string, number> = {};
+        const quote = (name: string) => `\`${name.replace(/`/g, '``')}\``;
+        for (const { s, t } of tables) {
+          const table = `${quote(s)}.${quote(t)}`;
+          const checked = await connection.query<{ Msg_type: string; Msg_text: string }[]>(`CHECK TABLE ${table}`);
+          const status = checked.find((r) => r.Msg_type === 'status') ?? checked.at(-1);
+          if (status?.Msg_text !== 'OK') throw new EngineError('BACKUP_INVALID', `table ${s}.${t} restored from the backup fails CHECK TABLE: ${checked.map((r) => r.Msg_text).join('; ')}`);
+          const [row] = await connection.query<{ n: bigint | number }[]>(`SELECT COUNT(*) AS n FROM ${table}`);
+          counts[`${s}.${t}`] = Number(row?.n ?? 0);
+        }
+        return { tables: tables.length, rows: Object.values(counts).reduce((a, b) => a + b, 0), counts };
+      } finally {
+        await connection.end().catch(() => undefined);
+      }
+    } finally {
+      if (server.exitCode === null) {
+        server.kill('SIGTERM');
+        const timer = setTimeout(() => server.kill('SIGKILL'), 30_000);
+        await gone;
+        clearTimeout(timer);
+      }
+    }
   }
 
   private async query<T>(what: string, sql: string, values?: unknown[]): Promise<T[]> {

@@ -40,6 +40,8 @@ export interface MariaDb {
   install: MariaDbInstall;
   /** The server's error log (MariaDB writes its own messages there). */
   errorLog: string;
+  /** Its option file (mariadb-backup and scratch servers read the key plugin's settings there). */
+  config: string;
   /** One statement as root over the socket; rows as objects. */
   query<T = Record<string, unknown>>(sql: string, values?: unknown[]): Promise<T[]>;
   stop(): Promise<void>;
@@ -152,6 +154,7 @@ export async function startMariaDb(options: MariaDbOptions): Promise<MariaDb> {
     pid: child.pid!,
     install,
     errorLog,
+    config: cnf,
     query: async <T>(sql: string, values?: unknown[]) => open.query<T[]>({ sql, rowsAsArray: false }, values),
     stop: async () => {
       await close();
