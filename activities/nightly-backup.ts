@@ -116,7 +116,8 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
         const state = await engine.keyState(input.databaseId);
         const key = await kms.getKeyMetadata(state.keyId);
         const lastGood = catalog.lastGood(input.databaseId);
-        const oldestWdekVersion = Math.min(...state.wdekVersions);
+        // An engine that keeps no WDEKs (MariaDB: each backup wraps its own key) is never behind.
+        const oldestWdekVersion = state.wdekVersions.length > 0 ? Math.min(...state.wdekVersions) : key.currentVersion;
         const wdeksBehind = oldestWdekVersion < key.currentVersion;
         const rotatedSinceBackup = key.lastRotateDate !== undefined && (!lastGood || key.lastRotateDate > lastGood.createdAt);
         const masterKey = await keyStorageRotation?.();

@@ -14,8 +14,8 @@ import { EngineError } from '../activities/engines/engine-error';
 import { LocalKms } from '../activities/kms/local-kms';
 import { MariaDbEngine } from '../activities/engines/mariadb-engine';
 import { MariaDbKeyStore } from '../activities/engines/mariadb-key-store';
-import { type MariaDb, startMariaDb } from './helpers/mariadb';
-import { type OpenBao, startOpenBao } from './helpers/openbao';
+import { type MariaDb, startMariaDbWithOpenBao } from './helpers/mariadb';
+import type { OpenBao } from './helpers/openbao';
 import { waitUntil } from './helpers/wait-until';
 
 describe('MariaDB engine: a real MariaDB with its keys in a real OpenBao', () => {
@@ -29,16 +29,7 @@ describe('MariaDB engine: a real MariaDB with its keys in a real OpenBao', () =>
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'keyops-mariadb-'));
-    bao = await startOpenBao({ dir: join(dir, 'bao') });
-    const mounted = await bao.api('POST', 'sys/mounts/mariadb', { type: 'kv', options: { version: '2' } });
-    assert.ok(mounted.status === 204 || mounted.status === 200, JSON.stringify(mounted.body));
-    keys = new MariaDbKeyStore({ address: bao.address, mount: 'mariadb', tokenFile: bao.tokenFile });
-    // Key 1 must exist before the server starts: with encrypt_tables=FORCE it needs it at once.
-    assert.deepEqual(await keys.rotate(1, 0), { version: 1, rotated: true });
-    db = await startMariaDb({ dir: join(dir, 'mariadb'), vault: { address: bao.address, mount: 'mariadb', tokenFile: bao.tokenFile } });
-    await db.query('CREATE DATABASE shop');
-    await db.query('CREATE TABLE shop.orders (id INT PRIMARY KEY, item VARCHAR(100) NOT NULL, qty INT NOT NULL) ENGINE=InnoDB');
-    await db.query("INSERT INTO shop.orders SELECT seq, CONCAT('item-', seq), seq % 7 FROM shop.seq_1_to_20000");
+    ({ bao, db, keys } = await startMariaDbWithOpenBao(dir));
     engine = new MariaDbEngine({ socket: db.socket, keyStore: keys, serverConfig: db.config, vaultTokenFile: bao.tokenFile });
     kms = LocalKms.open({ path: join(dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
     rootKeyId = (await kms.createKey({ name: 'mariadb backups' })).keyId;

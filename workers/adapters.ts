@@ -10,6 +10,10 @@ import type { DatabaseEngine } from '../activities/engines/database-engine';
 import { SimulatedUnitSets } from '../activities/crypto-units/simulated-unit-sets';
 import { masterKeyRotationState } from '../activities/master-key-rotation';
 import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
+import { EngineRouter } from '../activities/engines/engine-router';
+import { MariaDbDatabaseEngine } from '../activities/engines/mariadb-database-engine';
+import { MariaDbEngine } from '../activities/engines/mariadb-engine';
+import { MariaDbKeyStore } from '../activities/engines/mariadb-key-store';
 import type { KeyManagementService } from '../activities/kms/key-management-service';
 import { KmsRouter } from '../activities/kms/kms-router';
 import { LocalKms } from '../activities/kms/local-kms';
@@ -57,14 +61,30 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
   );
   logger.info({ kms: kms.names, defaultKms: kms.defaultInstance, config: keyopsConfig.file ?? 'none (the embedded local KMS)' }, 'KMS instances');
   const registry = SqliteWdekRegistry.open(join(config.dataDir, 'registry', 'wdeks.sqlite'));
-  const engine = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
-  if (engine.recovered.databases.length > 0 || engine.recovered.wdeks > 0) {
+  const embedded = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
+  const servers = new Map(
+    [...keyopsConfig.databases].map(([databaseId, db]) => {
+      const server = new MariaDbEngine({
+        socket: db.socket,
+        user: db.user,
+        keyStore: new MariaDbKeyStore(db.keyStore),
+        keyId: db.keyId,
+        serverConfig: db.serverConfig,
+        vaultTokenFile: db.keyStore.tokenFile,
+        ...(db.tools ? { tools: db.tools } : {}),
+      });
+      return [databaseId, new MariaDbDatabaseEngine(databaseId, server, kms, db.rootKey, join(config.dataDir, 'mariadb', databaseId))] as const;
+    }),
+  );
+  if (servers.size > 0) logger.info({ databases: [...servers.keys()] }, 'MariaDB servers backed up besides the embedded databases');
+  const engine = new EngineRouter(embedded, servers);
+  if (embedded.recovered.databases.length > 0 || embedded.recovered.wdeks > 0) {
     logger.warn(
-      { adoptedDatabases: engine.recovered.databases, reregisteredWdeks: engine.recovered.wdeks },
+      { adoptedDatabases: embedded.recovered.databases, reregisteredWdeks: embedded.recovered.wdeks },
       'rebuilt lost engine state from the databases\' key files (a lost or replaced WDEK registry or engine metadata)',
     );
   }
-  for (const problem of engine.recovered.problems) logger.error({ problem }, 'a database key file could not be used; its database is not adopted until it is fixed');
+  for (const problem of embedded.recovered.problems) logger.error({ problem }, 'a database key file could not be used; its database is not adopted until it is fixed');
   const catalog = SqliteBackupCatalog.open(join(config.dataDir, 'catalog', 'backups.sqlite'));
   const unitSets = new SimulatedUnitSets(join(config.dataDir, 'crypto-units'));
   const rotationLedger = RotationLedger.open(join(config.dataDir, 'ledger', 'mk-rotations.sqlite'));
@@ -93,7 +113,8 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
       unitSets.close();
       rotationLedger.close();
       catalog.close();
-      engine.close();
+      void engine.close().catch(() => undefined);
+      embedded.close();
       registry.close();
       kms.close();
     },

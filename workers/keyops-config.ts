@@ -6,6 +6,7 @@ import { awsKmsOptionsSchema } from '../activities/kms/aws-kms';
 import { INSTANCE_NAME } from '../activities/kms/key-id';
 import { keyProtectOptionsSchema } from '../activities/kms/key-protect-kms';
 import { vaultTransitOptionsSchema } from '../activities/kms/vault-transit-kms';
+import { mariadbKeyStoreOptionsSchema } from '../activities/engines/mariadb-key-store';
 
 /**
  * The one config file (`KEYOPS_CONFIG`, e.g. keyops.yaml): which KMS instances the worker talks
@@ -42,6 +43,31 @@ type KmsType = keyof typeof TYPES;
 /** Fields naming files, resolved against the config file's directory. */
 const FILE_FIELDS = ['tokenFile', 'caFile', 'apiKeyFile'] as const;
 
+/**
+ * A database server keyops backs up (today: MariaDB). Its key store is where the server's
+ * key-management plugin reads its keys; `rootKey` is the keyops key (`<instance>:<id>`) that wraps
+ * each backup's own key in the file's header.
+ */
+export const mariadbDatabaseSchema = z
+  .object({
+    type: z.literal('mariadb'),
+    /** The server's unix socket; keyops connects through it as `user`, without a password. */
+    socket: z.string().min(1),
+    user: z.string().min(1).default('root'),
+    /** The server's option file: mariadb-backup and test restores read the key plugin's settings there. */
+    serverConfig: z.string().min(1),
+    rootKey: z.string().min(1),
+    /** The MariaDB key id keyops rotates (1: the default key). */
+    keyId: z.number().int().min(1).max(0xffffffff).default(1),
+    keyStore: mariadbKeyStoreOptionsSchema,
+    tools: z.strictObject({ mariadbBackup: z.string().min(1), mbstream: z.string().min(1), mariadbd: z.string().min(1) }).partial().optional(),
+  })
+  .strict();
+export type MariaDbDatabaseConfig = z.output<typeof mariadbDatabaseSchema>;
+
+/** Database ids as the workflows take them (workflow-input.ts): letters, digits, -, _. */
+const databaseName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/, 'a database id is 1 to 64 letters, digits, "-" or "_"');
+
 export type KmsInstanceConfig =
   | { type: 'local' }
   | { type: 'vault-transit'; options: z.output<typeof vaultTransitOptionsSchema> }
@@ -57,6 +83,8 @@ const fileSchema = z
         instances: z.record(instanceName, z.unknown()),
       })
       .strict(),
+    /** Database servers keyops backs up besides its embedded databases. */
+    databases: z.record(databaseName, z.unknown()).optional(),
   })
   .strict();
 
@@ -65,9 +93,10 @@ export interface KeyopsConfig {
   file: string | undefined;
   defaultKms: string;
   kms: Map<string, KmsInstanceConfig>;
+  databases: Map<string, MariaDbDatabaseConfig>;
 }
 
-export const EMBEDDED_CONFIG: KeyopsConfig = { file: undefined, defaultKms: 'local', kms: new Map([['local', { type: 'local' }]]) };
+export const EMBEDDED_CONFIG: KeyopsConfig = { file: undefined, defaultKms: 'local', kms: new Map([['local', { type: 'local' }]]), databases: new Map() };
 
 export class KeyopsConfigError extends Error {
   constructor(readonly problems: string[]) {
@@ -157,6 +186,32 @@ export function loadKeyopsConfig(file: string | undefined): KeyopsConfig {
     }
     kms.set(name, (type === 'local' ? { type } : { type, options: parsed.data }) as KmsInstanceConfig);
   }
+  const databases = new Map<string, MariaDbDatabaseConfig>();
+  for (const [name, value] of Object.entries(top.data.databases ?? {})) {
+    const where = ['databases', name];
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      problems.push(locate(path, doc, lines, where, 'expected a map with a type and its settings'));
+      continue;
+    }
+    const settings = { ...(value as Record<string, unknown>) };
+    const store = settings.keyStore;
+    const secrets = [
+      ...Object.keys(settings).filter((f) => f in INLINE_SECRETS).map((f) => [f]),
+      ...(typeof store === 'object' && store !== null ? Object.keys(store).filter((f) => f in INLINE_SECRETS).map((f) => ['keyStore', f]) : []),
+    ];
+    for (const field of secrets) problems.push(locate(path, doc, lines, [...where, ...field], `credentials are never written in the config file; use ${INLINE_SECRETS[field.at(-1)!]}`));
+    if (secrets.length > 0) continue;
+    const local = (file: unknown) => (typeof file === 'string' && file !== '' && !isAbsolute(file) ? resolve(dirname(path), file) : file);
+    settings.socket = local(settings.socket);
+    settings.serverConfig = local(settings.serverConfig);
+    if (typeof store === 'object' && store !== null) settings.keyStore = { ...store, tokenFile: local((store as Record<string, unknown>).tokenFile) };
+    const parsed = mariadbDatabaseSchema.safeParse(settings);
+    if (!parsed.success) {
+      problems.push(...parsed.error.issues.map((i) => locate(path, doc, lines, [...where, ...i.path], i.message)));
+      continue;
+    }
+    databases.set(name, parsed.data);
+  }
   const defaultKms = top.data.kms.default ?? (kms.size === 1 ? [...kms.keys()][0]! : 'local');
   if (problems.length === 0 && !kms.has(defaultKms)) {
     problems.push(
@@ -164,5 +219,5 @@ export function loadKeyopsConfig(file: string | undefined): KeyopsConfig {
     );
   }
   if (problems.length > 0) throw new KeyopsConfigError(problems);
-  return { file: path, defaultKms, kms };
+  return { file: path, defaultKms, kms, databases };
 }

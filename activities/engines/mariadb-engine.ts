@@ -47,6 +47,9 @@ export interface MariaDbBackup {
   keyVersion: number;
   /** The versions of MariaDB's own key the pages inside are encrypted with (a restore needs them). */
   engineKeys: { keyId: number; oldestVersion: number; latestVersion: number };
+  /** SHA-256 of this backup's own key (each backup has a fresh one). */
+  backupKeyHash: string;
+  createdAt: string;
 }
 
 export interface MariaDbCheck {
@@ -215,6 +218,8 @@ export class MariaDbEngine {
       await mkdir(scratch, { recursive: true, mode: 0o700 });
       try {
         const engineKeys = { keyId: this.keyId, oldestVersion: state.oldestVersionNeeded, latestVersion: state.latestVersion };
+        const createdAt = new Date().toISOString();
+        const backupKeyHash = createHash('sha256').update(dek).digest('hex');
         const source = toolOutput(
           this.tools.mariadbBackup,
           [`--defaults-file=${this.options.serverConfig}`, '--backup', '--stream=xbstream', `--target-dir=${scratch}`, `--socket=${this.options.socket}`, `--user=${this.options.user ?? 'root'}`],
@@ -224,12 +229,12 @@ export class MariaDbEngine {
           path: input.path,
           header: {
             databaseId: input.databaseId,
-            createdAt: new Date().toISOString(),
+            createdAt,
             keyId: input.rootKeyId,
             keyVersion,
             // The backup key is the only key keyops holds for this engine: its WDEK is the file's.
             wdek: wdek.toString('base64'),
-            backupKeyHash: createHash('sha256').update(dek).digest('hex'),
+            backupKeyHash,
             backupKey: { keyId: input.rootKeyId, keyVersion, wdek: wdek.toString('base64') },
             backupId: input.backupId,
             night: input.night,
@@ -239,7 +244,7 @@ export class MariaDbEngine {
           key: dek,
           ...(input.progress ? { progress: input.progress } : {}),
         });
-        return { path: input.path, ...written, keyId: input.rootKeyId, keyVersion, engineKeys };
+        return { path: input.path, ...written, keyId: input.rootKeyId, keyVersion, engineKeys, backupKeyHash, createdAt };
       } finally {
         await rm(scratch, { recursive: true, force: true });
       }
@@ -254,7 +259,14 @@ export class MariaDbEngine {
    * (its own socket, no networking, the server's key settings) runs CHECK TABLE on every table and
    * counts the rows. `keep` leaves the prepared directory in place: a restore.
    */
-  async verifyBackup(input: { path: string; kms: Pick<KeyManagementService, 'unwrap'>; targetDir: string; keep?: boolean; expectedSha256?: string }): Promise<MariaDbCheck & { sha256: string }> {
+  async verifyBackup(input: {
+    path: string;
+    kms: Pick<KeyManagementService, 'unwrap'>;
+    targetDir: string;
+    keep?: boolean;
+    expectedSha256?: string;
+    progress?: (done: number, total: number) => void;
+  }): Promise<MariaDbCheck & { sha256: string }> {
     const token = await this.vaultToken();
     await mkdir(input.targetDir, { recursive: false, mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
       throw new EngineError('DATABASE_EXISTS', `restore target ${input.targetDir} ${err.code === 'EEXIST' ? 'already exists: a restore never writes over a directory' : `cannot be made (${err.code ?? String(err)})`}`);
@@ -275,6 +287,7 @@ export class MariaDbEngine {
           write: async (data) => {
             if (!extract.stdin.write(data)) await Promise.race([once(extract.stdin, 'drain'), extracted]);
           },
+          ...(input.progress ? { progress: input.progress } : {}),
         }));
       } finally {
         extract.stdin.end();

@@ -14,7 +14,9 @@ import { once } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createConnection, type Connection } from 'mariadb';
+import { MariaDbKeyStore } from '../../activities/engines/mariadb-key-store';
 import { ROOT, runToEnd } from './child-process';
+import { type OpenBao, startOpenBao } from './openbao';
 
 export interface MariaDbInstall {
   mariadbd: string;
@@ -173,4 +175,35 @@ export async function startMariaDb(options: MariaDbOptions): Promise<MariaDb> {
       await gone;
     },
   };
+}
+
+/**
+ * OpenBao with a KV v2 mount `mariadb/` holding key 1 (version 1), and a MariaDB whose tables are
+ * encrypted with it, holding `shop.orders` with `rows` rows: the parts of reference 000, real.
+ */
+export async function startMariaDbWithOpenBao(dir: string, rows = 20_000): Promise<{ bao: OpenBao; db: MariaDb; keys: MariaDbKeyStore; stop(): Promise<void> }> {
+  const bao = await startOpenBao({ dir: join(dir, 'bao') });
+  try {
+    const mounted = await bao.api('POST', 'sys/mounts/mariadb', { type: 'kv', options: { version: '2' } });
+    if (mounted.status !== 204 && mounted.status !== 200) throw new Error(`OpenBao refused the KV v2 mount: ${mounted.status} ${JSON.stringify(mounted.body)}`);
+    const keys = new MariaDbKeyStore({ address: bao.address, mount: 'mariadb', tokenFile: bao.tokenFile });
+    // Key 1 must exist before the server starts: with encrypt_tables=FORCE it needs it at once.
+    await keys.rotate(1, 0);
+    const db = await startMariaDb({ dir: join(dir, 'mariadb'), vault: { address: bao.address, mount: 'mariadb', tokenFile: bao.tokenFile } });
+    await db.query('CREATE DATABASE shop');
+    await db.query('CREATE TABLE shop.orders (id INT PRIMARY KEY, item VARCHAR(100) NOT NULL, qty INT NOT NULL) ENGINE=InnoDB');
+    await db.query(`INSERT INTO shop.orders SELECT seq, CONCAT('item-', seq), seq % 7 FROM shop.seq_1_to_${rows}`);
+    return {
+      bao,
+      db,
+      keys,
+      stop: async () => {
+        await db.stop();
+        await bao.stop();
+      },
+    };
+  } catch (err) {
+    await bao.stop();
+    throw err;
+  }
 }

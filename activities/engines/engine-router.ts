@@ -1,0 +1,96 @@
+import type Database from 'better-sqlite3-multiple-ciphers';
+import type { DemoDatabases } from '../demo-data';
+import { readBackupHeader } from './backup-file-format';
+import type { BackupImage, DatabaseEngine, DatabaseKeyState, Progress } from './database-engine';
+
+/**
+ * The engine port over several engines: each configured database server (MariaDB) answers for
+ * its own database id, the embedded engine for every other one. A backup file is routed by the
+ * database its header names, so restore and import need no flag to say which engine made it.
+ */
+export class EngineRouter implements DatabaseEngine, DemoDatabases {
+  constructor(
+    private readonly embedded: DatabaseEngine & DemoDatabases,
+    private readonly servers: ReadonlyMap<string, DatabaseEngine & { close?(): Promise<void> | void }>,
+  ) {}
+
+  private of(databaseId: string): DatabaseEngine {
+    return this.servers.get(databaseId) ?? this.embedded;
+  }
+
+  private async ofFile(path: string): Promise<DatabaseEngine> {
+    return this.of((await readBackupHeader(path)).databaseId);
+  }
+
+  keyState(databaseId: string): Promise<DatabaseKeyState> {
+    return this.of(databaseId).keyState(databaseId);
+  }
+
+  backup(databaseId: string, path: string, progress?: Progress, label?: { backupId: string; night: string }) {
+    return this.of(databaseId).backup(databaseId, path, progress, label);
+  }
+
+  async verifyBackup(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress) {
+    return (await this.ofFile(image.path)).verifyBackup(image, progress);
+  }
+
+  async verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress) {
+    return (await this.ofFile(image.path)).verifyBackupFile(image, progress);
+  }
+
+  async describeBackup(path: string) {
+    return (await this.ofFile(path)).describeBackup(path);
+  }
+
+  async restore(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, targetPath: string, progress?: Progress) {
+    return (await this.ofFile(image.path)).restore(image, targetPath, progress);
+  }
+
+  createPendingBackupKey(databaseId: string) {
+    return this.of(databaseId).createPendingBackupKey(databaseId);
+  }
+
+  backupKeyMaterial(databaseId: string, hash: string) {
+    return this.of(databaseId).backupKeyMaterial(databaseId, hash);
+  }
+
+  activateBackupKey(databaseId: string, hash: string) {
+    return this.of(databaseId).activateBackupKey(databaseId, hash);
+  }
+
+  regenerate(databaseId: string, progress?: Progress) {
+    return this.of(databaseId).regenerate(databaseId, progress);
+  }
+
+  hasBackupKey(databaseId: string, hash: string) {
+    return this.of(databaseId).hasBackupKey(databaseId, hash);
+  }
+
+  importBackupKey(databaseId: string, material: Buffer, keyId?: string) {
+    return this.of(databaseId).importBackupKey(databaseId, material, keyId);
+  }
+
+  reprotect(databaseId: string) {
+    return this.of(databaseId).reprotect(databaseId);
+  }
+
+  async followRewrap(keyId: string): Promise<void> {
+    for (const engine of [this.embedded, ...this.servers.values()]) await engine.followRewrap(keyId);
+  }
+
+  listDatabases() {
+    return this.embedded.listDatabases();
+  }
+
+  createDatabase(databaseId: string, keyId: string) {
+    return this.embedded.createDatabase(databaseId, keyId);
+  }
+
+  withDatabase<T>(databaseId: string, fn: (db: Database.Database) => T): Promise<T> {
+    return this.embedded.withDatabase(databaseId, fn);
+  }
+
+  async close(): Promise<void> {
+    for (const server of this.servers.values()) await server.close?.();
+  }
+}
