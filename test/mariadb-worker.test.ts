@@ -5,26 +5,26 @@
  * scratch server, and catalogues it; `keyops backup restore` brings it back as a data directory.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { LocalKms } from '../activities/kms/local-kms';
 import { nightlyBackup } from '../workflows';
 import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
-import { freePort, keyops } from './helpers/child-process';
+import { keyops } from './helpers/child-process';
 import { type MariaDb, startMariaDbWithOpenBao } from './helpers/mariadb';
 import type { MariaDbKeyStore } from '../activities/engines/mariadb-key-store';
-import { testServerAddress, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
+import { mariadbWorkerSetup } from './helpers/mariadb-worker';
+import type { OpenBao } from './helpers/openbao';
+import { testServerAddress, useSuiteFixture } from './helpers/temporal';
 import { waitUntil } from './helpers/wait-until';
-import { WorkerProcess } from './helpers/worker-process';
+import type { WorkerProcess } from './helpers/worker-process';
 
 describe('the worker backing up a MariaDB server named in keyops.yaml', () => {
   const suite = useSuiteFixture('mariadb-worker');
-  let stack: { db: MariaDb; keys: MariaDbKeyStore; stop(): Promise<void> };
+  let stack: { db: MariaDb; bao: OpenBao; keys: MariaDbKeyStore; stop(): Promise<void> };
   let worker: WorkerProcess;
+  let stopWorker: (w: WorkerProcess | undefined) => Promise<void>;
   let taskQueue: string;
-  let dataDir: string;
   let rootKeyId: string;
 
   const cli = async (...args: string[]) => {
@@ -35,48 +35,12 @@ describe('the worker backing up a MariaDB server named in keyops.yaml', () => {
 
   before(async () => {
     stack = await startMariaDbWithOpenBao(join(suite.dir, 'servers'), 5_000);
-    dataDir = join(suite.dir, 'keyops');
-    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-    // The root key that wraps each backup's key: made in the worker's local KMS before it starts.
-    const masterSecret = randomBytes(32);
-    const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret });
-    rootKeyId = (await kms.createKey({ name: 'mariadb-backups' })).keyId;
-    kms.close();
-    const { db } = stack;
-    const config = join(dataDir, 'keyops.yaml');
-    writeFileSync(
-      config,
-      [
-        'kms:',
-        '  instances:',
-        '    local: { type: local }',
-        'databases:',
-        '  shop:',
-        '    type: mariadb',
-        `    socket: ${db.socket}`,
-        `    serverConfig: ${db.config}`,
-        `    rootKey: ${rootKeyId}`,
-        `    keyStore: { address: "${stack.keys.where.replace(/\/v1\/mariadb$/, '')}", mount: mariadb, tokenFile: "${join(suite.dir, 'servers', 'bao', 'root.token')}" }`,
-        '',
-      ].join('\n'),
-    );
-    taskQueue = uniqueTaskQueue('mariadb-worker');
-    worker = new WorkerProcess({
-      TEMPORAL_ADDRESS: testServerAddress(),
-      KEYOPS_TASK_QUEUE: taskQueue,
-      KEYOPS_DATA_DIR: dataDir,
-      KEYOPS_CONFIG: config,
-      KEYOPS_LOG_FORMAT: 'json',
-      KEYOPS_METRICS_ADDRESS: `127.0.0.1:${await freePort()}`,
-      KEYOPS_KMS_MASTER_SECRET: masterSecret.toString('base64'),
-    });
-    await worker.waitFor('worker started');
+    const setup = await mariadbWorkerSetup(suite.dir, stack);
+    ({ taskQueue, rootKeyId, stopWorker } = setup);
+    worker = await setup.startWorker();
   });
   after(async () => {
-    if (worker && worker.child.exitCode === null) {
-      worker.child.kill('SIGTERM');
-      await new Promise((r) => worker.child.once('exit', r));
-    }
+    await stopWorker?.(worker);
     await stack?.stop();
   });
 

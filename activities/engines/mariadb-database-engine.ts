@@ -40,6 +40,8 @@ export class MariaDbDatabaseEngine implements DatabaseEngine {
   async keyState(databaseId: string): Promise<DatabaseKeyState> {
     this.check(databaseId);
     const state = await this.engine.encryptionState();
+    // Not a re-encryption to wait for: MariaDB cannot read its key at all (see serverLostKey).
+    if (state.serverLostKey) throw new EngineError('KEY_UNAVAILABLE', `database ${databaseId}: MariaDB reports no valid version of its key ${state.keyId}; its key-management plugin cannot read the key store`);
     return {
       databaseId,
       keyId: this.rootKeyId,

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdir, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createConnection, createPool, type Pool, SqlError } from 'mariadb';
 import type { KeyManagementService } from '../kms/key-management-service';
 import { readBackupFile, writeBackupStream } from './backup-file-format';
@@ -85,7 +85,16 @@ export interface MariaDbEncryptionState {
   oldestVersionNeeded: number | undefined;
   /** Nothing is left for MariaDB to re-encrypt for the latest version. */
   settled: boolean;
+  /**
+   * MariaDB itself reports no valid latest version (4294967295): its plugin could not read the
+   * key store. With hashicorp_key_management_cache_version_timeout=0 it stays so after the store
+   * is back (seen on 10.11.19), and no page is re-encrypted until the server restarts.
+   */
+  serverLostKey: boolean;
 }
+
+/** ENCRYPTION_KEY_VERSION_INVALID: what MariaDB reports when its plugin returned no version. */
+const INVALID_KEY_VERSION = 0xffffffff;
 
 interface TablespaceRow {
   NAME: string;
@@ -104,6 +113,11 @@ export function mariadbError(what: string, err: unknown): EngineError {
   if (err instanceof EngineError) return err;
   if (err instanceof SqlError) {
     const code = err.code ?? '';
+    // The server asks its key store for the latest versions while answering: a sealed or
+    // unreachable store fails the statement, and passes once the store is back.
+    if (/hashicorp|Unable to get key|encryption key/i.test(err.sqlMessage ?? err.message)) {
+      return new EngineError('KEY_UNAVAILABLE', `${what}: MariaDB could not get its key from the key store: ${err.sqlMessage ?? err.message}`, code || undefined);
+    }
     if (code === 'ER_ACCESS_DENIED_ERROR' || code === 'ER_SPECIFIC_ACCESS_DENIED_ERROR' || code === 'ER_DBACCESS_DENIED_ERROR') {
       return new EngineError('PERMISSION_DENIED', `${what}: MariaDB refused access (${code}): ${err.sqlMessage ?? err.message}`, code);
     }
@@ -166,6 +180,7 @@ export class MariaDbEngine {
       tablespaces,
       oldestVersionNeeded: oldest,
       settled: tablespaces.every((t) => !t.rotating && !behind(t)),
+      serverLostKey: tablespaces.some((t) => t.currentKeyVersion === INVALID_KEY_VERSION),
     };
   }
 
@@ -207,6 +222,12 @@ export class MariaDbEngine {
     progress?: (bytes: number) => void;
   }): Promise<MariaDbBackup> {
     const state = await this.encryptionState();
+    if (state.serverLostKey) {
+      throw new EngineError(
+        'KEY_UNAVAILABLE',
+        `MariaDB reports no valid version of key ${this.keyId}: its key-management plugin cannot read ${this.options.keyStore.where} (if the store is reachable again, a hashicorp_key_management_cache_version_timeout of 0 keeps the failure until mariadbd restarts)`,
+      );
+    }
     if (!state.settled || state.oldestVersionNeeded === undefined) {
       const moving = state.tablespaces.filter((t) => t.rotating || t.minKeyVersion + state.rotateKeyAge < state.latestVersion).map((t) => t.name);
       throw new EngineError('KEY_IN_TRANSITION', `MariaDB is re-encrypting ${moving.length} tablespace(s) for key ${this.keyId} version ${state.latestVersion} (${moving.slice(0, 5).join(', ')}): the backup waits`);
@@ -268,6 +289,7 @@ export class MariaDbEngine {
     progress?: (done: number, total: number) => void;
   }): Promise<MariaDbCheck & { sha256: string }> {
     const token = await this.vaultToken();
+    await mkdir(dirname(input.targetDir), { recursive: true, mode: 0o700 });
     await mkdir(input.targetDir, { recursive: false, mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
       throw new EngineError('DATABASE_EXISTS', `restore target ${input.targetDir} ${err.code === 'EEXIST' ? 'already exists: a restore never writes over a directory' : `cannot be made (${err.code ?? String(err)})`}`);
     });

@@ -30,6 +30,9 @@ export interface OpenBao {
   caFile: string | undefined;
   /** One HTTP API call as root (test setup: quotas, namespaces); never throws on a status. */
   api(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: unknown }>;
+  /** Seals the server (every call then answers 503, as a sealed Vault does) and unseals it again. */
+  seal(): Promise<void>;
+  unseal(): Promise<void>;
   /** Runs the real `bao` CLI against this server (BAO_ADDR, BAO_TOKEN and BAO_CACERT in its environment). */
   cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }>;
   stop(): Promise<void>;
@@ -195,6 +198,17 @@ export async function startOpenBao(options: { dir: string; tls?: boolean }): Pro
     }
     const caFile = options.tls ? join(certDir, 'vault-ca.pem') : undefined;
     return {
+      seal: async () => {
+        const sealed = await call(target, 'PUT', 'sys/seal');
+        if (sealed.status !== 204) throw failure(`refused to seal (${sealed.status})`);
+      },
+      unseal: async () => {
+        // A dev server prints its one unseal key at start; read from its output (kept in memory only).
+        const unsealKey = /Unseal Key: (\S+)/.exec(output)?.[1];
+        if (!unsealKey) throw failure('printed no unseal key');
+        const opened = await call(target, 'PUT', 'sys/unseal', { key: unsealKey });
+        if (opened.status !== 200 || (opened.body as { sealed?: boolean }).sealed !== false) throw failure(`did not unseal (${opened.status} ${JSON.stringify(opened.body)})`);
+      },
       address,
       tokenFile,
       pid: child.pid!,
