@@ -69,7 +69,22 @@ export interface VerifiedBackupFile {
 /** Called as work advances, e.g. to heartbeat; `total` is in the same unit as `done`. */
 export type Progress = (done: number, total: number) => void;
 
+/**
+ * What an engine can do beyond back up, verify and restore. An engine that cannot is refused with
+ * a message naming the engine and why, never half-done.
+ */
+export interface EngineCapabilities {
+  /** Rewrap the database's WDEKs under the latest root-key version (data pages untouched). */
+  reprotect: boolean;
+  /** A new DEK with every page re-encrypted. */
+  regenerate: boolean;
+  /** Backup keys staged, activated, exported and imported (rotate-backup-key). */
+  stagedBackupKeys: boolean;
+}
+
 export interface DatabaseEngine {
+  /** Per database: what the engine holding it supports (the embedded engine: everything). */
+  supports?(databaseId: string): EngineCapabilities;
   keyState(databaseId: string): Promise<DatabaseKeyState>;
   /**
    * Writes an encrypted backup to `path` (atomically: a partial file never carries the final

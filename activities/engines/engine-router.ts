@@ -1,7 +1,7 @@
 import type Database from 'better-sqlite3-multiple-ciphers';
 import type { DemoDatabases } from '../demo-data';
 import { readBackupHeader } from './backup-file-format';
-import type { BackupImage, DatabaseEngine, DatabaseKeyState, Progress } from './database-engine';
+import type { BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress } from './database-engine';
 
 /**
  * The engine port over several engines: each configured database server (MariaDB) answers for
@@ -20,6 +20,10 @@ export class EngineRouter implements DatabaseEngine, DemoDatabases {
 
   private async ofFile(path: string): Promise<DatabaseEngine> {
     return this.of((await readBackupHeader(path)).databaseId);
+  }
+
+  supports(databaseId: string): EngineCapabilities {
+    return this.of(databaseId).supports?.(databaseId) ?? { reprotect: true, regenerate: true, stagedBackupKeys: true };
   }
 
   keyState(databaseId: string): Promise<DatabaseKeyState> {

@@ -2,7 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { KeyManagementService } from '../kms/key-management-service';
 import { readBackupHeader } from './backup-file-format';
-import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
+import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
 import { EngineError } from './engine-error';
 import type { MariaDbEngine } from './mariadb-engine';
 
@@ -17,7 +17,9 @@ import type { MariaDbEngine } from './mariadb-engine';
  * - reprotect, regenerate and staged backup keys are not supported, and say so.
  */
 export class MariaDbDatabaseEngine implements DatabaseEngine {
-  readonly supports = { reprotect: false, regenerate: false, stagedBackupKeys: false } as const;
+  supports(): EngineCapabilities {
+    return { reprotect: false, regenerate: false, stagedBackupKeys: false };
+  }
 
   constructor(
     readonly databaseId: string,
