@@ -1,5 +1,6 @@
 /**
  * npm run bench:backup -- --size 1GiB
+ * npm run bench:backup -- --engine mariadb --size 1GiB   (bench/backup-mariadb.ts)
  *
  * Fills an encrypted database (the embedded engine) to the given size, rotates its root key so
  * the nightly backup has to wait for the rewrap, and runs `nightlyBackup` on a real worker
@@ -18,6 +19,7 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { temporal } from '@temporalio/proto';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
+import { benchMariaDbBackup } from './backup-mariadb';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { nightlyBackup, rotateRootKey } from '../workflows';
@@ -39,8 +41,12 @@ const opts = new Command('bench:backup')
   .option('--size <size>', 'database size (B, KB, MB, GB, KiB, MiB, GiB)', size, 1024 ** 3)
   .option('--wdeks <n>', 'other WDEKs under the root key, so the rewrap takes a while', (v) => Number(v), 200_000)
   .option('--runs <n>', 'nights backed up, and copies made by cp; the best of each is compared', (v) => Number(v), 3)
+  .option('--engine <engine>', 'embedded (the encrypted SQLite engine) or mariadb (a real MariaDB server)', (v) => {
+    if (v !== 'embedded' && v !== 'mariadb') throw new InvalidArgumentError('expected embedded or mariadb');
+    return v;
+  }, 'embedded')
   .parse()
-  .opts<{ size: number; wdeks: number; runs: number }>();
+  .opts<{ size: number; wdeks: number; runs: number; engine: 'embedded' | 'mariadb' }>();
 
 const mibps = (bytes: number, ms: number) => `${((bytes / 1024 ** 2 / ms) * 1000).toFixed(0)} MiB/s`;
 const eventMs = (e: temporal.api.history.v1.IHistoryEvent) => Number(e.eventTime?.seconds ?? 0) * 1000 + Math.round((e.eventTime?.nanos ?? 0) / 1e6);
@@ -228,7 +234,7 @@ async function main() {
   }
 }
 
-main().catch((err: unknown) => {
+(opts.engine === 'mariadb' ? benchMariaDbBackup(opts) : main()).catch((err: unknown) => {
   console.error(err);
   process.exit(1);
 });
