@@ -146,6 +146,9 @@ describe('reference 000 with real parts: MariaDB re-encrypting under a new key v
     const done = await handle.result();
     assert.equal(done.phase, 'done');
     const files = readdirSync(backups).filter((f) => f.includes(night));
+    // The killed worker's scratch directory of mariadb-backup is gone too (removed by the retry).
+    const scratch = readdirSync(join(setup.dataDir, 'mariadb', 'shop')).filter((f) => f.startsWith('mariadb-backup-') || f.startsWith('check-'));
+    assert.deepEqual(scratch, [], 'no scratch directory of the killed worker is left');
     assert.equal(files.filter((f) => f.includes('.partial-')).length, 0, `no partial file is left (${files.join(', ')})`);
     assert.equal(files.length, 1, `one backup file for the night (${files.join(', ')})`);
     const listed = JSON.parse(

@@ -4,7 +4,7 @@ import type { KeyManagementService } from '../kms/key-management-service';
 import { readBackupHeader } from './backup-file-format';
 import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
 import { EngineError } from './engine-error';
-import type { MariaDbEngine } from './mariadb-engine';
+import { type MariaDbEngine, removeStaleScratch } from './mariadb-engine';
 
 /**
  * One MariaDB server behind the DatabaseEngine port, as one database of keyops. What the port
@@ -83,6 +83,7 @@ export class MariaDbDatabaseEngine implements DatabaseEngine {
 
   async verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<VerifiedBackupFile> {
     await mkdir(this.workDir, { recursive: true, mode: 0o700 });
+    await removeStaleScratch(this.workDir, 'check');
     const description = await this.describeBackup(image.path);
     const checked = await this.engine.verifyBackup({ path: image.path, kms: this.kms, targetDir: this.scratch(), ...(image.sha256 ? { expectedSha256: image.sha256 } : {}), ...(progress ? { progress } : {}) });
     return { check: { tables: checked.tables, rows: checked.rows }, sha256: checked.sha256, description };

@@ -1,10 +1,11 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { createConnection, createPool, type Pool, SqlError } from 'mariadb';
 import type { KeyManagementService } from '../kms/key-management-service';
+import { processAlive } from '../process-alive';
 import { readBackupFile, writeBackupStream } from './backup-file-format';
 import { childEnvironment } from './child-environment';
 import { EngineError } from './engine-error';
@@ -107,6 +108,20 @@ interface TablespaceRow {
 }
 
 const num = (v: number | bigint | null): number | undefined => (v === null ? undefined : Number(v));
+
+/**
+ * Scratch directories are named `<prefix>-<pid>-…` after the worker process that made them. One
+ * whose process is gone (a worker killed mid-backup or mid-check) is removed; a live one may be
+ * another worker's backup of the same database, and stays.
+ */
+export async function removeStaleScratch(workDir: string, prefix: string): Promise<void> {
+  const entries = await readdir(workDir).catch(() => [] as string[]);
+  const pattern = new RegExp(`^${prefix}-(\\d+)-`);
+  for (const name of entries) {
+    const pid = pattern.exec(name)?.[1];
+    if (pid !== undefined && Number(pid) !== process.pid && !processAlive(Number(pid))) await rm(join(workDir, name), { recursive: true, force: true });
+  }
+}
 
 /** A server error as an EngineError: connection trouble passes, the rest is the caller's to fix. */
 export function mariadbError(what: string, err: unknown): EngineError {
@@ -235,6 +250,7 @@ export class MariaDbEngine {
     const token = await this.vaultToken();
     const { wdek, keyVersion, dek } = await input.kms.wrap(input.rootKeyId);
     try {
+      await removeStaleScratch(input.workDir, 'mariadb-backup');
       const scratch = join(input.workDir, `mariadb-backup-${process.pid}-${Date.now()}`);
       await mkdir(scratch, { recursive: true, mode: 0o700 });
       try {
