@@ -16,6 +16,7 @@ import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:
 import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
+import type { BackupDescription } from './database-engine';
 import { EngineError } from './engine-error';
 import { Sha256Thread } from './sha256-thread';
 
@@ -262,6 +263,22 @@ async function writeFully(file: FileHandle, parts: Buffer[], position: number, l
   // A short write (rare): finish it piece by piece.
   const rest = Buffer.concat(parts).subarray(written);
   while (written < length) written += (await file.write(rest, written - (length - rest.length), length - written, position + written)).bytesWritten;
+}
+
+/** What a header says, as the engine port describes a backup file: ids, versions, hashes. */
+export function describeHeader(header: BackupHeader): BackupDescription {
+  return {
+    databaseId: header.databaseId,
+    backupId: header.backupId,
+    night: header.night,
+    createdAt: header.createdAt,
+    keyId: header.keyId,
+    keyVersion: header.keyVersion,
+    backupKeyHash: header.backupKeyHash,
+    backupKeyId: header.backupKey?.keyId,
+    backupKeyVersion: header.backupKey?.keyVersion,
+    plainBytes: header.plainBytes,
+  };
 }
 
 /** Reads and checks the header alone (no key needed): what the file says it holds. */

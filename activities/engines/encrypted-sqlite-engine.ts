@@ -7,7 +7,7 @@ import type { KeyManagementService } from '../kms/key-management-service';
 import { KmsError } from '../kms/kms-error';
 import type { WdekRegistry, WdekRecord } from '../wdek-registry/wdek-registry';
 import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
-import { type BackupHeader, readBackupFile, readBackupHeader, syncDirectory, writeBackupFile } from './backup-file-format';
+import { type BackupHeader, describeHeader, readBackupFile, readBackupHeader, syncDirectory, writeBackupFile } from './backup-file-format';
 import { type DatabaseKeyFile, type KeyFileWdek, databaseKeyFileSchema, keyFileFormat, readKeyFile, writeKeyFile } from './database-key-file';
 import { InspectError, inspectInThread } from './inspect-thread';
 import { openKeyed } from './open-keyed';
@@ -27,19 +27,6 @@ const KEY_FILE_SUFFIX = '.keys.json';
 
 const toFileWdek = (r: WdekRecord): KeyFileWdek => ({ id: r.id, keyId: r.keyId, keyVersion: r.keyVersion, wdek: r.wdek.toString('base64'), owner: r.owner });
 const fromFileWdek = (w: KeyFileWdek): WdekRecord => ({ id: w.id, keyId: w.keyId, keyVersion: w.keyVersion, wdek: Buffer.from(w.wdek, 'base64'), owner: w.owner });
-
-const describe = (header: BackupHeader): BackupDescription => ({
-  databaseId: header.databaseId,
-  backupId: header.backupId,
-  night: header.night,
-  createdAt: header.createdAt,
-  keyId: header.keyId,
-  keyVersion: header.keyVersion,
-  backupKeyHash: header.backupKeyHash,
-  backupKeyId: header.backupKey?.keyId,
-  backupKeyVersion: header.backupKey?.keyVersion,
-  plainBytes: header.plainBytes,
-});
 
 async function fileSha256(path: string): Promise<string> {
   const hash = createHash('sha256');
@@ -558,7 +545,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     const scratch = join(scratchDir, `${basename(image.path)}.verify-${process.pid}-${randomBytes(4).toString('hex')}.db`);
     try {
       const { check, header, sha256 } = await this.restoreTo(image, scratch, progress);
-      return { check, sha256, description: describe(header) };
+      return { check, sha256, description: describeHeader(header) };
     } finally {
       await rm(scratch, { force: true });
     }
@@ -580,7 +567,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   }
 
   async describeBackup(path: string): Promise<BackupDescription> {
-    return describe(await readBackupHeader(path));
+    return describeHeader(await readBackupHeader(path));
   }
 
   async restore(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, targetPath: string, progress?: Progress): Promise<RestoreCheck> {

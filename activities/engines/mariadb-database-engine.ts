@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { KeyManagementService } from '../kms/key-management-service';
-import { readBackupHeader } from './backup-file-format';
+import { describeHeader, readBackupHeader } from './backup-file-format';
 import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
 import { EngineError } from './engine-error';
 import { type MariaDbEngine, removeStaleScratch } from './mariadb-engine';
@@ -90,19 +90,7 @@ export class MariaDbDatabaseEngine implements DatabaseEngine {
   }
 
   async describeBackup(path: string): Promise<BackupDescription> {
-    const header = await readBackupHeader(path);
-    return {
-      databaseId: header.databaseId,
-      backupId: header.backupId,
-      night: header.night,
-      createdAt: header.createdAt,
-      keyId: header.keyId,
-      keyVersion: header.keyVersion,
-      backupKeyHash: header.backupKeyHash,
-      backupKeyVersion: header.backupKey?.keyVersion,
-      backupKeyId: header.backupKey?.keyId,
-      plainBytes: header.plainBytes,
-    };
+    return describeHeader(await readBackupHeader(path));
   }
 
   /** A prepared, checked data directory at `targetPath`, ready for a mariadbd to start on. */
