@@ -324,8 +324,12 @@ HCL
   if ! grep -q '"transit/"' <<<"$mounts"; then
     BAO_TOKEN="$(<"$BAO_DIR/root.token")" bao secrets enable transit >/dev/null
   fi
-  # MariaDB's keys (KEYOPS_ENGINE=mariadb): a KV v2 mount, one secret per key id, a version per key version.
-  if [[ $ENGINE == mariadb ]] && ! grep -q '"mariadb/"' <<<"$mounts"; then
+}
+
+# MariaDB's keys (KEYOPS_ENGINE=mariadb): a KV v2 mount, one secret per key id, a version per key
+# version. Checked at every start, also when OpenBao was already running (started for the KMS).
+ensure_mariadb_mount() {
+  if ! BAO_TOKEN="$(<"$BAO_DIR/root.token")" bao secrets list -format=json | grep -q '"mariadb/"'; then
     BAO_TOKEN="$(<"$BAO_DIR/root.token")" bao secrets enable -path=mariadb -version=2 kv >/dev/null
   fi
 }
@@ -339,6 +343,7 @@ mariadb_ready() { mariadb_cli -e 'SELECT 1' >/dev/null 2>&1; }
 start_mariadb() {
   local install mariadbd plugin_dir
   install="$("$ROOT/scripts/install-mariadb.sh")" || die "could not install MariaDB (scripts/install-mariadb.sh)"
+  ensure_mariadb_mount || die "could not enable OpenBao's KV v2 mount mariadb/"
   mariadbd="$(sed -n 's/^mariadbd=//p' <<<"$install")"
   plugin_dir="$(sed -n 's/^plugin-dir=//p' <<<"$install")"
   mkdir -p "$MARIADB_DIR"
@@ -375,8 +380,10 @@ CNF
       || die "mariadb-install-db failed; log in $LOG_DIR/mariadb.log"
   fi
   say "starting MariaDB (socket ${MARIADB_SOCK/#"$ROOT"\//}, keys in OpenBao's mariadb/ mount)"
-  # Only the token (its plugin reads VAULT_TOKEN) and PATH: nothing else of this shell's environment.
-  (exec setsid env -i PATH="$PATH" VAULT_TOKEN="$(<"$BAO_DIR/root.token")" "$mariadbd" --defaults-file="$MARIADB_DIR/my.cnf" "${user[@]}" >>"$LOG_DIR/mariadb.log" 2>&1 </dev/null 9>&-) &
+  # Only the token (its plugin reads VAULT_TOKEN) and PATH: nothing else of this shell's
+  # environment. The token is read inside the child, so it is on no command line.
+  (exec setsid env -i PATH="$PATH" bash -c 'VAULT_TOKEN="$(<"$1")" && export VAULT_TOKEN && shift && exec "$@"' _ \
+    "$BAO_DIR/root.token" "$mariadbd" --defaults-file="$MARIADB_DIR/my.cnf" "${user[@]}" >>"$LOG_DIR/mariadb.log" 2>&1 </dev/null 9>&-) &
   echo $! >"$MARIADB_PID"
   wait_for "MariaDB" "$!" "$LOG_DIR/mariadb.log" mariadb_ready
   # The demo database (once): what `keyops backup run shop` backs up.

@@ -134,6 +134,25 @@ describe('MariaDB engine: a real MariaDB with its keys in a real OpenBao', () =>
     assert.deepEqual(backup.engineKeys, { keyId: 1, oldestVersion: 5, latestVersion: 5 });
   });
 
+  it('names a missing tool or a missing KV mount as a configuration error, and the worker process survives it', async () => {
+    const broken = new MariaDbEngine({ socket: db.socket, keyStore: keys, serverConfig: db.config, vaultTokenFile: bao.tokenFile, tools: { mbstream: join(dir, 'no-such-mbstream') } });
+    try {
+      const path = join(dir, 'shop-tools.kob');
+      await engine.backup({ path, databaseId: 'shop', backupId: 'backup/shop/2026-12-09', night: '2026-12-09', kms, rootKeyId, workDir: dir });
+      await assert.rejects(broken.verifyBackup({ path, kms, targetDir: join(dir, 'restored-no-tool') }), (err: unknown) => {
+        assert.ok(err instanceof EngineError);
+        assert.equal(err.code, 'INVALID_CONFIGURATION');
+        assert.match(err.message, /no-such-mbstream could not be started/);
+        return true;
+      });
+      assert.equal((await readdir(dir)).includes('restored-no-tool'), false);
+    } finally {
+      await broken.close();
+    }
+    const nowhere = new MariaDbKeyStore({ address: bao.address, mount: 'no-such-mount', tokenFile: bao.tokenFile });
+    await assert.rejects(nowhere.versions(1), /there is no KV version 2 mount at .*\/v1\/no-such-mount/);
+  });
+
   it('names the key store when it cannot be reached, as a retryable key-unavailable', async () => {
     const unreachable = new MariaDbKeyStore({ address: 'http://127.0.0.1:9', mount: 'mariadb', tokenFile: bao.tokenFile, requestTimeoutMs: 2000 });
     await assert.rejects(unreachable.versions(1), (err: unknown) => {

@@ -128,12 +128,12 @@ describe('reference 000 with real parts: MariaDB re-encrypting under a new key v
     const night = '2026-12-04';
     const backups = join(setup.dataDir, 'backups', 'shop');
     const handle = await suite.client.workflow.start(nightlyBackup, { taskQueue: setup.taskQueue, workflowId: backupWorkflowId('shop', night), args: [{ databaseId: 'shop', night }] });
-    // The partial file exists from the stream's first byte until the file is complete.
+    // The partial file exists from the header on; past its first 4 MiB chunk, mariadb-backup is streaming.
     await waitUntil(
       'the backup stream to be under way',
       () => {
         try {
-          return readdirSync(backups).some((f) => f.includes(night) && f.includes('.partial-')) ? true : undefined;
+          return readdirSync(backups).some((f) => f.includes(night) && f.includes('.partial-') && statSync(join(backups, f)).size > 4 * 1024 * 1024) ? true : undefined;
         } catch {
           return undefined;
         }

@@ -181,6 +181,9 @@ export async function writeBackupStream(options: {
 
 /** The file itself: header, then every chunk sealed with the header's digest, its index and the final flag. */
 async function writeChunks(options: { path: string; format: number; header: BackupHeader; key: Buffer; next: NextChunk; progress?: (done: number) => void }): Promise<{ bytes: number; sha256: string; plainBytes: number }> {
+  // A header the reader would refuse must never be written: the file could not be restored.
+  const checked = backupHeaderSchema.safeParse(options.header);
+  if (!checked.success) throw new EngineError('INVALID_CONFIGURATION', `backup ${options.path}: its header is malformed (${checked.error.issues[0]?.path.join('.') ?? '?'}); nothing was written`);
   const json = Buffer.from(JSON.stringify(options.header), 'utf8');
   const prefix = Buffer.alloc(PREFIX);
   MAGIC.copy(prefix, 0);

@@ -30,7 +30,9 @@ export async function* toolOutput(command: string, args: string[], options: { va
   const child = spawn(command, args, { env: childEnvironment({ VAULT_TOKEN: options.vaultToken }), stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-64 * 1024)));
+  // A tool that cannot be started rejects both: reported through `spawned`, never unhandled.
   const exited = once(child, 'close') as Promise<[number | null, NodeJS.Signals | null]>;
+  exited.catch(() => undefined);
   const spawned = once(child, 'spawn').then(
     () => undefined,
     (err: unknown) => err,
@@ -57,7 +59,10 @@ export async function runTool(command: string, args: string[], options: { vaultT
   child.stdout?.setEncoding('utf8').on('data', keep);
   child.stderr?.setEncoding('utf8').on('data', keep);
   const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 30 * 60_000);
-  const exited = once(child, 'close') as Promise<[number | null, NodeJS.Signals | null]>;
+  const exited = (once(child, 'close') as Promise<[number | null, NodeJS.Signals | null]>).catch((err: unknown) => {
+    throw new EngineError('INVALID_CONFIGURATION', `${command} could not be started: ${(err as Error).message}`);
+  });
+  exited.catch(() => undefined);
   try {
     if (options.input && child.stdin) {
       for await (const chunk of options.input) {

@@ -168,7 +168,7 @@ export class MariaDbEngine {
       this.query<TablespaceRow>(
         what,
         `SELECT NAME, CURRENT_KEY_ID, MIN_KEY_VERSION, CURRENT_KEY_VERSION, ROTATING_OR_FLUSHING, KEY_ROTATION_PAGE_NUMBER, KEY_ROTATION_MAX_PAGE_NUMBER
-           FROM information_schema.INNODB_TABLESPACES_ENCRYPTION WHERE CURRENT_KEY_ID = ? ORDER BY SPACE`,
+           FROM information_schema.INNODB_TABLESPACES_ENCRYPTION WHERE CURRENT_KEY_ID = ? AND ENCRYPTION_SCHEME <> 0 ORDER BY SPACE`,
         [this.keyId],
       ),
       this.query<{ age: number | bigint; threads: number | bigint }>(what, 'SELECT @@innodb_encryption_rotate_key_age AS age, @@innodb_encryption_threads AS threads'),
@@ -314,7 +314,11 @@ export class MariaDbEngine {
       const extract = spawn(this.tools.mbstream, ['-x', '-C', input.targetDir], { env: childEnvironment(), stdio: ['pipe', 'ignore', 'pipe'] });
       let extractErr = '';
       extract.stderr.setEncoding('utf8').on('data', (d: string) => (extractErr = (extractErr + d).slice(-16_384)));
-      const extracted = once(extract, 'close') as Promise<[number | null]>;
+      // A tool that cannot be started (ENOENT) rejects this: handled here, reported below.
+      const extracted = (once(extract, 'close') as Promise<[number | null]>).catch((err: unknown) => {
+        throw new EngineError('INVALID_CONFIGURATION', `${this.tools.mbstream} could not be started: ${(err as Error).message}`);
+      });
+      extracted.catch(() => undefined);
       extract.stdin.on('error', () => undefined); // a dying mbstream is reported by its exit code
       let sha256: string;
       try {
@@ -327,6 +331,11 @@ export class MariaDbEngine {
           },
           ...(input.progress ? { progress: input.progress } : {}),
         }));
+      } catch (err) {
+        // Nothing of a backup that failed may stay: mbstream stops before its directory goes.
+        extract.kill('SIGKILL');
+        await extracted.catch(() => undefined);
+        throw err;
       } finally {
         extract.stdin.end();
       }
@@ -337,7 +346,7 @@ export class MariaDbEngine {
       done = true;
       return { ...check, sha256 };
     } finally {
-      if (!input.keep || !done) await rm(input.targetDir, { recursive: true, force: true });
+      if (!input.keep || !done) await rm(input.targetDir, { recursive: true, force: true, maxRetries: 3 });
     }
   }
 
@@ -351,11 +360,16 @@ export class MariaDbEngine {
       `--pid-file=${join(dataDir, 'check.pid')}`,
       `--log-error=${join(dataDir, 'check.err')}`,
       '--skip-networking',
+      // The server's own option file may name its binlog, replication and events: a check
+      // server must not write to the first, start the second or run the third.
+      '--skip-log-bin',
+      '--skip-slave-start',
+      '--event-scheduler=OFF',
       '--innodb-encryption-threads=0',
       ...(process.getuid?.() === 0 ? ['--user=root'] : []),
     ];
     const server = spawn(this.tools.mariadbd, args, { env: childEnvironment({ VAULT_TOKEN: token }), stdio: 'ignore' });
-    const gone = once(server, 'close');
+    const gone = once(server, 'close').catch(() => undefined);
     try {
       let connection;
       for (const deadline = Date.now() + 120_000; !connection; ) {

@@ -63,6 +63,10 @@ export class MariaDbKeyStore {
   /** The key's versions, oldest first; none when the key was never written. */
   async versions(keyId: number): Promise<{ current: number; versions: KvKeyVersion[] }> {
     const res = await this.call('GET', `metadata/${checkKeyId(keyId)}`, undefined, keyId);
+    // A key never written answers 404 with no errors; a mount that does not exist, with one.
+    if (res.status === 404 && /no handler for route/i.test(JSON.stringify(res.body))) {
+      throw new EngineError('INVALID_CONFIGURATION', `there is no KV version 2 mount at ${this.where} (bao secrets enable -path=${this.options.mount} -version=2 kv)`);
+    }
     if (res.status === 404) return { current: 0, versions: [] };
     const parsed = metadataSchema.safeParse(res.body);
     if (!parsed.success) throw new EngineError('ENGINE_COMMAND_FAILED', `${this.where}/metadata/${keyId} did not answer as a KV v2 mount does (is ${this.options.mount} a KV version 2 mount?)`);
