@@ -26,7 +26,7 @@ export function classifyMariaDbTool(what: string, exitCode: number | null, outpu
  * for the tool's exit: a non-zero exit throws there, so a stream consumer never commits the
  * output of a tool that failed at its end.
  */
-export async function* toolOutput(command: string, args: string[], options: { vaultToken: string; stdin?: 'ignore' }): AsyncGenerator<Buffer> {
+export async function* toolOutput(command: string, args: string[], options: { vaultToken: string }): AsyncGenerator<Buffer> {
   const child = spawn(command, args, { env: childEnvironment({ VAULT_TOKEN: options.vaultToken }), stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-64 * 1024)));
@@ -51,26 +51,19 @@ export async function* toolOutput(command: string, args: string[], options: { va
   }
 }
 
-/** Runs a MariaDB tool to its end, feeding it `input` when given; throws a classified error on failure. */
-export async function runTool(command: string, args: string[], options: { vaultToken: string; input?: AsyncIterable<Buffer>; timeoutMs?: number }): Promise<string> {
-  const child = spawn(command, args, { env: childEnvironment({ VAULT_TOKEN: options.vaultToken }), stdio: [options.input ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+/** Runs a MariaDB tool to its end; throws a classified error on failure. */
+export async function runTool(command: string, args: string[], options: { vaultToken: string; timeoutMs?: number }): Promise<string> {
+  const child = spawn(command, args, { env: childEnvironment({ VAULT_TOKEN: options.vaultToken }), stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   const keep = (d: string) => (output = (output + d).slice(-64 * 1024));
-  child.stdout?.setEncoding('utf8').on('data', keep);
-  child.stderr?.setEncoding('utf8').on('data', keep);
+  child.stdout.setEncoding('utf8').on('data', keep);
+  child.stderr.setEncoding('utf8').on('data', keep);
   const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 30 * 60_000);
   const exited = (once(child, 'close') as Promise<[number | null, NodeJS.Signals | null]>).catch((err: unknown) => {
     throw new EngineError('INVALID_CONFIGURATION', `${command} could not be started: ${(err as Error).message}`);
   });
   exited.catch(() => undefined);
   try {
-    if (options.input && child.stdin) {
-      for await (const chunk of options.input) {
-        if (!child.stdin.write(chunk)) await Promise.race([once(child.stdin, 'drain'), exited]);
-        if (child.exitCode !== null) break;
-      }
-      child.stdin.end();
-    }
     const [code] = await exited;
     if (code !== 0) throw classifyMariaDbTool(command.split('/').pop() ?? command, code, output);
     return output;
