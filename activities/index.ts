@@ -1,12 +1,13 @@
 import { createBackupKeyActivities, type BackupKeyDeps } from './backup-key-rotation';
 import { createDemoActivities, type DemoDeps } from './demo-data';
+import { createKeyConsumerActivities, type KeyConsumerDeps } from './key-consumers';
 import { createKeyRefActivities, type KeyRefDeps } from './key-refs';
 import { createMasterKeyActivities, type MasterKeyDeps } from './master-key-rotation';
 import { createBackupActivities, type BackupDeps } from './nightly-backup';
 import { createRootKeyActivities, type RootKeyDeps } from './root-key-rotation';
 import { createWorkerProbe, type WorkerProbeDeps } from './worker-probe';
 
-export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps & DemoDeps & KeyRefDeps;
+export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps & DemoDeps & KeyRefDeps & KeyConsumerDeps;
 
 /**
  * Builds every activity from the adapters the worker chose. Tests call this with real local
@@ -21,6 +22,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createMasterKeyActivities(deps),
     ...createDemoActivities(deps),
     ...createKeyRefActivities(deps),
+    ...createKeyConsumerActivities(deps),
   };
 }
 

@@ -36,6 +36,14 @@ export interface BackupKeyCheck {
   wdeksBehind: boolean;
   /** Why the KMS's key storage is unusable now (an HSM master-key rotation), if it is. */
   masterKeyRotation?: string;
+  /**
+   * When the key to wait for is not `keyId` but the engine's own key (engine-key.ts), whose
+   * consumer, the engine, is still re-encrypting pages: that key. currentVersion, lastRotateDate
+   * and oldestWdekVersion then describe it (the oldest version a page is on).
+   */
+  awaitKeyId?: string;
+  /** What is behind, in words, for the waiting run's details. */
+  behind?: string;
 }
 
 /** Progress as heartbeats, at most one a second (details are serialized for the server). */
@@ -121,6 +129,25 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
         const wdeksBehind = oldestWdekVersion < key.currentVersion;
         const rotatedSinceBackup = key.lastRotateDate !== undefined && (!lastGood || key.lastRotateDate > lastGood.createdAt);
         const masterKey = await keyStorageRotation?.();
+        const moving = state.engineKey && !state.engineKey.settled ? state.engineKey : undefined;
+        if (moving) {
+          // The engine's pages are the key's consumer: the night waits for "complete" of that key.
+          const engineKey = await kms.getKeyMetadata(moving.keyId);
+          return {
+            databaseId: input.databaseId,
+            keyId: state.keyId,
+            awaitKeyId: moving.keyId,
+            currentVersion: moving.latestVersion,
+            lastRotateDate: engineKey.lastRotateDate,
+            oldestWdekVersion: moving.oldestVersionNeeded ?? moving.latestVersion,
+            keyChangeInProgress: false,
+            lastGoodBackupAt: lastGood?.createdAt,
+            rotationInProgress: true,
+            wdeksBehind: true,
+            behind: `the database engine is still re-encrypting its pages for version ${moving.latestVersion} of its key (the oldest page is on version ${moving.oldestVersionNeeded ?? 'unknown'})`,
+            ...(masterKey?.inProgress ? { masterKeyRotation: masterKey.reason ?? 'a master-key rotation is running' } : {}),
+          };
+        }
         return {
           databaseId: input.databaseId,
           keyId: state.keyId,

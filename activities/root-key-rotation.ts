@@ -1,23 +1,26 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import { ApplicationFailure, type SignalDefinition } from '@temporalio/common';
+import { ApplicationFailure, type SignalDefinition, WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import { Context, activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
 import type { DatabaseEngine } from './engines/database-engine';
 import { AdaptiveConcurrency, type ThrottleStats } from './kms/adaptive-concurrency';
 import type { BatchResult, KeyManagementService, KeyMetadata, RewrapResult, UnwrapResult } from './kms/key-management-service';
 import { KmsError, kmsFailure } from './kms/kms-error';
 import { ThrottledBatch, resumableBatch } from './kms/throttled-batch';
+import { engineConsumers, type EngineConsumer } from './key-consumers';
 import { typed } from './typed';
 import type { StoredWdek, WdekRegistry, WdekUpdate } from './wdek-registry/wdek-registry';
 import {
   awaitRewrapSignal,
   keyEntityWorkflowId,
   rewrapCompleteSignal,
+  rewrapWorkflowId,
   rewrapKmsThrottleSignal,
   type KeyEntityState,
   type RewrapComplete,
   type RewrapWaiter,
 } from '../workflows/root-key-messages';
 import type { keyEntity } from '../workflows/key-entity';
+import type { rotateRootKey } from '../workflows/rotate-root-key';
 import { keyEntityMetadata } from '../workflows/key-entity-metadata';
 
 export interface RootKeyDeps {
@@ -25,8 +28,8 @@ export interface RootKeyDeps {
   registry: WdekRegistry;
   /** Whether the HSM master key protecting the KMS's key storage is being rotated (optional). */
   keyStorageRotation?: () => Promise<{ inProgress: boolean; reason: string | undefined }>;
-  /** The databases whose own key records must follow a rewrap (optional). */
-  engine?: Pick<DatabaseEngine, 'followRewrap'>;
+  /** The databases whose own key records must follow a rewrap, and the engines' own keys (optional). */
+  engine?: Pick<DatabaseEngine, 'followRewrap' | 'engineKeys'>;
 }
 
 /** Metadata a workflow may carry: ids, versions and dates, never key material. */
@@ -37,9 +40,16 @@ export interface KeyStatus {
   state: 'active' | 'disabled';
   currentVersion: number;
   lastRotateDate: string | undefined;
+  /**
+   * The version every consumer of the key is on ("complete"): for WDEKs the version keyops last
+   * rewrapped them to; for an engine's own key, the latest once the engine has re-encrypted all
+   * that version asks of it (read live), else the version last announced.
+   */
   rewrappedVersion: number | undefined;
   /** The KMS's automatic rotation interval, when a policy is set. */
   rotationPolicyMonths?: number;
+  /** Who holds data under the key: WDEKs keyops rewraps, engines that re-encrypt themselves. */
+  consumers?: { wdeks: number; wdeksBehind: number; engines: EngineConsumer[] };
 }
 
 export interface ChunkInput {
@@ -195,7 +205,14 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
   });
 
   async function describeKey(keyId: string): Promise<KeyStatus> {
-    return toStatus(await kmsCall(() => kms.getKeyMetadata(keyId)));
+    const status = toStatus(await kmsCall(() => kms.getKeyMetadata(keyId)));
+    const { total, below } = registry.countBelowVersion(keyId, status.currentVersion);
+    const { consumers: engines } = await typed(() => engineConsumers(engine, keyId));
+    // An engine that settled needs no announcement to be complete: a rotation made outside
+    // keyops, already followed by the engine, releases waiters on their next re-check.
+    const settled = engines.length > 0 && engines.every((e) => e.settled && !e.lostKey);
+    const rewrappedVersion = settled ? Math.max(status.rewrappedVersion ?? 0, status.currentVersion) : status.rewrappedVersion;
+    return { ...status, rewrappedVersion, consumers: { wdeks: total, wdeksBehind: below, engines } };
   }
 
   // A new entity starts from the registry's recorded version, so a waiter that registers
@@ -212,6 +229,22 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       signalArgs: [arg],
       ...keyEntityMetadata(keyId),
     });
+  }
+
+  async function startFollowRun(keyId: string, version: number, taskQueue: string): Promise<void> {
+    const workflowId = rewrapWorkflowId(keyId, version);
+    try {
+      await getClient().workflow.start<typeof rotateRootKey>('rotateRootKey', {
+        workflowId,
+        taskQueue,
+        args: [{ keyId, targetVersion: version, rotate: false }],
+        workflowIdReusePolicy: 'ALLOW_DUPLICATE_FAILED_ONLY',
+        staticSummary: `Follow the database engine re-encrypting its pages for key ${keyId} version ${version} (started for a waiting backup)`,
+        staticDetails: `Key \`${keyId}\` is at version ${version}; a backup waits until the engine has re-encrypted its pages. This run rotates nothing: it follows the engine, then announces "complete (${keyId}, v${version})" to \`${keyEntityWorkflowId(keyId)}\`.`,
+      });
+    } catch (err) {
+      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+    }
   }
 
   /** The window of batch calls a chunk starts with and may grow to, as the KMS serves them. */
@@ -256,7 +289,8 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
 
     /** Keys keyops protects WDEKs with, for the watcher. */
     async listRegisteredKeys(): Promise<string[]> {
-      return Promise.resolve(registry.listKeys().map((k) => k.keyId));
+      const engineKeys = [...(engine?.engineKeys?.().keys() ?? [])];
+      return Promise.resolve([...new Set([...registry.listKeys().map((k) => k.keyId), ...engineKeys])]);
     },
 
     /**
@@ -586,6 +620,10 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
     /** Asks the key's entity workflow (starting it if needed) to signal `workflowId` at `minVersion`. */
     async registerRewrapWaiter(input: RewrapWaiter & { keyId: string; taskQueue: string }): Promise<void> {
       await signalKeyEntity(input.keyId, input.taskQueue, awaitRewrapSignal, { workflowId: input.workflowId, minVersion: input.minVersion });
+      // An engine's own key may have been rotated outside keyops (a KV write by hand): the run
+      // that follows the engine and announces "complete" starts now, as the watcher would start
+      // it within the hour. Its id names the version: a run already there is joined, not repeated.
+      if (engine?.engineKeys?.().has(input.keyId)) await startFollowRun(input.keyId, input.minVersion, input.taskQueue);
     },
 
     /**

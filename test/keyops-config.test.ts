@@ -97,6 +97,37 @@ describe('keyops.yaml (KEYOPS_CONFIG)', () => {
     ]);
   });
 
+  it('refuses the reserved instance name "engine" and a database whose rootKey no configured KMS holds', () => {
+    const server = `    type: mariadb
+    socket: /run/mysqld/mysqld.sock
+    serverConfig: /etc/mysql/my.cnf
+    keyStore: { address: "http://127.0.0.1:8200", tokenFile: t }`;
+    const file = write(
+      'databases.yaml',
+      `kms:
+  default: local
+  instances:
+    local: { type: local }
+    engine: { type: local }
+databases:
+  shop:
+${server}
+    rootKey: bao:backups
+  crm:
+${server}
+    rootKey: engine:shop
+  ok:
+${server}
+    rootKey: 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90
+`,
+    );
+    assert.deepEqual(problemsOf(file), [
+      `${file}:5:13: kms.instances.engine: the instance name "engine" is reserved for the database servers' own keys (engine:<database>): give this KMS another name`,
+      `${file}:12:14: databases.shop.rootKey: rootKey "bao:backups" names KMS instance "bao", which kms.instances does not configure`,
+      `${file}:18:14: databases.crm.rootKey: rootKey "engine:shop" is a database engine's own key, which wraps nothing: name a KMS key`,
+    ]);
+  });
+
   it('refuses a credential written inline, naming where it goes instead, and never echoes it', () => {
     const file = write(
       'inline.yaml',

@@ -1,14 +1,16 @@
 /**
  * A MariaDB server backed up by the worker as production runs it: keyops.yaml names the server
- * under `databases:`, and the unchanged nightlyBackup workflow backs it up, waits while MariaDB
- * re-encrypts its pages for a new key version, verifies each backup by a test restore on a
+ * under `databases:`, and the nightlyBackup workflow backs it up, waits while MariaDB re-encrypts
+ * its pages for a new version of its own key (`engine:shop`), verifies each backup by a test restore on a
  * scratch server, and catalogues it; `keyops backup restore` brings it back as a data directory.
  */
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { nightlyBackup } from '../workflows';
+import { type awaitRewrap, nightlyBackup, type rotateRootKey } from '../workflows';
+import { rewrapProgressQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
+import { recordHistory } from './helpers/record-history';
 import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
 import { keyops } from './helpers/child-process';
 import { type MariaDb, startMariaDbWithOpenBao } from './helpers/mariadb';
@@ -57,24 +59,71 @@ describe('the worker backing up a MariaDB server named in keyops.yaml', () => {
     assert.ok(readdirSync(join(target, 'shop')).includes('orders.ibd'));
   });
 
-  it('holds the night while MariaDB re-encrypts its pages for a new key version, then backs up under it', async () => {
+  it('holds the night while MariaDB re-encrypts its pages for a key version written outside keyops; the follow run announces "complete" and the signal releases it', async () => {
     const { db, keys } = stack;
-    // The background threads held: two new versions leave every page more than the key age behind.
+    // The background threads held: two versions written by hand leave every page more than the key age behind.
     await db.query('SET GLOBAL innodb_encryption_threads = 0');
     await keys.rotate(1, 1);
     await keys.rotate(1, 2);
+    const night = '2026-12-02';
     const handle = await suite.client.workflow.start(nightlyBackup, {
       taskQueue,
-      workflowId: backupWorkflowId('shop', '2026-12-02'),
-      args: [{ databaseId: 'shop', night: '2026-12-02', keyChangeRecheckMs: 500 }],
+      workflowId: backupWorkflowId('shop', night),
+      // Re-checks far apart: only the announcement can release the night within the test.
+      args: [{ databaseId: 'shop', night, recheckEveryMs: 3_600_000 }],
     });
-    await waitUntil('the night to wait for the re-encryption', async () => ((await handle.query(backupProgressQuery)).phase === 'awaiting-key-change' ? true : undefined), 60_000);
+    const waiting = await waitUntil('the night to wait for the engine key', async () => {
+      const p = await handle.query(backupProgressQuery);
+      return p.phase === 'awaiting-rewrap' ? p : undefined;
+    }, 60_000);
+    assert.equal(waiting.awaitedVersion, 3);
+    // The waiting backup started the run that follows the engine (no watcher, no operator).
+    const follow = suite.client.workflow.getHandle<typeof rotateRootKey>(rewrapWorkflowId('engine:shop', 3));
+    const following = await waitUntil('the follow run to watch the pages', async () => {
+      const p = await follow.query(rewrapProgressQuery).catch(() => undefined);
+      return p?.phase === 'following' ? p : undefined;
+    }, 60_000);
+    assert.equal(following.total, 0, 'an engine key has no WDEKs to rewrap');
+    const status = JSON.parse(await cli('rewrap', 'status', 'engine:shop', '--json')) as { upToDate: boolean; consumers: { engines: { databaseId: string; settled: boolean; spacesBehind: number }[] }; waiting: { workflowId: string }[] };
+    assert.equal(status.upToDate, false);
+    assert.equal(status.consumers.engines[0]!.databaseId, 'shop');
+    assert.equal(status.consumers.engines[0]!.settled, false);
+    assert.ok(status.consumers.engines[0]!.spacesBehind > 0);
+    assert.ok(status.waiting.some((w) => w.workflowId === `${backupWorkflowId('shop', night)}/await-rewrap`), JSON.stringify(status.waiting));
+
     await db.query('SET GLOBAL innodb_encryption_threads = 2');
     const done = await handle.result();
     assert.equal(done.phase, 'done');
-    const pages = await db.query<{ v: number }>("SELECT MIN(MIN_KEY_VERSION) AS v FROM information_schema.INNODB_TABLESPACES_ENCRYPTION");
+    const released = await suite.client.workflow.getHandle<typeof awaitRewrap>(`${backupWorkflowId('shop', night)}/await-rewrap`).result();
+    assert.deepEqual([released.keyId, released.version, released.releasedBy], ['engine:shop', 3, 'signal']);
+    assert.deepEqual((await follow.result()).engines?.map((e) => e.databaseId), ['shop']);
+    const pages = await db.query<{ v: number }>('SELECT MIN(MIN_KEY_VERSION) AS v FROM information_schema.INNODB_TABLESPACES_ENCRYPTION');
     assert.equal(Number(pages[0]!.v), 3, 'the backup started once every page was on version 3');
     const listed = JSON.parse(await cli('backup', 'list', '--database', 'shop', '--json')) as { backupId: string; status: string }[];
-    assert.ok(listed.some((b) => b.backupId === 'backup/shop/2026-12-02' && b.status === 'good'));
+    assert.ok(listed.some((b) => b.backupId === `backup/shop/${night}` && b.status === 'good'));
+    if (process.env.KEYOPS_RECORD_HISTORIES) {
+      await recordHistory(backupWorkflowId('shop', night), 'nightly-backup-engine-key.json');
+      await recordHistory(rewrapWorkflowId('engine:shop', 3), 'rotate-root-key-follow-engine.json');
+    }
+  });
+
+  it('keyops key rotate engine:shop rotates the server\'s own key and returns once MariaDB has re-encrypted what the version asks; key show and the watcher see it', async () => {
+    // Version 4: with innodb_encryption_rotate_key_age=1 the pages on 3 are not behind enough to move.
+    const four = JSON.parse(await cli('key', 'rotate', 'engine:shop', '--wait', '--json')) as { targetVersion: number; rotated: boolean; engines: { databaseId: string }[] };
+    assert.deepEqual([four.targetVersion, four.rotated, four.engines.map((e) => e.databaseId)], [4, true, ['shop']]);
+    // Version 5: pages on 3 are now two behind; "complete" comes only once all of them moved.
+    const five = JSON.parse(await cli('key', 'rotate', 'engine:shop', '--wait', '--json')) as { targetVersion: number; engines: { oldestVersionNeeded: number }[] };
+    assert.equal(five.targetVersion, 5);
+    const pages = await stack.db.query<{ v: number }>('SELECT MIN(MIN_KEY_VERSION) AS v FROM information_schema.INNODB_TABLESPACES_ENCRYPTION');
+    assert.equal(Number(pages[0]!.v), 5, 'every page was on version 5 when the rotation answered');
+    assert.equal(five.engines[0]!.oldestVersionNeeded, 5);
+    const shown = await cli('key', 'show', 'engine:shop');
+    assert.match(shown, /version 5/);
+    assert.match(shown, /complete at: version 5/);
+    assert.match(shown, /database shop \(MariaDB key 1 in http:\/\/127\.0\.0\.1:\d+\/v1\/mariadb \(database shop\)\): settled/);
+    const watched = JSON.parse(await cli('key', 'watch', '--json')) as { checked: number; started: string[] };
+    assert.equal(watched.started.length, 0, 'nothing behind: the watcher starts nothing');
+    assert.ok(watched.checked >= 1);
+    if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(rewrapWorkflowId('engine:shop', 5), 'rotate-root-key-engine-key.json');
   });
 });

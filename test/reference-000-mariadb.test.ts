@@ -10,7 +10,8 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { MariaDbKeyStore } from '../activities/engines/mariadb-key-store';
-import { nightlyBackup } from '../workflows';
+import { type awaitRewrap, nightlyBackup } from '../workflows';
+import { rewrapProgressQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
 import { keyops, runToEnd } from './helpers/child-process';
 import { type MariaDb, startMariaDb, startMariaDbWithOpenBao } from './helpers/mariadb';
@@ -72,10 +73,15 @@ describe('reference 000 with real parts: MariaDB re-encrypting under a new key v
     const handle = await suite.client.workflow.start(nightlyBackup, {
       taskQueue: setup.taskQueue,
       workflowId: backupWorkflowId('shop', night),
-      args: [{ databaseId: 'shop', night, keyChangeRecheckMs: 500 }],
+      // Re-checks far apart: the night is released by the announcement, not by polling.
+      args: [{ databaseId: 'shop', night, recheckEveryMs: 3_600_000 }],
     });
-    await waitUntil('the night to wait for the re-encryption', async () => ((await handle.query(backupProgressQuery)).phase === 'awaiting-key-change' ? true : undefined), 60_000);
-    mark('keyops: nightly backup started, waits for the re-encryption (awaiting-key-change)');
+    await waitUntil('the night to wait for the re-encryption', async () => ((await handle.query(backupProgressQuery)).phase === 'awaiting-rewrap' ? true : undefined), 60_000);
+    await waitUntil('the run that follows the re-encryption', async () => {
+      const p = await suite.client.workflow.getHandle(rewrapWorkflowId('engine:shop', 3)).query(rewrapProgressQuery).catch(() => undefined);
+      return p?.phase === 'following' ? true : undefined;
+    }, 60_000);
+    mark('keyops: nightly backup started, waits for "complete (engine:shop, v3)" (awaiting-rewrap); its wait started the run that follows the re-encryption');
 
     await bao.seal();
     mark('OpenBao sealed: MariaDB keys unreachable');
@@ -104,6 +110,9 @@ describe('reference 000 with real parts: MariaDB re-encrypting under a new key v
     await stack.db.query('SET GLOBAL innodb_encryption_threads = 2');
     mark('MariaDB re-encryption resumed');
     const done = await handle.result();
+    const released = await suite.client.workflow.getHandle<typeof awaitRewrap>(`${backupWorkflowId('shop', night)}/await-rewrap`).result();
+    assert.equal(released.releasedBy, 'signal');
+    mark(`keyops: "complete (engine:shop, v${released.version})" announced; the night released by its signal`, done.releasedAt);
     mark('keyops: backup started', done.backupStartedAt);
     mark(`keyops: night done (${done.phase}), ${done.bytes} bytes, verified on a scratch server and catalogued`);
     assert.equal(done.phase, 'done');

@@ -13,7 +13,9 @@ import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-en
 import { EngineRouter } from '../activities/engines/engine-router';
 import { MariaDbDatabaseEngine } from '../activities/engines/mariadb-database-engine';
 import { MariaDbEngine } from '../activities/engines/mariadb-engine';
+import { MariaDbEngineKey } from '../activities/engines/mariadb-engine-key';
 import { MariaDbKeyStore } from '../activities/engines/mariadb-key-store';
+import { ENGINE_KEY_INSTANCE, EngineKeyKms } from '../activities/kms/engine-key-kms';
 import type { KeyManagementService } from '../activities/kms/key-management-service';
 import { KmsRouter } from '../activities/kms/kms-router';
 import { LocalKms } from '../activities/kms/local-kms';
@@ -55,29 +57,40 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
     }
     return LocalKms.open({ path: join(config.dataDir, 'kms', 'keys.sqlite'), masterSecret: secret });
   };
+  const servers = new Map(
+    [...keyopsConfig.databases].map(([databaseId, db]) => [
+      databaseId,
+      {
+        db,
+        server: new MariaDbEngine({
+          socket: db.socket,
+          user: db.user,
+          keyStore: new MariaDbKeyStore(db.keyStore),
+          keyId: db.keyId,
+          serverConfig: db.serverConfig,
+          vaultTokenFile: db.keyStore.tokenFile,
+          ...(db.tools ? { tools: db.tools } : {}),
+        }),
+      },
+    ]),
+  );
+  // The servers' own keys are keys too (engine:<databaseId>): rotated, watched and awaited as any.
+  const engineKeys = new Map([...servers].map(([databaseId, { server }]) => [databaseId, new MariaDbEngineKey(databaseId, server)]));
   const kms = new KmsRouter(
-    new Map([...keyopsConfig.kms].map(([name, instance]) => [name, instance.type === 'local' ? local() : openKmsInstance(instance)])),
+    new Map<string, KeyManagementService>([
+      ...[...keyopsConfig.kms].map(([name, instance]) => [name, instance.type === 'local' ? local() : openKmsInstance(instance)] as const),
+      ...(engineKeys.size > 0 ? [[ENGINE_KEY_INSTANCE, new EngineKeyKms(engineKeys)] as const] : []),
+    ]),
     keyopsConfig.defaultKms,
   );
   logger.info({ kms: kms.names, defaultKms: kms.defaultInstance, config: keyopsConfig.file ?? 'none (the embedded local KMS)' }, 'KMS instances');
   const registry = SqliteWdekRegistry.open(join(config.dataDir, 'registry', 'wdeks.sqlite'));
   const embedded = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
-  const servers = new Map(
-    [...keyopsConfig.databases].map(([databaseId, db]) => {
-      const server = new MariaDbEngine({
-        socket: db.socket,
-        user: db.user,
-        keyStore: new MariaDbKeyStore(db.keyStore),
-        keyId: db.keyId,
-        serverConfig: db.serverConfig,
-        vaultTokenFile: db.keyStore.tokenFile,
-        ...(db.tools ? { tools: db.tools } : {}),
-      });
-      return [databaseId, new MariaDbDatabaseEngine(databaseId, server, kms, db.rootKey, join(config.dataDir, 'mariadb', databaseId))] as const;
-    }),
+  const serverEngines = new Map(
+    [...servers].map(([databaseId, { db, server }]) => [databaseId, new MariaDbDatabaseEngine(databaseId, server, kms, db.rootKey, join(config.dataDir, 'mariadb', databaseId))] as const),
   );
   if (servers.size > 0) logger.info({ databases: [...servers.keys()] }, 'MariaDB servers backed up besides the embedded databases');
-  const engine = new EngineRouter(embedded, servers);
+  const engine = new EngineRouter(embedded, serverEngines);
   if (embedded.recovered.databases.length > 0 || embedded.recovered.wdeks > 0) {
     logger.warn(
       { adoptedDatabases: embedded.recovered.databases, reregisteredWdeks: embedded.recovered.wdeks },

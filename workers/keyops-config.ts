@@ -3,7 +3,8 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LineCounter, parseDocument, isMap, isNode, type Node } from 'yaml';
 import { z } from 'zod';
 import { awsKmsOptionsSchema } from '../activities/kms/aws-kms';
-import { INSTANCE_NAME } from '../activities/kms/key-id';
+import { ENGINE_KEY_INSTANCE } from '../activities/kms/engine-key-kms';
+import { INSTANCE_NAME, asKeyId, splitKeyId } from '../activities/kms/key-id';
 import { keyProtectOptionsSchema } from '../activities/kms/key-protect-kms';
 import { vaultTransitOptionsSchema } from '../activities/kms/vault-transit-kms';
 import { mariadbKeyStoreOptionsSchema } from '../activities/engines/mariadb-key-store';
@@ -165,6 +166,11 @@ export function loadKeyopsConfig(file: string | undefined): KeyopsConfig {
       problems.push(locate(path, doc, lines, [...where, 'type'], `type must be one of ${Object.keys(TYPES).join(', ')}`));
       continue;
     }
+    if (name === ENGINE_KEY_INSTANCE) {
+      // engine:<databaseId> names a database server's own key (engine-key-kms.ts).
+      problems.push(locate(path, doc, lines, where, `the instance name "${ENGINE_KEY_INSTANCE}" is reserved for the database servers' own keys (engine:<database>): give this KMS another name`));
+      continue;
+    }
     if (type !== 'local' && name === 'local') {
       // Bare key ids (the embedded KMS's, from before instances) route to "local": it must stay it.
       problems.push(locate(path, doc, lines, [...where, 'type'], 'the instance named "local" is the embedded KMS (bare key ids route to it): give this KMS another name'));
@@ -208,6 +214,20 @@ export function loadKeyopsConfig(file: string | undefined): KeyopsConfig {
     const parsed = mariadbDatabaseSchema.safeParse(settings);
     if (!parsed.success) {
       problems.push(...parsed.error.issues.map((i) => locate(path, doc, lines, [...where, ...i.path], i.message)));
+      continue;
+    }
+    // The root key wraps every backup key of the database: a key of an instance this file does
+    // not configure would fail the first night, not here.
+    const rootKey = asKeyId(parsed.data.rootKey);
+    const instance = rootKey === undefined ? undefined : (splitKeyId(rootKey).instance ?? 'local');
+    if (rootKey === undefined || instance === ENGINE_KEY_INSTANCE || (instance !== undefined && !Object.hasOwn(top.data.kms.instances, instance))) {
+      const why =
+        rootKey === undefined
+          ? 'is not a key id (<instance>:<id>, or a bare UUID of the local KMS)'
+          : instance === ENGINE_KEY_INSTANCE
+            ? 'is a database engine\'s own key, which wraps nothing: name a KMS key'
+            : `names KMS instance "${instance}", which kms.instances does not configure`;
+      problems.push(locate(path, doc, lines, [...where, 'rootKey'], `rootKey "${parsed.data.rootKey}" ${why}`));
       continue;
     }
     databases.set(name, parsed.data);

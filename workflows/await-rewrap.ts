@@ -79,7 +79,7 @@ export async function awaitRewrap(input: AwaitRewrapInput): Promise<AwaitRewrapR
         'REWRAP_WAIT_TIMEOUT',
       );
     }
-    setCurrentDetails(`Waiting for every WDEK of key \`${input.keyId}\` to reach version ${input.minVersion} (signal from \`key/${input.keyId}\`, re-check every ${Math.round(recheckEvery / 60_000)} min)`);
+    setCurrentDetails(`Waiting for every consumer of key \`${input.keyId}\` (its WDEKs, or the engine re-encrypting its pages) to reach version ${input.minVersion} (signal from \`key/${input.keyId}\`, re-check every ${Math.round(recheckEvery / 60_000)} min)`);
     const timeout = Math.min(recheckEvery, remaining);
     const then = timeout < recheckEvery ? 'the bounded wait ends after this' : 'then re-check the key';
     const summary = `wait for "rewrap complete (${input.keyId}, v${input.minVersion})" from ${keyEntityWorkflowId(input.keyId)}; ${then}`;

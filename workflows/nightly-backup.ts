@@ -154,19 +154,24 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     }
     if (keys.wdeksBehind) {
       progress.awaitedVersion = keys.currentVersion;
+      // The key whose consumers are behind: the root key's WDEKs, or an engine re-keying itself.
+      const awaited = keys.awaitKeyId ?? keys.keyId;
+      const behind = keys.behind ?? `the database's WDEKs are still on version ${keys.oldestWdekVersion}`;
       enter(
         'awaiting-rewrap',
-        `root key \`${keys.keyId}\` rotated to version ${keys.currentVersion} (${keys.lastRotateDate ?? 'date unknown'}); waiting for the rewrap of its WDEKs (now at version ${keys.oldestWdekVersion})`,
+        keys.awaitKeyId
+          ? `key \`${awaited}\` rotated to version ${keys.currentVersion} (${keys.lastRotateDate ?? 'date unknown'}); waiting until it is complete: ${behind}`
+          : `root key \`${keys.keyId}\` rotated to version ${keys.currentVersion} (${keys.lastRotateDate ?? 'date unknown'}); waiting for the rewrap of its WDEKs (now at version ${keys.oldestWdekVersion})`,
       );
       await executeChild(awaitRewrap, {
         workflowId: `${progress.backupId}/await-rewrap`,
-        args: [{ keyId: keys.keyId, minVersion: keys.currentVersion, timeoutMs: input.rewrapWaitMs, recheckEveryMs: input.recheckEveryMs }],
-        staticSummary: `Wait for key ${keys.keyId} to be rewrapped to version ${keys.currentVersion}`,
+        args: [{ keyId: awaited, minVersion: keys.currentVersion, timeoutMs: input.rewrapWaitMs, recheckEveryMs: input.recheckEveryMs }],
+        staticSummary: `Wait for key ${awaited} to be ${keys.awaitKeyId ? 'complete at' : 'rewrapped to'} version ${keys.currentVersion}`,
         staticDetails: [
           `**Backup of ${db}, night ${night}, is waiting** (\`${workflowInfo().workflowId}\`).`,
           '',
-          `- Root key \`${keys.keyId}\` rotated to version **${keys.currentVersion}** (${keys.lastRotateDate ?? 'date unknown'}); the database's WDEKs are still on version ${keys.oldestWdekVersion}.`,
-          `- A backup now would be refused: it waits for "rewrap complete (${keys.keyId}, v${keys.currentVersion})" from \`${keyEntityWorkflowId(keys.keyId)}\`.`,
+          `- ${keys.awaitKeyId ? 'Key' : 'Root key'} \`${awaited}\` rotated to version **${keys.currentVersion}** (${keys.lastRotateDate ?? 'date unknown'}); ${behind}.`,
+          `- A backup now would be refused: it waits for "${keys.awaitKeyId ? 'complete' : 'rewrap complete'} (${awaited}, v${keys.currentVersion})" from \`${keyEntityWorkflowId(awaited)}\`.`,
           `- Re-reads the key state every ${duration(input.recheckEveryMs ?? 10 * 60_000)} in case a signal is lost; gives up after ${duration(waitMs)}.`,
           '- The backup starts as soon as this wait ends.',
         ].join('\n'),

@@ -1,7 +1,7 @@
 import { defineQuery, defineSignal } from '@temporalio/workflow';
 
 /** Phases of a root-key rewrap, as shown by the query, the `Phase` search attribute and the UI. */
-export type RewrapPhase = 'rotating' | 'rewrapping' | 'verifying' | 'recording' | 'announcing' | 'done';
+export type RewrapPhase = 'rotating' | 'rewrapping' | 'verifying' | 'following' | 'recording' | 'announcing' | 'done';
 
 export interface RewrapProgress {
   keyId: string;
@@ -17,6 +17,8 @@ export interface RewrapProgress {
   heldBy?: string;
   /** When the KMS throttles: calls it refused (all retried), time waited, the concurrency adapted to. */
   kms?: KmsThrottle;
+  /** An engine's own key: the engines that re-encrypted their pages for the version, once they have. */
+  engines?: { databaseId: string; spaces: number; oldestVersionNeeded: number | undefined }[];
 }
 
 export interface KmsThrottle {
@@ -59,3 +61,12 @@ export const keyStateQuery = defineQuery<KeyEntityState>('keyState');
 export const keyEntityWorkflowId = (keyId: string): string => `key/${keyId}`;
 /** The id (and idempotency key) of the run that brings every WDEK of a key to a version. */
 export const rewrapWorkflowId = (keyId: string, version: number): string => `rewrap/${keyId}/v${version}`;
+
+/**
+ * A database engine's own key (engine-key.ts) is the key `engine:<databaseId>`: the engines
+ * re-encrypt their pages under it themselves, and its rewrap run follows them instead.
+ * The instance name is reserved in keyops.yaml.
+ */
+export const ENGINE_KEY_INSTANCE = 'engine';
+export const engineKeyId = (databaseId: string): string => `${ENGINE_KEY_INSTANCE}:${databaseId}`;
+export const isEngineKey = (keyId: string): boolean => keyId.startsWith(`${ENGINE_KEY_INSTANCE}:`);

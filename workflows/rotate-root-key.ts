@@ -14,7 +14,7 @@ import {
 import type { Activities } from '../activities';
 import { KeyIdAttribute, KeyVersionAttribute, OutcomeAttribute, PhaseAttribute } from './search-attributes';
 import { bulkTaskQueue } from './task-queue';
-import { keyEntityWorkflowId, rewrapKmsThrottleSignal, rewrapProgressQuery, type KmsThrottle, type RewrapPhase, type RewrapProgress } from './root-key-messages';
+import { isEngineKey, keyEntityWorkflowId, rewrapKmsThrottleSignal, rewrapProgressQuery, type KmsThrottle, type RewrapPhase, type RewrapProgress } from './root-key-messages';
 import { masterKeyRotationEndedSignal, type MasterKeyWait } from './master-key-messages';
 import { z } from 'zod';
 import { keyIdSchema, parseInput, parseSignal, positiveIntSchema, versionSchema } from './workflow-input';
@@ -58,6 +58,13 @@ const retry = { initialInterval: '1 second', backoffCoefficient: 2, maximumInter
 const { describeKey, rotateToVersion, countWdeks, partitionWdeks, recordRewrappedVersion, announceRewrapComplete, registerMasterKeyWaiter } = proxyActivities<Activities>({
   startToCloseTimeout: '1 minute',
   retry,
+});
+
+// An engine re-encrypting a large database takes hours; heartbeats prove the follow is alive.
+const { followReencryption } = proxyActivities<Activities>({
+  startToCloseTimeout: '24 hours',
+  heartbeatTimeout: '30 seconds',
+  retry: { initialInterval: '2 seconds', backoffCoefficient: 2, maximumInterval: '1 minute' },
 });
 
 // Long chunks: heartbeats prove liveness, so a dead worker is noticed in 30 s, not at the timeout.
@@ -311,6 +318,18 @@ async function rotateAndRewrap(input: RotateRootKeyInput): Promise<RewrapProgres
     }
     progress.total = progress.verified;
     progress.phase = 'recording';
+  }
+
+  // An engine's own key has no WDEKs (the chunks above found none): its consumer is the engine,
+  // which re-encrypts its pages itself. "Complete" waits for it. (Only engine keys, which older
+  // workers never rotated, take this step.)
+  if (isEngineKey(input.keyId) && patched('follow-engine-reencryption')) {
+    enter('following', `waiting for the database engines to re-encrypt their pages for ${version}`);
+    const followed = await followReencryption.executeWithOptions(
+      { summary: `follow the engines that re-encrypt their pages under ${key} until every page needing it is on ${version} (heartbeats: tablespaces and pages still to move)` },
+      [{ keyId: input.keyId, version: input.targetVersion }],
+    );
+    progress.engines = followed.consumers.map((c) => ({ databaseId: c.databaseId, spaces: c.spaces, oldestVersionNeeded: c.oldestVersionNeeded }));
   }
 
   enter('recording', 'recording the rewrapped version');

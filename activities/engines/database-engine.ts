@@ -1,3 +1,5 @@
+import type { EngineKey } from './engine-key';
+
 /**
  * The DatabaseEngine port: what keyops needs from an encrypted database to back it up across
  * key rotations. Adapters: the embedded encrypted SQLite engine; command adapters (Db2, SAP HANA,
@@ -15,6 +17,12 @@ export interface DatabaseKeyState {
   keyChangeInProgress: boolean;
   /** Hash of the backup key the next backup is encrypted with. */
   backupKeyHash: string;
+  /**
+   * An engine that re-encrypts its own pages under a key it reads itself (engine-key.ts): that
+   * key (`engine:<databaseId>`) and where the pages are. Backups wait while it is not settled,
+   * released by "complete (key, version)" like a rewrap.
+   */
+  engineKey?: { keyId: string; latestVersion: number; settled: boolean; oldestVersionNeeded: number | undefined };
 }
 
 /** A written backup and everything needed to restore it, except key material. */
@@ -85,6 +93,8 @@ export interface EngineCapabilities {
 export interface DatabaseEngine {
   /** Per database: what the engine holding it supports (the embedded engine: everything). */
   supports?(databaseId: string): EngineCapabilities;
+  /** The keys these engines read themselves and re-encrypt their pages under, by keyops key id. */
+  engineKeys?(): ReadonlyMap<string, EngineKey>;
   keyState(databaseId: string): Promise<DatabaseKeyState>;
   /**
    * Writes an encrypted backup to `path` (atomically: a partial file never carries the final

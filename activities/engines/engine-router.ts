@@ -2,6 +2,7 @@ import type Database from 'better-sqlite3-multiple-ciphers';
 import type { DemoDatabases } from '../demo-data';
 import { readBackupHeader } from './backup-file-format';
 import type { BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress } from './database-engine';
+import type { EngineKey } from './engine-key';
 
 /**
  * The engine port over several engines: each configured database server (MariaDB) answers for
@@ -24,6 +25,10 @@ export class EngineRouter implements DatabaseEngine, DemoDatabases {
 
   supports(databaseId: string): EngineCapabilities {
     return this.of(databaseId).supports?.(databaseId) ?? { reprotect: true, regenerate: true, stagedBackupKeys: true };
+  }
+
+  engineKeys(): ReadonlyMap<string, EngineKey> {
+    return new Map([this.embedded, ...this.servers.values()].flatMap((engine) => [...(engine.engineKeys?.() ?? [])]));
   }
 
   keyState(databaseId: string): Promise<DatabaseKeyState> {

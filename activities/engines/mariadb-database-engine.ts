@@ -1,17 +1,20 @@
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { engineKeyId } from '../kms/engine-key-kms';
 import type { KeyManagementService } from '../kms/key-management-service';
 import { describeHeader, readBackupHeader } from './backup-file-format';
 import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
+import type { EngineKey } from './engine-key';
 import { EngineError } from './engine-error';
+import { MariaDbEngineKey } from './mariadb-engine-key';
 import { type MariaDbEngine, removeStaleScratch } from './mariadb-engine';
 
 /**
  * One MariaDB server behind the DatabaseEngine port, as one database of keyops. What the port
  * asks of an engine that keeps its DEK as a WDEK does not all apply: MariaDB's pages are
  * encrypted with keys it reads from the key store itself, and re-keys them itself. So:
- * - a "key change in progress" is MariaDB re-encrypting pages for a new key version: nightly
- *   backups wait for it as they wait for a DEK regeneration;
+ * - its own key is an engine key (`engine:<databaseId>`, engine-key.ts): keyops rotates it, and
+ *   nightly backups wait while pages move to a new version as they wait for a rewrap;
  * - there are no WDEKs to rewrap: each backup has its own fresh backup key, wrapped under the
  *   database's KMS root key in the file's header, so a root-key rotation never holds a backup;
  * - reprotect, regenerate and staged backup keys are not supported, and say so.
@@ -19,6 +22,13 @@ import { type MariaDbEngine, removeStaleScratch } from './mariadb-engine';
 export class MariaDbDatabaseEngine implements DatabaseEngine {
   supports(): EngineCapabilities {
     return { reprotect: false, regenerate: false, stagedBackupKeys: false };
+  }
+
+  /** The server's own key, as keyops names it: rotated by `keyops key rotate engine:<databaseId>`. */
+  readonly key: MariaDbEngineKey;
+
+  engineKeys(): ReadonlyMap<string, EngineKey> {
+    return new Map([[engineKeyId(this.databaseId), this.key]]);
   }
 
   constructor(
@@ -29,7 +39,9 @@ export class MariaDbDatabaseEngine implements DatabaseEngine {
     private readonly rootKeyId: string,
     /** Scratch space for the tool and for test restores (never the backup data itself). */
     private readonly workDir: string,
-  ) {}
+  ) {
+    this.key = new MariaDbEngineKey(databaseId, engine);
+  }
 
   private check(databaseId: string): void {
     if (databaseId !== this.databaseId) throw new EngineError('DATABASE_NOT_FOUND', `database ${databaseId} is not the MariaDB server configured as ${this.databaseId}`);
@@ -48,9 +60,12 @@ export class MariaDbDatabaseEngine implements DatabaseEngine {
       databaseId,
       keyId: this.rootKeyId,
       wdekVersions: [],
-      keyChangeInProgress: !state.settled,
+      // Pages moving to a new key version are not a DEK regeneration: the night waits for the
+      // engine key's "complete (key, version)" instead, released by signal (engineKey).
+      keyChangeInProgress: false,
       // Every backup gets its own key: there is no "next" one to name.
       backupKeyHash: '',
+      engineKey: { keyId: engineKeyId(databaseId), latestVersion: state.latestVersion, settled: state.settled, oldestVersionNeeded: state.oldestVersionNeeded },
     };
   }
 

@@ -208,6 +208,20 @@ export class MariaDbEngine {
     return this.options.keyStore.rotate(this.keyId, expectedVersion);
   }
 
+  /** The key's versions in the key store, oldest first (metadata only: the material is never read). */
+  keyVersions(): ReturnType<MariaDbKeyStore['versions']> {
+    return this.options.keyStore.versions(this.keyId);
+  }
+
+  destroyKeyVersions(versions: number[]): Promise<void> {
+    return this.options.keyStore.destroyVersions(this.keyId, versions);
+  }
+
+  /** For messages: the key and the store it is in. */
+  get keyDescription(): string {
+    return `MariaDB key ${this.keyId} in ${this.options.keyStore.where}`;
+  }
+
   private get tools() {
     return { mariadbBackup: 'mariadb-backup', mbstream: 'mbstream', mariadbd: 'mariadbd', ...this.options.tools };
   }

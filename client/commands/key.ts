@@ -3,7 +3,8 @@ import { msToNumber } from '@temporalio/common/lib/time';
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import { createRootKey, describeRootKey, rotateInKms, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
-import { KMS_ROTATION_SPACING_MS, rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
+import { KMS_ROTATION_SPACING_MS, isEngineKey, rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
+import type { KeyStatus } from '../../activities';
 import { followRun } from '../follow-run';
 import { INSTANCE_NAME } from '../../activities/kms/key-id';
 import { KEY_ARGUMENT, resolveKeyId } from '../key-ref';
@@ -43,6 +44,22 @@ const describe = (client: Client, keyId: string, taskQueue: string) =>
     { taskQueue, workflowId: `describe-key/${keyId}/${Date.now()}`, args: [keyId], summary: `keyops: read metadata of key ${keyId}` },
     (failure) => explainKmsFailure(failure, keyId),
   );
+
+/** A key's consumers as `key show` and `rewrap status` list them: WDEKs, engines re-encrypting themselves. */
+export function consumerLines(status: Pick<KeyStatus, 'consumers' | 'currentVersion'>): string[] {
+  const c = status.consumers;
+  if (!c) return [];
+  const lines = c.wdeks > 0 || c.engines.length === 0 ? [`  WDEKs: ${c.wdeks}${c.wdeksBehind > 0 ? `, ${c.wdeksBehind} below version ${status.currentVersion}` : ''}`] : [];
+  for (const e of c.engines) {
+    const where = e.lostKey
+      ? 'cannot read its key (key store unreachable)'
+      : e.settled
+        ? `settled: ${e.spaces} tablespace(s), oldest page version ${e.oldestVersionNeeded ?? 'none'}`
+        : `re-encrypting: ${e.spacesBehind} of ${e.spaces} tablespace(s) moving${e.pages ? `, page ${e.pages.done} of ${e.pages.total}` : ''}`;
+    lines.push(`  database ${e.databaseId} (${e.description}): ${where}`);
+  }
+  return ['consumers:', ...lines];
+}
 
 function parseEvery(raw: string): number {
   let ms: number;
@@ -147,7 +164,8 @@ Examples:
       emit(options, status, () => [
         `key ${status.keyId}: ${status.state}, version ${status.currentVersion}`,
         `last rotated: ${status.lastRotateDate ?? 'never'}`,
-        `WDEKs rewrapped to: ${status.rewrappedVersion === undefined ? 'none recorded' : `version ${status.rewrappedVersion}`}`,
+        `complete at: ${status.rewrappedVersion === undefined ? 'no version recorded' : `version ${status.rewrappedVersion}`} (every consumer of the key on it)`,
+        ...consumerLines(status),
         `rotation policy: ${status.rotationPolicyMonths === undefined ? 'none' : `every ${status.rotationPolicyMonths} month(s), by the KMS`}`,
       ]);
     });
@@ -217,7 +235,8 @@ Examples:
         const keyId = await resolveKeyId(client, raw, options.taskQueue);
         const status = await describe(client, keyId, options.taskQueue);
         if (status.state === 'disabled') explainKmsFailure(ApplicationFailure.create({ type: 'KEY_DISABLED' }), keyId);
-        if (status.lastRotateDate) {
+        // Key Protect's rule, not a database engine's: MariaDB takes a new key version any time.
+        if (status.lastRotateDate && !isEngineKey(keyId)) {
           const allowed = new Date(Date.parse(status.lastRotateDate) + KMS_ROTATION_SPACING_MS);
           if (allowed.getTime() > Date.now()) {
             throw new CliError(
@@ -248,12 +267,23 @@ Examples:
             taskQueue: options.taskQueue,
             workflowId,
             args: [{ keyId, targetVersion, rotate: true }],
-            staticSummary: `Rotate root key ${keyId} to version ${targetVersion} and rewrap every WDEK`,
-            staticDetails: [
-              `Started by \`keyops key rotate\`. Creates version ${targetVersion} of root key \`${keyId}\` in the KMS (once, however often retried), rewraps every WDEK it protects in parallel id ranges, verifies each unwraps under version ${targetVersion}, records it and announces it.`,
-              'Nightly backups of databases under this key wait in phase `awaiting-rewrap` until the announcement.',
-              `Follow it: \`keyops rewrap status ${keyId}\`.`,
-            ].join('\n\n'),
+            ...(isEngineKey(keyId)
+              ? {
+                  staticSummary: `Rotate database engine key ${keyId} to version ${targetVersion} and follow the engine re-encrypting its pages`,
+                  staticDetails: [
+                    `Started by \`keyops key rotate\`. Writes version ${targetVersion} of \`${keyId}\` (${status.name}) once, however often retried; the database engine re-encrypts its own pages under it, and this run follows it (phase \`following\`), then announces "complete (${keyId}, v${targetVersion})".`,
+                    'Nightly backups of the database wait in phase `awaiting-rewrap` until the announcement.',
+                    `Follow it: \`keyops rewrap status ${keyId}\`.`,
+                  ].join('\n\n'),
+                }
+              : {
+                  staticSummary: `Rotate root key ${keyId} to version ${targetVersion} and rewrap every WDEK`,
+                  staticDetails: [
+                    `Started by \`keyops key rotate\`. Creates version ${targetVersion} of root key \`${keyId}\` in the KMS (once, however often retried), rewraps every WDEK it protects in parallel id ranges, verifies each unwraps under version ${targetVersion}, records it and announces it.`,
+                    'Nightly backups of databases under this key wait in phase `awaiting-rewrap` until the announcement.',
+                    `Follow it: \`keyops rewrap status ${keyId}\`.`,
+                  ].join('\n\n'),
+                }),
           });
         } catch (err) {
           if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
@@ -280,8 +310,12 @@ Examples:
           (p) => ({ phase: p.phase, done: p.phase === 'verifying' ? p.verified : p.rewrapped, total: p.total }),
           () => handle.result(),
         ).catch((err: unknown) => explainKmsFailure(err, keyId));
+        const consumers = [
+          ...(result.verified > 0 || !result.engines?.length ? [`${result.verified} WDEK(s) rewrapped and verified`] : []),
+          ...(result.engines ?? []).map((e) => `database ${e.databaseId}: ${e.spaces} tablespace(s) re-encrypted as far as version ${result.targetVersion} asks (oldest page version ${e.oldestVersionNeeded ?? 'none'})`),
+        ];
         emit(options, { workflowId, joined, ...result }, () => [
-          `${workflowId}: key ${keyId} ${result.rotated ? 'rotated' : 'was already'} at version ${result.targetVersion}; ${result.verified} WDEK(s) rewrapped and verified${joined ? ' (a run started elsewhere, followed)' : ''}`,
+          `${workflowId}: key ${keyId} ${result.rotated ? 'rotated' : 'was already'} at version ${result.targetVersion}; ${consumers.join('; ')}${joined ? ' (a run started elsewhere, followed)' : ''}`,
         ]);
       });
     });

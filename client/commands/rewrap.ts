@@ -6,6 +6,7 @@ import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
 import { KEY_ARGUMENT, resolveKeyId } from '../key-ref';
+import { consumerLines } from './key';
 import { emit } from '../output';
 import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
 
@@ -50,10 +51,12 @@ export function registerRewrapCommands(program: Command): void {
           upToDate: (key.rewrappedVersion ?? 0) >= key.currentVersion,
           rewrap: run ? { workflowId: runId, phase: run.phase, total: run.total, rewrapped: run.rewrapped, verified: run.verified } : null,
           waiting: entity?.waiters.map((w) => ({ workflowId: w.workflowId, minVersion: w.minVersion })) ?? [],
+          ...(key.consumers ? { consumers: key.consumers } : {}),
         };
       });
       emit(options, status, () => [
-        `key ${status.keyId}: version ${status.currentVersion}, WDEKs rewrapped to ${status.rewrappedVersion ?? 'none recorded'}${status.upToDate ? ' (up to date)' : ' (behind: backups of its databases wait)'}`,
+        `key ${status.keyId}: version ${status.currentVersion}, complete at ${status.rewrappedVersion ?? 'no version recorded'}${status.upToDate ? ' (up to date)' : ' (behind: backups of its databases wait)'}`,
+        ...consumerLines(status),
         status.rewrap
           ? `rewrap ${status.rewrap.workflowId}: ${status.rewrap.phase}, ${status.rewrap.rewrapped} of ${status.rewrap.total} rewrapped, ${status.rewrap.verified} verified`
           : `no rewrap run for version ${status.currentVersion}${status.upToDate ? '' : ` (keyops key rotate ${status.keyId}, or wait for the hourly watcher)`}`,
