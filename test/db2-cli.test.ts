@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { CommandResult, CommandRunner } from '../activities/engines/command-runner';
-import { Db2Cli, parseEncryptionInfo } from '../activities/engines/db2-cli';
+import { Db2Cli, db2ImageFileName, parseEncryptionInfo } from '../activities/engines/db2-cli';
 import { classifyDb2Output } from '../activities/engines/db2-messages';
 import { EngineError } from '../activities/engines/engine-error';
 import { ProcessCommandRunner } from '../activities/engines/process-command-runner';
@@ -585,8 +585,12 @@ describe('Db2 backup image checks (db2ckbkp)', () => {
     assert.deepEqual(await new Db2Cli(runner, 'db2', { db2ckbkp: 'db2ckbkp' }).describeBackupImage('/backup/db2/SAMPLE.0.db2inst1.DBPART000.20100730130237.001'), {
       database: 'SAMPLE',
       alias: 'SAMPLE',
+      clientAlias: 'SAMPLE',
       timestamp: '20100730130237',
       instance: 'db2inst1',
+      partition: 0,
+      sequence: 1,
+      backupType: 0,
       online: true,
       includesLogs: true,
     });
@@ -601,5 +605,96 @@ describe('Db2 backup image checks (db2ckbkp)', () => {
       await assert.rejects(cli.verifyBackupImage(image), (e: unknown) => e instanceof EngineError && e.code === 'INVALID_CONFIGURATION');
     }
     assert.deepEqual(runner.calls, []);
+  });
+});
+
+describe('Db2 scratch databases: RESTORE ... ON, DROP DATABASE, row counts', () => {
+  const hex = (s: string) => Buffer.from(s, 'utf8').toString('hex').toUpperCase();
+  const tableLine = (schema: string, name: string) => `x${hex(schema)} x${hex(name)}`;
+  const NO_ROWS = ok('SQL0100W  No row was found for FETCH, UPDATE or DELETE; or the result of a query is an empty table.  SQLSTATE=02000\n', 1);
+
+  it('ON puts the new database (storage paths and database path) in a directory of its own', async () => {
+    const runner = new Db2ScriptRunner([
+      ['db2 LIST DATABASE DIRECTORY', ok(fixture('list-database-directory.out'))],
+      ['db2 RESTORE DATABASE', ok('DB20000I  The RESTORE DATABASE command completed successfully.\n')],
+    ]);
+    const result = await new Db2Cli(runner).restoreDatabase({ source: 'PRODDB', directory: '/backup/db2', takenAt: '20261201021541', into: 'PRODNEW', on: '/restore/PRODNEW' });
+    assert.deepEqual(result.commands, ['RESTORE DATABASE PRODDB FROM /backup/db2 TAKEN AT 20261201021541 ON /restore/PRODNEW INTO PRODNEW WITHOUT ROLLING FORWARD ENCRYPT']);
+    const refused = await engineError(new Db2Cli(new Db2ScriptRunner([])).restoreDatabase({ source: 'PRODDB', directory: '/backup/db2', takenAt: '20261201021541', into: 'PRODNEW', on: '/restore/x INTO OTHER' }));
+    assert.equal(refused.code, 'INVALID_CONFIGURATION');
+    assert.match(refused.message, /restore target directory/);
+  });
+
+  it('DROP DATABASE: success is DB20000I; a database that is not there is DATABASE_NOT_FOUND', async () => {
+    const runner = new Db2ScriptRunner([['db2 DROP DATABASE KOCHK1A2', ok('DB20000I  The DROP DATABASE command completed successfully.\n')]]);
+    assert.deepEqual(await new Db2Cli(runner).dropDatabase('KOCHK1A2'), { command: 'DROP DATABASE KOCHK1A2' });
+    assert.deepEqual(runner.calls, ['db2 DROP DATABASE KOCHK1A2']);
+    const gone = new Db2ScriptRunner([['db2 DROP DATABASE', failed('SQL1013N  The database alias name or database name "KOCHK1A2" could not be found.  SQLSTATE=42705\n')]]);
+    assert.equal((await engineError(new Db2Cli(gone).dropDatabase('KOCHK1A2'))).code, 'DATABASE_NOT_FOUND');
+    const none = new Db2ScriptRunner([]);
+    assert.equal((await engineError(new Db2Cli(none).dropDatabase('KOCHK; X'))).code, 'INVALID_CONFIGURATION');
+    assert.deepEqual(none.calls, []);
+  });
+
+  it('counts the ordinary tables outside SYS* and every row of them, quoting names as delimited identifiers', async () => {
+    const runner = new Db2ScriptRunner([
+      ['db2 CONNECT TO KOCHK1A2', CONNECTED],
+      ["db2 -x SELECT 'x' || HEX(TABSCHEMA)", ok(`${tableLine('APP', 'ORDERS')}   \n${tableLine('APP', 'odd "name"')}\n${tableLine('SALES', 'EMPTY')}\n`)],
+      ["db2 -x SELECT 'n'", ok('n1234   \n')],
+      ['db2 CONNECT RESET', RESET],
+    ]);
+    assert.deepEqual(await new Db2Cli(runner).countUserTables('KOCHK1A2'), { tables: 3, rows: 1234 });
+    assert.match(runner.calls[1] ?? '', /FROM SYSCAT\.TABLES WHERE TYPE = 'T' AND TABSCHEMA NOT LIKE 'SYS%'/);
+    assert.equal(
+      runner.calls[2],
+      `db2 -x SELECT 'n' || RTRIM(CHAR(SUM(N))) FROM (SELECT COUNT_BIG(*) AS N FROM "APP"."ORDERS" UNION ALL SELECT COUNT_BIG(*) AS N FROM "APP"."odd ""name""" UNION ALL SELECT COUNT_BIG(*) AS N FROM "SALES"."EMPTY") AS C`,
+    );
+    assert.equal(runner.calls.at(-1), 'db2 CONNECT RESET');
+  });
+
+  it('no tables (SQL0100W, exit code 1) is 0 tables and 0 rows; many tables are counted 100 per statement', async () => {
+    const empty = new Db2ScriptRunner([
+      ['db2 CONNECT TO KOCHK1A2', CONNECTED],
+      ['db2 -x SELECT', NO_ROWS],
+      ['db2 CONNECT RESET', RESET],
+    ]);
+    assert.deepEqual(await new Db2Cli(empty).countUserTables('KOCHK1A2'), { tables: 0, rows: 0 });
+    assert.equal(empty.calls.length, 3);
+    const many = new Db2ScriptRunner([
+      ['db2 CONNECT TO KOCHK1A2', CONNECTED],
+      ["db2 -x SELECT 'x'", ok(Array.from({ length: 150 }, (_, i) => tableLine('APP', `T${i}`)).join('\n'))],
+      ["db2 -x SELECT 'n'", ok('n10\n')],
+      ['db2 CONNECT RESET', RESET],
+    ]);
+    assert.deepEqual(await new Db2Cli(many).countUserTables('KOCHK1A2'), { tables: 150, rows: 20 });
+    const counts = many.calls.filter((c) => c.startsWith("db2 -x SELECT 'n'"));
+    assert.deepEqual(
+      counts.map((c) => c.split('COUNT_BIG').length - 1),
+      [100, 50],
+    );
+  });
+
+  it('a table Db2 cannot read fails the count (and the connection is reset); output keyops cannot read is refused', async () => {
+    const pending = new Db2ScriptRunner([
+      ['db2 CONNECT TO KOCHK1A2', CONNECTED],
+      ["db2 -x SELECT 'x'", ok(`${tableLine('APP', 'ORDERS')}\n`)],
+      ["db2 -x SELECT 'n'", failed('SQL0668N  Operation not allowed for reason code "1" on table "APP.ORDERS".  SQLSTATE=57016\n')],
+      ['db2 CONNECT RESET', RESET],
+    ]);
+    const err = await engineError(new Db2Cli(pending).countUserTables('KOCHK1A2'));
+    assert.deepEqual([err.code, err.retryable, err.engineCode], ['ENGINE_COMMAND_FAILED', false, 'SQL0668N']);
+    assert.match(err.message, /^Db2 row count of KOCHK1A2 failed/);
+    assert.equal(pending.calls.at(-1), 'db2 CONNECT RESET');
+    const table = new Db2ScriptRunner([
+      ['db2 CONNECT TO KOCHK1A2', CONNECTED],
+      ['db2 -x SELECT', ok('TABSCHEMA TABNAME\n--------- -------\nAPP       ORDERS\n')],
+      ['db2 CONNECT RESET', RESET],
+    ]);
+    await assert.rejects(new Db2Cli(table).countUserTables('KOCHK1A2'), /SYSCAT\.TABLES returned a line keyops cannot read/);
+  });
+
+  it('the image file name RESTORE looks for is built from the media header', () => {
+    const header = { database: 'SAMPLE', alias: 'SAMPLE', clientAlias: 'sample', timestamp: '20100730130237', instance: 'db2inst1', partition: 0, sequence: 1, backupType: 0, online: true, includesLogs: true };
+    assert.equal(db2ImageFileName(header), 'SAMPLE.0.db2inst1.DBPART000.20100730130237.001');
   });
 });

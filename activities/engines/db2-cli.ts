@@ -123,6 +123,35 @@ export function parseEncryptionInfo(stdout: string): Db2EncryptionInfo[] {
     });
 }
 
+/**
+ * Schema and name of each table as `x` + HEX, for the reasons of ENCRYPTION_INFO_QUERY. The SYS
+ * prefix is reserved by Db2 for its own schemas (SQL0553N), so no application table is left out.
+ */
+const USER_TABLES_QUERY = "SELECT 'x' || HEX(TABSCHEMA) || ' x' || HEX(TABNAME) FROM SYSCAT.TABLES WHERE TYPE = 'T' AND TABSCHEMA NOT LIKE 'SYS%' ORDER BY TABSCHEMA, TABNAME";
+
+/** Tables counted per statement: keeps one CLP argument far below Linux's 128 KiB limit. */
+const COUNT_BATCH = 100;
+
+function parseTableList(stdout: string): { schema: string; name: string }[] {
+  return stdout
+    .split('\n')
+    .map((line) => line.trim())
+    // -x still prints SQL0100W (no rows) for an empty result.
+    .filter((line) => line && !line.startsWith('SQL0100W'))
+    .map((line) => {
+      const m = /^x((?:[0-9A-F]{2})+) x((?:[0-9A-F]{2})+)$/.exec(line);
+      if (!m) throw new EngineError('ENGINE_COMMAND_FAILED', `Db2 SYSCAT.TABLES returned a line keyops cannot read: ${line.slice(0, 200)}`);
+      return { schema: Buffer.from(m[1] as string, 'hex').toString('utf8'), name: Buffer.from(m[2] as string, 'hex').toString('utf8') };
+    });
+}
+
+/** A delimited identifier; a control character could end the CLP's command, so it is refused. */
+function quoteIdentifier(name: string): string {
+  // eslint-disable-next-line no-control-regex
+  if (!name || /[\u0000-\u001f]/.test(name)) throw new EngineError('ENGINE_COMMAND_FAILED', `Db2 table name ${JSON.stringify(name)} has a control character keyops will not put into a statement`);
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
 export interface Db2RestoreRequest {
   /** The alias of the database the image was taken from. */
   source: string;
@@ -131,6 +160,12 @@ export interface Db2RestoreRequest {
   takenAt: string;
   /** The database to create; an existing one is refused unless replaceExisting. */
   into: string;
+  /**
+   * `ON <dir>`: the new database's storage paths and database path. Not `TO`: for an
+   * automatic-storage database TO moves only the database directory, while the table spaces'
+   * containers would go to the storage paths recorded in the image (the source's).
+   */
+  on?: string;
   /**
    * For an online image: its logs are extracted here and the new database is rolled forward to
    * the end of the backup. Without it the image must be offline (WITHOUT ROLLING FORWARD).
@@ -236,11 +271,12 @@ export class Db2Cli {
    * which is what an unexpected overwrite must do.
    */
   async restoreDatabase(request: Db2RestoreRequest): Promise<{ database: string; commands: string[] }> {
-    const { source, directory, takenAt, into, logTarget, replaceExisting = false, masterKeyLabel } = request;
+    const { source, directory, takenAt, into, on, logTarget, replaceExisting = false, masterKeyLabel } = request;
     checkDatabase(source, 'Db2 source database name');
     checkDatabase(into, 'Db2 target database name');
     checkPath(directory, 'backup directory');
     if (logTarget !== undefined) checkPath(logTarget, 'log target directory');
+    if (on !== undefined) checkPath(on, 'restore target directory');
     if (!IMAGE_TIMESTAMP.test(takenAt)) throw new EngineError('INVALID_CONFIGURATION', `image timestamp ${JSON.stringify(takenAt)} must be the 14 digits yyyymmddhhmmss Db2 printed for the backup`);
     if (masterKeyLabel !== undefined) checkLabel(masterKeyLabel);
     if (replaceExisting && masterKeyLabel !== undefined) {
@@ -253,7 +289,7 @@ export class Db2Cli {
     if (!replaceExisting && (await this.listDatabases(operation)).includes(into.toUpperCase())) {
       throw new EngineError('DATABASE_EXISTS', `Db2 restore of ${source} into ${into}: database ${into} already exists; keyops restores into a new database only, unless asked explicitly to replace it`);
     }
-    const clauses = [`RESTORE DATABASE ${source} FROM ${directory} TAKEN AT ${takenAt} INTO ${into}`];
+    const clauses = [`RESTORE DATABASE ${source} FROM ${directory} TAKEN AT ${takenAt}${on === undefined ? '' : ` ON ${on}`} INTO ${into}`];
     if (logTarget !== undefined) clauses.push(`LOGTARGET ${logTarget}`);
     if (replaceExisting) clauses.push('REPLACE EXISTING');
     if (logTarget === undefined) clauses.push('WITHOUT ROLLING FORWARD');
@@ -273,6 +309,41 @@ export class Db2Cli {
       if (status !== undefined && status.toLowerCase() !== 'not pending') throw new EngineError('ENGINE_COMMAND_FAILED', `Db2 roll-forward of ${into} ended with rollforward status "${status}"`);
     }
     return { database: into, commands };
+  }
+
+  /**
+   * `DROP DATABASE <db>`: for the scratch databases keyops restores to check an image. The caller
+   * decides what may be dropped; this only refuses a name that would change the command.
+   */
+  async dropDatabase(database: string): Promise<{ command: string }> {
+    checkDatabase(database);
+    const command = `DROP DATABASE ${database}`;
+    const result = await serialized(() => this.run(`drop of ${database}`, [command]));
+    if (!/completed successfully/i.test(result.stdout)) throw new EngineError('ENGINE_COMMAND_FAILED', `Db2 drop of ${database} did not report success: ${result.stdout.trim()}`);
+    return { command };
+  }
+
+  /**
+   * The ordinary tables (SYSCAT.TABLES TYPE 'T') outside Db2's own SYS* schemas, and the sum of
+   * their COUNT_BIG(*): every row is read, so a table Db2 cannot read fails the count rather than
+   * being estimated from catalog statistics (CARD is only as fresh as the last RUNSTATS).
+   */
+  async countUserTables(database: string): Promise<{ tables: number; rows: number }> {
+    checkDatabase(database);
+    const operation = `row count of ${database}`;
+    return this.connected(database, operation, async () => {
+      const listed = await this.run(operation, ['-x', USER_TABLES_QUERY]);
+      const tables = parseTableList(listed.stdout);
+      let rows = 0;
+      for (let i = 0; i < tables.length; i += COUNT_BATCH) {
+        const counts = tables.slice(i, i + COUNT_BATCH).map((t) => `SELECT COUNT_BIG(*) AS N FROM ${quoteIdentifier(t.schema)}.${quoteIdentifier(t.name)}`);
+        const result = await this.run(operation, ['-x', `SELECT 'n' || RTRIM(CHAR(SUM(N))) FROM (${counts.join(' UNION ALL ')}) AS C`]);
+        const sum = /^\s*n(\d+)\s*$/m.exec(result.stdout)?.[1];
+        if (sum === undefined) throw new EngineError('ENGINE_COMMAND_FAILED', `Db2 ${operation} returned no row count keyops can read: ${result.stdout.trim().slice(0, 200)}`);
+        rows += Number(sum);
+      }
+      return { tables: tables.length, rows };
+    });
   }
 
   /**
@@ -296,8 +367,12 @@ export class Db2Cli {
     const header = imageHeaderSchema.safeParse({
       database: fields.get('Server Database Name'),
       alias: fields.get('Server Database Alias'),
+      clientAlias: fields.get('Client Database Alias'),
       timestamp: fields.get('Timestamp'),
       instance: fields.get('Instance'),
+      partition: numberField(fields.get('Database Partition Number')),
+      sequence: numberField(fields.get('Sequence Number')),
+      backupType: numberField(fields.get('Backup Type')),
       online: fields.get('Backup Mode') === '1',
       includesLogs: fields.get('Includes Logs') === '1',
     });
@@ -320,13 +395,34 @@ export class Db2Cli {
   }
 }
 
+function numberField(value: string | undefined): number | string | undefined {
+  return value !== undefined && /^\d+$/.test(value) ? Number(value) : value;
+}
+
 const imageHeaderSchema = z.object({
   database: z.string().regex(DB_NAME),
   alias: z.string().regex(DB_NAME),
+  /** The alias BACKUP was given: the first part of the image's file name. */
+  clientAlias: z.string().regex(DB_NAME),
   timestamp: z.string().regex(IMAGE_TIMESTAMP),
-  instance: z.string().min(1),
+  /** Part of the file name too, so only what an instance name may be (1 to 8 letters, digits, _). */
+  instance: z.string().regex(/^[A-Za-z0-9_]{1,8}$/),
+  partition: z.number().int().min(0).max(999),
+  /** Which file of a multi-file image this is (the .001 of the file name). */
+  sequence: z.number().int().min(1).max(999),
+  /** 0 is a full database backup; table-space backups (3) cannot restore a database alone. */
+  backupType: z.number().int().min(0),
   online: z.boolean(),
   includesLogs: z.boolean(),
 });
 
 export type Db2ImageHeader = z.infer<typeof imageHeaderSchema>;
+
+/**
+ * The file name Db2 gives the image (alias.type.instance.DBPARTnnn.timestamp.seq): RESTORE finds
+ * an image in its directory by this name alone, whatever the file is called elsewhere.
+ */
+export function db2ImageFileName(header: Db2ImageHeader): string {
+  const pad = (n: number) => String(n).padStart(3, '0');
+  return `${header.clientAlias.toUpperCase()}.${header.backupType}.${header.instance}.DBPART${pad(header.partition)}.${header.timestamp}.${pad(header.sequence)}`;
+}
