@@ -2,12 +2,13 @@ import { createBackupKeyActivities, type BackupKeyDeps } from './backup-key-rota
 import { createDemoActivities, type DemoDeps } from './demo-data';
 import { createKeyConsumerActivities, type KeyConsumerDeps } from './key-consumers';
 import { createKeyRefActivities, type KeyRefDeps } from './key-refs';
+import { createKeyVersionActivities, type KeyVersionDeps } from './key-versions';
 import { createMasterKeyActivities, type MasterKeyDeps } from './master-key-rotation';
 import { createBackupActivities, type BackupDeps } from './nightly-backup';
 import { createRootKeyActivities, type RootKeyDeps } from './root-key-rotation';
 import { createWorkerProbe, type WorkerProbeDeps } from './worker-probe';
 
-export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps & DemoDeps & KeyRefDeps & KeyConsumerDeps;
+export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps & DemoDeps & KeyRefDeps & KeyConsumerDeps & KeyVersionDeps;
 
 /**
  * Builds every activity from the adapters the worker chose. Tests call this with real local
@@ -23,6 +24,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createDemoActivities(deps),
     ...createKeyRefActivities(deps),
     ...createKeyConsumerActivities(deps),
+    ...createKeyVersionActivities(deps),
   };
 }
 
@@ -30,4 +32,5 @@ export type Activities = ReturnType<typeof createActivities>;
 export type { WorkerProbeReport } from './worker-probe';
 export type { KeyStatus } from './root-key-rotation';
 export type { KeyRef } from './key-refs';
+export type { KeyVersions } from './key-versions';
 export type { BackupKeyCheck } from './nightly-backup';

@@ -126,4 +126,56 @@ describe('the worker backing up a MariaDB server named in keyops.yaml', () => {
     assert.ok(watched.checked >= 1);
     if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(rewrapWorkflowId('engine:shop', 5), 'rotate-root-key-engine-key.json');
   });
+
+  it('key versions says what needs each version; destroy-version erases one nothing needs and refuses the rest, saying why', async () => {
+    type Versions = { currentVersion: number; versions: { version: number; current: boolean; destroyed: boolean; databases: string[]; backups: string[] }[] };
+    const listed = JSON.parse(await cli('key', 'versions', 'engine:shop', '--json')) as Versions;
+    assert.equal(listed.currentVersion, 5);
+    // Backups of nights 1 and 2 were taken with every page on version 1 and on version 3.
+    assert.deepEqual(
+      listed.versions.map((v) => [v.version, v.current, v.databases, v.backups]),
+      [
+        [1, false, [], ['backup/shop/2026-12-01']],
+        [2, false, [], []],
+        [3, false, [], ['backup/shop/2026-12-02']],
+        [4, false, [], []],
+        [5, true, ['shop'], []],
+      ],
+    );
+    const unconfirmed = await keyops(['key', 'destroy-version', 'engine:shop', '2', '--task-queue', taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
+    assert.equal(unconfirmed.code, 2);
+    assert.match(unconfirmed.stderr, /cannot be undone: add --yes/);
+    const refusals: [string, RegExp][] = [
+      ['1', /1 catalogued backup\(s\) need it to restore: backup\/shop\/2026-12-01/],
+      ['5', /it is the current version/],
+      ['9', /the key has no such version/],
+    ];
+    for (const [version, why] of refusals) {
+      const r = await keyops(['key', 'destroy-version', 'engine:shop', version, '--yes', '--task-queue', taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
+      assert.equal(r.code, 1, `version ${version}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, why);
+      assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+    }
+    assert.match(await cli('key', 'destroy-version', 'engine:shop', '2', '--yes'), /destroyed version 2 of key engine:shop/);
+    assert.match(await cli('key', 'destroy-version', 'engine:shop', '2', '--yes'), /was already destroyed/);
+    const stored = await stack.keys.versions(1);
+    assert.deepEqual(stored.versions.map((v) => [v.version, v.destroyed]), [[1, false], [2, true], [3, false], [4, false], [5, false]]);
+    // A KMS root key keeps its retired versions: keyops refuses before touching anything.
+    const kmsKey = await keyops(['key', 'destroy-version', rootKeyId, '1', '--yes', '--task-queue', taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
+    assert.equal(kmsKey.code, 1);
+    assert.match(kmsKey.stderr, /is a KMS key: the KMS keeps its retired versions/);
+    // MariaDB still reads every page: none was under the destroyed version.
+    const rows = await stack.db.query<{ n: bigint }>('SELECT COUNT(*) AS n FROM shop.orders');
+    assert.equal(Number(rows[0]!.n), 5000);
+    if (process.env.KEYOPS_RECORD_HISTORIES) {
+      // The CLI's run ids carry a timestamp: found through visibility, which may lag a moment.
+      const idOf = (type: string) =>
+        waitUntil(`a ${type} run in visibility`, async () => {
+          for await (const run of suite.client.workflow.list({ query: `WorkflowType = '${type}' AND TaskQueue = '${taskQueue}' AND ExecutionStatus = 'Completed'` })) return run.workflowId;
+          return undefined;
+        }, 30_000);
+      await recordHistory(await idOf('listRootKeyVersions'), 'list-root-key-versions.json');
+      await recordHistory(await idOf('destroyRootKeyVersion'), 'destroy-root-key-version.json');
+    }
+  });
 });

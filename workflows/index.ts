@@ -20,3 +20,5 @@ export { resolveRootKeys } from './resolve-root-keys';
 export { rotateInKms } from './rotate-in-kms';
 export { importBackups } from './import-backups';
 export { importBackupKey } from './import-backup-key';
+export { listRootKeyVersions } from './list-root-key-versions';
+export { destroyRootKeyVersion } from './destroy-root-key-version';

@@ -281,6 +281,7 @@ export function describeHeader(header: BackupHeader): BackupDescription {
     backupKeyId: header.backupKey?.keyId,
     backupKeyVersion: header.backupKey?.keyVersion,
     plainBytes: header.plainBytes,
+    ...(header.engineKeys ? { engineKeys: { keyId: header.engineKeys.keyId, oldestVersion: header.engineKeys.oldestVersion, latestVersion: header.engineKeys.latestVersion } } : {}),
   };
 }
 

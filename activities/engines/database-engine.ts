@@ -64,6 +64,8 @@ export interface BackupDescription {
   backupKeyId: string | undefined;
   /** Bytes of the backed-up data; undefined for a stream's file (format 3), whose length the header cannot know. */
   plainBytes: number | undefined;
+  /** An engine that encrypts its pages with its own key (MariaDB): the versions of it the pages inside are under. */
+  engineKeys?: { keyId: number; oldestVersion: number; latestVersion: number };
 }
 
 /** A backup file checked end to end from the file and the KMS alone. */

@@ -2,7 +2,7 @@ import { ApplicationFailure, type Duration, WorkflowExecutionAlreadyStartedError
 import { msToNumber } from '@temporalio/common/lib/time';
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
-import { createRootKey, describeRootKey, rotateInKms, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
+import { createRootKey, describeRootKey, destroyRootKeyVersion, listRootKeyVersions, rotateInKms, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
 import { KMS_ROTATION_SPACING_MS, isEngineKey, rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
 import type { KeyStatus } from '../../activities';
 import { followRun } from '../follow-run';
@@ -168,6 +168,93 @@ Examples:
         ...consumerLines(status),
         `rotation policy: ${status.rotationPolicyMonths === undefined ? 'none' : `every ${status.rotationPolicyMonths} month(s), by the KMS`}`,
       ]);
+    });
+
+  key
+    .command('versions <key>')
+    .description('list every version of a key and what still needs it: WDEKs, database pages, retained backups')
+    .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
+    .addHelpText(
+      'after',
+      `
+A version nothing needs (no WDEK, no page of an engine re-encrypting itself, no retained backup)
+can go: for a database engine's own key (engine:<database>), keyops key destroy-version.
+
+${KEY_ARGUMENT}
+
+Examples:
+  keyops key versions engine:shop
+  keyops key versions demo --json`,
+    )
+    .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
+      let keyId = '';
+      const listed = await withClient(options, async (client) => {
+        keyId = await resolveKeyId(client, raw, options.taskQueue);
+        return runOnWorker(
+          client,
+          listRootKeyVersions,
+          { taskQueue: options.taskQueue, workflowId: `key-versions/${keyId}/${Date.now()}`, args: [keyId], summary: `keyops: versions of key ${keyId} and what needs each` },
+          (failure) => explainKmsFailure(failure, keyId),
+        );
+      });
+      emit(options, listed, () => [
+        `key ${listed.keyId}: ${listed.versions.length} version(s), current ${listed.currentVersion}`,
+        ...listed.versions.map((v) => {
+          const needs = [
+            ...(v.wdeks > 0 ? [`${v.wdeks} WDEK(s)`] : []),
+            ...v.databases.map((d) => `pages of database ${d}`),
+            ...(v.backups.length > 0 ? [`${v.backups.length} backup(s) (${v.backups.slice(0, 3).join(', ')}${v.backups.length > 3 ? ', …' : ''})`] : []),
+          ];
+          const state = v.destroyed ? 'destroyed' : v.current ? 'current' : 'retired';
+          return `  v${v.version}  ${state.padEnd(9)}  ${v.createdAt || '-'}  ${v.destroyed ? '' : needs.length ? `needed by ${needs.join(', ')}` : 'needed by nothing'}`.trimEnd();
+        }),
+        ...(listed.unreadableBackups.length ? [`unreadable backup files (what they need is unknown): ${listed.unreadableBackups.join(', ')}`] : []),
+        ...(listed.destroyable.ok ? [] : [listed.destroyable.why]),
+      ]);
+    });
+
+  key
+    .command('destroy-version <key> <version>')
+    .description("destroy one version of a database engine's own key for good, refused while anything may still need it")
+    .option('--yes', 'really destroy it (irreversible: data still under it could never be read again)')
+    .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
+    .addHelpText(
+      'after',
+      `
+The worker counts again, at the moment of destruction, everything that may need the version:
+WDEKs wrapped under it, pages of the database not yet re-encrypted past it (MariaDB reads its
+pages with it), and every retained backup whose header says its pages are under it. Any of
+them, or the current version, refuses the destruction and says why. KMS root keys keep their
+retired versions: only engine keys (engine:<database>) have versions keyops can destroy.
+
+${KEY_ARGUMENT}
+
+Examples:
+  keyops key versions engine:shop                 # what needs each version
+  keyops key destroy-version engine:shop 1 --yes`,
+    )
+    .action(async (raw: string, rawVersion: string, _opts: KeyOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions & { yes?: boolean }>();
+      const version = Number(rawVersion);
+      if (!Number.isInteger(version) || version < 1) throw new CliError(`version "${rawVersion}" is not a key version (a whole number from 1)`, ExitCode.usage);
+      if (!options.yes) {
+        throw new CliError(`destroying version ${version} of ${raw} cannot be undone: add --yes`, ExitCode.usage, `keyops key versions ${raw} shows what needs each version`);
+      }
+      let keyId = '';
+      const result = await withClient(options, async (client) => {
+        keyId = await resolveKeyId(client, raw, options.taskQueue);
+        return runOnWorker(
+          client,
+          destroyRootKeyVersion,
+          { taskQueue: options.taskQueue, workflowId: `destroy-key-version/${keyId}/v${version}/${Date.now()}`, args: [{ keyId, version }], summary: `keyops: destroy version ${version} of key ${keyId}` },
+          (failure) => {
+            if (failure.type === 'KEY_VERSION_IN_USE') throw new CliError(failure.message, ExitCode.failed, `keyops key versions ${keyId}`);
+            return explainKmsFailure(failure, keyId);
+          },
+        );
+      });
+      emit(options, result, () => [result.alreadyDestroyed ? `version ${version} of key ${keyId} was already destroyed` : `destroyed version ${version} of key ${keyId}`]);
     });
 
   key
