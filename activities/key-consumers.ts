@@ -11,17 +11,12 @@ import { typed } from './typed';
  * themselves (engine-key.ts). A key is complete at a version once every consumer is on it; the
  * rewrap workflow, the watcher, waiting backups and the CLI all use that one notion.
  */
-export interface EngineConsumer {
+/** One engine consuming a key: which database, and where its pages are (engine-key.ts). */
+export type EngineConsumer = Omit<Reencryption, 'latestVersion'> & {
   databaseId: string;
   /** Which key in which store (a label, never material). */
   description: string;
-  settled: boolean;
-  oldestVersionNeeded: number | undefined;
-  spaces: number;
-  spacesBehind: number;
-  pages: { done: number; total: number } | undefined;
-  lostKey: boolean;
-}
+};
 
 export interface KeyConsumerDeps {
   engine?: Pick<DatabaseEngine, 'engineKeys'>;
@@ -29,15 +24,10 @@ export interface KeyConsumerDeps {
   reencryptionPollMs?: number;
 }
 
-export const consumerOf = (key: EngineKey, r: Reencryption): EngineConsumer => ({
+export const consumerOf = (key: EngineKey, { latestVersion: _latest, ...where }: Reencryption): EngineConsumer => ({
   databaseId: key.databaseId,
   description: key.description,
-  settled: r.settled,
-  oldestVersionNeeded: r.oldestVersionNeeded,
-  spaces: r.spaces,
-  spacesBehind: r.spacesBehind,
-  pages: r.pages,
-  lostKey: r.lostKey,
+  ...where,
 });
 
 /** What a follow reports as it goes (its heartbeat, shown by the Web UI) and when it ends. */

@@ -6,6 +6,7 @@ import type { CommandResult, CommandRunner } from '../activities/engines/command
 import { Db2Cli, db2ImageFileName, parseEncryptionInfo } from '../activities/engines/db2-cli';
 import { classifyDb2Output } from '../activities/engines/db2-messages';
 import { EngineError } from '../activities/engines/engine-error';
+import { engineError } from './helpers/engine-errors';
 import { ProcessCommandRunner } from '../activities/engines/process-command-runner';
 
 /**
@@ -127,14 +128,6 @@ class Db2ScriptRunner implements CommandRunner {
 const CONNECTED = ok('\n   Database Connection Information\n\n Database server        = DB2/LINUXX8664 11.5.9.0\n SQL authorization ID   = DB2INST1\n Local database alias   = PRODDB\n\n');
 const RESET = ok('DB20000I  The SQL command completed successfully.\n');
 
-async function engineError(promise: Promise<unknown>): Promise<EngineError> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  assert.ok(err instanceof EngineError, `expected an EngineError, got ${String(err)}`);
-  return err;
-}
 
 /** IBM's message texts (SQL message reference) for the causes keyops must tell apart. */
 const MESSAGE_CLASSES: { name: string; transcript: CommandResult; code: string; retryable: boolean; message: string; says?: RegExp }[] = [

@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import type { CommandResult, CommandRunner } from '../activities/engines/command-runner';
 import { Db2Cli } from '../activities/engines/db2-cli';
 import { Db2DatabaseEngine } from '../activities/engines/db2-database-engine';
-import { EngineError } from '../activities/engines/engine-error';
+import { engineError } from './helpers/engine-errors';
 import type { KeyMetadata } from '../activities/kms/key-management-service';
 
 const FIXTURES = join(__dirname, 'fixtures', 'db2');
@@ -182,14 +182,6 @@ function setup(fake = new FakeDb2(TABLES), options: { heartbeatMs?: number } = {
   return { fake, engine, root, backups: join(root, 'backups') };
 }
 
-async function engineError(promise: Promise<unknown>): Promise<EngineError> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  assert.ok(err instanceof EngineError, `expected an EngineError, got ${String(err)}`);
-  return err;
-}
 
 const sha256Of = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 /** A pid that is certainly not running: a child that has exited. */

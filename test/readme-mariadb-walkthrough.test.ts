@@ -7,6 +7,11 @@ const EXPECTED: ExpectedOutcome[] = [
   { command: /^KEYOPS_ENGINE=mariadb \.\/temporal-dev\.sh up -d$/, shows: /keyops is up\.[\s\S]*MariaDB +database shop, socket / },
   { command: /^\.\/temporal-dev\.sh mariadb -e 'SELECT COUNT\(\*\) FROM shop\.orders'$/, shows: /^10000$/m },
   { command: /^npx keyops backup run shop --night 2026-12-01 --wait$/, shows: /backup\/shop\/2026-12-01: \d+ bytes at .*\.kob, root key bao:mariadb-backups version 1/ },
+  {
+    command: /^npx keyops key rotate engine:shop --wait$/,
+    shows: /rewrap\/engine:shop\/v2: key engine:shop rotated at version 2; database shop: \d+ tablespace\(s\) re-encrypted as far as version 2 asks \(oldest page version 1\)/,
+  },
+  { command: /^npx keyops key versions engine:shop$/, shows: /key engine:shop: 2 version\(s\), current 2\n +v1 +retired .* needed by pages of database shop, 1 backup\(s\) \(backup\/shop\/2026-12-01\)\n +v2 +current .* needed by pages of database shop/ },
   { command: /^npx keyops backup list --database shop$/, shows: /backup\/shop\/\S+ +good .* key bao:mariadb-backups v1 .* verified 10000 rows/ },
   { command: /^npx keyops backup restore backup\/shop\/2026-12-01 --to "\$KEYOPS_DATA_DIR\/restored-shop"$/, shows: /10000 rows/ },
   { command: /^\.\/temporal-dev\.sh down$/, shows: /stopped MariaDB[\s\S]*stopped OpenBao/ },

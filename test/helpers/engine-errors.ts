@@ -10,3 +10,13 @@ export async function rejectsWith(promise: Promise<unknown>, code: EngineErrorCo
   if (message) assert.match(caught.message, message);
   return caught;
 }
+
+/** The EngineError `promise` rejects with, whatever its code (the caller checks what matters). */
+export async function engineError(promise: Promise<unknown>): Promise<EngineError> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof EngineError, `expected an EngineError, got ${String(err)}`);
+  return err;
+}
