@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 import type { CommandResult, CommandRunner } from '../activities/engines/command-runner';
 import { Db2Cli } from '../activities/engines/db2-cli';
 import { Db2DatabaseEngine } from '../activities/engines/db2-database-engine';
+import { EngineRouter } from '../activities/engines/engine-router';
 import { engineError } from './helpers/engine-errors';
 import type { KeyMetadata } from '../activities/kms/key-management-service';
 
@@ -438,6 +439,20 @@ describe('Db2 database engine: verify, describe, restore (fake Db2 CLP)', () => 
     const description = await engine.describeBackup(image.path);
     assert.deepEqual([description.databaseId, description.createdAt, description.keyId, description.keyVersion, description.backupId], ['shop', image.createdAt, 'root-1', 0, undefined]);
     assert.deepEqual(fake.calls.slice(before), [`db2ckbkp -h ${image.path}`]);
+  });
+
+  it("the engine router sends a Db2 image to the Db2 engine that recognises it, and a keyops file by its header's database", async () => {
+    const { engine, backups } = setup();
+    const image = await engine.backup('shop', join(backups, 'shop.kob'));
+    // The embedded engine must never be asked about a Db2 image: any call to it fails the test.
+    const embedded = new Proxy({}, { get: (_t, name) => () => assert.fail(`the embedded engine was asked ${String(name)}`) }) as never;
+    const router = new EngineRouter(embedded, new Map([['shop', engine]]));
+    assert.equal((await router.describeBackup(image.path)).databaseId, 'shop');
+    assert.deepEqual((await router.verifyBackup({ path: image.path, sha256: image.sha256 })), { tables: 3, rows: 1234 });
+    // Not a Db2 image of this database, nor a keyops file: refused as not a keyops backup file.
+    const other = join(backups, 'notes.txt');
+    writeFileSync(other, 'not a backup');
+    assert.equal((await engineError(router.describeBackup(other))).code, 'BACKUP_INVALID');
   });
 
   it('restore creates a new database named by the target directory, with its data there, and counts it', async () => {

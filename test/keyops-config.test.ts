@@ -128,6 +128,46 @@ ${server}
     ]);
   });
 
+  it('reads a Db2 database, and refuses a name Db2 cannot take and an unknown database type', () => {
+    const good = write(
+      'db2.yaml',
+      `kms:
+  instances:
+    local: { type: local }
+databases:
+  prod:
+    type: db2
+    database: PRODDB
+    rootKey: 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90
+    tools: { db2: /opt/ibm/db2/bin/db2 }
+`,
+    );
+    assert.deepEqual(loadKeyopsConfig(good).databases.get('prod'), {
+      type: 'db2',
+      database: 'PRODDB',
+      rootKey: '0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90',
+      tools: { db2: '/opt/ibm/db2/bin/db2' },
+    });
+    const bad = write(
+      'db2-bad.yaml',
+      `kms:
+  instances:
+    local: { type: local }
+databases:
+  prod:
+    type: db2
+    database: PRODUCTION
+    rootKey: 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90
+  pg:
+    type: postgres
+`,
+    );
+    assert.deepEqual(problemsOf(bad), [
+      `${bad}:7:15: databases.prod.database: a Db2 database name is 1 to 8 letters, digits or _@#$, starting with a letter`,
+      `${bad}:10:11: databases.pg.type: type must be one of mariadb, db2`,
+    ]);
+  });
+
   it('refuses a credential written inline, naming where it goes instead, and never echoes it', () => {
     const file = write(
       'inline.yaml',

@@ -11,7 +11,10 @@ import { SimulatedUnitSets } from '../activities/crypto-units/simulated-unit-set
 import { masterKeyRotationState } from '../activities/master-key-rotation';
 import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
 import { EngineRouter } from '../activities/engines/engine-router';
+import { Db2Cli } from '../activities/engines/db2-cli';
+import { Db2DatabaseEngine } from '../activities/engines/db2-database-engine';
 import { MariaDbDatabaseEngine } from '../activities/engines/mariadb-database-engine';
+import { ProcessCommandRunner } from '../activities/engines/process-command-runner';
 import { MariaDbEngine } from '../activities/engines/mariadb-engine';
 import { MariaDbEngineKey } from '../activities/engines/mariadb-engine-key';
 import { MariaDbKeyStore } from '../activities/engines/mariadb-key-store';
@@ -57,25 +60,31 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
     }
     return LocalKms.open({ path: join(config.dataDir, 'kms', 'keys.sqlite'), masterSecret: secret });
   };
-  const servers = new Map(
-    [...keyopsConfig.databases].map(([databaseId, db]) => [
-      databaseId,
-      {
-        db,
-        server: new MariaDbEngine({
-          socket: db.socket,
-          user: db.user,
-          keyStore: new MariaDbKeyStore(db.keyStore),
-          keyId: db.keyId,
-          serverConfig: db.serverConfig,
-          vaultTokenFile: db.keyStore.tokenFile,
-          ...(db.tools ? { tools: db.tools } : {}),
-        }),
-      },
-    ]),
+  const mariadbServers = new Map(
+    [...keyopsConfig.databases].flatMap(([databaseId, db]) =>
+      db.type !== 'mariadb'
+        ? []
+        : [
+            [
+              databaseId,
+              {
+                db,
+                server: new MariaDbEngine({
+                  socket: db.socket,
+                  user: db.user,
+                  keyStore: new MariaDbKeyStore(db.keyStore),
+                  keyId: db.keyId,
+                  serverConfig: db.serverConfig,
+                  vaultTokenFile: db.keyStore.tokenFile,
+                  ...(db.tools ? { tools: db.tools } : {}),
+                }),
+              },
+            ] as const,
+          ],
+    ),
   );
   // The servers' own keys are keys too (engine:<databaseId>): rotated, watched and awaited as any.
-  const engineKeys = new Map([...servers].map(([databaseId, { server }]) => [databaseId, new MariaDbEngineKey(databaseId, server)]));
+  const engineKeys = new Map([...mariadbServers].map(([databaseId, { server }]) => [databaseId, new MariaDbEngineKey(databaseId, server)]));
   const kms = new KmsRouter(
     new Map<string, KeyManagementService>([
       ...[...keyopsConfig.kms].map(([name, instance]) => [name, instance.type === 'local' ? local() : openKmsInstance(instance)] as const),
@@ -86,10 +95,26 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
   logger.info({ kms: kms.names, defaultKms: kms.defaultInstance, config: keyopsConfig.file ?? 'none (the embedded local KMS)' }, 'KMS instances');
   const registry = SqliteWdekRegistry.open(join(config.dataDir, 'registry', 'wdeks.sqlite'));
   const embedded = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
-  const serverEngines = new Map(
-    [...servers].map(([databaseId, { db, server }]) => [databaseId, new MariaDbDatabaseEngine(databaseId, server, kms, db.rootKey, join(config.dataDir, 'mariadb', databaseId))] as const),
-  );
-  if (servers.size > 0) logger.info({ databases: [...servers.keys()] }, 'MariaDB servers backed up besides the embedded databases');
+  const serverEngines = new Map<string, DatabaseEngine & { close?(): Promise<void> }>([
+    ...[...mariadbServers].map(([databaseId, { db, server }]) => [databaseId, new MariaDbDatabaseEngine(databaseId, server, kms, db.rootKey, join(config.dataDir, 'mariadb', databaseId))] as const),
+    ...[...keyopsConfig.databases].flatMap(([databaseId, db]) =>
+      db.type !== 'db2'
+        ? []
+        : [
+            [
+              databaseId,
+              new Db2DatabaseEngine(databaseId, {
+                database: db.database,
+                cli: new Db2Cli(new ProcessCommandRunner(), db.tools?.db2, { ...(db.tools?.db2ckbkp ? { db2ckbkp: db.tools.db2ckbkp } : {}), ...(db.timeoutMs ? { timeoutMs: db.timeoutMs } : {}) }),
+                rootKeyId: db.rootKey,
+                kms,
+                workDir: join(config.dataDir, 'db2', databaseId),
+              }),
+            ] as const,
+          ],
+    ),
+  ]);
+  if (serverEngines.size > 0) logger.info({ databases: [...keyopsConfig.databases].map(([id, db]) => `${id} (${db.type})`) }, 'database servers backed up besides the embedded databases');
   const engine = new EngineRouter(embedded, serverEngines);
   if (embedded.recovered.databases.length > 0 || embedded.recovered.wdeks > 0) {
     logger.warn(

@@ -45,7 +45,7 @@ type KmsType = keyof typeof TYPES;
 const FILE_FIELDS = ['tokenFile', 'caFile', 'apiKeyFile'] as const;
 
 /**
- * A database server keyops backs up (today: MariaDB). Its key store is where the server's
+ * A MariaDB server keyops backs up. Its key store is where the server's
  * key-management plugin reads its keys; `rootKey` is the keyops key (`<instance>:<id>`) that wraps
  * each backup's own key in the file's header.
  */
@@ -65,6 +65,25 @@ export const mariadbDatabaseSchema = z
   })
   .strict();
 export type MariaDbDatabaseConfig = z.output<typeof mariadbDatabaseSchema>;
+
+/**
+ * A Db2 database, driven through its command line processor on this host: the worker runs as
+ * the Db2 instance owner with its db2profile sourced. Db2 encrypts with its own master key;
+ * `rootKey` is the keyops key that stands for it (reprotect rotates that master key).
+ */
+export const db2DatabaseSchema = z
+  .object({
+    type: z.literal('db2'),
+    /** The Db2 database name or local alias the CLP connects to. */
+    database: z.string().regex(/^[A-Za-z][A-Za-z0-9_@#$]{0,7}$/, 'a Db2 database name is 1 to 8 letters, digits or _@#$, starting with a letter'),
+    rootKey: z.string().min(1),
+    tools: z.strictObject({ db2: z.string().min(1), db2ckbkp: z.string().min(1) }).partial().optional(),
+    /** The longest BACKUP or RESTORE before it is stopped (ms). */
+    timeoutMs: z.number().int().min(1_000).max(7 * 24 * 3600_000).optional(),
+  })
+  .strict();
+export type Db2DatabaseConfig = z.output<typeof db2DatabaseSchema>;
+export type DatabaseServerConfig = MariaDbDatabaseConfig | Db2DatabaseConfig;
 
 /** Database ids as the workflows take them (workflow-input.ts): letters, digits, -, _. */
 const databaseName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/, 'a database id is 1 to 64 letters, digits, "-" or "_"');
@@ -94,7 +113,7 @@ export interface KeyopsConfig {
   file: string | undefined;
   defaultKms: string;
   kms: Map<string, KmsInstanceConfig>;
-  databases: Map<string, MariaDbDatabaseConfig>;
+  databases: Map<string, DatabaseServerConfig>;
 }
 
 export const EMBEDDED_CONFIG: KeyopsConfig = { file: undefined, defaultKms: 'local', kms: new Map([['local', { type: 'local' }]]), databases: new Map() };
@@ -192,7 +211,7 @@ export function loadKeyopsConfig(file: string | undefined): KeyopsConfig {
     }
     kms.set(name, (type === 'local' ? { type } : { type, options: parsed.data }) as KmsInstanceConfig);
   }
-  const databases = new Map<string, MariaDbDatabaseConfig>();
+  const databases = new Map<string, DatabaseServerConfig>();
   for (const [name, value] of Object.entries(top.data.databases ?? {})) {
     const where = ['databases', name];
     if (typeof value !== 'object' || value === null || Array.isArray(value)) {
@@ -208,10 +227,16 @@ export function loadKeyopsConfig(file: string | undefined): KeyopsConfig {
     for (const field of secrets) problems.push(locate(path, doc, lines, [...where, ...field], `credentials are never written in the config file; use ${INLINE_SECRETS[field.at(-1)!]}`));
     if (secrets.length > 0) continue;
     const local = (file: unknown) => (typeof file === 'string' && file !== '' && !isAbsolute(file) ? resolve(dirname(path), file) : file);
-    settings.socket = local(settings.socket);
-    settings.serverConfig = local(settings.serverConfig);
-    if (typeof store === 'object' && store !== null) settings.keyStore = { ...store, tokenFile: local((store as Record<string, unknown>).tokenFile) };
-    const parsed = mariadbDatabaseSchema.safeParse(settings);
+    if (settings.type !== 'mariadb' && settings.type !== 'db2') {
+      problems.push(locate(path, doc, lines, [...where, 'type'], 'type must be one of mariadb, db2'));
+      continue;
+    }
+    if (settings.type === 'mariadb') {
+      settings.socket = local(settings.socket);
+      settings.serverConfig = local(settings.serverConfig);
+      if (typeof store === 'object' && store !== null) settings.keyStore = { ...store, tokenFile: local((store as Record<string, unknown>).tokenFile) };
+    }
+    const parsed = (settings.type === 'db2' ? db2DatabaseSchema : mariadbDatabaseSchema).safeParse(settings);
     if (!parsed.success) {
       problems.push(...parsed.error.issues.map((i) => locate(path, doc, lines, [...where, ...i.path], i.message)));
       continue;

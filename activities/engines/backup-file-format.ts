@@ -295,6 +295,18 @@ export async function readBackupHeader(path: string): Promise<BackupHeader> {
   }
 }
 
+/** Whether the file starts as keyops' backup files do (false for a missing file or another engine's image). */
+export async function isKeyopsBackupFile(path: string): Promise<boolean> {
+  const file = await open(path, 'r').catch(() => undefined);
+  if (!file) return false;
+  try {
+    const magic = Buffer.alloc(MAGIC.length);
+    return (await readAt(file, magic, MAGIC.length, 0)) === MAGIC.length && magic.equals(MAGIC);
+  } finally {
+    await file.close();
+  }
+}
+
 async function openBackup(path: string): Promise<FileHandle> {
   try {
     return await open(path, 'r');

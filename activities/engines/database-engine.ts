@@ -95,6 +95,8 @@ export interface EngineCapabilities {
 export interface DatabaseEngine {
   /** Per database: what the engine holding it supports (the embedded engine: everything). */
   supports?(databaseId: string): EngineCapabilities;
+  /** An engine whose backups are its own native images (not keyops' format): whether `path` is one of its database's. */
+  ownsBackupFile?(path: string): Promise<boolean>;
   /** The keys these engines read themselves and re-encrypt their pages under, by keyops key id. */
   engineKeys?(): ReadonlyMap<string, EngineKey>;
   keyState(databaseId: string): Promise<DatabaseKeyState>;

@@ -350,6 +350,14 @@ export class Db2DatabaseEngine implements DatabaseEngine {
     }
   }
 
+  /** A Db2 image of this database (its media header names it); anything else, or an unreadable file, is not. */
+  async ownsBackupFile(path: string): Promise<boolean> {
+    return this.header(path).then(
+      () => true,
+      () => false,
+    );
+  }
+
   async describeBackup(path: string): Promise<BackupDescription> {
     return this.describe(await this.header(path));
   }

@@ -1,13 +1,14 @@
 import type Database from 'better-sqlite3-multiple-ciphers';
 import type { DemoDatabases } from '../demo-data';
-import { readBackupHeader } from './backup-file-format';
+import { isKeyopsBackupFile, readBackupHeader } from './backup-file-format';
 import type { BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress } from './database-engine';
 import type { EngineKey } from './engine-key';
 
 /**
  * The engine port over several engines: each configured database server (MariaDB) answers for
  * its own database id, the embedded engine for every other one. A backup file is routed by the
- * database its header names, so restore and import need no flag to say which engine made it.
+ * database its header names (or, for an engine's native image, by the engine that recognises
+ * it), so restore and import need no flag to say which engine made it.
  */
 export class EngineRouter implements DatabaseEngine, DemoDatabases {
   constructor(
@@ -19,7 +20,14 @@ export class EngineRouter implements DatabaseEngine, DemoDatabases {
     return this.servers.get(databaseId) ?? this.embedded;
   }
 
+  /**
+   * keyops' own files name their database in the header; an engine's native image (Db2's) does
+   * not have that header, and is routed to the server engine that recognises it as its own.
+   */
   private async ofFile(path: string): Promise<DatabaseEngine> {
+    if (!(await isKeyopsBackupFile(path))) {
+      for (const server of this.servers.values()) if (await server.ownsBackupFile?.(path)) return server;
+    }
     return this.of((await readBackupHeader(path)).databaseId);
   }
 
