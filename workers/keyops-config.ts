@@ -61,7 +61,7 @@ export const mariadbDatabaseSchema = z
     /** The MariaDB key id keyops rotates (1: the default key). */
     keyId: z.number().int().min(1).max(0xffffffff).default(1),
     keyStore: mariadbKeyStoreOptionsSchema,
-    tools: z.strictObject({ mariadbBackup: z.string().min(1), mbstream: z.string().min(1), mariadbd: z.string().min(1) }).partial().optional(),
+    tools: z.strictObject({ mariadbBackup: z.string().min(1), mbstream: z.string().min(1), mariadbd: z.string().min(1), myPrintDefaults: z.string().min(1) }).partial().optional(),
   })
   .strict();
 export type MariaDbDatabaseConfig = z.output<typeof mariadbDatabaseSchema>;

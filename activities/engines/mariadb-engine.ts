@@ -10,6 +10,7 @@ import { readBackupFile, writeBackupStream } from './backup-file-format';
 import { childEnvironment } from './child-environment';
 import { EngineError } from './engine-error';
 import { classifyMariaDbTool, runTool, toolOutput } from './mariadb-backup-tool';
+import { writeCheckServerOptions } from './mariadb-check-options';
 import type { MariaDbKeyStore } from './mariadb-key-store';
 
 /**
@@ -35,7 +36,7 @@ export interface MariaDbEngineOptions {
   serverConfig: string;
   /** The token the server's plugin uses, in a file: mariadb-backup gets it as VAULT_TOKEN. */
   vaultTokenFile: string;
-  tools?: { mariadbBackup?: string; mbstream?: string; mariadbd?: string };
+  tools?: { mariadbBackup?: string; mbstream?: string; mariadbd?: string; myPrintDefaults?: string };
 }
 
 export interface MariaDbBackup {
@@ -367,15 +368,16 @@ export class MariaDbEngine {
   /** A scratch server on `dataDir`, with the server's key settings, checks every table and counts rows. */
   private async checkDataDir(dataDir: string, token: string): Promise<MariaDbCheck> {
     const socket = join(dataDir, 'check.sock');
+    const options = join(dataDir, 'check.cnf');
+    await writeCheckServerOptions({ serverConfig: this.options.serverConfig, dataDir, target: options, ...(this.options.tools?.myPrintDefaults ? { myPrintDefaults: this.options.tools.myPrintDefaults } : {}) });
     const args = [
-      `--defaults-file=${this.options.serverConfig}`,
+      `--defaults-file=${options}`,
       `--datadir=${dataDir}`,
       `--socket=${socket}`,
       `--pid-file=${join(dataDir, 'check.pid')}`,
       `--log-error=${join(dataDir, 'check.err')}`,
       '--skip-networking',
-      // The server's own option file may name its binlog, replication and events: a check
-      // server must not write to the first, start the second or run the third.
+      // Belt and braces: none of these comes from check.cnf, and none may run on a check server.
       '--skip-log-bin',
       '--skip-slave-start',
       '--event-scheduler=OFF',
@@ -420,6 +422,7 @@ export class MariaDbEngine {
         await gone;
         clearTimeout(timer);
       }
+      await rm(options, { force: true });
     }
   }
 
