@@ -120,8 +120,25 @@ export async function removeStaleScratch(workDir: string, prefix: string): Promi
   const pattern = new RegExp(`^${prefix}-(\\d+)-`);
   for (const name of entries) {
     const pid = pattern.exec(name)?.[1];
-    if (pid !== undefined && Number(pid) !== process.pid && !processAlive(Number(pid))) await rm(join(workDir, name), { recursive: true, force: true });
+    if (pid !== undefined && Number(pid) !== process.pid && !processAlive(Number(pid))) {
+      await stopOrphanedCheckServer(join(workDir, name));
+      await rm(join(workDir, name), { recursive: true, force: true });
+    }
   }
+}
+
+/**
+ * A worker killed during a check leaves its scratch mariadbd running on the scratch directory.
+ * It is stopped before the directory goes, but only if the pid in its pid file still belongs to
+ * a mariadbd started on this directory (a reused pid is some other process: left alone).
+ */
+async function stopOrphanedCheckServer(dir: string): Promise<void> {
+  const pid = Number((await readFile(join(dir, 'check.pid'), 'utf8').catch(() => '')).trim());
+  if (!Number.isInteger(pid) || pid <= 0 || !processAlive(pid)) return;
+  const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+  if (!cmdline.some((arg) => arg === `--datadir=${dir}`)) return;
+  process.kill(pid, 'SIGKILL');
+  for (let i = 0; i < 100 && processAlive(pid); i++) await new Promise((r) => setTimeout(r, 50));
 }
 
 /** A server error as an EngineError: connection trouble passes, the rest is the caller's to fix. */
