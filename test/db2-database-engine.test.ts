@@ -453,6 +453,10 @@ describe('Db2 database engine: verify, describe, restore (fake Db2 CLP)', () => 
     const other = join(backups, 'notes.txt');
     writeFileSync(other, 'not a backup');
     assert.equal((await engineError(router.describeBackup(other))).code, 'BACKUP_INVALID');
+    // An embedded database cannot be made under a server's id: every call for it would go to the server.
+    assert.equal((await engineError(router.createDatabase('shop', 'root-1'))).code, 'DATABASE_EXISTS');
+    const listing = { listDatabases: () => [{ databaseId: 'shop', keyId: 'k', createdAt: '' }, { databaseId: 'demo', keyId: 'k', createdAt: '' }] } as never;
+    assert.deepEqual(new EngineRouter(listing, new Map([['shop', engine]])).shadowed, ['shop']);
   });
 
   it('restore creates a new database named by the target directory, with its data there, and counts it', async () => {

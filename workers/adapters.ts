@@ -116,6 +116,9 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
   ]);
   if (serverEngines.size > 0) logger.info({ databases: [...keyopsConfig.databases].map(([id, db]) => `${id} (${db.type})`) }, 'database servers backed up besides the embedded databases');
   const engine = new EngineRouter(embedded, serverEngines);
+  for (const databaseId of engine.shadowed) {
+    logger.error({ databaseId }, 'an embedded database has the id of a database server in keyops.yaml: the server answers for the id, and the embedded database is out of reach until one of them is renamed');
+  }
   if (embedded.recovered.databases.length > 0 || embedded.recovered.wdeks > 0) {
     logger.warn(
       { adoptedDatabases: embedded.recovered.databases, reregisteredWdeks: embedded.recovered.wdeks },

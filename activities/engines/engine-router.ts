@@ -3,6 +3,7 @@ import type { DemoDatabases } from '../demo-data';
 import { isKeyopsBackupFile, readBackupHeader } from './backup-file-format';
 import type { BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress } from './database-engine';
 import type { EngineKey } from './engine-key';
+import { EngineError } from './engine-error';
 
 /**
  * The engine port over several engines: each configured database server (MariaDB) answers for
@@ -99,7 +100,16 @@ export class EngineRouter implements DatabaseEngine, DemoDatabases {
     return this.embedded.listDatabases();
   }
 
+  /** Embedded databases whose id a configured server also has: the server answers for the id, so they are out of reach. */
+  get shadowed(): string[] {
+    return this.embedded.listDatabases().flatMap((d) => (this.servers.has(d.databaseId) ? [d.databaseId] : []));
+  }
+
   createDatabase(databaseId: string, keyId: string) {
+    // Made under a server's id, it could never be backed up or opened: every call goes to the server.
+    if (this.servers.has(databaseId)) {
+      return Promise.reject(new EngineError('DATABASE_EXISTS', `database ${databaseId} is a database server named in keyops.yaml: choose another id for an embedded database`));
+    }
     return this.embedded.createDatabase(databaseId, keyId);
   }
 
