@@ -37,10 +37,10 @@ describe('keyops key policy and keyops rewrap status', () => {
 
       const before = await run('rewrap', 'status', keyId, '--json');
       assert.equal(before.code, 0, before.stderr);
-      assert.deepEqual(JSON.parse(before.stdout), { keyId, currentVersion: 1, rewrappedVersion: 1, upToDate: true, rewrap: null, waiting: [] });
+      assert.deepEqual(JSON.parse(before.stdout), { keyId, currentVersion: 1, rewrappedVersion: 1, upToDate: true, rewrap: null, waiting: [], consumers: { wdeks: 30, wdeksBehind: 0, engines: [] } });
       await kms.rotateKey(keyId, 'outside-keyops'); // as a KMS policy would
       const behind = await run('rewrap', 'status', keyId);
-      assert.match(behind.stdout, /version 2, WDEKs rewrapped to 1 \(behind: backups of its databases wait\)\nno rewrap run for version 2 \(keyops key rotate/);
+      assert.match(behind.stdout, /version 2, WDEKs rewrapped to 1 \(behind: backups of its databases wait\)\nconsumers:\n {2}WDEKs: 30, 30 below version 2\nno rewrap run for version 2 \(keyops key rotate/);
 
       const watched = await run('key', 'watch');
       assert.equal(watched.code, 0, watched.stderr);

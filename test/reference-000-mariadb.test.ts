@@ -33,6 +33,8 @@ echo "giving up after 3 attempts"; exit 1
 `;
 
 /** Every row's content, folded: equal digests mean identical rows (and a count that matches). */
+/** The keyops database id of this file's server (workflow ids on the shared test server are per id). */
+const DB = 'ref000';
 const DIGEST = "SELECT COUNT(*) AS n, SUM(CRC32(CONCAT_WS(',', id, item, qty))) AS s FROM shop.orders";
 const digestOf = async (db: Pick<MariaDb, 'query'>) => {
   const [row] = await db.query<{ n: bigint; s: bigint | string }>(DIGEST);
@@ -47,7 +49,7 @@ describe('reference 000 with real parts: MariaDB re-encrypting under a new key v
 
   before(async () => {
     stack = await startMariaDbWithOpenBao(join(suite.dir, 'servers'), 50_000);
-    setup = await mariadbWorkerSetup(suite.dir, stack);
+    setup = await mariadbWorkerSetup(suite.dir, stack, DB);
     worker = await setup.startWorker();
   });
   after(async () => {
@@ -72,16 +74,16 @@ describe('reference 000 with real parts: MariaDB re-encrypting under a new key v
     const night = '2026-12-03';
     const handle = await suite.client.workflow.start(nightlyBackup, {
       taskQueue: setup.taskQueue,
-      workflowId: backupWorkflowId('shop', night),
+      workflowId: backupWorkflowId(DB, night),
       // Re-checks far apart: the night is released by the announcement, not by polling.
-      args: [{ databaseId: 'shop', night, recheckEveryMs: 3_600_000 }],
+      args: [{ databaseId: DB, night, recheckEveryMs: 3_600_000 }],
     });
     await waitUntil('the night to wait for the re-encryption', async () => ((await handle.query(backupProgressQuery)).phase === 'awaiting-rewrap' ? true : undefined), 60_000);
     await waitUntil('the run that follows the re-encryption', async () => {
-      const p = await suite.client.workflow.getHandle(rewrapWorkflowId('engine:shop', 3)).query(rewrapProgressQuery).catch(() => undefined);
+      const p = await suite.client.workflow.getHandle(rewrapWorkflowId(`engine:${DB}`, 3)).query(rewrapProgressQuery).catch(() => undefined);
       return p?.phase === 'following' ? true : undefined;
     }, 60_000);
-    mark('keyops: nightly backup started, waits for "complete (engine:shop, v3)" (awaiting-rewrap); its wait started the run that follows the re-encryption');
+    mark(`keyops: nightly backup started, waits for "complete (engine:${DB}, v3)" (awaiting-rewrap); its wait started the run that follows the re-encryption`);
 
     await bao.seal();
     mark('OpenBao sealed: MariaDB keys unreachable');
@@ -110,9 +112,9 @@ describe('reference 000 with real parts: MariaDB re-encrypting under a new key v
     await stack.db.query('SET GLOBAL innodb_encryption_threads = 2');
     mark('MariaDB re-encryption resumed');
     const done = await handle.result();
-    const released = await suite.client.workflow.getHandle<typeof awaitRewrap>(`${backupWorkflowId('shop', night)}/await-rewrap`).result();
+    const released = await suite.client.workflow.getHandle<typeof awaitRewrap>(`${backupWorkflowId(DB, night)}/await-rewrap`).result();
     assert.equal(released.releasedBy, 'signal');
-    mark(`keyops: "complete (engine:shop, v${released.version})" announced; the night released by its signal`, done.releasedAt);
+    mark(`keyops: "complete (engine:${DB}, v${released.version})" announced; the night released by its signal`, done.releasedAt);
     mark('keyops: backup started', done.backupStartedAt);
     mark(`keyops: night done (${done.phase}), ${done.bytes} bytes, verified on a scratch server and catalogued`);
     assert.equal(done.phase, 'done');
@@ -121,7 +123,7 @@ describe('reference 000 with real parts: MariaDB re-encrypting under a new key v
 
     // Restored into a data directory of its own and started: the same rows, byte for byte.
     const restored = join(suite.dir, 'restored');
-    const r = await keyops(['backup', 'restore', backupWorkflowId('shop', night), '--to', join(restored, 'data'), '--task-queue', setup.taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
+    const r = await keyops(['backup', 'restore', backupWorkflowId(DB, night), '--to', join(restored, 'data'), '--task-queue', setup.taskQueue], { TEMPORAL_ADDRESS: testServerAddress() });
     assert.equal(r.code, 0, r.stderr);
     const copy = await startMariaDb({ dir: restored, vault: { address: bao.address, mount: 'mariadb', tokenFile: bao.tokenFile } });
     try {
@@ -135,8 +137,8 @@ describe('reference 000 with real parts: MariaDB re-encrypting under a new key v
 
   it('SIGKILL of the worker during the backup stream: the night still ends with one good backup and no partial file', async () => {
     const night = '2026-12-04';
-    const backups = join(setup.dataDir, 'backups', 'shop');
-    const handle = await suite.client.workflow.start(nightlyBackup, { taskQueue: setup.taskQueue, workflowId: backupWorkflowId('shop', night), args: [{ databaseId: 'shop', night }] });
+    const backups = join(setup.dataDir, 'backups', DB);
+    const handle = await suite.client.workflow.start(nightlyBackup, { taskQueue: setup.taskQueue, workflowId: backupWorkflowId(DB, night), args: [{ databaseId: DB, night }] });
     // The partial file exists from the header on; past its first 4 MiB chunk, mariadb-backup is streaming.
     await waitUntil(
       'the backup stream to be under way',
@@ -156,14 +158,14 @@ describe('reference 000 with real parts: MariaDB re-encrypting under a new key v
     assert.equal(done.phase, 'done');
     const files = readdirSync(backups).filter((f) => f.includes(night));
     // The killed worker's scratch directory of mariadb-backup is gone too (removed by the retry).
-    const scratch = readdirSync(join(setup.dataDir, 'mariadb', 'shop')).filter((f) => f.startsWith('mariadb-backup-') || f.startsWith('check-'));
+    const scratch = readdirSync(join(setup.dataDir, 'mariadb', DB)).filter((f) => f.startsWith('mariadb-backup-') || f.startsWith('check-'));
     assert.deepEqual(scratch, [], 'no scratch directory of the killed worker is left');
     assert.equal(files.filter((f) => f.includes('.partial-')).length, 0, `no partial file is left (${files.join(', ')})`);
     assert.equal(files.length, 1, `one backup file for the night (${files.join(', ')})`);
     const listed = JSON.parse(
-      (await keyops(['backup', 'list', '--database', 'shop', '--json', '--task-queue', setup.taskQueue], { TEMPORAL_ADDRESS: testServerAddress() })).stdout,
+      (await keyops(['backup', 'list', '--database', DB, '--json', '--task-queue', setup.taskQueue], { TEMPORAL_ADDRESS: testServerAddress() })).stdout,
     ) as { backupId: string; status: string; path: string }[];
-    const tonight = listed.filter((b) => b.backupId === backupWorkflowId('shop', night));
+    const tonight = listed.filter((b) => b.backupId === backupWorkflowId(DB, night));
     assert.deepEqual(
       tonight.map((b) => [b.status, b.path.split('/').pop()]),
       [['good', files[0]]],

@@ -164,7 +164,9 @@ Examples:
       emit(options, status, () => [
         `key ${status.keyId}: ${status.state}, version ${status.currentVersion}`,
         `last rotated: ${status.lastRotateDate ?? 'never'}`,
-        `complete at: ${status.rewrappedVersion === undefined ? 'no version recorded' : `version ${status.rewrappedVersion}`} (every consumer of the key on it)`,
+        status.consumers?.engines.length
+          ? `complete at: ${status.rewrappedVersion === undefined ? 'no version recorded' : `version ${status.rewrappedVersion}`} (every consumer of the key on it)`
+          : `WDEKs rewrapped to: ${status.rewrappedVersion === undefined ? 'none recorded' : `version ${status.rewrappedVersion}`}`,
         ...consumerLines(status),
         `rotation policy: ${status.rotationPolicyMonths === undefined ? 'none' : `every ${status.rotationPolicyMonths} month(s), by the KMS`}`,
       ]);

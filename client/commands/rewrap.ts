@@ -55,7 +55,7 @@ export function registerRewrapCommands(program: Command): void {
         };
       });
       emit(options, status, () => [
-        `key ${status.keyId}: version ${status.currentVersion}, complete at ${status.rewrappedVersion ?? 'no version recorded'}${status.upToDate ? ' (up to date)' : ' (behind: backups of its databases wait)'}`,
+        `key ${status.keyId}: version ${status.currentVersion}, ${status.consumers?.engines.length ? 'complete at' : 'WDEKs rewrapped to'} ${status.rewrappedVersion ?? 'none recorded'}${status.upToDate ? ' (up to date)' : ' (behind: backups of its databases wait)'}`,
         ...consumerLines(status),
         status.rewrap
           ? `rewrap ${status.rewrap.workflowId}: ${status.rewrap.phase}, ${status.rewrap.rewrapped} of ${status.rewrap.total} rewrapped, ${status.rewrap.verified} verified`

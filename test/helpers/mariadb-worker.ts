@@ -9,11 +9,12 @@ import { testServerAddress, uniqueTaskQueue } from './temporal';
 import { WorkerProcess } from './worker-process';
 
 /**
- * A keyops data directory whose keyops.yaml names the MariaDB server as database `shop`, with a
+ * A keyops data directory whose keyops.yaml names the MariaDB server as database `databaseId`
+ * (distinct per test file: the test server's workflow ids, such as key/engine:<id>, are shared), with a
  * root key made in its local KMS for the backups, and a way to start worker processes on it (a
  * test may SIGKILL one and start another on the same directory).
  */
-export async function mariadbWorkerSetup(dir: string, servers: { db: MariaDb; bao: OpenBao }) {
+export async function mariadbWorkerSetup(dir: string, servers: { db: MariaDb; bao: OpenBao }, databaseId = 'shop') {
   const dataDir = join(dir, 'keyops');
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const masterSecret = randomBytes(32);
@@ -28,7 +29,7 @@ export async function mariadbWorkerSetup(dir: string, servers: { db: MariaDb; ba
       '  instances:',
       '    local: { type: local }',
       'databases:',
-      '  shop:',
+      `  ${databaseId}:`,
       '    type: mariadb',
       `    socket: ${servers.db.socket}`,
       `    serverConfig: ${servers.db.config}`,
