@@ -79,6 +79,28 @@ export async function freePort(): Promise<number> {
   }
 }
 
+/** `count` consecutive ports free now (a Temporal cluster takes a base port and the ones above it). */
+export async function freePortRange(count: number): Promise<number> {
+  const free = async (port: number) => {
+    const server = createServer();
+    const bound = await new Promise<boolean>((resolveBound) => {
+      server.once('error', () => resolveBound(false));
+      server.listen(port, '127.0.0.1', () => resolveBound(true));
+    });
+    if (bound) {
+      server.close();
+      await once(server, 'close');
+    }
+    return bound;
+  };
+  for (;;) {
+    const base = 20000 + Math.floor(Math.random() * (12000 - count));
+    let ok = true;
+    for (let i = 0; i < count && ok; i++) ok = await free(base + i);
+    if (ok) return base;
+  }
+}
+
 /** Resolves with the first stdout line for which `match` holds, or rejects when the process exits. */
 export function waitForLine(child: ChildProcess, match: (line: string) => boolean, timeoutMs: number): Promise<string> {
   return new Promise((resolveLine, reject) => {
