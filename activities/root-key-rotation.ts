@@ -211,7 +211,11 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
     // An engine that settled needs no announcement to be complete: a rotation made outside
     // keyops, already followed by the engine, releases waiters on their next re-check.
     const settled = engines.length > 0 && engines.every((e) => e.settled && !e.lostKey);
-    const rewrappedVersion = settled ? Math.max(status.rewrappedVersion ?? 0, status.currentVersion) : status.rewrappedVersion;
+    // A key no rewrap ever recorded whose WDEKs all sit on its current version (a new key, its
+    // first databases) is complete as it is: without this, every new key of a fleet looked
+    // "behind" to the watcher and got a rewrap run of its own version 1.
+    const fresh = engines.length === 0 && status.rewrappedVersion === undefined && total > 0 && below === 0;
+    const rewrappedVersion = settled || fresh ? Math.max(status.rewrappedVersion ?? 0, status.currentVersion) : status.rewrappedVersion;
     return { ...status, rewrappedVersion, consumers: { wdeks: total, wdeksBehind: below, engines } };
   }
 

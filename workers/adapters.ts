@@ -1,5 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { MetricCounter } from '@temporalio/common';
+import { Runtime } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import type { BackupCatalog } from '../activities/catalog/backup-catalog';
 import { SqliteBackupCatalog } from '../activities/catalog/sqlite-backup-catalog';
@@ -20,6 +22,7 @@ import { MariaDbEngineKey } from '../activities/engines/mariadb-engine-key';
 import { MariaDbKeyStore } from '../activities/engines/mariadb-key-store';
 import { ENGINE_KEY_INSTANCE, EngineKeyKms } from '../activities/kms/engine-key-kms';
 import type { KeyManagementService } from '../activities/kms/key-management-service';
+import { CountingKms } from '../activities/kms/counting-kms';
 import { KmsRouter } from '../activities/kms/kms-router';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
@@ -85,14 +88,20 @@ export function openAdapters(config: WorkerConfig, logger: Logger): Adapters {
   );
   // The servers' own keys are keys too (engine:<databaseId>): rotated, watched and awaited as any.
   const engineKeys = new Map([...mariadbServers].map(([databaseId, { server }]) => [databaseId, new MariaDbEngineKey(databaseId, server)]));
-  const kms = new KmsRouter(
+  const router = new KmsRouter(
     new Map<string, KeyManagementService>([
       ...[...keyopsConfig.kms].map(([name, instance]) => [name, instance.type === 'local' ? local() : openKmsInstance(instance)] as const),
       ...(engineKeys.size > 0 ? [[ENGINE_KEY_INSTANCE, new EngineKeyKms(engineKeys)] as const] : []),
     ]),
     keyopsConfig.defaultKms,
   );
-  logger.info({ kms: kms.names, defaultKms: kms.defaultInstance, config: keyopsConfig.file ?? 'none (the embedded local KMS)' }, 'KMS instances');
+  logger.info({ kms: router.names, defaultKms: router.defaultInstance, config: keyopsConfig.file ?? 'none (the embedded local KMS)' }, 'KMS instances');
+  // What the KMS bills and rate-limits, on the worker's /metrics as keyops_kms_calls{operation}.
+  let kmsCalls: MetricCounter | undefined;
+  const kms = new CountingKms(router, (operation, n) => {
+    kmsCalls ??= Runtime.instance().metricMeter.createCounter('keyops_kms_calls', 'calls', 'requests sent to the KMS (a batch of N WDEKs counts N)');
+    kmsCalls.add(n, { operation });
+  });
   const registry = SqliteWdekRegistry.open(join(config.dataDir, 'registry', 'wdeks.sqlite'));
   const embedded = EncryptedSqliteEngine.open({ dir: join(config.dataDir, 'databases'), kms, registry });
   const serverEngines = new Map<string, DatabaseEngine & { close?(): Promise<void> }>([

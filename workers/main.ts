@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { NativeConnection, Runtime, makeTelemetryFilterString } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { ConnectionConfigError, resolveConnection } from '../client/connection';
 import { KmsError } from '../activities/kms/kms-error';
 import { ActivityJournal, resumeOrphanedActivities } from './activity-journal';
+import { PREBUILT_BUNDLE } from './bundle-workflows';
 import { openAdapters } from './adapters';
 import { ConfigError, loadWorkerConfig } from './config';
 import { KeyopsConfigError } from './keyops-config';
@@ -95,7 +96,8 @@ async function main(): Promise<number> {
       connection,
       namespace: target.namespace,
       taskQueue: config.taskQueue,
-      workflowsPath: require.resolve('../workflows'),
+      // From dist, the bundle `npm run build` made; from source, bundled here.
+      ...(existsSync(PREBUILT_BUNDLE) ? { workflowBundle: { codePath: PREBUILT_BUNDLE } } : { workflowsPath: require.resolve('../workflows') }),
       activities: createActivities({ dataDir: config.dataDir, keyopsVersion, alertWebhook: config.alertWebhook, ...adapters }),
       shutdownGraceTime: `${config.shutdownGraceSeconds} seconds`,
       interceptors: { activity: [journal.interceptor] },

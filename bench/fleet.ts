@@ -1,0 +1,283 @@
+/**
+ * npm run bench:fleet -- --databases 1000 --keys 50 --workers 3 [--rotate 10] [--cluster]
+ *
+ * A platform team's night: N small, real, encrypted databases under K root keys, their nightly
+ * schedules declared in one file and applied (twice: the second apply must change nothing), every
+ * schedule triggered at once as the night window opens, with R of the keys rotated in the KMS
+ * just before, so that their databases' backups wait for the rewrap the watcher then starts.
+ * Runs on the dev server, or with --cluster on ./temporal-cluster.sh's cluster on PostgreSQL.
+ *
+ * Prints: the time until every backup is catalogued and verified, p50/p99 per backup, the release
+ * latency of each waiting backup after its key's rewrap-complete, KMS calls (the workers'
+ * keyops_kms_calls), each worker's peak RSS, history events per run, and with --cluster the
+ * growth of the cluster's PostgreSQL databases.
+ */
+import { spawn, execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { Client, Connection } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
+import { LocalKms } from '../activities/kms/local-kms';
+import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { backupScheduleId } from '../client/schedules/nightly-backup-schedule';
+import { freePort, freePortRange } from '../test/helpers/child-process';
+import { watchRootKeys } from '../workflows';
+import type { BackupProgress } from '../workflows/backup-messages';
+import { keyopsSearchAttributes } from '../workflows/search-attributes';
+
+const ROOT = resolve(__dirname, '..');
+const positive = (v: string) => {
+  const n = Number(v.replace(/_/g, ''));
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive whole number');
+  return n;
+};
+const opts = new Command('bench:fleet')
+  .option('--databases <n>', 'databases, each with its nightly schedule', positive, 1000)
+  .option('--keys <n>', 'root keys the databases are spread over', positive, 50)
+  .option('--rotate <n>', 'keys rotated in the KMS just before the night (their backups wait for the rewrap)', (v) => (v === '0' ? 0 : positive(v)), 10)
+  .option('--workers <n>', 'keyops worker processes', positive, 3)
+  .option('--rows <n>', 'rows per database', positive, 100)
+  .option('--cluster', "run on ./temporal-cluster.sh's cluster on PostgreSQL instead of the dev server")
+  .parse()
+  .opts<{ databases: number; keys: number; rotate: number; workers: number; rows: number; cluster?: boolean }>();
+if (opts.rotate > opts.keys) {
+  console.error(`bench:fleet: --rotate ${opts.rotate} is more than --keys ${opts.keys}`);
+  process.exit(2);
+}
+
+const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+const ms = (t: { seconds?: unknown; nanos?: number | null } | null | undefined) => Number(t?.seconds ?? 0) * 1000 + Math.round((t?.nanos ?? 0) / 1e6);
+
+/** Runs `fn` over `items`, `width` at a time. */
+async function pool<T>(items: T[], width: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: width }, async () => {
+    while (next < items.length) await fn(items[next++]!);
+  }));
+}
+
+interface Server {
+  address: string;
+  client: Client;
+  /** Bytes of the cluster's PostgreSQL databases (undefined on the dev server). */
+  storageBytes(): number | undefined;
+  stop(): Promise<void>;
+}
+
+async function devServer(): Promise<Server> {
+  const cli = execFileSync(join(ROOT, 'temporal-dev.sh'), ['cli-path'], { encoding: 'utf8' }).trim();
+  const env = await TestWorkflowEnvironment.createLocal({ server: { executable: { type: 'existing-path', path: cli }, searchAttributes: [...keyopsSearchAttributes] } });
+  return { address: env.address, client: env.client, storageBytes: () => undefined, stop: () => env.teardown() };
+}
+
+async function clusterServer(dir: string): Promise<Server> {
+  const base = await freePortRange(10);
+  const env = { ...process.env, KEYOPS_DATA_DIR: join(dir, 'cluster-data'), KEYOPS_TEMPORAL_PORT: String(base), KEYOPS_UI_PORT: String(await freePort()) };
+  const script = join(ROOT, 'temporal-cluster.sh');
+  const started = performance.now();
+  execFileSync(script, ['up'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+  console.log(`cluster up            ${seconds(performance.now() - started)}`);
+  const address = `127.0.0.1:${base}`;
+  const connection = await Connection.connect({ address });
+  const pgBin = execFileSync(join(ROOT, 'scripts', 'install-postgresql.sh'), { encoding: 'utf8' }).trim().split('\n').pop()!.replace(/^bin=/, '');
+  const password = readFileSync(join(dir, 'cluster-data', 'cluster', 'postgres.password'), 'utf8').trim();
+  return {
+    address,
+    client: new Client({ connection, namespace: 'default' }),
+    storageBytes: () =>
+      Number(
+        execFileSync(join(pgBin, 'psql'), ['-h', '127.0.0.1', '-p', String(base + 9), '-U', 'temporal', '-d', 'temporal', '-Atc', "SELECT sum(pg_database_size(datname)) FROM pg_database WHERE datname LIKE 'temporal%'"], {
+          env: { ...process.env, PGPASSWORD: password },
+          encoding: 'utf8',
+        }).trim(),
+      ),
+    stop: async () => {
+      await connection.close();
+      execFileSync(script, ['down'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+    },
+  };
+}
+
+/** A worker's peak resident set (VmHWM), in MB. */
+function peakRssMb(pid: number): number {
+  const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmHWM:'));
+  return Math.round(Number(/(\d+)/.exec(line ?? '')?.[1] ?? 0) / 1024);
+}
+
+async function kmsCalls(metricsPort: number): Promise<Map<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  const calls = new Map<string, number>();
+  for (const m of text.matchAll(/^keyops_kms_calls(?:_total)?\{[^}]*operation="(\w+)"[^}]*\} (\d+)/gm)) calls.set(m[1]!, (calls.get(m[1]!) ?? 0) + Number(m[2]));
+  return calls;
+}
+
+async function main() {
+  Runtime.install({ logger: new DefaultLogger('WARN') });
+  execFileSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: 'inherit' });
+  const dir = mkdtempSync(join(tmpdir(), 'keyops-fleet-'));
+  const dataDir = join(dir, 'keyops');
+  const server = opts.cluster ? await clusterServer(dir) : await devServer();
+  const { client } = server;
+  const workers: { child: ReturnType<typeof spawn>; metricsPort: number }[] = [];
+  try {
+    // The fleet: real encrypted databases, their DEKs wrapped under K root keys of the local KMS.
+    let started = performance.now();
+    const secret = randomBytes(32);
+    const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: secret });
+    const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
+    const engine = EncryptedSqliteEngine.open({ dir: join(dataDir, 'databases'), kms, registry });
+    const keyIds: string[] = [];
+    for (let k = 0; k < opts.keys; k++) keyIds.push((await kms.createKey({ name: `fleet-key-${String(k).padStart(3, '0')}` })).keyId);
+    const databases = Array.from({ length: opts.databases }, (_, i) => `fleet-${String(i).padStart(5, '0')}`);
+    const keyOf = new Map(databases.map((d, i) => [d, keyIds[i % opts.keys]!]));
+    for (const databaseId of databases) {
+      await engine.createDatabase(databaseId, keyOf.get(databaseId)!);
+      await engine.withDatabase(databaseId, (db) => {
+        db.exec('CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, amount_cents INTEGER NOT NULL)');
+        const insert = db.prepare('INSERT INTO orders (customer, amount_cents) VALUES (?, ?)');
+        db.transaction(() => {
+          for (let r = 0; r < opts.rows; r++) insert.run(`customer-${r}`, r * 100);
+        })();
+      });
+    }
+    engine.close();
+    console.log(`fleet                 ${opts.databases} databases (${opts.rows} rows each) under ${opts.keys} keys, created in ${seconds(performance.now() - started)}`);
+
+    const taskQueue = 'fleet';
+    for (let w = 0; w < opts.workers; w++) {
+      const metricsPort = await freePort();
+      // As production runs it: the compiled worker (npm run build), not TypeScript loaded on the fly.
+      const prof = process.env.BENCH_WORKER_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_WORKER_PROF}`] : [];
+      const child = spawn(process.execPath, [...prof, join(ROOT, 'dist', 'workers', 'main.js')], {
+        cwd: ROOT,
+        env: {
+          ...process.env,
+          TEMPORAL_ADDRESS: server.address,
+          KEYOPS_TASK_QUEUE: taskQueue,
+          KEYOPS_DATA_DIR: dataDir,
+          KEYOPS_LOG_FORMAT: 'json',
+          KEYOPS_LOG_LEVEL: 'warn',
+          KEYOPS_METRICS_ADDRESS: `127.0.0.1:${metricsPort}`,
+          KEYOPS_KMS_MASTER_SECRET: secret.toString('base64'),
+        },
+        stdio: ['ignore', 'ignore', 'inherit'],
+      });
+      workers.push({ child, metricsPort });
+    }
+    for (let i = 0; ; i++) {
+      const { pollers } = await client.workflowService.describeTaskQueue({ namespace: 'default', taskQueue: { name: taskQueue }, taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY });
+      if ((pollers?.length ?? 0) >= opts.workers) break;
+      if (i > 600) throw new Error('the workers did not poll within 120 s');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+
+    // One schedule file for the fleet, with jitter spreading the nights over the window.
+    const file = join(dir, 'fleet-schedules.yaml');
+    writeFileSync(file, ['timeZone: UTC', 'backups:', ...databases.map((d) => `  - { database: ${d}, at: "02:00", jitter: 30m }`), ''].join('\n'));
+    const apply = () => execFileSync(process.execPath, ['--import', 'tsx', join(ROOT, 'client', 'main.ts'), 'schedule', 'apply', '-f', file, '--task-queue', taskQueue, '--json'], { cwd: ROOT, env: { ...process.env, TEMPORAL_ADDRESS: server.address }, encoding: 'utf8', maxBuffer: 64 << 20 });
+    started = performance.now();
+    const first = apply();
+    const applyMs = performance.now() - started;
+    started = performance.now();
+    const again = apply();
+    const changed = (out: string) => (out.match(/"change": "(created|updated)"/g) ?? []).length;
+    console.log(`schedules             ${opts.databases} applied from one file in ${seconds(applyMs)} (${changed(first)} created or updated); applied again in ${seconds(performance.now() - started)}: ${changed(again)} changed`);
+
+    const storageBefore = server.storageBytes();
+    // Just before the window: R keys rotated in the KMS, as a rotation policy would.
+    const rotated = keyIds.slice(0, opts.rotate);
+    for (const keyId of rotated) await kms.rotateKey(keyId, `fleet-bench-${keyId}`);
+    const waiting = new Set(databases.filter((d) => rotated.includes(keyOf.get(d)!)));
+
+    const t0 = Date.now();
+    await pool(databases, 32, async (d) => {
+      await client.schedule.getHandle(backupScheduleId(d)).trigger();
+    });
+    const triggeredMs = Date.now() - t0;
+    // The hourly watcher's run, now: it finds the rotated keys and starts their rewraps.
+    const watch = await client.workflow.execute(watchRootKeys, { taskQueue, workflowId: `fleet-watch-${t0}` });
+
+    const query = `WorkflowType = 'nightlyBackup' AND TaskQueue = '${taskQueue}'`;
+    for (let i = 0; ; i++) {
+      const closed = (await client.workflow.count(`${query} AND ExecutionStatus != 'Running'`)).count;
+      if (closed >= opts.databases) break;
+      if (i > 3600) throw new Error(`only ${closed} of ${opts.databases} backups ended within an hour`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    const runs: { workflowId: string; runId: string; start: number; close: number; status: string; events: number }[] = [];
+    for await (const w of client.workflow.list({ query })) {
+      runs.push({ workflowId: w.workflowId, runId: w.runId, start: w.startTime.getTime(), close: w.closeTime?.getTime() ?? NaN, status: w.status.name, events: w.historyLength });
+    }
+    if (process.env.BENCH_TIMELINE) {
+      // Diagnostics: the slowest run's events, with their times.
+      const slowest = [...runs].sort((a, b) => b.close - b.start - (a.close - a.start))[0]!;
+      const history = await client.workflow.getHandle(slowest.workflowId, slowest.runId).fetchHistory();
+      const first = ms(history.events?.[0]?.eventTime);
+      for (const e of history.events ?? []) console.log(String(ms(e.eventTime) - first).padStart(7), temporal.api.enums.v1.EventType[e.eventType ?? 0], e.activityTaskScheduledEventAttributes?.activityType?.name ?? '');
+    }
+    const allDone = Math.max(...runs.map((r) => r.close)) - t0;
+    const latencies = runs.map((r) => r.close - r.start).sort((a, b) => a - b);
+    const failed = runs.filter((r) => r.status !== 'COMPLETED');
+
+    // Release latency: from each key's "rewrap complete" (its announce activity) to the night's release.
+    const announced = new Map<string, number>();
+    for (const id of watch.started) {
+      const history = await client.workflow.getHandle(id).fetchHistory();
+      const scheduled = new Map<string, string>();
+      for (const e of history.events ?? []) {
+        const s = e.activityTaskScheduledEventAttributes;
+        if (s) scheduled.set(String(e.eventId), s.activityType?.name ?? '');
+        const c = e.activityTaskCompletedEventAttributes;
+        if (c && scheduled.get(String(c.scheduledEventId)) === 'announceRewrapComplete') announced.set(id.split('/')[1]!, ms(e.eventTime));
+      }
+    }
+    const releases: number[] = [];
+    let released = 0;
+    await pool(runs.filter((r) => r.status === 'COMPLETED'), 32, async (r) => {
+      const result = (await client.workflow.getHandle(r.workflowId, r.runId).result()) as BackupProgress;
+      if (result.releasedAt === undefined) return;
+      released++;
+      const at = announced.get(keyOf.get(result.databaseId)!);
+      if (at !== undefined) releases.push(result.releasedAt - at);
+    });
+    releases.sort((a, b) => a - b);
+
+    const calls = new Map<string, number>();
+    for (const w of workers) for (const [op, n] of await kmsCalls(w.metricsPort)) calls.set(op, (calls.get(op) ?? 0) + n);
+    const rss = workers.map((w) => peakRssMb(w.child.pid!));
+    const events = runs.map((r) => r.events).sort((a, b) => a - b);
+    const storageAfter = server.storageBytes();
+
+    console.log(`night                 ${opts.databases} schedules triggered in ${seconds(triggeredMs)}; ${rotated.length} keys rotated just before (${waiting.size} backups must wait), ${watch.started.length} rewraps started by the watcher`);
+    const starts = runs.map((r) => r.start - t0).sort((a, b) => a - b);
+    console.log(`all backups done      ${seconds(allDone)} after the first trigger (catalogued and verified)`);
+    console.log(`runs started          by their schedules ${seconds(starts[0]!)} to ${seconds(starts.at(-1)!)} after the first trigger (p50 ${seconds(percentile(starts, 50))})`);
+    console.log(`failed backups        ${failed.length}${failed.length ? ` (${failed.slice(0, 5).map((f) => `${f.workflowId} ${f.status}`).join(', ')})` : ''}`);
+    console.log(`per backup            p50 ${seconds(percentile(latencies, 50))}, p99 ${seconds(percentile(latencies, 99))}, max ${seconds(latencies.at(-1)!)} (start to close)`);
+    console.log(`waiting backups       ${released} of the ${waiting.size} under rotated keys waited (the rest started after their rewrap); released after rewrap-complete: p50 ${releases.length ? `${percentile(releases, 50)} ms` : '-'}, p99 ${releases.length ? `${percentile(releases, 99)} ms` : '-'}, max ${releases.length ? `${releases.at(-1)} ms` : '-'}`);
+    console.log(`KMS calls             ${[...calls].map(([op, n]) => `${op} ${n}`).join(', ') || 'none counted'}`);
+    console.log(`worker peak RSS       ${rss.map((r) => `${r} MB`).join(', ')}`);
+    console.log(`history events        per backup run: p50 ${percentile(events, 50)}, max ${events.at(-1)}`);
+    if (storageBefore !== undefined && storageAfter !== undefined) console.log(`PostgreSQL            ${(storageBefore / 2 ** 20).toFixed(1)} MB before the night, ${(storageAfter / 2 ** 20).toFixed(1)} MB after: +${((storageAfter - storageBefore) / 2 ** 20).toFixed(1)} MB`);
+    registry.close();
+    kms.close();
+  } finally {
+    for (const w of workers) w.child.kill('SIGTERM');
+    await Promise.all(workers.filter((w) => w.child.exitCode === null).map((w) => once(w.child, 'exit')));
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,23 @@
+/**
+ * Part of `npm run build`: bundles the compiled workflows once, into dist/workflow-bundle.js.
+ * A worker started from dist loads that file instead of running webpack at every start, which
+ * costs seconds and a few hundred MB of peak memory per process (Temporal's advice for
+ * production workers). Workers started from source (tsx) still bundle for themselves.
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DefaultLogger, bundleWorkflowCode } from '@temporalio/worker';
+
+export const PREBUILT_BUNDLE = join(__dirname, '..', 'workflow-bundle.js');
+
+async function main(): Promise<void> {
+  const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows'), logger: new DefaultLogger('WARN') });
+  writeFileSync(PREBUILT_BUNDLE, code);
+}
+
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  });
+}
