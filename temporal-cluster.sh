@@ -86,6 +86,10 @@ validate_settings() {
   require_number KEYOPS_START_TIMEOUT "$START_TIMEOUT"
   ((PORT >= 1024 && PORT + 9 <= 65535)) || die "KEYOPS_TEMPORAL_PORT must leave room for nine ports above it (1024 to 65526), got $PORT"
   ((SHARDS >= 1)) || die "KEYOPS_CLUSTER_SHARDS must be at least 1"
+  # A path PostgreSQL's config and the shell take as it is.
+  [[ $DATA_DIR =~ ^[A-Za-z0-9_./+-]+$ ]] || die "KEYOPS_DATA_DIR must be a path of letters, digits and _./+- for the cluster, got '$DATA_DIR'"
+  HTTP_PORT=$((PORT + 4))
+  PG_PORT=$((PORT + 9))
 }
 
 port_of() { # port_of SERVICE [membership]
@@ -93,8 +97,6 @@ port_of() { # port_of SERVICE [membership]
   case $1 in frontend) i=0 ;; history) i=1 ;; matching) i=2 ;; worker) i=3 ;; *) die "no service $1" ;; esac
   if [[ ${2:-} == membership ]]; then echo $((PORT + 5 + i)); else echo $((PORT + i)); fi
 }
-HTTP_PORT=$((PORT + 4))
-PG_PORT=$((PORT + 9))
 
 # --- binaries ----------------------------------------------------------------------------
 
@@ -155,6 +157,8 @@ pg_pid() {
   [[ -f $PG_DIR/postmaster.pid ]] || return 1
   pid="$(head -n 1 "$PG_DIR/postmaster.pid")"
   [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  # A stale pid file (a crash, a reboot) may name a pid some other process has now.
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$PG_DIR" || return 1
   printf '%s\n' "$pid"
 }
 
@@ -181,14 +185,17 @@ init_postgres() {
   as_pg "$PG_BIN/initdb" -D "$PG_DIR" -U temporal --pwfile="$pwfile" --auth=scram-sha-256 -E UTF8 >"$LOG_DIR/setup.log" 2>&1 ||
     { tail -n 20 "$LOG_DIR/setup.log" >&2; die "initdb failed; log in $LOG_DIR/setup.log"; }
   rm -f "$pwfile"
+  printf "include_if_exists = 'keyops.conf'\n" | as_pg tee -a "$PG_DIR/postgresql.conf" >/dev/null
 }
 
 start_postgres() {
   pg_pid >/dev/null && return 0
   say "starting PostgreSQL on $IP:$PG_PORT"
-  # -k: its socket in the cluster's run directory, never /var/run/postgresql.
-  as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR" -l "$PG_LOG" -w -t "$START_TIMEOUT" \
-    -o "-p $PG_PORT -k $RUN_DIR -c listen_addresses=$IP -c max_connections=200" start >/dev/null ||
+  # Rewritten at each start (the port follows KEYOPS_TEMPORAL_PORT); the socket goes in the
+  # cluster's run directory, never /var/run/postgresql.
+  printf "port = %s\nlisten_addresses = '%s'\nunix_socket_directories = '%s'\nmax_connections = 200\n" "$PG_PORT" "$IP" "$RUN_DIR" |
+    as_pg tee "$PG_DIR/keyops.conf" >/dev/null
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR" -l "$PG_LOG" -w -t "$START_TIMEOUT" start >/dev/null ||
     { tail -n 20 "$PG_LOG" >&2; die "PostgreSQL did not start; log in $PG_LOG"; }
 }
 
@@ -200,20 +207,22 @@ stop_postgres() {
 sql_tool() { SQL_PASSWORD="$(pg_password)" "$SQL_TOOL" --plugin postgres12 --ep "$IP" -p "$PG_PORT" -u temporal "$@"; }
 
 setup_schema() {
-  local marker="$CLUSTER_DIR/schema-$SERVER_VERSION.done"
-  [[ -f $marker ]] && return 0
-  say "creating the Temporal and visibility databases and their schema"
-  local db dir
+  local db dir step
   for db in temporal temporal_visibility; do
     dir="$SCHEMA_DIR/temporal/versioned"
     [[ $db == temporal_visibility ]] && dir="$SCHEMA_DIR/visibility/versioned"
-    {
-      sql_tool --db "$db" create-database || true
-      sql_tool --db "$db" setup-schema -v 0.0
-      sql_tool --db "$db" update-schema -d "$dir"
-    } >>"$LOG_DIR/setup.log" 2>&1 || { tail -n 20 "$LOG_DIR/setup.log" >&2; die "schema setup of $db failed; log in $LOG_DIR/setup.log"; }
+    # Each step once, marked when it succeeded: a setup cut short resumes where it stopped.
+    for step in create setup update-$SERVER_VERSION; do
+      [[ -f $CLUSTER_DIR/schema-$db-$step.done ]] && continue
+      [[ $step == create ]] && say "creating the $db database and its schema"
+      case $step in
+        create) sql_tool --db "$db" create-database ;;
+        setup) sql_tool --db "$db" setup-schema -v 0.0 ;;
+        *) sql_tool --db "$db" update-schema -d "$dir" ;;
+      esac >>"$LOG_DIR/setup.log" 2>&1 || { tail -n 20 "$LOG_DIR/setup.log" >&2; die "schema step '$step' of $db failed; log in $LOG_DIR/setup.log"; }
+      touch "$CLUSTER_DIR/schema-$db-$step.done"
+    done
   done
-  touch "$marker"
 }
 
 # --- the Temporal services ---------------------------------------------------------------
@@ -349,7 +358,10 @@ wait_until() { # wait_until DESCRIPTION PID LOG COMMAND...
 start_service() {
   local service=$1
   service_pid "$service" >/dev/null && return 0
-  port_open "$IP" "$(port_of "$service" membership)" && die "port $(port_of "$service" membership) ($service membership) on $IP is already in use; choose another KEYOPS_TEMPORAL_PORT"
+  local port
+  for port in "$(port_of "$service")" "$(port_of "$service" membership)"; do
+    port_open "$IP" "$port" && die "port $port ($service) on $IP is already in use; choose another KEYOPS_TEMPORAL_PORT"
+  done
   say "starting the $service service on $IP:$(port_of "$service")"
   (exec setsid "$SERVER_BIN" --root "$CLUSTER_DIR" --config config --env cluster --allow-no-auth start --service "$service" \
     >>"$LOG_DIR/$service.log" 2>&1 </dev/null 9>&-) &
@@ -371,16 +383,17 @@ register_namespace_and_attributes() {
   fi
   # A namespace just created reaches the frontend's cache within seconds.
   wait_until "the namespace default" "$(service_pid frontend)" "$LOG_DIR/frontend.log" temporal_cli operator search-attribute list --namespace default
-  local existing name type
+  local existing name type wanted
   existing="$(temporal_cli operator search-attribute list --namespace default)"
+  wanted="$(cd "$ROOT" && node -e '
+    const { keyopsSearchAttributes } = require("./dist/workflows/search-attributes");
+    for (const k of keyopsSearchAttributes) console.log(`${k.name}=${k.type}`);
+  ')" || die "cannot read the search attributes from dist/workflows (try npm run build)"
   while IFS='=' read -r name type; do
     grep -qw -- "$name" <<<"$existing" && continue
     say "registering search attribute $name ($type)"
     temporal_cli operator search-attribute create --namespace default --name "$name" --type "$type" >/dev/null
-  done < <(cd "$ROOT" && node -e '
-    const { keyopsSearchAttributes } = require("./dist/workflows/search-attributes");
-    for (const k of keyopsSearchAttributes) console.log(`${k.name}=${k.type}`);
-  ')
+  done <<<"$wanted"
 }
 
 start_ui() {
@@ -499,7 +512,9 @@ cmd_kill() {
   [[ " ${SERVICES[*]} " == *" $service "* ]] || die "kill needs a service: ${SERVICES[*]}"
   pid="$(service_pid "$service")" || die "the $service service is not running"
   kill -KILL "$pid"
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  local deadline=$((SECONDS + 10))
+  # Gone, or a zombie its parent has not reaped yet: either way it serves nothing.
+  while kill -0 "$pid" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] && ((SECONDS < deadline)); do sleep 0.1; done
   say "killed the $service service (pid $pid) with SIGKILL"
 }
 

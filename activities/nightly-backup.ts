@@ -140,7 +140,7 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
             currentVersion: moving.latestVersion,
             lastRotateDate: engineKey.lastRotateDate,
             oldestWdekVersion: moving.oldestVersionNeeded ?? moving.latestVersion,
-            keyChangeInProgress: false,
+            keyChangeInProgress: state.keyChangeInProgress,
             lastGoodBackupAt: lastGood?.createdAt,
             rotationInProgress: true,
             wdeksBehind: true,

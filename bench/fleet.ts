@@ -86,9 +86,17 @@ async function clusterServer(dir: string): Promise<Server> {
   execFileSync(script, ['up'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
   console.log(`cluster up            ${seconds(performance.now() - started)}`);
   const address = `127.0.0.1:${base}`;
-  const connection = await Connection.connect({ address });
-  const pgBin = execFileSync(join(ROOT, 'scripts', 'install-postgresql.sh'), { encoding: 'utf8' }).trim().split('\n').pop()!.replace(/^bin=/, '');
-  const password = readFileSync(join(dir, 'cluster-data', 'cluster', 'postgres.password'), 'utf8').trim();
+  let connection: Connection;
+  let pgBin: string;
+  let password: string;
+  try {
+    connection = await Connection.connect({ address });
+    pgBin = execFileSync(join(ROOT, 'scripts', 'install-postgresql.sh'), { encoding: 'utf8' }).trim().split('\n').pop()!.replace(/^bin=/, '');
+    password = readFileSync(join(dir, 'cluster-data', 'cluster', 'postgres.password'), 'utf8').trim();
+  } catch (err) {
+    execFileSync(script, ['down'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+    throw err;
+  }
   return {
     address,
     client: new Client({ connection, namespace: 'default' }),
@@ -209,7 +217,7 @@ async function main() {
     for (let i = 0; ; i++) {
       const closed = (await client.workflow.count(`${query} AND ExecutionStatus != 'Running'`)).count;
       if (closed >= opts.databases) break;
-      if (i > 3600) throw new Error(`only ${closed} of ${opts.databases} backups ended within an hour`);
+      if (i > 14_400) throw new Error(`only ${closed} of ${opts.databases} backups ended within an hour`);
       await new Promise((r) => setTimeout(r, 250));
     }
     const runs: { workflowId: string; runId: string; start: number; close: number; status: string; events: number }[] = [];
@@ -271,7 +279,7 @@ async function main() {
     kms.close();
   } finally {
     for (const w of workers) w.child.kill('SIGTERM');
-    await Promise.all(workers.filter((w) => w.child.exitCode === null).map((w) => once(w.child, 'exit')));
+    await Promise.all(workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null).map((w) => once(w.child, 'exit')));
     await server.stop();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -67,7 +67,7 @@ describe('a Temporal cluster on PostgreSQL (./temporal-cluster.sh): keyops uncha
   );
 
   after(async () => {
-    if (worker && worker.child.exitCode === null) {
+    if (worker && worker.child.exitCode === null && worker.child.signalCode === null) {
       const gone = new Promise((r) => worker!.child.once('exit', r));
       worker.child.kill('SIGTERM');
       await gone;
@@ -113,6 +113,7 @@ describe('a Temporal cluster on PostgreSQL (./temporal-cluster.sh): keyops uncha
     assert.equal((await client.workflow.getHandle(rewrapId).describe()).status.name, 'RUNNING', 'history is killed while the rewrap runs');
     mark('rewrap under way');
     await cluster('kill', 'history');
+    const killedAt = Date.now();
     mark('history service SIGKILLed');
     const restarted = await cluster('up');
     assert.match(restarted.stderr, /starting the history service/);
@@ -121,7 +122,8 @@ describe('a Temporal cluster on PostgreSQL (./temporal-cluster.sh): keyops uncha
     const done = await backup.result();
     assert.equal(done.phase, 'done');
     const rewrapClosed = (await client.workflow.getHandle(rewrapId).describe()).closeTime;
-    if (rewrapClosed) mark('rewrap done and announced', rewrapClosed.getTime());
+    assert.ok(rewrapClosed && rewrapClosed.getTime() > killedAt, 'the rewrap ended after history was killed: the fault hit it');
+    mark('rewrap done and announced', rewrapClosed.getTime());
     if (done.releasedAt) mark('night released', done.releasedAt);
     mark('night done: backup verified and catalogued');
     assert.equal(done.keyVersion, 2, 'the backup was taken under the new key version');

@@ -4,7 +4,7 @@
  * costs seconds and a few hundred MB of peak memory per process (Temporal's advice for
  * production workers). Workers started from source (tsx) still bundle for themselves.
  */
-import { writeFileSync } from 'node:fs';
+import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DefaultLogger, bundleWorkflowCode } from '@temporalio/worker';
 
@@ -12,7 +12,9 @@ export const PREBUILT_BUNDLE = join(__dirname, '..', 'workflow-bundle.js');
 
 async function main(): Promise<void> {
   const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows'), logger: new DefaultLogger('WARN') });
-  writeFileSync(PREBUILT_BUNDLE, code);
+  // Renamed into place: a worker starting meanwhile reads the old bundle or the new, never half.
+  writeFileSync(`${PREBUILT_BUNDLE}.tmp`, code);
+  renameSync(`${PREBUILT_BUNDLE}.tmp`, PREBUILT_BUNDLE);
 }
 
 if (require.main === module) {

@@ -17,7 +17,7 @@ export interface DestroyRootKeyVersionInput {
 /**
  * Destroys one version of a key for good (`keyops key destroy-version`), refused while a WDEK,
  * a database page or a retained backup may still need it: the activity counts them again at
- * the moment of destruction. Its workflow id names key and version, so it runs once.
+ * the moment of destruction. Idempotent: a version already destroyed is reported as such.
  */
 export async function destroyRootKeyVersion(input: DestroyRootKeyVersionInput): Promise<{ keyId: string; version: number; destroyed: boolean; alreadyDestroyed: boolean }> {
   parseInput('destroyRootKeyVersion', z.object({ keyId: keyIdSchema, version: versionSchema }), input);

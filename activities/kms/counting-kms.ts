@@ -13,7 +13,7 @@ export class CountingKms implements KeyManagementService {
     private readonly count: (operation: KmsOperation, n: number) => void,
   ) {}
 
-  private counted<T>(operation: KmsOperation, n: number, call: () => Promise<T>): Promise<T> {
+  private async counted<T>(operation: KmsOperation, n: number, call: () => Promise<T>): Promise<T> {
     this.count(operation, n);
     return call();
   }

@@ -28,17 +28,19 @@ export class EngineKeyKms implements KeyManagementService {
       return await fn(key);
     } catch (err) {
       if (!(err instanceof EngineError)) throw err;
-      const code = err.code === 'KEY_UNAVAILABLE' || err.code === 'DATABASE_BUSY' ? 'KMS_UNAVAILABLE' : err.code === 'PERMISSION_DENIED' ? 'KMS_AUTH_FAILED' : 'INVALID_INPUT';
+      // What passes (a store briefly unreachable, pages still moving) stays retryable.
+      const code = err.retryable ? 'KMS_UNAVAILABLE' : err.code === 'PERMISSION_DENIED' ? 'KMS_AUTH_FAILED' : err.code === 'DATABASE_NOT_FOUND' ? 'KEY_NOT_FOUND' : 'INVALID_INPUT';
       throw new KmsError(code, err.message, id);
     }
   }
 
-  private refuse(what: string, id: string): never {
-    throw new KmsError('INVALID_INPUT', `key ${engineKeyId(id)} is a database engine's own key: it cannot ${what} (the engine encrypts its pages with it itself)`, id);
+  /** A rejected promise, not a throw: callers chaining .catch() on the call still see it. */
+  private refuse(what: string, id: string): Promise<never> {
+    return Promise.reject(new KmsError('INVALID_INPUT', `key ${engineKeyId(id)} is a database engine's own key: it cannot ${what} (the engine encrypts its pages with it itself)`, id));
   }
 
   createKey(): Promise<KeyMetadata> {
-    throw new KmsError('INVALID_INPUT', `keys of the "${ENGINE_KEY_INSTANCE}" instance are the database engines' own keys: they come from keyops.yaml's databases, not from "key create"`);
+    return Promise.reject(new KmsError('INVALID_INPUT', `keys of the "${ENGINE_KEY_INSTANCE}" instance are the database engines' own keys: they come from keyops.yaml's databases, not from "key create"`));
   }
 
   getKeyMetadata(id: string): Promise<KeyMetadata> {
@@ -73,34 +75,34 @@ export class EngineKeyKms implements KeyManagementService {
   }
 
   wrap(id: string): Promise<WrapResult> {
-    this.refuse('wrap a key', id);
+    return this.refuse('wrap a key', id);
   }
 
   unwrap(id: string): Promise<UnwrapResult> {
-    this.refuse('unwrap a key', id);
+    return this.refuse('unwrap a key', id);
   }
 
   rewrap(id: string): Promise<RewrapResult> {
-    this.refuse('rewrap a key', id);
+    return this.refuse('rewrap a key', id);
   }
 
   unwrapBatch(id: string): Promise<BatchResult<UnwrapResult>> {
-    this.refuse('unwrap keys', id);
+    return this.refuse('unwrap keys', id);
   }
 
   rewrapBatch(id: string): Promise<BatchResult<RewrapResult>> {
-    this.refuse('rewrap keys', id);
+    return this.refuse('rewrap keys', id);
   }
 
   setRotationPolicy(id: string): Promise<KeyMetadata> {
-    this.refuse('have a rotation policy (schedule its rotation with keyops schedules instead)', id);
+    return this.refuse('have a rotation policy (schedule its rotation with keyops schedules instead)', id);
   }
 
   disableKey(id: string): Promise<void> {
-    this.refuse('be disabled through keyops', id);
+    return this.refuse('be disabled through keyops', id);
   }
 
   enableKey(id: string): Promise<void> {
-    this.refuse('be enabled through keyops', id);
+    return this.refuse('be enabled through keyops', id);
   }
 }
