@@ -72,13 +72,9 @@ Examples:
 EOF
 }
 
-say() { printf 'temporal-cluster: %s\n' "$*" >&2; }
-die() {
-  say "error: $*"
-  exit 1
-}
-
-require_number() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a whole number, got '$2'"; }
+STACK_NAME=temporal-cluster
+# shellcheck source=scripts/lib/stack.sh
+source "$ROOT/scripts/lib/stack.sh"
 validate_settings() {
   require_number KEYOPS_TEMPORAL_PORT "$PORT"
   require_number KEYOPS_UI_PORT "$UI_PORT"
@@ -340,21 +336,6 @@ ui_pid() {
   printf '%s\n' "$pid"
 }
 
-port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-
-wait_until() { # wait_until DESCRIPTION PID LOG COMMAND...
-  local what=$1 pid=$2 log=$3 deadline=$((SECONDS + START_TIMEOUT))
-  shift 3
-  until "$@" >/dev/null 2>&1; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 20 "$log" >&2 || true
-      die "$what exited during start-up; full log in $log"
-    fi
-    ((SECONDS < deadline)) || die "$what did not come up within ${START_TIMEOUT}s; log in $log"
-    sleep 0.5
-  done
-}
-
 start_service() {
   local service=$1
   service_pid "$service" >/dev/null && return 0
@@ -370,19 +351,19 @@ start_service() {
   local ready
   ready="$(port_of "$service")"
   [[ $service == worker ]] && ready="$(port_of "$service" membership)"
-  wait_until "the $service service" "$!" "$LOG_DIR/$service.log" port_open "$IP" "$ready"
+  wait_for "the $service service" "$!" "$LOG_DIR/$service.log" port_open "$IP" "$ready"
 }
 
 temporal_cli() { "$CLI" --address "$IP:$PORT" "$@"; }
 
 register_namespace_and_attributes() {
-  wait_until "the frontend" "$(service_pid frontend)" "$LOG_DIR/frontend.log" temporal_cli operator cluster health
+  wait_for "the frontend" "$(service_pid frontend)" "$LOG_DIR/frontend.log" temporal_cli operator cluster health
   if ! temporal_cli operator namespace describe --namespace default >/dev/null 2>&1; then
     say "creating the namespace default (3 days of retention)"
     temporal_cli operator namespace create --namespace default --retention 72h >/dev/null
   fi
   # A namespace just created reaches the frontend's cache within seconds.
-  wait_until "the namespace default" "$(service_pid frontend)" "$LOG_DIR/frontend.log" temporal_cli operator search-attribute list --namespace default
+  wait_for "the namespace default" "$(service_pid frontend)" "$LOG_DIR/frontend.log" temporal_cli operator search-attribute list --namespace default
   local existing name type wanted
   existing="$(temporal_cli operator search-attribute list --namespace default)"
   wanted="$(cd "$ROOT" && node -e '
@@ -415,21 +396,7 @@ EOF
   say "starting the Web UI on http://$IP:$UI_PORT"
   (exec setsid "$UI_BIN" --root "$CLUSTER_DIR/ui" --config config --env cluster start >>"$LOG_DIR/ui.log" 2>&1 </dev/null 9>&-) &
   echo $! >"$RUN_DIR/ui.pid"
-  wait_until "the Web UI" "$!" "$LOG_DIR/ui.log" port_open "$IP" "$UI_PORT"
-}
-
-stop_pid() { # stop_pid NAME PID
-  local name=$1 pid=$2 deadline=$((SECONDS + 30))
-  kill -TERM "$pid" 2>/dev/null || return 0
-  while kill -0 "$pid" 2>/dev/null; do
-    if ((SECONDS >= deadline)); then
-      say "$name (pid $pid) did not stop within 30s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      break
-    fi
-    sleep 0.2
-  done
-  say "stopped $name (pid $pid)"
+  wait_for "the Web UI" "$!" "$LOG_DIR/ui.log" port_open "$IP" "$UI_PORT"
 }
 
 # --- commands ----------------------------------------------------------------------------

@@ -95,15 +95,9 @@ Examples:
 EOF
 }
 
-say() { printf 'temporal-dev: %s\n' "$*" >&2; }
-die() {
-  say "error: $*"
-  exit 1
-}
-
-require_number() { # require_number NAME VALUE
-  [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a whole number, got '$2'"
-}
+STACK_NAME=temporal-dev
+# shellcheck source=scripts/lib/stack.sh
+source "$ROOT/scripts/lib/stack.sh"
 validate_settings() {
   require_number KEYOPS_TEMPORAL_PORT "$PORT"
   require_number KEYOPS_UI_PORT "$UI_PORT"
@@ -212,8 +206,6 @@ codec_pid() { running_pid "$CODEC_PID" "$ROOT/dist/workers/codec-server.js"; }
 bao_pid() { running_pid "$BAO_PID" "$BAO_DIR/config.hcl"; }
 mariadb_pid() { running_pid "$MARIADB_PID" "$MARIADB_DIR/my.cnf"; }
 
-port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-
 port_owner() {
   command -v ss >/dev/null 2>&1 || return 0
   ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/\1 (pid \2)/p' | head -n 1
@@ -225,19 +217,6 @@ require_free_port() {
     owner="$(port_owner "$port")"
     die "port $port ($what) on $IP is already in use${owner:+ by $owner}; stop it or choose another port with $var=..."
   fi
-}
-
-wait_for() { # wait_for DESCRIPTION PID LOG COMMAND...
-  local what=$1 pid=$2 log=$3 deadline=$((SECONDS + START_TIMEOUT))
-  shift 3
-  until "$@"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 20 "$log" >&2 || true
-      die "$what exited during start-up; full log in $log"
-    fi
-    ((SECONDS < deadline)) || die "$what did not come up within ${START_TIMEOUT}s; log in $log"
-    sleep 0.5
-  done
 }
 
 search_attribute_flags() {
@@ -449,20 +428,6 @@ start_worker() {
     node "$ROOT/dist/workers/main.js" >>"$WORKER_LOG" 2>&1 </dev/null 9>&-) &
   echo $! >"$WORKER_PID"
   wait_for "the keyops worker" "$!" "$WORKER_LOG" worker_polls "$!"
-}
-
-stop_pid() { # stop_pid NAME PID
-  local name=$1 pid=$2 deadline=$((SECONDS + 30))
-  kill -TERM "$pid" 2>/dev/null || return 0
-  while kill -0 "$pid" 2>/dev/null; do
-    if ((SECONDS >= deadline)); then
-      say "$name (pid $pid) did not stop within 30s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      break
-    fi
-    sleep 0.2
-  done
-  say "stopped $name (pid $pid)"
 }
 
 stop_worker() {

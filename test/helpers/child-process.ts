@@ -66,37 +66,30 @@ export function keyops(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Fin
 export async function freePort(): Promise<number> {
   for (;;) {
     const port = 20000 + Math.floor(Math.random() * 12000);
-    const server = createServer();
-    const bound = await new Promise<boolean>((resolveBound) => {
-      server.once('error', () => resolveBound(false));
-      server.listen(port, '127.0.0.1', () => resolveBound(true));
-    });
-    if (bound) {
-      server.close();
-      await once(server, 'close');
-      return port;
-    }
+    if (await portFree(port)) return port;
   }
+}
+
+/** Whether `port` on 127.0.0.1 can be bound now. */
+async function portFree(port: number): Promise<boolean> {
+  const server = createServer();
+  const bound = await new Promise<boolean>((resolveBound) => {
+    server.once('error', () => resolveBound(false));
+    server.listen(port, '127.0.0.1', () => resolveBound(true));
+  });
+  if (bound) {
+    server.close();
+    await once(server, 'close');
+  }
+  return bound;
 }
 
 /** `count` consecutive ports free now (a Temporal cluster takes a base port and the ones above it). */
 export async function freePortRange(count: number): Promise<number> {
-  const free = async (port: number) => {
-    const server = createServer();
-    const bound = await new Promise<boolean>((resolveBound) => {
-      server.once('error', () => resolveBound(false));
-      server.listen(port, '127.0.0.1', () => resolveBound(true));
-    });
-    if (bound) {
-      server.close();
-      await once(server, 'close');
-    }
-    return bound;
-  };
   for (;;) {
     const base = 20000 + Math.floor(Math.random() * (12000 - count));
     let ok = true;
-    for (let i = 0; i < count && ok; i++) ok = await free(base + i);
+    for (let i = 0; i < count && ok; i++) ok = await portFree(base + i);
     if (ok) return base;
   }
 }
