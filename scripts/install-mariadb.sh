@@ -9,6 +9,9 @@
 #   mariadbd=<path>  mariadb-backup=<path>  plugin-dir=<dir holding hashicorp_key_management.so>
 set -euo pipefail
 
+# shellcheck source=scripts/lib/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt-install.sh"
+
 say() { printf 'install-mariadb: %s\n' "$*" >&2; }
 
 plugin_dir() {
@@ -34,18 +37,7 @@ if ! installed; then
     exit 1
   fi
   say "installing Debian's MariaDB 10.11 packages (first run only; the system service is not started)"
-  guard=/usr/sbin/policy-rc.d
-  backup=""
-  if [[ -e "$guard" ]]; then backup="$(mktemp)"; cp -p "$guard" "$backup"; fi
-  restore_guard() { if [[ -n "$backup" ]]; then cp -p "$backup" "$guard"; rm -f "$backup"; else rm -f "$guard"; fi; }
-  trap restore_guard EXIT
-  printf '#!/bin/sh\nexit 101\n' >"$guard"
-  chmod 755 "$guard"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends mariadb-server mariadb-backup mariadb-plugin-hashicorp-key-management >&2 \
-    || { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends mariadb-server mariadb-backup mariadb-plugin-hashicorp-key-management >&2; }
-  restore_guard
-  trap - EXIT
+  apt_install_without_services mariadb-server mariadb-backup mariadb-plugin-hashicorp-key-management || { say "error: apt-get could not install mariadb-server mariadb-backup mariadb-plugin-hashicorp-key-management"; exit 1; }
   # A service that started anyway (a package whose scripts ignore policy-rc.d) is stopped: keyops
   # runs its own server and must not share port 3306 or /run/mysqld with one.
   if pgrep -x mariadbd >/dev/null 2>&1 && [[ -f /run/mysqld/mysqld.pid ]]; then

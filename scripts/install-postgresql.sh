@@ -9,6 +9,9 @@
 #   bin=<directory holding initdb, pg_ctl, postgres, psql>
 set -euo pipefail
 
+# shellcheck source=scripts/lib/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt-install.sh"
+
 say() { printf 'install-postgresql: %s\n' "$*" >&2; }
 
 bin_dir() {
@@ -27,18 +30,7 @@ if ! bin_dir >/dev/null; then
     exit 1
   fi
   say "installing Debian's PostgreSQL packages (first run only; the system service is not started)"
-  guard=/usr/sbin/policy-rc.d
-  backup=""
-  if [[ -e "$guard" ]]; then backup="$(mktemp)"; cp -p "$guard" "$backup"; fi
-  restore_guard() { if [[ -n "$backup" ]]; then cp -p "$backup" "$guard"; rm -f "$backup"; else rm -f "$guard"; fi; }
-  trap restore_guard EXIT
-  printf '#!/bin/sh\nexit 101\n' >"$guard"
-  chmod 755 "$guard"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends postgresql postgresql-client >&2 \
-    || { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends postgresql postgresql-client >&2; }
-  restore_guard
-  trap - EXIT
+  apt_install_without_services postgresql postgresql-client || { say "error: apt-get could not install postgresql postgresql-client"; exit 1; }
   bin_dir >/dev/null || { say "error: the packages installed but initdb, pg_ctl or postgres is still missing"; exit 1; }
 fi
 
