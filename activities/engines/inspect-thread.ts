@@ -1,11 +1,14 @@
 /**
- * The test-restore check (open with the DEK, `quick_check`, count rows) on a worker thread.
+ * The test-restore check (open with the DEK, `quick_check`, count rows), on a worker thread
+ * for any but a small database.
  *
  * `quick_check` reads and decrypts every page synchronously: about 2 s per 300 MiB here. On the
  * activity's thread it would stop heartbeats (a multi-GiB database would time out on every
  * attempt) and every other activity of the worker with them.
  */
+import { stat } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
+import Database from 'better-sqlite3-multiple-ciphers';
 import type { RestoreCheck } from './database-engine';
 
 /**
@@ -18,28 +21,53 @@ import type { RestoreCheck } from './database-engine';
  */
 const USER_TABLES = "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!' ORDER BY name";
 
-// Plain JavaScript evaluated in the worker, so it loads the same way under tsx and from dist/.
+interface CheckInput {
+  path: string;
+  dek: Uint8Array;
+  quickCheck: boolean;
+  userTables: string;
+}
+type CheckResult = { problem: string } | { tables: number; rows: number };
+
+/**
+ * The check itself, on this thread or in a worker's (its source is sent there as text): plain
+ * JavaScript that uses nothing but its arguments.
+ */
+function check(Database: typeof import('better-sqlite3-multiple-ciphers'), input: CheckInput): CheckResult {
+  const db = new Database(input.path);
+  try {
+    db.pragma("cipher='sqlcipher'");
+    db.pragma('legacy=4');
+    db.pragma('key="x\'' + Buffer.from(input.dek).toString('hex') + '\'"');
+    const result = input.quickCheck ? db.pragma('quick_check', { simple: true }) : 'ok';
+    if (result !== 'ok') return { problem: String(result) };
+    const tables = db.prepare<[], { name: string }>(input.userTables).all();
+    let rows = 0;
+    for (const { name } of tables) rows += db.prepare<[], { n: number }>('SELECT count(*) AS n FROM "' + name.replace(/"/g, '""') + '"').get()!.n;
+    return { tables: tables.length, rows };
+  } finally {
+    db.close();
+  }
+}
+
+// An error thrown in a thread reaches the parent as a bare object ("[object Object]" in a
+// message): the thread sends SQLite's message instead.
 const SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
-const Database = require(workerData.module);
-const db = new Database(workerData.path);
 try {
-  db.pragma("cipher='sqlcipher'");
-  db.pragma('legacy=4');
-  db.pragma('key="x\\'' + Buffer.from(workerData.dek).toString('hex') + '\\'"');
-  const check = workerData.quickCheck ? db.pragma('quick_check', { simple: true }) : 'ok';
-  if (check !== 'ok') {
-    parentPort.postMessage({ problem: String(check) });
-  } else {
-    const tables = db.prepare(${JSON.stringify(USER_TABLES)}).all();
-    let rows = 0;
-    for (const { name } of tables) rows += db.prepare('SELECT count(*) AS n FROM "' + name.replace(/"/g, '""') + '"').get().n;
-    parentPort.postMessage({ tables: tables.length, rows });
-  }
-} finally {
-  db.close();
+  parentPort.postMessage((${check.toString()})(require(workerData.module), workerData));
+} catch (err) {
+  parentPort.postMessage({ error: err instanceof Error ? err.message : String(err) });
 }
 `;
+
+/**
+ * Up to this size the check runs on the calling thread: a thread's start-up (about 29 ms of CPU
+ * with SQLite loaded) costs more than checking a small database (SQLite's quick_check reads
+ * about 150 MiB/s here, so at most about 25 ms), and a fleet of small databases checks hundreds
+ * a night.
+ */
+export const INLINE_CHECK_BYTES = 4 * 1024 * 1024;
 
 export class InspectError extends Error {}
 
@@ -49,21 +77,28 @@ export class InspectError extends Error {}
  * `whileWaiting` runs every few seconds meanwhile (heartbeats). `quickCheck: false` only counts:
  * a re-encryption counts the original that way, to compare with its checked copy.
  */
-export function inspectInThread(path: string, dek: Buffer, whileWaiting?: () => void, options: { quickCheck?: boolean } = {}): Promise<RestoreCheck> {
-  // A copy for the thread; the caller still zeroes its own DEK.
-  const key = new Uint8Array(dek);
-  const worker = new Worker(SOURCE, { eval: true, workerData: { path, dek: key, quickCheck: options.quickCheck ?? true, module: require.resolve('better-sqlite3-multiple-ciphers') } });
-  key.fill(0);
-  const tick = whileWaiting ? setInterval(whileWaiting, 5000) : undefined;
-  return new Promise<RestoreCheck>((resolve, reject) => {
-    worker.once('message', (result: { problem?: string; tables?: number; rows?: number }) => {
-      if (result.problem !== undefined) reject(new InspectError(result.problem));
-      else resolve({ tables: result.tables ?? 0, rows: result.rows ?? 0 });
-    });
-    worker.once('error', reject);
-    worker.once('exit', (code) => reject(new Error(`the check thread ended with code ${code}`)));
-  }).finally(() => {
-    clearInterval(tick);
-    void worker.terminate();
-  });
+export async function inspectInThread(path: string, dek: Buffer, whileWaiting?: () => void, options: { quickCheck?: boolean } = {}): Promise<RestoreCheck> {
+  // A copy for the check; the caller still zeroes its own DEK.
+  const input: CheckInput = { path, dek: new Uint8Array(dek), quickCheck: options.quickCheck ?? true, userTables: USER_TABLES };
+  let result: CheckResult;
+  try {
+    if ((await stat(path)).size <= INLINE_CHECK_BYTES) {
+      result = check(Database, input);
+    } else {
+      const worker = new Worker(SOURCE, { eval: true, workerData: { ...input, module: require.resolve('better-sqlite3-multiple-ciphers') } });
+      const tick = whileWaiting ? setInterval(whileWaiting, 5000) : undefined;
+      result = await new Promise<CheckResult>((resolve, reject) => {
+        worker.once('message', (message: CheckResult | { error: string }) => ('error' in message ? reject(new Error(message.error)) : resolve(message)));
+        worker.once('error', reject);
+        worker.once('exit', (code) => reject(new Error(`the check thread ended with code ${code}`)));
+      }).finally(() => {
+        clearInterval(tick);
+        void worker.terminate();
+      });
+    }
+  } finally {
+    input.dek.fill(0);
+  }
+  if ('problem' in result) throw new InspectError(result.problem);
+  return result;
 }
