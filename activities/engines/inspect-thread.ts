@@ -8,7 +8,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
-import Database from 'better-sqlite3-multiple-ciphers';
+import SqliteDatabase from 'better-sqlite3-multiple-ciphers';
 import type { RestoreCheck } from './database-engine';
 
 /**
@@ -33,7 +33,7 @@ type CheckResult = { problem: string } | { tables: number; rows: number };
  * The check itself, on this thread or in a worker's (its source is sent there as text): plain
  * JavaScript that uses nothing but its arguments.
  */
-function check(Database: typeof import('better-sqlite3-multiple-ciphers'), input: CheckInput): CheckResult {
+function check(Database: typeof SqliteDatabase, input: CheckInput): CheckResult {
   const db = new Database(input.path);
   try {
     db.pragma("cipher='sqlcipher'");
@@ -83,7 +83,7 @@ export async function inspectInThread(path: string, dek: Buffer, whileWaiting?: 
   let result: CheckResult;
   try {
     if ((await stat(path)).size <= INLINE_CHECK_BYTES) {
-      result = check(Database, input);
+      result = check(SqliteDatabase, input);
     } else {
       const worker = new Worker(SOURCE, { eval: true, workerData: { ...input, module: require.resolve('better-sqlite3-multiple-ciphers') } });
       const tick = whileWaiting ? setInterval(whileWaiting, 5000) : undefined;
