@@ -30,6 +30,12 @@ async function commandsOf(handle: WorkflowHandle): Promise<Command[]> {
     const summary = text(e.userMetadata?.summary);
     const details = text(e.userMetadata?.details);
     if (e.activityTaskScheduledEventAttributes) return [{ kind: 'activity', name: e.activityTaskScheduledEventAttributes.activityType?.name ?? '?', summary, details }];
+    // A local activity is a marker whose data names its type (the Web UI lists it so).
+    const marker = e.markerRecordedEventAttributes;
+    if (marker?.markerName === 'core_local_activity') {
+      const data = text(marker.details?.data?.payloads?.[0]) as unknown as { activity_type?: string } | undefined;
+      return [{ kind: 'activity', name: data?.activity_type ?? '?', summary, details }];
+    }
     if (e.timerStartedEventAttributes) return [{ kind: 'timer', name: 'timer', summary, details }];
     if (e.startChildWorkflowExecutionInitiatedEventAttributes) {
       return [{ kind: 'child', name: e.startChildWorkflowExecutionInitiatedEventAttributes.workflowType?.name ?? '?', summary, details }];
