@@ -13,22 +13,18 @@
  * growth of the cluster's PostgreSQL databases.
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
-import { LocalKms } from '../activities/kms/local-kms';
-import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
-import { backupScheduleId } from '../client/schedules/nightly-backup-schedule';
-import { freePort, freePortRange } from '../test/helpers/child-process';
-import { watchRootKeys } from '../workflows';
+import { freePort } from '../test/helpers/child-process';
+import { type Fleet, applySchedules, closedBackups, createFleet, listBackupRuns, pool, rotateInKms, startWatcher, triggerAll, writeScheduleFile } from '../test/helpers/fleet';
+import { startCluster } from '../test/helpers/temporal-cluster';
 import type { BackupProgress } from '../workflows/backup-messages';
 import { keyopsSearchAttributes } from '../workflows/search-attributes';
 
@@ -56,14 +52,6 @@ const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 const ms = (t: { seconds?: unknown; nanos?: number | null } | null | undefined) => Number(t?.seconds ?? 0) * 1000 + Math.round((t?.nanos ?? 0) / 1e6);
 
-/** Runs `fn` over `items`, `width` at a time. */
-async function pool<T>(items: T[], width: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: width }, async () => {
-    while (next < items.length) await fn(items[next++]!);
-  }));
-}
-
 interface Server {
   address: string;
   client: Client;
@@ -79,38 +67,31 @@ async function devServer(): Promise<Server> {
 }
 
 async function clusterServer(dir: string): Promise<Server> {
-  const base = await freePortRange(10);
-  const env = { ...process.env, KEYOPS_DATA_DIR: join(dir, 'cluster-data'), KEYOPS_TEMPORAL_PORT: String(base), KEYOPS_UI_PORT: String(await freePort()) };
-  const script = join(ROOT, 'temporal-cluster.sh');
+  const dataDir = join(dir, 'cluster-data');
   const started = performance.now();
-  execFileSync(script, ['up'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+  const cluster = await startCluster(dataDir);
   console.log(`cluster up            ${seconds(performance.now() - started)}`);
-  const address = `127.0.0.1:${base}`;
-  let connection: Connection;
   let pgBin: string;
   let password: string;
   try {
-    connection = await Connection.connect({ address });
     pgBin = execFileSync(join(ROOT, 'scripts', 'install-postgresql.sh'), { encoding: 'utf8' }).trim().split('\n').pop()!.replace(/^bin=/, '');
-    password = readFileSync(join(dir, 'cluster-data', 'cluster', 'postgres.password'), 'utf8').trim();
+    password = readFileSync(join(dataDir, 'cluster', 'postgres.password'), 'utf8').trim();
   } catch (err) {
-    execFileSync(script, ['down'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+    await cluster.stop();
     throw err;
   }
+  const pgPort = String(Number(cluster.env.KEYOPS_TEMPORAL_PORT) + 9);
   return {
-    address,
-    client: new Client({ connection, namespace: 'default' }),
+    address: cluster.address,
+    client: cluster.client,
     storageBytes: () =>
       Number(
-        execFileSync(join(pgBin, 'psql'), ['-h', '127.0.0.1', '-p', String(base + 9), '-U', 'temporal', '-d', 'temporal', '-Atc', "SELECT sum(pg_database_size(datname)) FROM pg_database WHERE datname LIKE 'temporal%'"], {
+        execFileSync(join(pgBin, 'psql'), ['-h', '127.0.0.1', '-p', pgPort, '-U', 'temporal', '-d', 'temporal', '-Atc', "SELECT sum(pg_database_size(datname)) FROM pg_database WHERE datname LIKE 'temporal%'"], {
           env: { ...process.env, PGPASSWORD: password },
           encoding: 'utf8',
         }).trim(),
       ),
-    stop: async () => {
-      await connection.close();
-      execFileSync(script, ['down'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
-    },
+    stop: () => cluster.stop(),
   };
 }
 
@@ -135,28 +116,12 @@ async function main() {
   const server = opts.cluster ? await clusterServer(dir) : await devServer();
   const { client } = server;
   const workers: { child: ReturnType<typeof spawn>; metricsPort: number }[] = [];
+  let fleet: Fleet | undefined;
   try {
     // The fleet: real encrypted databases, their DEKs wrapped under K root keys of the local KMS.
     let started = performance.now();
-    const secret = randomBytes(32);
-    const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: secret });
-    const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
-    const engine = EncryptedSqliteEngine.open({ dir: join(dataDir, 'databases'), kms, registry });
-    const keyIds: string[] = [];
-    for (let k = 0; k < opts.keys; k++) keyIds.push((await kms.createKey({ name: `fleet-key-${String(k).padStart(3, '0')}` })).keyId);
-    const databases = Array.from({ length: opts.databases }, (_, i) => `fleet-${String(i).padStart(5, '0')}`);
-    const keyOf = new Map(databases.map((d, i) => [d, keyIds[i % opts.keys]!]));
-    for (const databaseId of databases) {
-      await engine.createDatabase(databaseId, keyOf.get(databaseId)!);
-      await engine.withDatabase(databaseId, (db) => {
-        db.exec('CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, amount_cents INTEGER NOT NULL)');
-        const insert = db.prepare('INSERT INTO orders (customer, amount_cents) VALUES (?, ?)');
-        db.transaction(() => {
-          for (let r = 0; r < opts.rows; r++) insert.run(`customer-${r}`, r * 100);
-        })();
-      });
-    }
-    engine.close();
+    fleet = await createFleet({ dataDir, databases: opts.databases, keys: opts.keys, rows: opts.rows });
+    const { databases, keyIds, keyOf } = fleet;
     console.log(`fleet                 ${opts.databases} databases (${opts.rows} rows each) under ${opts.keys} keys, created in ${seconds(performance.now() - started)}`);
 
     const taskQueue = 'fleet';
@@ -168,13 +133,10 @@ async function main() {
         cwd: ROOT,
         env: {
           ...process.env,
-          TEMPORAL_ADDRESS: server.address,
-          KEYOPS_TASK_QUEUE: taskQueue,
-          KEYOPS_DATA_DIR: dataDir,
+          ...fleet.workerEnv(server.address, taskQueue),
           KEYOPS_LOG_FORMAT: 'json',
           KEYOPS_LOG_LEVEL: 'warn',
           KEYOPS_METRICS_ADDRESS: `127.0.0.1:${metricsPort}`,
-          KEYOPS_KMS_MASTER_SECRET: secret.toString('base64'),
         },
         stdio: ['ignore', 'ignore', 'inherit'],
       });
@@ -187,43 +149,35 @@ async function main() {
       await new Promise((r) => setTimeout(r, 200));
     }
 
-    // One schedule file for the fleet, with jitter spreading the nights over the window.
+    // One schedule file for the fleet, applied twice: the second apply must change nothing.
     const file = join(dir, 'fleet-schedules.yaml');
-    writeFileSync(file, ['timeZone: UTC', 'backups:', ...databases.map((d) => `  - { database: ${d}, at: "02:00", jitter: 30m }`), ''].join('\n'));
-    const apply = () => execFileSync(process.execPath, ['--import', 'tsx', join(ROOT, 'client', 'main.ts'), 'schedule', 'apply', '-f', file, '--task-queue', taskQueue, '--json'], { cwd: ROOT, env: { ...process.env, TEMPORAL_ADDRESS: server.address }, encoding: 'utf8', maxBuffer: 64 << 20 });
+    writeScheduleFile(file, databases);
     started = performance.now();
-    const first = apply();
+    const first = await applySchedules(file, server.address, taskQueue);
     const applyMs = performance.now() - started;
     started = performance.now();
-    const again = apply();
-    const changed = (out: string) => (out.match(/"change": "(created|updated)"/g) ?? []).length;
-    console.log(`schedules             ${opts.databases} applied from one file in ${seconds(applyMs)} (${changed(first)} created or updated); applied again in ${seconds(performance.now() - started)}: ${changed(again)} changed`);
+    const again = await applySchedules(file, server.address, taskQueue);
+    console.log(`schedules             ${opts.databases} applied from one file in ${seconds(applyMs)} (${first} created or updated); applied again in ${seconds(performance.now() - started)}: ${again} changed`);
 
     const storageBefore = server.storageBytes();
     // Just before the window: R keys rotated in the KMS, as a rotation policy would.
     const rotated = keyIds.slice(0, opts.rotate);
-    for (const keyId of rotated) await kms.rotateKey(keyId, `fleet-bench-${keyId}`);
+    await rotateInKms(fleet.kms, rotated);
     const waiting = new Set(databases.filter((d) => rotated.includes(keyOf.get(d)!)));
 
     const t0 = Date.now();
-    await pool(databases, 32, async (d) => {
-      await client.schedule.getHandle(backupScheduleId(d)).trigger();
-    });
+    await triggerAll(client, databases);
     const triggeredMs = Date.now() - t0;
     // The hourly watcher's run, now: it finds the rotated keys and starts their rewraps.
-    const watch = await client.workflow.execute(watchRootKeys, { taskQueue, workflowId: `fleet-watch-${t0}` });
+    const watch = await (await startWatcher(client, taskQueue, `fleet-watch-${t0}`)).result();
 
-    const query = `WorkflowType = 'nightlyBackup' AND TaskQueue = '${taskQueue}'`;
     for (let i = 0; ; i++) {
-      const closed = (await client.workflow.count(`${query} AND ExecutionStatus != 'Running'`)).count;
+      const closed = await closedBackups(client, taskQueue);
       if (closed >= opts.databases) break;
       if (i > 14_400) throw new Error(`only ${closed} of ${opts.databases} backups ended within an hour`);
       await new Promise((r) => setTimeout(r, 250));
     }
-    const runs: { workflowId: string; runId: string; start: number; close: number; status: string; events: number }[] = [];
-    for await (const w of client.workflow.list({ query })) {
-      runs.push({ workflowId: w.workflowId, runId: w.runId, start: w.startTime.getTime(), close: w.closeTime?.getTime() ?? NaN, status: w.status.name, events: w.historyLength });
-    }
+    const runs = await listBackupRuns(client, taskQueue);
     if (process.env.BENCH_TIMELINE) {
       // Diagnostics: the slowest run's events, with their times.
       const slowest = [...runs].sort((a, b) => b.close - b.start - (a.close - a.start))[0]!;
@@ -275,9 +229,8 @@ async function main() {
     console.log(`worker peak RSS       ${rss.map((r) => `${r} MB`).join(', ')}`);
     console.log(`history events        per backup run: p50 ${percentile(events, 50)}, max ${events.at(-1)}`);
     if (storageBefore !== undefined && storageAfter !== undefined) console.log(`PostgreSQL            ${(storageBefore / 2 ** 20).toFixed(1)} MB before the night, ${(storageAfter / 2 ** 20).toFixed(1)} MB after: +${((storageAfter - storageBefore) / 2 ** 20).toFixed(1)} MB`);
-    registry.close();
-    kms.close();
   } finally {
+    fleet?.close();
     for (const w of workers) w.child.kill('SIGTERM');
     await Promise.all(workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null).map((w) => once(w.child, 'exit')));
     await server.stop();
