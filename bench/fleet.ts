@@ -60,9 +60,12 @@ interface Server {
   stop(): Promise<void>;
 }
 
-async function devServer(): Promise<Server> {
+async function devServer(dir: string): Promise<Server> {
   const cli = execFileSync(join(ROOT, 'temporal-dev.sh'), ['cli-path'], { encoding: 'utf8' }).trim();
-  const env = await TestWorkflowEnvironment.createLocal({ server: { executable: { type: 'existing-path', path: cli }, searchAttributes: [...keyopsSearchAttributes] } });
+  // As ./temporal-dev.sh runs it: state in a SQLite file in WAL mode, not in memory.
+  const env = await TestWorkflowEnvironment.createLocal({
+    server: { executable: { type: 'existing-path', path: cli }, searchAttributes: [...keyopsSearchAttributes], dbFilename: join(dir, 'temporal.sqlite'), extraArgs: ['--sqlite-pragma', 'journal_mode=WAL'] },
+  });
   return { address: env.address, client: env.client, storageBytes: () => undefined, stop: () => env.teardown() };
 }
 
@@ -113,7 +116,7 @@ async function main() {
   execFileSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, stdio: 'inherit' });
   const dir = mkdtempSync(join(tmpdir(), 'keyops-fleet-'));
   const dataDir = join(dir, 'keyops');
-  const server = opts.cluster ? await clusterServer(dir) : await devServer();
+  const server = opts.cluster ? await clusterServer(dir) : await devServer(dir);
   const { client } = server;
   const workers: { child: ReturnType<typeof spawn>; metricsPort: number }[] = [];
   let fleet: Fleet | undefined;

@@ -43,7 +43,7 @@ export class WorkerProcess {
     for (;;) {
       const line = this.lines.find((l) => l.msg === msg);
       if (line) return line;
-      if (this.child.exitCode !== null) throw new Error(`worker exited ${this.child.exitCode} before "${msg}": ${this.stderr}`);
+      if (this.child.exitCode !== null || this.child.signalCode !== null) throw new Error(`worker ended (${this.child.exitCode ?? this.child.signalCode}) before "${msg}": ${this.stderr}`);
       if (Date.now() > deadline) throw new Error(`no "${msg}" within ${timeoutMs}ms: ${JSON.stringify(this.lines)}`);
       await new Promise((r) => setTimeout(r, 100));
     }
