@@ -11,32 +11,25 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { nightlyBackup, rotateRootKey } from '../workflows';
 import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messages';
 import { rewrapWorkflowId } from '../workflows/root-key-messages';
-import { ROOT, freePort, freePortRange, keyops, runToEnd } from './helpers/child-process';
+import { freePort, keyops } from './helpers/child-process';
+import { type TemporalCluster, startCluster } from './helpers/temporal-cluster';
 import { captureLogFiles, dumpHistoriesAt, harvestDataDir } from './helpers/key-material';
 import { temporalCliPath, uniqueTaskQueue } from './helpers/temporal';
 import { waitUntil } from './helpers/wait-until';
 import { WorkerProcess } from './helpers/worker-process';
 
-const SCRIPT = join(ROOT, 'temporal-cluster.sh');
-
 describe('a Temporal cluster on PostgreSQL (./temporal-cluster.sh): keyops unchanged, a history restart mid-rewrap', () => {
   let dir: string;
-  let env: NodeJS.ProcessEnv;
+  let cluster: TemporalCluster | undefined;
   let address: string;
-  let connection: Connection;
   let client: Client;
   let worker: WorkerProcess | undefined;
   const taskQueue = uniqueTaskQueue('cluster');
 
-  const cluster = async (...args: string[]) => {
-    const r = await runToEnd(SCRIPT, args, { env, timeoutMs: 30 * 60_000 });
-    assert.equal(r.code, 0, `temporal-cluster.sh ${args.join(' ')}: ${r.stderr}`);
-    return r;
-  };
   const cli = async (...args: string[]) => {
     const r = await keyops([...args, '--task-queue', taskQueue], { TEMPORAL_ADDRESS: address });
     assert.equal(r.code, 0, `keyops ${args.join(' ')}: ${r.stderr}`);
@@ -46,13 +39,9 @@ describe('a Temporal cluster on PostgreSQL (./temporal-cluster.sh): keyops uncha
   before(
     async () => {
       dir = await mkdtemp(join(tmpdir(), 'keyops-cluster-'));
-      const base = await freePortRange(10);
-      address = `127.0.0.1:${base}`;
-      env = { KEYOPS_DATA_DIR: join(dir, 'data'), KEYOPS_TEMPORAL_PORT: String(base), KEYOPS_UI_PORT: String(await freePort()), KEYOPS_TEMPORAL_CLI: temporalCliPath() };
       // The first start on a fresh machine builds the server (minutes): the hook allows for it.
-      await cluster('up');
-      connection = await Connection.connect({ address });
-      client = new Client({ connection, namespace: 'default' });
+      cluster = await startCluster(join(dir, 'data'), { cli: temporalCliPath() });
+      ({ address, client } = cluster);
       worker = new WorkerProcess({
         TEMPORAL_ADDRESS: address,
         KEYOPS_TASK_QUEUE: taskQueue,
@@ -72,9 +61,10 @@ describe('a Temporal cluster on PostgreSQL (./temporal-cluster.sh): keyops uncha
       worker.child.kill('SIGTERM');
       await gone;
     }
-    await connection?.close();
-    if (address) await dumpHistoriesAt(address, 'temporal cluster', { noteFailure: false });
-    if (env) await runToEnd(SCRIPT, ['down'], { env, timeoutMs: 120_000 });
+    if (cluster) {
+      await dumpHistoriesAt(cluster.address, 'temporal cluster', { noteFailure: false });
+      await cluster.stop();
+    }
     if (dir) {
       captureLogFiles(join(dir, 'data', 'cluster', 'logs'), 'temporal-cluster');
       harvestDataDir(join(dir, 'keyops'));
@@ -83,7 +73,7 @@ describe('a Temporal cluster on PostgreSQL (./temporal-cluster.sh): keyops uncha
   });
 
   it('status shows four services, PostgreSQL and the address; the CLI reaches the worker through the cluster', async () => {
-    const status = await cluster('status');
+    const status = await cluster!.script('status');
     for (const part of ['history', 'matching', 'frontend', 'worker', 'postgres']) assert.match(status.stdout, new RegExp(`^${part} +running, pid \\d+`, 'm'));
     assert.match(status.stdout, new RegExp(`TEMPORAL_ADDRESS=${address}`));
     // The server the CLI reached is the cluster's own build, and the keyops worker polls it.
@@ -112,10 +102,10 @@ describe('a Temporal cluster on PostgreSQL (./temporal-cluster.sh): keyops uncha
     }, 120_000);
     assert.equal((await client.workflow.getHandle(rewrapId).describe()).status.name, 'RUNNING', 'history is killed while the rewrap runs');
     mark('rewrap under way');
-    await cluster('kill', 'history');
+    await cluster!.script('kill', 'history');
     const killedAt = Date.now();
     mark('history service SIGKILLed');
-    const restarted = await cluster('up');
+    const restarted = await cluster!.script('up');
     assert.match(restarted.stderr, /starting the history service/);
     mark('history service started again');
 

@@ -50,7 +50,6 @@ const bookkeepingOptions = {
   startToCloseTimeout: '1 minute',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 } as const;
-const { sendBackupAlert, registerMasterKeyWaiter } = proxyActivities<Activities>(bookkeepingOptions);
 // The short steps around the backup (read the key state, catalogue, record the night, retention)
 // run as local activities in runs started since the nightly-backup-local-bookkeeping patch:
 // each then costs one marker in the history instead of three events and a workflow task, and the
@@ -58,6 +57,7 @@ const { sendBackupAlert, registerMasterKeyWaiter } = proxyActivities<Activities>
 // those workflow tasks were most of the server's and the workers' work. Runs started before the
 // patch keep their activities.
 const remoteBookkeeping = proxyActivities<Activities>(bookkeepingOptions);
+const { sendBackupAlert, registerMasterKeyWaiter } = remoteBookkeeping;
 const localBookkeeping = proxyLocalActivities<Activities>(bookkeepingOptions);
 
 // Key-unavailable and key-in-transition failures retry with exponential backoff (about 30 min

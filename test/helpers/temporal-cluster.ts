@@ -34,7 +34,13 @@ export async function startCluster(dataDir: string, options: { cli?: string } = 
     if (r.code !== 0) throw new Error(`temporal-cluster.sh ${args.join(' ')} exited ${r.code ?? r.signal}: ${r.stderr}`);
     return r;
   };
-  await script('up');
+  try {
+    await script('up');
+  } catch (err) {
+    // Whatever `up` started before it failed (PostgreSQL, some services) must not outlive the test.
+    await script('down').catch(() => undefined);
+    throw err;
+  }
   const address = `127.0.0.1:${base}`;
   let connection: Connection;
   try {
