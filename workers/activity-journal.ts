@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Client, WorkflowNotFoundError } from '@temporalio/client';
@@ -18,18 +18,18 @@ const entrySchema = z.object({
 });
 export type InFlightActivity = z.infer<typeof entrySchema>;
 
-const journalSchema = z.object({
+const headerSchema = z.object({
   pid: z.number().int(),
   /** The SDK's default worker identity, `<pid>@<host>`: only attempts this worker ran are failed. */
   identity: z.string().optional(),
   host: z.string().optional(),
   /** The process's start time in clock ticks (Linux), so a reused pid is not taken for the worker. */
   started: z.string().optional(),
-  activities: z.array(entrySchema),
 });
+const journalSchema = headerSchema.extend({ activities: z.array(entrySchema) });
 
-/** How long journal changes may wait to be written together. */
-const WRITE_EVERY_MS = 50;
+/** Once the log holds this many more lines than attempts running, it is rewritten to just those. */
+const COMPACT_AFTER_LINES = 2_000;
 
 /** `/proc/<pid>/stat` field 22: when the process started. Undefined off Linux or when it is gone. */
 function processStart(pid: number): string | undefined {
@@ -52,27 +52,82 @@ function alive(pid: number, started: string | undefined): boolean {
   return started === undefined || processStart(pid) === started;
 }
 
+const keyOf = (a: Pick<InFlightActivity, 'runId' | 'activityId'>) => `${a.runId}/${a.activityId}`;
+
 /**
- * The activities a worker process is running, written to `<dataDir>/workers/<pid>.json` as they
+ * A journal file as a dead process left it: `<pid>.log` (a header line, then one line per
+ * attempt started, `{"+":…}`, or ended, `{"-":"runId/activityId"}`) or the `<pid>.json` that
+ * earlier keyops workers wrote (the whole state, rewritten on each change). Undefined if neither.
+ */
+export function readJournal(file: string): z.infer<typeof journalSchema> | undefined {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  if (file.endsWith('.json')) {
+    try {
+      const parsed = journalSchema.safeParse(JSON.parse(text));
+      return parsed.success ? parsed.data : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  const lines = text.split('\n');
+  let header: z.infer<typeof headerSchema> | undefined;
+  const running = new Map<string, InFlightActivity>();
+  for (const line of lines) {
+    let value: unknown;
+    try {
+      value = JSON.parse(line);
+    } catch {
+      // A line cut short by the crash (or the empty one after the last newline).
+      continue;
+    }
+    if (!header) {
+      const h = headerSchema.safeParse(value);
+      if (!h.success) return undefined;
+      header = h.data;
+      continue;
+    }
+    const started = z.object({ '+': entrySchema }).safeParse(value);
+    if (started.success) running.set(keyOf(started.data['+']), started.data['+']);
+    const ended = z.object({ '-': z.string() }).safeParse(value);
+    if (ended.success) running.delete(ended.data['-']);
+  }
+  return header && { ...header, activities: [...running.values()] };
+}
+
+/**
+ * The activities a worker process is running, appended to `<dataDir>/workers/<pid>.log` as they
  * start and end. A worker that dies (SIGKILL, OOM, a lost host) cannot tell the server; without
  * this, its activities are retried only when their heartbeat timeout (30 s) or start-to-close
  * timeout (1 minute) runs out. The next worker on the same data directory reads the journal of
  * every dead process and fails those attempts at once (retryable WORKER_DIED), so the server
  * schedules the next attempt within seconds.
+ *
+ * Each start is written before the activity runs, so a process killed a moment after taking an
+ * activity still leaves it in the journal. An appended line costs one write(2), which the kernel
+ * keeps through a SIGKILL of the process; rewriting and renaming a whole file on each change
+ * cost a busy worker an eighth of its time.
  */
 export class ActivityJournal {
   private readonly running = new Map<string, InFlightActivity>();
   private readonly file: string;
-  private readonly started = processStart(process.pid);
-  private readonly host = hostname();
-  private readonly identity = `${process.pid}@${hostname()}`;
+  private readonly header: string;
+  private fd: number | undefined;
+  private lines = 0;
+  private closed = false;
+  private warned = false;
 
   constructor(
     private readonly dir: string,
     private readonly logger?: Logger,
   ) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    this.file = join(dir, `${process.pid}.json`);
+    this.file = join(dir, `${process.pid}.log`);
+    this.header = JSON.stringify({ pid: process.pid, identity: `${process.pid}@${hostname()}`, host: hostname(), started: processStart(process.pid) });
   }
 
   /** The interceptor that keeps the journal: add it to the worker's `interceptors.activity`. */
@@ -82,14 +137,14 @@ export class ActivityJournal {
         const { workflowExecution, activityId, activityType, attempt } = ctx.info;
         // Standalone activities have no workflow to resume; nothing to journal.
         if (!workflowExecution) return next(input);
-        const key = `${workflowExecution.runId}/${activityId}`;
-        this.running.set(key, { workflowId: workflowExecution.workflowId, runId: workflowExecution.runId, activityId, activityType, attempt });
-        this.changed();
+        const entry = { workflowId: workflowExecution.workflowId, runId: workflowExecution.runId, activityId, activityType, attempt };
+        this.running.set(keyOf(entry), entry);
+        this.append({ '+': entry });
         try {
           return await next(input);
         } finally {
-          this.running.delete(key);
-          this.changed();
+          this.running.delete(keyOf(entry));
+          this.append({ '-': keyOf(entry) });
         }
       },
     },
@@ -99,40 +154,35 @@ export class ActivityJournal {
   close(): void {
     this.running.clear();
     this.closed = true;
-    if (this.timer) clearTimeout(this.timer);
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
     rmSync(this.file, { force: true });
   }
 
-  private timer: NodeJS.Timeout | undefined;
-  private closed = false;
-
-  /**
-   * Changes are written together, at most every WRITE_EVERY_MS: a night of a thousand backups
-   * starts and ends thousands of activities, and a write (and rename) for each cost a busy
-   * worker an eighth of its time. A crash within that window leaves an activity to its timeout,
-   * as it would without the journal.
-   */
-  private changed(): void {
-    if (this.timer || this.closed) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      if (!this.closed) this.write();
-    }, WRITE_EVERY_MS);
-    this.timer.unref();
-  }
-
-  /** Writes the journal now (also what `changed` does, a moment later). */
-  write(): void {
-    const body = JSON.stringify({ pid: process.pid, identity: this.identity, host: this.host, started: this.started, activities: [...this.running.values()] });
-    const tmp = `${this.file}.tmp`;
+  private append(line: object): void {
+    if (this.closed) return;
     try {
-      // Renamed into place: a crash mid-write leaves the previous journal, never half of one.
-      writeFileSync(tmp, body, { mode: 0o600 });
-      renameSync(tmp, this.file);
+      if (this.fd === undefined || this.lines > this.running.size + COMPACT_AFTER_LINES) this.rewrite();
+      else writeSync(this.fd, `${JSON.stringify(line)}\n`);
+      this.lines++;
     } catch (err) {
       // The journal only speeds up recovery: a full disk must not fail (or un-succeed) the work.
-      this.logger?.warn({ file: this.file, err: err instanceof Error ? err.message : String(err) }, 'could not write the activity journal; a crash now costs the activity timeouts');
+      if (this.fd !== undefined) closeSync(this.fd);
+      this.fd = undefined;
+      if (!this.warned) this.logger?.warn({ file: this.file, err: err instanceof Error ? err.message : String(err) }, 'could not write the activity journal; a crash now costs the activity timeouts');
+      this.warned = true;
     }
+  }
+
+  /** The header and what runs now, renamed into place: a crash mid-write leaves the previous log whole. */
+  private rewrite(): void {
+    const tmp = `${this.file}.tmp`;
+    writeFileSync(tmp, [this.header, ...[...this.running.values()].map((a) => JSON.stringify({ '+': a })), ''].join('\n'), { mode: 0o600 });
+    renameSync(tmp, this.file);
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = openSync(this.file, 'a');
+    this.lines = this.running.size;
+    this.warned = false;
   }
 
   /** The journals of processes that are gone: their pid, and what each was running. */
@@ -145,21 +195,18 @@ export class ActivityJournal {
     }
     return names.flatMap((name) => {
       const file = join(this.dir, name);
-      if (!/^\d+\.json$/.test(name) || file === this.file) return [];
-      let parsed;
-      try {
-        parsed = journalSchema.safeParse(JSON.parse(readFileSync(file, 'utf8')));
-      } catch {
-        return [];
-      }
-      if (!parsed.success) return [];
+      if (!/^\d+\.(log|json)$/.test(name) || file === this.file) return [];
+      const journal = readJournal(file);
+      if (!journal) return [];
       // Another host (a shared volume) or another PID namespace cannot be checked from here:
       // treated as alive, its attempts are left to their timeouts.
-      if (parsed.data.host !== undefined && parsed.data.host !== this.host) return [];
-      if (alive(parsed.data.pid, parsed.data.started)) return [];
-      return [{ file, pid: parsed.data.pid, identity: parsed.data.identity, activities: parsed.data.activities }];
+      if (journal.host !== undefined && journal.host !== this.host) return [];
+      if (alive(journal.pid, journal.started)) return [];
+      return [{ file, pid: journal.pid, identity: journal.identity, activities: journal.activities }];
     });
   }
+
+  private readonly host = hostname();
 }
 
 /**

@@ -2,24 +2,19 @@
  * What shows that the fleet test's faults hit work in flight: a worker's activity journal at the
  * moment it is killed, and the retries and timeouts the night's histories recorded.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
+import { readJournal } from '../../workers/activity-journal';
 import { pool } from '../helpers/fleet';
 
 /**
  * How many activities a worker process is running, from the journal it keeps for whoever
- * outlives it (workers/activity-journal.ts: `<dataDir>/workers/<pid>.json`, written within 50 ms).
+ * outlives it (workers/activity-journal.ts: `<dataDir>/workers/<pid>.log`, written as each starts).
  */
 export function activitiesInFlight(dataDir: string, pid: number): number {
-  try {
-    const journal = JSON.parse(readFileSync(join(dataDir, 'workers', `${pid}.json`), 'utf8')) as { activities?: unknown[] };
-    return journal.activities?.length ?? 0;
-  } catch {
-    // Not written yet: nothing has run there.
-    return 0;
-  }
+  // No journal yet: nothing has run there.
+  return readJournal(join(dataDir, 'workers', `${pid}.log`))?.activities.length ?? 0;
 }
 
 const { EventType } = temporal.api.enums.v1;
