@@ -315,6 +315,12 @@ history.persistenceMaxQPS:
   - value: 45000
 matching.persistenceMaxQPS:
   - value: 10000
+# The schedulers' worker: a night of aligned schedules queues hundreds of scheduler tasks on its
+# sticky queue. After the default 5 s they expire to the normal queue, which its pollers skip
+# while the sticky queue has a backlog, and the night's starts stall for a minute or more.
+worker.perNamespaceWorkerOptions:
+  - value:
+      StickyScheduleToStartTimeout: "60s"
 EOF
   chmod 600 "$CONFIG_DIR/cluster.yaml"
 }

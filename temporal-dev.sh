@@ -34,6 +34,16 @@ MARIADB_DIR="$DATA_DIR/mariadb"
 MARIADB_PID="$RUN_DIR/mariadb.pid"
 MARIADB_SOCK="$MARIADB_DIR/mariadbd.sock"
 START_TIMEOUT="${KEYOPS_START_TIMEOUT:-60}"
+# How the dev server runs here (bench:fleet runs it the same way, through `server-flags`):
+# - SQLite in WAL mode with synchronous=NORMAL: a crash of the server loses nothing, a power
+#   cut may lose the last transactions; fsync on every commit cut a night's starts to a third.
+# - The schedulers' worker keeps its tasks on their sticky queue for 60 s, not 5 s. A night of
+#   aligned schedules queues hundreds of them; expired ones move to the normal queue, which its
+#   pollers skip while the sticky queue has a backlog, and the night's starts stall for a minute.
+SERVER_TUNING=(
+  --sqlite-pragma journal_mode=WAL --sqlite-pragma synchronous=NORMAL
+  --dynamic-config-value 'worker.perNamespaceWorkerOptions={"StickyScheduleToStartTimeout":"60s"}'
+)
 
 usage() {
   cat <<EOF
@@ -54,6 +64,8 @@ Commands:
   logs [server|worker|codec|openbao|mariadb] [-f]
                      print the last log lines (both by default); -f follows them
   cli-path           print the path of the Temporal CLI, building it first if needed
+  server-flags       print the flags this script gives the dev server for its storage and tuning,
+                     one per line (the fleet benchmark uses them)
   bao ARGS...        run the OpenBao CLI against this stack's OpenBao (KEYOPS_KMS=openbao), as root,
                      e.g. ./temporal-dev.sh bao write -f transit/keys/demo/rotate
   mariadb ARGS...    run the mariadb client against this stack's MariaDB (KEYOPS_ENGINE=mariadb),
@@ -241,7 +253,7 @@ start_server() {
   setsid "$cli" server start-dev \
     --ip "$IP" --port "$PORT" --ui-port "$UI_PORT" \
     --db-filename "$DATA_DIR/temporal/temporal.sqlite" \
-    --sqlite-pragma journal_mode=WAL \
+    "${SERVER_TUNING[@]}" \
     --log-format json --log-level warn \
     "${flags[@]}" \
     >>"$SERVER_LOG" 2>&1 </dev/null 9>&- &
@@ -678,6 +690,7 @@ main() {
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
     cli-path) ensure_cli ;;
+    server-flags) printf '%s\n' "${SERVER_TUNING[@]}" ;;
     bao) cmd_bao "$@" ;;
     mariadb) cmd_mariadb "$@" ;;
     -h | --help | help) usage ;;

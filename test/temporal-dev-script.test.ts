@@ -28,7 +28,7 @@ describe('temporal-dev.sh', () => {
   it('--help teaches the commands and settings; an unknown command is exit 2', async () => {
     const help = await runToEnd(DEV_SCRIPT, ['--help'], { env: stack.env });
     assert.equal(help.code, 0);
-    for (const text of ['up', 'down', 'status', 'logs', 'KEYOPS_TEMPORAL_PORT', 'KEYOPS_UI_PORT', 'KEYOPS_DATA_DIR', '@v1.5.1']) {
+    for (const text of ['up', 'down', 'status', 'logs', 'server-flags', 'KEYOPS_TEMPORAL_PORT', 'KEYOPS_UI_PORT', 'KEYOPS_DATA_DIR', '@v1.5.1']) {
       assert.ok(help.stdout.includes(text), `--help lacks ${text}`);
     }
     const bad = await runToEnd(DEV_SCRIPT, ['launch'], { env: stack.env });
@@ -129,6 +129,13 @@ describe('temporal-dev.sh', () => {
     assert.equal(status.code, 0, status.stdout + status.stderr);
     assert.match(status.stdout, new RegExp(`Temporal dev server\\s+running, pid ${server}`));
     assert.match(status.stdout, new RegExp(`keyops worker\\s+running, pid ${worker}, polling`));
+
+    // The server runs with the storage and scheduler tuning `server-flags` shows (bench:fleet uses them).
+    const flags = await runToEnd(DEV_SCRIPT, ['server-flags'], { env: stack.env });
+    assert.equal(flags.code, 0, flags.stderr);
+    const serverArgs = readFileSync(`/proc/${server}/cmdline`, 'utf8').split('\0');
+    for (const flag of ['synchronous=NORMAL', 'worker.perNamespaceWorkerOptions={"StickyScheduleToStartTimeout":"60s"}']) assert.ok(flags.stdout.split('\n').includes(flag), `server-flags lacks ${flag}`);
+    for (const flag of flags.stdout.trim().split('\n')) assert.ok(serverArgs.includes(flag), `the dev server was started without ${flag}`);
 
     const logs = await runToEnd(DEV_SCRIPT, ['logs', 'worker'], { env: stack.env });
     assert.equal(logs.code, 0, logs.stderr);
