@@ -10,12 +10,18 @@
  * Prints: the time until every backup is catalogued and verified, p50/p99 per backup, the release
  * latency of each waiting backup after its key's rewrap-complete, KMS calls (the workers'
  * keyops_kms_calls), each worker's peak RSS, history events per run, and with --cluster the
- * growth of the cluster's PostgreSQL databases.
+ * growth of the cluster's PostgreSQL databases; and the CPU the night used, per backup, in the
+ * workers and in the server, which bounds what 2 cores can do.
+ *
+ * Diagnostics: BENCH_TIMELINE=1 prints the slowest run's events; BENCH_SCHEDULER_TIMELINE=1 the
+ * history of the schedule whose run started last; BENCH_SERVER_METRICS=PORT (dev server) the
+ * server's persistence and scheduler-worker metrics; BENCH_WORKER_PROF=DIR CPU-profiles the workers;
+ * BENCH_WORKER_NODE_ARGS gives the workers Node flags (e.g. --max-old-space-size=256).
  */
 import { spawn, execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import type { Client } from '@temporalio/client';
@@ -23,6 +29,7 @@ import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { freePort } from '../test/helpers/child-process';
+import { backupScheduleId } from '../client/schedules/nightly-backup-schedule';
 import { type Fleet, applySchedules, closedBackups, createFleet, listBackupRuns, pool, rotateInKms, startWatcher, triggerAll, writeScheduleFile } from '../test/helpers/fleet';
 import { startCluster } from '../test/helpers/temporal-cluster';
 import type { BackupProgress } from '../workflows/backup-messages';
@@ -62,9 +69,10 @@ interface Server {
 
 async function devServer(dir: string): Promise<Server> {
   const cli = execFileSync(join(ROOT, 'temporal-dev.sh'), ['cli-path'], { encoding: 'utf8' }).trim();
-  // As ./temporal-dev.sh runs it: state in a SQLite file in WAL mode, not in memory.
+  // As ./temporal-dev.sh runs it: state in a SQLite file, not in memory, and its tuning.
+  const tuning = execFileSync(join(ROOT, 'temporal-dev.sh'), ['server-flags'], { encoding: 'utf8' }).trim().split('\n');
   const env = await TestWorkflowEnvironment.createLocal({
-    server: { executable: { type: 'existing-path', path: cli }, searchAttributes: [...keyopsSearchAttributes], dbFilename: join(dir, 'temporal.sqlite'), extraArgs: ['--sqlite-pragma', 'journal_mode=WAL'] },
+    server: { executable: { type: 'existing-path', path: cli }, searchAttributes: [...keyopsSearchAttributes], dbFilename: join(dir, 'temporal.sqlite'), extraArgs: [...tuning, ...(process.env.BENCH_SERVER_METRICS ? ['--metrics-port', process.env.BENCH_SERVER_METRICS] : [])] },
   });
   return { address: env.address, client: env.client, storageBytes: () => undefined, stop: () => env.teardown() };
 }
@@ -104,6 +112,19 @@ function peakRssMb(pid: number): number {
   return Math.round(Number(/(\d+)/.exec(line ?? '')?.[1] ?? 0) / 1024);
 }
 
+/** CPU seconds: of the whole machine (busy time of every core, from /proc/stat), and of one process. */
+const TICKS_PER_SECOND = 100;
+function machineCpuSeconds(): number {
+  const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).map(Number);
+  // user nice system idle iowait irq softirq steal: all but idle and iowait were busy.
+  return fields.slice(0, 8).reduce((sum, v, i) => (i === 3 || i === 4 ? sum : sum + v), 0) / TICKS_PER_SECOND;
+}
+function processCpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+}
+
 async function kmsCalls(metricsPort: number): Promise<Map<string, number>> {
   const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
   const calls = new Map<string, number>();
@@ -132,7 +153,7 @@ async function main() {
       const metricsPort = await freePort();
       // As production runs it: the compiled worker (npm run build), not TypeScript loaded on the fly.
       const prof = process.env.BENCH_WORKER_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_WORKER_PROF}`] : [];
-      const child = spawn(process.execPath, [...prof, join(ROOT, 'dist', 'workers', 'main.js')], {
+      const child = spawn(process.execPath, [...prof, ...(process.env.BENCH_WORKER_NODE_ARGS?.split(' ') ?? []), join(ROOT, 'dist', 'workers', 'main.js')], {
         cwd: ROOT,
         env: {
           ...process.env,
@@ -168,6 +189,7 @@ async function main() {
     await rotateInKms(fleet.kms, rotated);
     const waiting = new Set(databases.filter((d) => rotated.includes(keyOf.get(d)!)));
 
+    const cpuBefore = { machine: machineCpuSeconds(), workers: workers.map((w) => processCpuSeconds(w.child.pid!)), bench: process.cpuUsage() };
     const t0 = Date.now();
     await triggerAll(client, databases);
     const triggeredMs = Date.now() - t0;
@@ -180,6 +202,13 @@ async function main() {
       if (i > 14_400) throw new Error(`only ${closed} of ${opts.databases} backups ended within an hour`);
       await new Promise((r) => setTimeout(r, 250));
     }
+    // Read as soon as the night ends: what the report below costs is not the night's.
+    const cpu = {
+      machine: machineCpuSeconds() - cpuBefore.machine,
+      workers: workers.reduce((sum, w, i) => sum + processCpuSeconds(w.child.pid!) - cpuBefore.workers[i]!, 0),
+      bench: (({ user, system }) => (user + system) / 1e6)(process.cpuUsage(cpuBefore.bench)),
+      available: ((Date.now() - t0) / 1000) * cpus().length,
+    };
     const runs = await listBackupRuns(client, taskQueue);
     if (process.env.BENCH_TIMELINE) {
       // Diagnostics: the slowest run's events, with their times.
@@ -187,6 +216,14 @@ async function main() {
       const history = await client.workflow.getHandle(slowest.workflowId, slowest.runId).fetchHistory();
       const first = ms(history.events?.[0]?.eventTime);
       for (const e of history.events ?? []) console.log(String(ms(e.eventTime) - first).padStart(7), temporal.api.enums.v1.EventType[e.eventType ?? 0], e.activityTaskScheduledEventAttributes?.activityType?.name ?? '');
+    }
+    if (process.env.BENCH_SCHEDULER_TIMELINE) {
+      // Diagnostics: the history of the schedule whose run started last (why did it start late?).
+      const latest = [...runs].sort((a, b) => b.start - a.start)[0]!;
+      const db = latest.workflowId.slice('backup/'.length).replace(/-\d{4}-.*$/, '');
+      console.log('latest run', latest.workflowId, 'started', latest.start - t0);
+      const history = await client.workflow.getHandle(`temporal-sys-scheduler:${backupScheduleId(db)}`).fetchHistory();
+      for (const e of history.events ?? []) console.log(String(ms(e.eventTime) - t0).padStart(7), temporal.api.enums.v1.EventType[e.eventType ?? 0], e.markerRecordedEventAttributes?.markerName ?? '', e.activityTaskScheduledEventAttributes?.activityType?.name ?? '', e.workflowExecutionSignaledEventAttributes?.signalName ?? '');
     }
     const allDone = Math.max(...runs.map((r) => r.close)) - t0;
     const latencies = runs.map((r) => r.close - r.start).sort((a, b) => a - b);
@@ -220,6 +257,18 @@ async function main() {
     const rss = workers.map((w) => peakRssMb(w.child.pid!));
     const events = runs.map((r) => r.events).sort((a, b) => a - b);
     const storageAfter = server.storageBytes();
+    if (process.env.BENCH_SERVER_METRICS) {
+      // Diagnostics: the dev server's persistence calls, and how its schedulers' worker fared.
+      const text = await (await fetch(`http://127.0.0.1:${process.env.BENCH_SERVER_METRICS}/metrics`)).text();
+      const agg = new Map<string, number>();
+      for (const m of text.matchAll(/^(persistence_requests|persistence_latency_sum|visibility_persistence_requests|visibility_persistence_latency_sum)\{([^}]*)\} ([0-9.e+]+)/gm)) {
+        const op = /operation="([^"]+)"/.exec(m[2]!)?.[1] ?? '?';
+        const k = `${m[1]} ${op}`;
+        agg.set(k, (agg.get(k) ?? 0) + Number(m[3]));
+      }
+      for (const [k, v] of [...agg].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log(k.padEnd(70), v.toFixed(2));
+      for (const line of text.split('\n')) if (/per-ns|scheduler|local_activity/.test(line) && /(_sum|_count|_total)\{|^temporal_[a-z_]+\{/.test(line) && !/_bucket/.test(line)) console.log(line.slice(0, 300));
+    }
 
     console.log(`night                 ${opts.databases} schedules triggered in ${seconds(triggeredMs)}; ${rotated.length} keys rotated just before (${waiting.size} backups must wait), ${watch.started.length} rewraps started by the watcher`);
     const starts = runs.map((r) => r.start - t0).sort((a, b) => a - b);
@@ -229,6 +278,10 @@ async function main() {
     console.log(`per backup            p50 ${seconds(percentile(latencies, 50))}, p99 ${seconds(percentile(latencies, 99))}, max ${seconds(latencies.at(-1)!)} (start to close)`);
     console.log(`waiting backups       ${released} of the ${waiting.size} under rotated keys waited (the rest started after their rewrap); released after rewrap-complete: p50 ${releases.length ? `${percentile(releases, 50)} ms` : '-'}, p99 ${releases.length ? `${percentile(releases, 99)} ms` : '-'}, max ${releases.length ? `${releases.at(-1)} ms` : '-'}`);
     console.log(`KMS calls             ${[...calls].map(([op, n]) => `${op} ${n}`).join(', ') || 'none counted'}`);
+    const perBackup = (seconds: number) => `${Math.round((seconds * 1000) / opts.databases)} ms`;
+    console.log(
+      `CPU in the night      ${cpu.machine.toFixed(0)} core-s of the ${cpu.available.toFixed(0)} its ${cpus().length} cores had; per backup: keyops workers ${perBackup(cpu.workers)}, ${opts.cluster ? 'cluster and PostgreSQL' : 'dev server'} ${perBackup(cpu.machine - cpu.workers - cpu.bench)}, this benchmark ${perBackup(cpu.bench)}`,
+    );
     console.log(`worker peak RSS       ${rss.map((r) => `${r} MB`).join(', ')}`);
     console.log(`history events        per backup run: p50 ${percentile(events, 50)}, max ${events.at(-1)}`);
     if (storageBefore !== undefined && storageAfter !== undefined) console.log(`PostgreSQL            ${(storageBefore / 2 ** 20).toFixed(1)} MB before the night, ${(storageAfter / 2 ** 20).toFixed(1)} MB after: +${((storageAfter - storageBefore) / 2 ** 20).toFixed(1)} MB`);
