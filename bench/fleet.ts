@@ -153,7 +153,7 @@ async function main() {
       const metricsPort = await freePort();
       // As production runs it: the compiled worker (npm run build), not TypeScript loaded on the fly.
       const prof = process.env.BENCH_WORKER_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_WORKER_PROF}`] : [];
-      const child = spawn(process.execPath, [...prof, ...(process.env.BENCH_WORKER_NODE_ARGS?.split(' ') ?? []), join(ROOT, 'dist', 'workers', 'main.js')], {
+      const child = spawn(process.execPath, [...prof, ...(process.env.BENCH_WORKER_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? []), join(ROOT, 'dist', 'workers', 'main.js')], {
         cwd: ROOT,
         env: {
           ...process.env,

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import type { Context } from '@temporalio/activity';
-import { ActivityJournal, readJournal } from '../workers/activity-journal';
+import { ActivityJournal, journalOf, readJournal } from '../workers/activity-journal';
 import { ROOT } from './helpers/child-process';
 
 const CHILD = join(ROOT, 'test', 'helpers', 'activity-journal-child.ts');
@@ -62,7 +62,11 @@ describe('the activity journal', () => {
     try {
       let out = '';
       child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-      while (!out.includes('running')) await once(child.stdout, 'data');
+      while (!out.includes('running')) {
+        if (child.exitCode !== null) throw new Error(`the child worker exited ${child.exitCode}`);
+        await once(child.stdout, 'data');
+      }
+      assert.deepEqual(readJournal(journalOf(dir, child.pid!)!)?.activities.map((a) => a.activityId), ['live-1']);
       const journal = new ActivityJournal(dir);
       try {
         let release!: () => void;
@@ -82,10 +86,10 @@ describe('the activity journal', () => {
   it('stays small over a night of activities, and a clean stop removes it', async () => {
     const dir = newDir();
     const journal = new ActivityJournal(dir);
-    const file = join(dir, `${process.pid}.log`);
     let release!: () => void;
     const held = journal.interceptor({ info: info('held') } as unknown as Context).inbound!.execute!({ args: [], headers: {} }, () => new Promise<void>((r) => (release = r)));
     for (let i = 0; i < 10_000; i++) await journal.interceptor({ info: info(`n-${i}`) } as unknown as Context).inbound!.execute!({ args: [], headers: {} }, () => Promise.resolve(i));
+    const file = journalOf(dir, process.pid)!;
     // 20,000 lines appended, but rewritten to the one still running every 2,000 or so.
     assert.ok(statSync(file).size < 400_000, `journal of ${statSync(file).size} bytes`);
     assert.deepEqual(readJournal(file)?.activities.map((a) => a.activityId), ['held']);
@@ -94,6 +98,27 @@ describe('the activity journal', () => {
     assert.deepEqual(readJournal(file)?.activities, []);
     journal.close();
     assert.deepEqual(readdirSync(dir), []);
+  });
+
+  it('a journal it cannot write never fails the activity, and is whole again once it can', async () => {
+    const dir = newDir();
+    const journal = new ActivityJournal(dir);
+    const run = (id: string, body: () => Promise<unknown>) => journal.interceptor({ info: info(id) } as unknown as Context).inbound!.execute!({ args: [], headers: {} }, body);
+    assert.equal(await run('before', () => Promise.resolve('ok')), 'ok');
+    // The directory goes away under the worker. Appends still reach the unlinked file, but the
+    // compaction after 2,000 lines cannot write its new file, and neither can any change after.
+    rmSync(dir, { recursive: true, force: true });
+    let release!: () => void;
+    const held = run('held', () => new Promise<void>((r) => (release = r)));
+    for (let i = 0; i < 1_100; i++) assert.equal(await run(`during-${i}`, () => Promise.resolve('still ok')), 'still ok');
+    assert.equal(existsSync(dir), false);
+    mkdirSync(dir, { recursive: true });
+    assert.equal(await run('after', () => Promise.resolve('ok')), 'ok');
+    // Rewritten whole on the first write that worked: the attempt still running is in it.
+    assert.deepEqual(readJournal(journalOf(dir, process.pid)!)?.activities.map((a) => a.activityId), ['held']);
+    release();
+    await held;
+    journal.close();
   });
 
   it("reads the whole-file journal of earlier workers, and skips a line a crash cut short", () => {

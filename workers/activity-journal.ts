@@ -55,7 +55,7 @@ function alive(pid: number, started: string | undefined): boolean {
 const keyOf = (a: Pick<InFlightActivity, 'runId' | 'activityId'>) => `${a.runId}/${a.activityId}`;
 
 /**
- * A journal file as a dead process left it: `<pid>.log` (a header line, then one line per
+ * A journal file as a dead process left it: `<pid>-<start>.log` (a header line, then one line per
  * attempt started, `{"+":…}`, or ended, `{"-":"runId/activityId"}`) or the `<pid>.json` that
  * earlier keyops workers wrote (the whole state, rewritten on each change). Undefined if neither.
  */
@@ -99,9 +99,19 @@ export function readJournal(file: string): z.infer<typeof journalSchema> | undef
   return header && { ...header, activities: [...running.values()] };
 }
 
+/** The journal a worker process keeps (or left) in `dir`, if any. */
+export function journalOf(dir: string, pid: number): string | undefined {
+  try {
+    const name = readdirSync(dir).find((n) => new RegExp(`^${pid}(-\\d+)?\\.log$`).test(n));
+    return name === undefined ? undefined : join(dir, name);
+  } catch {
+    return undefined;
+  }
+}
+
 /**
- * The activities a worker process is running, appended to `<dataDir>/workers/<pid>.log` as they
- * start and end. A worker that dies (SIGKILL, OOM, a lost host) cannot tell the server; without
+ * The activities a worker process is running, appended to `<dataDir>/workers/<pid>-<start>.log`
+ * as they start and end. A worker that dies (SIGKILL, OOM, a lost host) cannot tell the server; without
  * this, its activities are retried only when their heartbeat timeout (30 s) or start-to-close
  * timeout (1 minute) runs out. The next worker on the same data directory reads the journal of
  * every dead process and fails those attempts at once (retryable WORKER_DIED), so the server
@@ -126,8 +136,11 @@ export class ActivityJournal {
     private readonly logger?: Logger,
   ) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    this.file = join(dir, `${process.pid}.log`);
-    this.header = JSON.stringify({ pid: process.pid, identity: `${process.pid}@${hostname()}`, host: hostname(), started: processStart(process.pid) });
+    const started = processStart(process.pid);
+    // With the start time in the name, a worker that gets a dead one's pid (PID 1 in a restarted
+    // container) neither takes that journal for its own nor overwrites it.
+    this.file = join(dir, started === undefined ? `${process.pid}.log` : `${process.pid}-${started}.log`);
+    this.header = JSON.stringify({ pid: process.pid, identity: `${process.pid}@${hostname()}`, host: hostname(), started });
   }
 
   /** The interceptor that keeps the journal: add it to the worker's `interceptors.activity`. */
@@ -154,21 +167,35 @@ export class ActivityJournal {
   close(): void {
     this.running.clear();
     this.closed = true;
-    if (this.fd !== undefined) closeSync(this.fd);
-    this.fd = undefined;
+    this.closeFd();
     rmSync(this.file, { force: true });
+    rmSync(`${this.file}.tmp`, { force: true });
+  }
+
+  private closeFd(): void {
+    const fd = this.fd;
+    this.fd = undefined;
+    try {
+      if (fd !== undefined) closeSync(fd);
+    } catch {
+      // Already unusable: there is nothing more to release.
+    }
   }
 
   private append(line: object): void {
     if (this.closed) return;
     try {
       if (this.fd === undefined || this.lines > this.running.size + COMPACT_AFTER_LINES) this.rewrite();
-      else writeSync(this.fd, `${JSON.stringify(line)}\n`);
+      else {
+        const text = `${JSON.stringify(line)}\n`;
+        // A short write (a disk filling up) would glue the next line to half of this one.
+        if (writeSync(this.fd, text) !== Buffer.byteLength(text)) throw new Error('short write');
+      }
       this.lines++;
     } catch (err) {
       // The journal only speeds up recovery: a full disk must not fail (or un-succeed) the work.
-      if (this.fd !== undefined) closeSync(this.fd);
-      this.fd = undefined;
+      // The next change rewrites it whole.
+      this.closeFd();
       if (!this.warned) this.logger?.warn({ file: this.file, err: err instanceof Error ? err.message : String(err) }, 'could not write the activity journal; a crash now costs the activity timeouts');
       this.warned = true;
     }
@@ -179,7 +206,7 @@ export class ActivityJournal {
     const tmp = `${this.file}.tmp`;
     writeFileSync(tmp, [this.header, ...[...this.running.values()].map((a) => JSON.stringify({ '+': a })), ''].join('\n'), { mode: 0o600 });
     renameSync(tmp, this.file);
-    if (this.fd !== undefined) closeSync(this.fd);
+    this.closeFd();
     this.fd = openSync(this.file, 'a');
     this.lines = this.running.size;
     this.warned = false;
@@ -195,7 +222,7 @@ export class ActivityJournal {
     }
     return names.flatMap((name) => {
       const file = join(this.dir, name);
-      if (!/^\d+\.(log|json)$/.test(name) || file === this.file) return [];
+      if (!/^\d+(-\d+)?\.(log|json)$/.test(name) || file === this.file) return [];
       const journal = readJournal(file);
       if (!journal) return [];
       // Another host (a shared volume) or another PID namespace cannot be checked from here:

@@ -5,16 +5,17 @@
 import { join } from 'node:path';
 import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
-import { readJournal } from '../../workers/activity-journal';
+import { journalOf, readJournal } from '../../workers/activity-journal';
 import { pool } from '../helpers/fleet';
 
 /**
  * How many activities a worker process is running, from the journal it keeps for whoever
- * outlives it (workers/activity-journal.ts: `<dataDir>/workers/<pid>.log`, written as each starts).
+ * outlives it (workers/activity-journal.ts, written as each starts).
  */
 export function activitiesInFlight(dataDir: string, pid: number): number {
   // No journal yet: nothing has run there.
-  return readJournal(join(dataDir, 'workers', `${pid}.log`))?.activities.length ?? 0;
+  const file = journalOf(join(dataDir, 'workers'), pid);
+  return file === undefined ? 0 : (readJournal(file)?.activities.length ?? 0);
 }
 
 const { EventType } = temporal.api.enums.v1;
