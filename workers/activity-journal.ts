@@ -268,7 +268,11 @@ export async function resumeOrphanedActivities(journal: ActivityJournal, connect
         logger.warn({ workflowId: a.workflowId, activityId: a.activityId, err: err instanceof Error ? err.message : String(err) }, 'could not resume an activity a dead worker left running');
       }
     }
-    if (complete) rmSync(orphan.file, { force: true });
+    if (complete) {
+      rmSync(orphan.file, { force: true });
+      // A compaction the process was in the middle of when it died.
+      rmSync(`${orphan.file}.tmp`, { force: true });
+    }
   }
   return failed;
 }
