@@ -91,10 +91,13 @@ export function readJournal(file: string): z.infer<typeof journalSchema> | undef
       header = h.data;
       continue;
     }
-    const started = z.object({ '+': entrySchema }).safeParse(value);
-    if (started.success) running.set(keyOf(started.data['+']), started.data['+']);
-    const ended = z.object({ '-': z.string() }).safeParse(value);
-    if (ended.success) running.delete(ended.data['-']);
+    if (typeof value !== 'object' || value === null) continue;
+    // Most lines are ends, which need no schema; only a start is checked, and only until it ends.
+    if ('-' in value && typeof value['-'] === 'string') running.delete(value['-']);
+    else if ('+' in value) {
+      const started = entrySchema.safeParse(value['+']);
+      if (started.success) running.set(keyOf(started.data), started.data);
+    }
   }
   return header && { ...header, activities: [...running.values()] };
 }
@@ -222,7 +225,12 @@ export class ActivityJournal {
     }
     return names.flatMap((name) => {
       const file = join(this.dir, name);
-      if (!/^\d+(-\d+)?\.(log|json)$/.test(name) || file === this.file) return [];
+      const named = /^(\d+)(?:-(\d+))?\.(log|json)$/.exec(name);
+      if (!named || file === this.file) return [];
+      // A live worker's journal is not read: it grows to thousands of lines on a busy night, and
+      // this runs every few seconds. Its name says whose it is: pid and start time. (A name
+      // without the start time, or an earlier worker's .json, is read for the one in its header.)
+      if (named[2] !== undefined && alive(Number(named[1]), named[2])) return [];
       const journal = readJournal(file);
       if (!journal) return [];
       // Another host (a shared volume) or another PID namespace cannot be checked from here:
