@@ -1,5 +1,8 @@
-import type { Client, ScheduleDescription, ScheduleOptionsStartWorkflowAction, ScheduleOverlapPolicy, ScheduleSpec, Workflow } from '@temporalio/client';
-import { ScheduleAlreadyRunning } from '@temporalio/client';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { status as grpcStatus } from '@grpc/grpc-js';
+import type { Client, ScheduleDescription, ScheduleHandle, ScheduleOptionsStartWorkflowAction, ScheduleOverlapPolicy, ScheduleSpec, Workflow } from '@temporalio/client';
+import { ScheduleAlreadyRunning, ServiceError, isGrpcServiceError } from '@temporalio/client';
+import { CliError, ExitCode } from '../cli-error';
 
 export type ScheduleChange = 'created' | 'updated' | 'unchanged';
 
@@ -14,6 +17,37 @@ export interface DesiredSchedule<W extends Workflow> {
 /** The schedule file a schedule was last applied from, if any (kept in the action's memo). */
 export const declaredIn = (description: ScheduleDescription): string | undefined =>
   description.action.type === 'startWorkflow' ? (description.action.memo?.declaredIn as string | undefined) : undefined;
+
+const DESCRIBE_ATTEMPTS = 5;
+
+/** The server ran out of time answering (its schedulers' worker busy, as right after a thousand creates). */
+function timedOut(err: unknown): boolean {
+  const cause = err instanceof ServiceError ? err.cause : err;
+  return isGrpcServiceError(cause) && (cause.code === grpcStatus.DEADLINE_EXCEEDED || cause.code === grpcStatus.UNAVAILABLE || cause.code === grpcStatus.RESOURCE_EXHAUSTED);
+}
+
+/**
+ * A schedule's description. The server answers by querying the schedule's own workflow, which can
+ * take longer than its 30 s deadline while a fleet's schedules are being created; asking again
+ * a little later is safe (it reads only), and beats failing an apply of a thousand schedules.
+ */
+async function describeWhenAnswered(handle: ScheduleHandle): Promise<ScheduleDescription> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await handle.describe();
+    } catch (err) {
+      if (!timedOut(err)) throw err;
+      if (attempt >= DESCRIBE_ATTEMPTS) {
+        throw new CliError(
+          `the server did not describe schedule ${handle.scheduleId} in time, ${DESCRIBE_ATTEMPTS} times: its schedules are busy (many just created or triggered?)`,
+          ExitCode.failed,
+          'run the same command again in a minute: it changes only what differs',
+        );
+      }
+      await sleep(2_000 * attempt);
+    }
+  }
+}
 
 /**
  * Creates the schedule, or updates it when it differs from `desired`: applying the same thing
@@ -35,7 +69,7 @@ export async function upsertSchedule<W extends Workflow>(
     if (!(err instanceof ScheduleAlreadyRunning)) throw err;
   }
   const handle = client.schedule.getHandle(scheduleId);
-  const current = await handle.describe();
+  const current = await describeWhenAnswered(handle);
   const same =
     sameTimes(current) &&
     (current.spec.jitter ?? 0) === (desired.spec.jitter ?? 0) &&
