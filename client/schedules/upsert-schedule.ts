@@ -23,7 +23,10 @@ const DESCRIBE_ATTEMPTS = 5;
 /** The server ran out of time answering (its schedulers' worker busy, as right after a thousand creates). */
 function timedOut(err: unknown): boolean {
   const cause = err instanceof ServiceError ? err.cause : err;
-  return isGrpcServiceError(cause) && (cause.code === grpcStatus.DEADLINE_EXCEEDED || cause.code === grpcStatus.UNAVAILABLE || cause.code === grpcStatus.RESOURCE_EXHAUSTED);
+  if (!isGrpcServiceError(cause)) return false;
+  if (cause.code === grpcStatus.DEADLINE_EXCEEDED || cause.code === grpcStatus.UNAVAILABLE || cause.code === grpcStatus.RESOURCE_EXHAUSTED) return true;
+  // The server's own query deadline can come back under another code, named only in its text.
+  return /deadline exceeded|timed out|timeout/i.test(cause.details ?? cause.message);
 }
 
 /**
