@@ -10,16 +10,8 @@ import { DefaultLogger, bundleWorkflowCode } from '@temporalio/worker';
 
 export const PREBUILT_BUNDLE = join(__dirname, '..', 'workflow-bundle.js');
 
-/**
- * Modules evaluated once per worker instead of once per workflow run. Each run re-evaluates the
- * workflow modules it imports, and zod's own set-up was an eighth of a worker's workflow-thread
- * time in a 300-night fleet. zod holds no per-run state: the schemas, which it caches into, are
- * built by our modules, per run. Our modules stay per run.
- */
-export const PRELOADED_WORKFLOW_MODULES = ['zod'];
-
 /** How every keyops worker bundles the workflows: `npm run build`, a worker from source, the tests. */
-export const workflowBundleOptions = () => ({ workflowsPath: require.resolve('../workflows'), preloadModules: PRELOADED_WORKFLOW_MODULES });
+export const workflowBundleOptions = () => ({ workflowsPath: require.resolve('../workflows') });
 
 async function main(): Promise<void> {
   const { code } = await bundleWorkflowCode({ ...workflowBundleOptions(), logger: new DefaultLogger('WARN') });

@@ -90,7 +90,6 @@ async function main(): Promise<number> {
     return 3;
   }
   const journal = new ActivityJournal(join(config.dataDir, 'workers'), logger);
-  const bundling = workflowBundleOptions();
   let sweeper: NodeJS.Timeout | undefined;
   try {
     const workers = await KeyopsWorkers.create({
@@ -98,7 +97,7 @@ async function main(): Promise<number> {
       namespace: target.namespace,
       taskQueue: config.taskQueue,
       // From dist, the bundle `npm run build` made; from source, bundled here.
-      ...(existsSync(PREBUILT_BUNDLE) ? { workflowBundle: { codePath: PREBUILT_BUNDLE } } : { workflowsPath: bundling.workflowsPath, bundlerOptions: { preloadModules: bundling.preloadModules } }),
+      ...(existsSync(PREBUILT_BUNDLE) ? { workflowBundle: { codePath: PREBUILT_BUNDLE } } : { workflowsPath: workflowBundleOptions().workflowsPath }),
       activities: createActivities({ dataDir: config.dataDir, keyopsVersion, alertWebhook: config.alertWebhook, ...adapters }),
       shutdownGraceTime: `${config.shutdownGraceSeconds} seconds`,
       interceptors: { activity: [journal.interceptor] },
