@@ -35,8 +35,8 @@ MARIADB_PID="$RUN_DIR/mariadb.pid"
 MARIADB_SOCK="$MARIADB_DIR/mariadbd.sock"
 START_TIMEOUT="${KEYOPS_START_TIMEOUT:-60}"
 # How the dev server runs here (bench:fleet runs it the same way, through `server-flags`):
-# - SQLite in WAL mode with synchronous=NORMAL: a crash of the server loses nothing, a power
-#   cut may lose the last transactions; fsync on every commit cut a night's starts to a third.
+# - SQLite in WAL mode with synchronous=NORMAL: it syncs at checkpoints, not on every commit. A
+#   crash of the server loses nothing; a power cut may lose its last transactions.
 # - The schedulers' worker keeps its tasks on their sticky queue for 60 s, not 5 s. A night of
 #   aligned schedules queues hundreds of them; expired ones move to the normal queue, which its
 #   pollers skip while the sticky queue has a backlog, and the night's starts stall for a minute.

@@ -17,7 +17,6 @@ import { run } from 'node:test';
 import { spec } from 'node:test/reporters';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { DefaultLogger, Runtime, bundleWorkflowCode } from '@temporalio/worker';
-import { workflowBundleOptions } from '../workers/bundle-workflows';
 import { keyopsSearchAttributes } from '../workflows/search-attributes';
 import { formatReport, scanSuite } from './helpers/key-material-scan';
 import { testEnvVars } from './helpers/test-env-vars';
@@ -97,8 +96,10 @@ async function main(): Promise<number> {
   Runtime.install({ logger: new DefaultLogger('WARN') });
   const env = await startServer(cliPath);
   try {
-    // As production bundles them (npm run build).
-    const bundle = await bundleWorkflowCode({ ...workflowBundleOptions(), logger: new DefaultLogger('WARN') });
+    const bundle = await bundleWorkflowCode({
+      workflowsPath: require.resolve('../workflows'),
+      logger: new DefaultLogger('WARN'),
+    });
     mkdirSync(CACHE, { recursive: true });
     const bundlePath = join(CACHE, 'workflow-bundle.js');
     writeFileSync(bundlePath, bundle.code);

@@ -127,6 +127,7 @@ export function journalOf(dir: string, pid: number): string | undefined {
  */
 export class ActivityJournal {
   private readonly running = new Map<string, InFlightActivity>();
+  private readonly host = hostname();
   private readonly file: string;
   private readonly header: string;
   private fd: number | undefined;
@@ -143,7 +144,7 @@ export class ActivityJournal {
     // With the start time in the name, a worker that gets a dead one's pid (PID 1 in a restarted
     // container) neither takes that journal for its own nor overwrites it.
     this.file = join(dir, started === undefined ? `${process.pid}.log` : `${process.pid}-${started}.log`);
-    this.header = JSON.stringify({ pid: process.pid, identity: `${process.pid}@${hostname()}`, host: hostname(), started });
+    this.header = JSON.stringify({ pid: process.pid, identity: `${process.pid}@${this.host}`, host: this.host, started });
   }
 
   /** The interceptor that keeps the journal: add it to the worker's `interceptors.activity`. */
@@ -240,8 +241,6 @@ export class ActivityJournal {
       return [{ file, pid: journal.pid, identity: journal.identity, activities: journal.activities }];
     });
   }
-
-  private readonly host = hostname();
 }
 
 /**

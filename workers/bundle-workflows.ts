@@ -10,11 +10,8 @@ import { DefaultLogger, bundleWorkflowCode } from '@temporalio/worker';
 
 export const PREBUILT_BUNDLE = join(__dirname, '..', 'workflow-bundle.js');
 
-/** How every keyops worker bundles the workflows: `npm run build`, a worker from source, the tests. */
-export const workflowBundleOptions = () => ({ workflowsPath: require.resolve('../workflows') });
-
 async function main(): Promise<void> {
-  const { code } = await bundleWorkflowCode({ ...workflowBundleOptions(), logger: new DefaultLogger('WARN') });
+  const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows'), logger: new DefaultLogger('WARN') });
   // Renamed into place: a worker starting meanwhile reads the old bundle or the new, never half.
   writeFileSync(`${PREBUILT_BUNDLE}.tmp`, code);
   renameSync(`${PREBUILT_BUNDLE}.tmp`, PREBUILT_BUNDLE);

@@ -6,7 +6,7 @@ import { createActivities } from '../activities';
 import { ConnectionConfigError, resolveConnection } from '../client/connection';
 import { KmsError } from '../activities/kms/kms-error';
 import { ActivityJournal, resumeOrphanedActivities } from './activity-journal';
-import { PREBUILT_BUNDLE, workflowBundleOptions } from './bundle-workflows';
+import { PREBUILT_BUNDLE } from './bundle-workflows';
 import { openAdapters } from './adapters';
 import { ConfigError, loadWorkerConfig } from './config';
 import { KeyopsConfigError } from './keyops-config';
@@ -97,7 +97,7 @@ async function main(): Promise<number> {
       namespace: target.namespace,
       taskQueue: config.taskQueue,
       // From dist, the bundle `npm run build` made; from source, bundled here.
-      ...(existsSync(PREBUILT_BUNDLE) ? { workflowBundle: { codePath: PREBUILT_BUNDLE } } : { workflowsPath: workflowBundleOptions().workflowsPath }),
+      ...(existsSync(PREBUILT_BUNDLE) ? { workflowBundle: { codePath: PREBUILT_BUNDLE } } : { workflowsPath: require.resolve('../workflows') }),
       activities: createActivities({ dataDir: config.dataDir, keyopsVersion, alertWebhook: config.alertWebhook, ...adapters }),
       shutdownGraceTime: `${config.shutdownGraceSeconds} seconds`,
       interceptors: { activity: [journal.interceptor] },
