@@ -52,9 +52,9 @@ describe('nightlyBackup bounded waits running out (time-skipping server)', () =>
 
   /**
    * Starts the night's backup and returns once it is waiting in `phase`, read from its Phase
-   * search attribute. Not by a query: a query that reaches the test server while a workflow task
-   * is out makes it record an extra task in the history, after the check-keys local activity's
-   * marker, and that history no longer replays (the closed run's own query then fails).
+   * search attribute. Not by a query: one that lands while the key check runs splits that
+   * workflow task (nightly-backup-queried.test.ts), and the test server records an extra task
+   * for it; the run is then replayed more than these tests mean to exercise.
    */
   const startWaiting = async (s: Awaited<ReturnType<typeof setup>>, databaseId: string, night: string, phase: BackupPhase, extra: Partial<Parameters<typeof nightlyBackup>[0]> = {}) => {
     const handle = await suite.client.workflow.start(nightlyBackup, {

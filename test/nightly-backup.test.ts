@@ -121,8 +121,9 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       );
       assert.deepEqual(await s.engine.verifyBackup(entry), { tables: 1, rows: 500 });
       assert.equal((await backup.describe()).typedSearchAttributes.get(OutcomeAttribute), 'succeeded');
-      // Since the nightly-backup-local-bookkeeping patch (nightly-backup-checked-input.json is from before it).
-      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backup.workflowId, 'nightly-backup-local-bookkeeping.json');
+      // Since the nightly-backup-patches-first patch (nightly-backup-local-bookkeeping.json and
+      // nightly-backup-checked-input.json are from before it).
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backup.workflowId, 'nightly-backup-patches-first.json');
     });
     await suite.client.workflow.getHandle(keyEntityWorkflowId(s.keyId)).terminate('test finished');
   });
@@ -156,7 +157,7 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
         assert.ok(cause instanceof Error);
         assert.match(cause.message, /no database crm/);
         assert.equal(await outcome(night), expected);
-        if (expected === 'alert' && process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backupWorkflowId('crm', night), 'nightly-backup-alert-local-bookkeeping.json');
+        if (expected === 'alert' && process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backupWorkflowId('crm', night), 'nightly-backup-alert-patches-first.json');
       }
       assert.deepEqual(
         received.map((a) => ({ event: a.event, databaseId: a.databaseId, night: a.night, failedNights: a.failedNights })),
@@ -236,7 +237,7 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       assert.ok(events.some((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'masterKeyRotationEnded'), 'released by the rotation end signal');
       assert.ok(!events.some((e) => e.timerFiredEventAttributes), 'the hour-long poll never fired');
       assert.equal(s.catalog.list({ databaseId: 'hr' }).length, 1);
-      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backupWorkflowId('hr', night), 'nightly-backup-master-key-signal.json');
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backupWorkflowId('hr', night), 'nightly-backup-master-key-patches-first.json');
     });
   });
 

@@ -88,6 +88,15 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
   );
   const night = input.night ?? new Date(workflowInfo().startTime).toISOString().slice(0, 10);
   const { checkBackupKeys, recordBackup, recordNight, applyRetention } = patched('nightly-backup-local-bookkeeping') ? localBookkeeping : remoteBookkeeping;
+  // Every later change is decided here, before the first local activity, never right after one.
+  // A query that reaches a run while its local activity runs makes the SDK close that workflow
+  // task with the activity's marker alone, and the code after the result runs in the next task.
+  // A replay resolves the activity in the first task instead, where a patch recorded in the next
+  // one is not yet known: patched() answered false and the history failed to replay (reproduced
+  // on the dev server: 17 of 30 queried runs). Runs started before this patch ask each change
+  // where they always did.
+  const current = patched('nightly-backup-patches-first');
+  const changed = (patchId: string) => current || patched(patchId);
   const progress: BackupProgress = {
     databaseId: input.databaseId,
     night,
@@ -146,7 +155,7 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
       const recheckMs = Math.min(input.keyChangeRecheckMs ?? 60_000, waitUntil - Date.now());
       // The rotation's end releases the backup by signal, as a rewrap's does; the re-check
       // remains for a rotation keyops does not run. (Runs started before this only poll.)
-      if (keys.masterKeyRotation && patched('master-key-wait-signal')) {
+      if (keys.masterKeyRotation && changed('master-key-wait-signal')) {
         // Asked once per rotation: a re-check while the rotation still owes its signal asks
         // nothing again (each request would be an event in the rotation's history).
         if (registered !== 'signal' || masterKeyEnded) {
@@ -215,7 +224,7 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     ]);
     // Only after a good, verified backup is catalogued may older ones go. (Runs started before
     // retention existed finish without it.)
-    if (patched('nightly-backup-retention')) {
+    if (changed('nightly-backup-retention')) {
       enter('retention', `keeping the newest ${input.retain ?? DEFAULT_RETAIN} good backups`);
       const keep = input.retain ?? DEFAULT_RETAIN;
       const retention = await applyRetention.executeWithOptions({ summary: `keep the newest ${keep} good backups of ${db}, delete older ones` }, [{ databaseId: input.databaseId, keep }]);
@@ -234,7 +243,7 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     );
     if (progress.failedNights >= 2) {
       log.error('backup alert: nights in a row without a good backup', { databaseId: input.databaseId, failedNights: progress.failedNights, reason });
-      if (patched('backup-alert-webhook')) {
+      if (changed('backup-alert-webhook')) {
         const alert = { databaseId: input.databaseId, night, failedNights: progress.failedNights, reason, workflowId: workflowInfo().workflowId };
         // A webhook that is down must not hide why the night failed.
         const summary = `send the backup alert for ${db}: ${progress.failedNights} failed nights in a row`;

@@ -54,8 +54,8 @@ async function stateOf(client: Client, workflowId: string): Promise<RunState> {
  *
  * Why not one long `env.sleep()`: the test server jumps its clock whenever nothing holds it, and
  * a workflow task on a worker does not. One 7-hour sleep jumped past a task still on the worker:
- * the task timed out, the server handed the worker a second task for the same run, and the run
- * failed its replay and never closed (CI, 2026-12-07: the test file hung for its 10 minutes).
+ * the task timed out and the run was replayed in the middle of the test (CI, 2026-12-07: that
+ * replay hit the patch bug nightly-backup-patches-first fixes, and the file hung 10 minutes).
  */
 export async function skipTimeUntilClosed(env: TestWorkflowEnvironment, client: Client, workflowIds: [string, ...string[]], limitMs: number): Promise<void> {
   const startedAt = await env.currentTimeMs();
