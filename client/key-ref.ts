@@ -1,9 +1,9 @@
 import type { Client } from '@temporalio/client';
 import type { KeyRef } from '../activities';
 import { asKeyId } from '../activities/kms/key-id';
-import { resolveRootKeys } from '../workflows';
+import { resolveKeysUpdate } from '../workflows/lookup-messages';
 import { CliError, ExitCode } from './cli-error';
-import { runOnWorker } from './run-on-worker';
+import { lookUpOnWorker } from './run-on-worker';
 
 /** The help line of every command that takes a <key>. */
 export const KEY_ARGUMENT =
@@ -26,10 +26,10 @@ export async function resolveKeyRefs(client: Client, raws: string[], taskQueue: 
       throw new CliError(`key "${ref}" is neither a key id (a UUID such as 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90, or <instance>:<id> such as bao:orders) nor a key name`, ExitCode.usage);
     }
   }
-  return runOnWorker(
+  return lookUpOnWorker(
     client,
-    resolveRootKeys,
-    { taskQueue, workflowId: `resolve-keys/${Date.now()}`, args: [refs], summary: `keyops: look up key(s) ${refs.join(', ')}` },
+    resolveKeysUpdate,
+    { taskQueue, args: [refs], summary: `keyops: look up key(s) ${refs.join(', ')}` },
     (failure) => {
       throw new CliError(`could not look up key(s) ${refs.join(', ')}: ${failure.message}`, ExitCode.failed);
     },

@@ -1,5 +1,7 @@
-import { ApplicationFailure } from '@temporalio/common';
-import type { Client, Workflow, WorkflowStartOptions } from '@temporalio/client';
+import { ApplicationFailure, type UpdateDefinition } from '@temporalio/common';
+import { WithStartWorkflowOperation, type Client, type Workflow, type WorkflowStartOptions } from '@temporalio/client';
+import { lookupDesk } from '../workflows';
+import { lookupDeskWorkflowId } from '../workflows/lookup-messages';
 import { CliError, ExitCode } from './cli-error';
 import { connectOrExplain, explainEncryptedPayload } from './connect-or-explain';
 import type { GlobalOptions } from './global-options';
@@ -74,6 +76,73 @@ async function aWorkerTookIt(client: Client, workflowId: string): Promise<boolea
   try {
     const history = await client.workflow.getHandle(workflowId).fetchHistory();
     return (history.events ?? []).some((e) => e.workflowTaskStartedEventAttributes);
+  } catch {
+    return false;
+  }
+}
+
+/** Said by the desk's validator while its run hands over to the next (lookup-desk.ts). */
+const HANDING_OVER = /handing over to the next one/;
+
+/**
+ * Asks a worker a read-only question as an update of the task queue's look-up desk (started by
+ * the first question): no workflow run per look-up in the list, and the answer still comes from
+ * a worker. Bounded like runOnWorker, with the same explanations.
+ */
+export async function lookUpOnWorker<Ret, Args extends unknown[]>(
+  client: Client,
+  update: UpdateDefinition<Ret, Args>,
+  opts: { taskQueue: string; args: Args; summary: string; timeoutSeconds?: number },
+  explain: (failure: ApplicationFailure) => never,
+): Promise<Ret> {
+  const seconds = opts.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS;
+  const workflowId = lookupDeskWorkflowId(opts.taskQueue);
+  const deadline = Date.now() + seconds * 1000;
+  for (let attempt = 1; ; attempt++) {
+    const startWorkflowOperation = new WithStartWorkflowOperation(lookupDesk, {
+      workflowId,
+      taskQueue: opts.taskQueue,
+      args: [{}],
+      workflowIdConflictPolicy: 'USE_EXISTING',
+      staticSummary: `keyops look-ups for task queue ${opts.taskQueue}`,
+      staticDetails:
+        'Answers the CLI\'s read-only questions (key show, key versions, rewrap status, backup list, key names) as updates, each by one activity on a worker: ' +
+        'only workers hold the KMS credentials and the catalog. One run serves them all, so look-ups add no run to the workflow list. It changes nothing.',
+    });
+    try {
+      return await client.withDeadline(deadline, () => client.workflow.executeUpdateWithStart(update, { args: opts.args, startWorkflowOperation }));
+    } catch (err) {
+      const failure = rootApplicationFailure(err);
+      // The desk's run is handing over to its next run (it continues as new): ask that one.
+      const closing = (failure && HANDING_OVER.test(failure.message)) || /workflow execution already completed/i.test(String(err));
+      if (closing && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 1000)));
+        continue;
+      }
+      if (failure && !closing) explain(failure);
+      const encrypted = explainEncryptedPayload(err);
+      if (encrypted) throw encrypted;
+      if (Date.now() < deadline && !closing) throw err;
+      if (await aWorkerIsOnIt(client, workflowId)) {
+        throw new CliError(
+          `a worker on task queue "${opts.taskQueue}" took "${opts.summary}" but did not answer within ${seconds} s`,
+          ExitCode.failed,
+          `see workflow ${workflowId} in the Web UI (its pending activity shows the last error), and the worker's log`,
+        );
+      }
+      throw new CliError(
+        `no worker answered within ${seconds} s on task queue "${opts.taskQueue}"`,
+        ExitCode.failed,
+        'start a worker with ./temporal-dev.sh, and check it with keyops ping --workflow',
+      );
+    }
+  }
+}
+
+/** Whether the desk has an activity under way: a worker took the question and is still on it. */
+async function aWorkerIsOnIt(client: Client, workflowId: string): Promise<boolean> {
+  try {
+    return ((await client.workflow.getHandle(workflowId).describe()).raw.pendingActivities ?? []).length > 0;
   } catch {
     return false;
   }

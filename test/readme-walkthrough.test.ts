@@ -72,6 +72,13 @@ const IN_THE_UI: Record<string, RegExp[]> = {
   ],
 };
 
+/**
+ * Every workflow type in the list after the walkthrough: its operations, the key's entity, and
+ * the look-up desk. No look-up type (describeRootKey, resolveRootKeys, listBackups,
+ * listRootKeyVersions): the CLI no longer starts them.
+ */
+const WALKTHROUGH_RUN_TYPES = ['initDemo', 'rotateInKms', 'nightlyBackup', 'awaitRewrap', 'keyEntity', 'watchRootKeys', 'rotateRootKey', 'rotateMasterKey', 'lookupDesk'];
+
 describe('README walkthrough, run as written', () => {
   const stack = useDevStack('walkthrough');
 
@@ -100,6 +107,15 @@ describe('README walkthrough, run as written', () => {
       }
     }
     assert.ok(client, 'the walkthrough rotates in the KMS only');
+
+    // The default workflow list shows the operations the walkthrough started, and no run per
+    // look-up (`key show`, `rewrap status`, `backup list`, key names): those are updates of the
+    // one look-up desk.
+    const listed: string[] = [];
+    for await (const w of client.workflow.list()) listed.push(`${w.type} ${w.workflowId}`);
+    const types = [...new Set(listed.map((l) => l.split(' ')[0]!))].sort();
+    assert.deepEqual(types, [...WALKTHROUGH_RUN_TYPES].sort(), `the workflow list:\n${listed.sort().join('\n')}`);
+    assert.equal(listed.filter((l) => l.startsWith('lookupDesk ')).length, 1, 'one look-up desk');
 
     assert.deepEqual(queries.map((q) => q.run), Object.keys(IN_THE_UI), 'the README lists a query for each run');
     const executablePath = execFileSync(join(ROOT, 'test', 'browser', 'chromium-path.sh'), { encoding: 'utf8' }).trim();

@@ -22,3 +22,4 @@ export { importBackups } from './import-backups';
 export { importBackupKey } from './import-backup-key';
 export { listRootKeyVersions } from './list-root-key-versions';
 export { destroyRootKeyVersion } from './destroy-root-key-version';
+export { lookupDesk } from './lookup-desk';

@@ -1,14 +1,15 @@
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { ApplicationFailure } from '@temporalio/common';
 import type { Command } from 'commander';
-import { importBackupKey, importBackups, listBackups, nightlyBackup, restoreBackup, verifyBackup } from '../../workflows';
+import { importBackupKey, importBackups, nightlyBackup, restoreBackup, verifyBackup } from '../../workflows';
 import { type BackupPhase, backupProgressQuery, backupWorkflowId } from '../../workflows/backup-messages';
 import { followRun } from '../follow-run';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
-import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
+import { lookUpOnWorker, rootApplicationFailure, withClient } from '../run-on-worker';
+import { listBackupsUpdate } from '../../workflows/lookup-messages';
 import { applyBackupSchedule, backupDetails, backupScheduleId } from '../schedules/nightly-backup-schedule';
 
 interface BackupOptions {
@@ -130,10 +131,10 @@ export function registerBackupCommands(program: Command): void {
       const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { database?: string; limit?: number }>();
       const filter = { ...(options.database ? { databaseId: parseDatabaseId(options.database) } : {}), ...(options.limit ? { limit: options.limit } : {}) };
       const entries = await withClient(options, (client) =>
-        runOnWorker(
+        lookUpOnWorker(
           client,
-          listBackups,
-          { taskQueue: options.taskQueue, workflowId: `list-backups/${Date.now()}`, args: [filter], summary: 'keyops: read the backup catalog' },
+          listBackupsUpdate,
+          { taskQueue: options.taskQueue, args: [filter], summary: 'keyops: read the backup catalog' },
           (failure) => explainBackupFailure(failure, failure),
         ),
       );

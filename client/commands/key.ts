@@ -2,7 +2,7 @@ import { ApplicationFailure, type Duration, WorkflowExecutionAlreadyStartedError
 import { msToNumber } from '@temporalio/common/lib/time';
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
-import { createRootKey, describeRootKey, destroyRootKeyVersion, listRootKeyVersions, rotateInKms, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
+import { createRootKey, destroyRootKeyVersion, rotateInKms, rotateRootKey, setRootKeyPolicy, watchRootKeys } from '../../workflows';
 import { KMS_ROTATION_SPACING_MS, isEngineKey, rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
 import type { KeyStatus } from '../../activities';
 import { followRun } from '../follow-run';
@@ -12,7 +12,8 @@ import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
-import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
+import { lookUpOnWorker, rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
+import { describeKeyUpdate, listKeyVersionsUpdate } from '../../workflows/lookup-messages';
 import { WATCH_DETAILS, WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
 
 interface KeyOptions {
@@ -38,12 +39,7 @@ function explainKmsFailure(err: unknown, keyId: string): never {
 }
 
 const describe = (client: Client, keyId: string, taskQueue: string) =>
-  runOnWorker(
-    client,
-    describeRootKey,
-    { taskQueue, workflowId: `describe-key/${keyId}/${Date.now()}`, args: [keyId], summary: `keyops: read metadata of key ${keyId}` },
-    (failure) => explainKmsFailure(failure, keyId),
-  );
+  lookUpOnWorker(client, describeKeyUpdate, { taskQueue, args: [keyId], summary: `keyops: read metadata of key ${keyId}` }, (failure) => explainKmsFailure(failure, keyId));
 
 /** A key's consumers as `key show` and `rewrap status` list them: WDEKs, engines re-encrypting themselves. */
 export function consumerLines(status: Pick<KeyStatus, 'consumers' | 'currentVersion'>): string[] {
@@ -193,10 +189,11 @@ Examples:
       let keyId = '';
       const listed = await withClient(options, async (client) => {
         keyId = await resolveKeyId(client, raw, options.taskQueue);
-        return runOnWorker(
+        return lookUpOnWorker(
           client,
-          listRootKeyVersions,
-          { taskQueue: options.taskQueue, workflowId: `key-versions/${keyId}/${Date.now()}`, args: [keyId], summary: `keyops: versions of key ${keyId} and what needs each` },
+          listKeyVersionsUpdate,
+          // Reads every retained backup's header: a long catalog takes a while.
+          { taskQueue: options.taskQueue, args: [keyId], summary: `keyops: versions of key ${keyId} and what needs each`, timeoutSeconds: 300 },
           (failure) => explainKmsFailure(failure, keyId),
         );
       });

@@ -1,6 +1,6 @@
 import { WorkflowNotFoundError } from '@temporalio/client';
 import type { Command } from 'commander';
-import { describeRootKey } from '../../workflows';
+import { describeKeyUpdate } from '../../workflows/lookup-messages';
 import { type KeyEntityState, type RewrapProgress, keyEntityWorkflowId, keyStateQuery, rewrapProgressQuery, rewrapWorkflowId } from '../../workflows/root-key-messages';
 import { TASK_QUEUE } from '../../workflows/task-queue';
 import { CliError, ExitCode } from '../cli-error';
@@ -8,7 +8,7 @@ import type { GlobalOptions } from '../global-options';
 import { KEY_ARGUMENT, resolveKeyId } from '../key-ref';
 import { consumerLines } from './key';
 import { emit } from '../output';
-import { rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
+import { lookUpOnWorker, rootApplicationFailure, withClient } from '../run-on-worker';
 
 /** A query of a workflow that may not exist (yet): undefined instead of an error. */
 async function queryIfExists<T>(run: () => Promise<T>): Promise<T | undefined> {
@@ -32,10 +32,10 @@ export function registerRewrapCommands(program: Command): void {
       const options = cmd.optsWithGlobals<GlobalOptions & { taskQueue: string }>();
       const status = await withClient(options, async (client) => {
         const keyId = await resolveKeyId(client, raw, options.taskQueue);
-        const key = await runOnWorker(
+        const key = await lookUpOnWorker(
           client,
-          describeRootKey,
-          { taskQueue: options.taskQueue, workflowId: `describe-key/${keyId}/${Date.now()}`, args: [keyId], summary: `keyops: read metadata of key ${keyId}` },
+          describeKeyUpdate,
+          { taskQueue: options.taskQueue, args: [keyId], summary: `keyops: read metadata of key ${keyId}` },
           (failure) => {
             if (failure.type === 'KEY_NOT_FOUND') throw new CliError(`key ${keyId} does not exist in the KMS`, ExitCode.usage);
             throw new CliError(rootApplicationFailure(failure)?.message ?? failure.message, ExitCode.failed);
