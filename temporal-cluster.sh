@@ -30,23 +30,27 @@ START_TIMEOUT="${KEYOPS_START_TIMEOUT:-120}"
 SERVICES=(history matching frontend worker)
 
 usage() {
-  cat <<EOF
+  # A quoted heredoc: nothing in the text runs or expands (backticks in an unquoted one run what
+  # they quote, as temporal-dev.sh's --help once ran `keyops init`); the settings it shows are
+  # filled in below.
+  local text
+  IFS= read -r -d '' text <<'EOF' || true # read's status is 1 at the end of its input
 Usage: ./temporal-cluster.sh [command] [options]
 
 Runs a Temporal cluster as operators run one, on this machine: Temporal's own server
-$SERVER_VERSION, its frontend, history, matching and worker services as four processes from one
-config (based on the server's development-postgres12 sample, $SHARDS history shards), with
+@SERVER_VERSION@, its frontend, history, matching and worker services as four processes from one
+config (based on the server's development-postgres12 sample, @SHARDS@ history shards), with
 persistence and advanced visibility on a private PostgreSQL cluster (initdb and pg_ctl under the
 data directory, its own port and socket, never the system service), the namespace "default", the
 keyops search attributes, and Temporal's Web UI. The keyops worker and CLI connect to it as to
-any Temporal: TEMPORAL_ADDRESS=$IP:$PORT.
+any Temporal: TEMPORAL_ADDRESS=@IP@:@PORT@.
 
 Commands:
   up                 start whatever is not running yet; returns once the frontend answers
   down               stop the services, the Web UI and PostgreSQL (data is kept)
   status             what runs, where (exit 3 if not all up)
   logs [SERVICE] [-f]  the last log lines of frontend|history|matching|worker|ui|postgres|setup
-  kill SERVICE       SIGKILL one service (a fault drill); \`up\` starts it again
+  kill SERVICE       SIGKILL one service (a fault drill); `up` starts it again
   paths              print the built binaries, building them first if needed
 
   -h, --help         this help
@@ -57,19 +61,25 @@ Environment (defaults in brackets):
                            +5..+8, PostgreSQL +9 [7233]
   KEYOPS_UI_PORT           Web UI port [8233]
   KEYOPS_CLUSTER_SHARDS    history shards, fixed when the cluster is first created [4]
-  KEYOPS_DATA_DIR          the cluster lives in its cluster/ directory [$ROOT/.data]
+  KEYOPS_DATA_DIR          the cluster lives in its cluster/ directory [@ROOT@/.data]
   KEYOPS_START_TIMEOUT     seconds to wait for each part [120]
 
-First start builds the server, its SQL schema tool and the Web UI server with \`go install\`
+First start builds the server, its SQL schema tool and the Web UI server with `go install`
 into .cache/bin (several minutes), installs PostgreSQL from Debian's packages if missing
 (scripts/install-postgresql.sh), creates the cluster and its schema.
 
 Examples:
-  ./temporal-cluster.sh up && TEMPORAL_ADDRESS=$IP:$PORT npm run worker
-  TEMPORAL_ADDRESS=$IP:$PORT npx keyops ping
+  ./temporal-cluster.sh up && TEMPORAL_ADDRESS=@IP@:@PORT@ npm run worker
+  TEMPORAL_ADDRESS=@IP@:@PORT@ npx keyops ping
   ./temporal-cluster.sh kill history && ./temporal-cluster.sh up      # a history restart
   ./temporal-cluster.sh down
 EOF
+  text=${text//@SERVER_VERSION@/"$SERVER_VERSION"}
+  text=${text//@SHARDS@/"$SHARDS"}
+  text=${text//@IP@/"$IP"}
+  text=${text//@PORT@/"$PORT"}
+  text=${text//@ROOT@/"$ROOT"}
+  printf '%s' "$text"
 }
 
 STACK_NAME=temporal-cluster

@@ -46,12 +46,15 @@ SERVER_TUNING=(
 )
 
 usage() {
-  cat <<EOF
+  # A quoted heredoc: nothing in the text runs or expands (a `keyops init` in backticks once
+  # ran while --help printed itself); the few settings it shows are filled in below.
+  local text
+  IFS= read -r -d '' text <<'EOF' || true # read's status is 1 at the end of its input
 Usage: ./temporal-dev.sh [command] [options]
 
 Runs the keyops stack locally: the Temporal dev server (gRPC, Web UI, SQLite persistence),
 the keyops worker on task queue "keyops", the custom search attributes they need, the demo
-data of \`keyops init\` (first start) and the schedules of schedules.yaml (nightly backup of the
+data of `keyops init` (first start) and the schedules of schedules.yaml (nightly backup of the
 demo database, hourly rotation watcher).
 
 Commands:
@@ -90,21 +93,24 @@ Environment (defaults in brackets):
                                start a MariaDB 10.11 (Debian's packages, installed with apt-get as
                                root) whose tables are encrypted with keys in OpenBao's KV v2 mount
                                mariadb/, with a demo database "shop" that keyops backs up [embedded]
-  KEYOPS_DATA_DIR              data, logs and pid files [$ROOT/.data]
+  KEYOPS_DATA_DIR              data, logs and pid files [@ROOT@/.data]
   KEYOPS_TEMPORAL_CLI          use this temporal binary instead of finding or building one
   KEYOPS_START_TIMEOUT         seconds to wait for the server and worker [60]
 
 The Temporal CLI is taken from KEYOPS_TEMPORAL_CLI, the project cache (.cache/bin), or PATH;
-if none exists it is built once with \`go install $TEMPORAL_CLI_MODULE@$TEMPORAL_CLI_VERSION\`.
+if none exists it is built once with `go install @TEMPORAL_CLI@`.
 
 Examples:
   ./temporal-dev.sh                 # everything, in the foreground; Ctrl-C to stop
   ./temporal-dev.sh up -d && npx keyops ping
   KEYOPS_TEMPORAL_PORT=7300 KEYOPS_UI_PORT=8300 ./temporal-dev.sh up -d
-  KEYOPS_PAYLOAD_KEY_FILE=\$HOME/.keyops/payload.key ./temporal-dev.sh up -d
+  KEYOPS_PAYLOAD_KEY_FILE=$HOME/.keyops/payload.key ./temporal-dev.sh up -d
   KEYOPS_KMS=openbao ./temporal-dev.sh up -d && npx keyops key create orders --kms bao
   KEYOPS_ENGINE=mariadb ./temporal-dev.sh up -d && npx keyops backup run shop --wait
 EOF
+  text=${text//@ROOT@/"$ROOT"}
+  text=${text//@TEMPORAL_CLI@/"$TEMPORAL_CLI_MODULE@$TEMPORAL_CLI_VERSION"}
+  printf '%s' "$text"
 }
 
 STACK_NAME=temporal-dev
@@ -682,6 +688,7 @@ cmd_mariadb() {
 
 main() {
   local cmd=${1:-up}
+  case $cmd in -h | --help | help) usage && return 0 ;; esac
   validate_settings
   (($#)) && shift
   case $cmd in
@@ -693,7 +700,6 @@ main() {
     server-flags) printf '%s\n' "${SERVER_TUNING[@]}" ;;
     bao) cmd_bao "$@" ;;
     mariadb) cmd_mariadb "$@" ;;
-    -h | --help | help) usage ;;
     *)
       say "unknown command: $cmd"
       usage >&2
