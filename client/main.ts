@@ -2,6 +2,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { CliError, ExitCode } from './cli-error';
 import { explainEncryptedPayload } from './connect-or-explain';
+import { endQuietlyOnClosedPipe } from './output';
 import { registerBackupCommands } from './commands/backup';
 import { registerKeyCommands } from './commands/key';
 import { registerMasterKeyCommands } from './commands/mk';
@@ -65,5 +66,6 @@ async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
+  endQuietlyOnClosedPipe();
   void main(process.argv).then((code) => process.exit(code));
 }
