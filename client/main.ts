@@ -13,6 +13,7 @@ import { registerInitCommand } from './commands/init';
 import { registerRewrapCommands } from './commands/rewrap';
 import { registerPingCommand } from './commands/ping';
 import { registerVersionCommand } from './commands/version';
+import { registerCompletionCommand } from './commands/completion';
 
 export function buildProgram(): Command {
   const program = new Command('keyops')
@@ -42,6 +43,7 @@ Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 Temporal unreachable.`,
   registerRunsCommand(program);
   registerInitCommand(program);
   registerRewrapCommands(program);
+  registerCompletionCommand(program);
   return program;
 }
 
