@@ -218,3 +218,23 @@ describe('keyops completion', () => {
     for (const text of ['source <(keyops completion bash)', '~/.bashrc', '~/.zshrc', 'fpath']) assert.ok(r.stdout.includes(text), `--help lacks ${text}:\n${r.stdout}`);
   });
 });
+
+describe('every command teaches by example', () => {
+  it('--help of every command shows an example that runs keyops', () => {
+    const missing: string[] = [];
+    const walk = (cmd: ReturnType<typeof buildProgram>, path: string[]) => {
+      const subcommands = cmd.commands;
+      if (subcommands.length === 0) {
+        let help = '';
+        cmd.configureOutput({ writeOut: (s) => (help += s), writeErr: (s) => (help += s) });
+        cmd.outputHelp();
+        const block = /^Examples?\b[^\n]*:\n((?: {2}.+\n?)+)/m.exec(help)?.[1] ?? '';
+        // At least one line a reader can paste: keyops itself (after environment settings, if any).
+        if (!block.split('\n').some((l) => /^ {2}(?:[A-Z_]+=\S+ )*(?:keyops |source <\(keyops )/.test(l))) missing.push(path.join(' '));
+      }
+      for (const sub of subcommands) walk(sub, [...path, sub.name()]);
+    };
+    walk(buildProgram(), ['keyops']);
+    assert.deepEqual(missing, []);
+  });
+});

@@ -11,6 +11,7 @@ import { emit } from '../output';
 import { lookUpOnWorker, rootApplicationFailure, withClient } from '../run-on-worker';
 import { listBackupsUpdate } from '../../workflows/lookup-messages';
 import { applyBackupSchedule, backupDetails, backupScheduleId } from '../schedules/nightly-backup-schedule';
+import { examples } from '../help-examples';
 
 interface BackupOptions {
   taskQueue: string;
@@ -85,6 +86,7 @@ export function registerBackupCommands(program: Command): void {
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
     .option('--night <date>', 'the night it counts for (YYYY-MM-DD); default today (UTC)')
     .option('--wait', 'wait for the backup to be verified and catalogued; the exit code reflects the outcome')
+    .addHelpText('after', examples('keyops backup run demo', 'keyops backup run demo --wait'))
     .action(async (raw: string, _opts: BackupOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { night?: string; wait?: boolean }>();
       const databaseId = parseDatabaseId(raw);
@@ -127,6 +129,7 @@ export function registerBackupCommands(program: Command): void {
       if (!Number.isInteger(n) || n <= 0) throw new CliError(`--limit "${v}" is not a positive whole number`, ExitCode.usage);
       return n;
     })
+    .addHelpText('after', examples('keyops backup list', 'keyops backup list --database demo --limit 10 --json'))
     .action(async (_opts: BackupOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { database?: string; limit?: number }>();
       const filter = { ...(options.database ? { databaseId: parseDatabaseId(options.database) } : {}), ...(options.limit ? { limit: options.limit } : {}) };
@@ -269,6 +272,7 @@ Example:
     .command('verify <backupId>')
     .description('prove a catalogued backup still restores: its keys exist, its checksum matches, a test restore opens')
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .addHelpText('after', examples('keyops backup verify backup/demo/2026-11-20'))
     .action(async (backupId: string, _opts: BackupOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions>();
       const workflowId = `verify/${backupId}/${Date.now()}`;
@@ -294,6 +298,7 @@ Example:
     .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
     .option('--at <HH:MM>', 'time of day', '02:00')
     .option('--time-zone <tz>', 'IANA time zone of --at (default: KEYOPS_TIME_ZONE, else this machine\'s)')
+    .addHelpText('after', examples('keyops backup schedule demo --at 02:30', 'keyops backup schedule demo --at 01:00 --time-zone Europe/Berlin'))
     .action(async (raw: string, _opts: BackupOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { at: string; timeZone?: string }>();
       const databaseId = parseDatabaseId(raw);

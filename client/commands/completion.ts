@@ -13,7 +13,7 @@ export function registerCompletionCommand(program: Command): void {
     .addHelpText(
       'after',
       `
-Install (completes the keyops command on PATH, e.g. after npm link or npm install -g):
+Examples, to install it (completes the keyops command on PATH, e.g. after npm link or npm install -g):
   source <(keyops completion bash)                       # bash, this shell only
   echo 'source <(keyops completion bash)' >> ~/.bashrc   # bash, every new shell
   echo 'source <(keyops completion zsh)' >> ~/.zshrc     # zsh, every new shell (after its compinit)

@@ -5,6 +5,7 @@ import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 import { runOnWorker, withClient } from '../run-on-worker';
+import { examples } from '../help-examples';
 
 function wdekCount(value: string): number {
   const n = Number(value);
@@ -26,6 +27,7 @@ Then, for example:
   keyops backup run demo --wait                  # a verified, catalogued backup of "demo"
   keyops mk rotate default --wait                # the simulated HSM's master key`,
     )
+    .addHelpText('after', examples('keyops init', 'keyops init --wdeks 200'))
     .action(async (_opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & { taskQueue: string; wdeks: number }>();
       const demo = await withClient(options, (client) =>

@@ -15,6 +15,7 @@ import { emit } from '../output';
 import { lookUpOnWorker, rootApplicationFailure, runOnWorker, withClient } from '../run-on-worker';
 import { describeKeyUpdate, listKeyVersionsUpdate } from '../../workflows/lookup-messages';
 import { WATCH_DETAILS, WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
+import { examples } from '../help-examples';
 
 interface KeyOptions {
   taskQueue: string;
@@ -154,6 +155,7 @@ Examples:
     .description('show a root key: state, current version, last rotation, version keyops rewrapped to')
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
     .addHelpText('after', `\n${KEY_ARGUMENT}\n`)
+    .addHelpText('after', examples('keyops key show demo', 'keyops key show bao:orders --json'))
     .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions>();
       const status = await withClient(options, async (client) => describe(client, await resolveKeyId(client, raw, options.taskQueue), options.taskQueue));
@@ -267,6 +269,7 @@ Examples:
     .option('--off', 'remove the policy: the key rotates only when asked')
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
     .addHelpText('after', `\n${KEY_ARGUMENT}\n`)
+    .addHelpText('after', examples('keyops key policy demo --every 3', 'keyops key policy demo --off'))
     .action(async (raw: string, _opts: KeyOptions, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & KeyOptions & { every?: number; off?: boolean }>();
       if ((options.every === undefined) === (options.off === undefined)) throw new CliError('give exactly one of --every <months> or --off', ExitCode.usage);

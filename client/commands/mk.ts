@@ -9,6 +9,7 @@ import type { GlobalOptions } from '../global-options';
 import { followRun } from '../follow-run';
 import { emit } from '../output';
 import { rootApplicationFailure, withClient } from '../run-on-worker';
+import { examples } from '../help-examples';
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 const ACTIONS: readonly RecoveryActionName[] = ['restart', 'reencrypt', 'promote', 'finish', 'abort'];
@@ -133,6 +134,7 @@ Examples:
 
   mk.command('status <unitSetId> <requestId>')
     .description('phase, checkpoint, verification patterns and, when stopped, the evidence and the command that answers it')
+    .addHelpText('after', examples('keyops mk status default 20261123T020000', 'keyops mk status default 20261123T020000 --json'))
     .action(async (rawSet: string, rawRequest: string, _opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions>();
       const unitSetId = parseId('unit set id', rawSet);
@@ -156,6 +158,7 @@ Actions (reference 002):
   finish      every unit is promoted: put units back in the selection and check key storage
   abort       stop and change nothing; the registers stay as they are`,
     )
+    .addHelpText('after', examples('keyops mk decide default 20261123T020000 --action reencrypt --operator alice --note "units back online"'))
     .action(async (rawSet: string, rawRequest: string, _opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & { action: RecoveryActionName; operator?: string; note?: string }>();
       const unitSetId = parseId('unit set id', rawSet);

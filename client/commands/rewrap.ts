@@ -9,6 +9,7 @@ import { KEY_ARGUMENT, resolveKeyId } from '../key-ref';
 import { consumerLines } from './key';
 import { emit } from '../output';
 import { lookUpOnWorker, rootApplicationFailure, withClient } from '../run-on-worker';
+import { examples } from '../help-examples';
 
 /** A query of a workflow that may not exist (yet): undefined instead of an error. */
 async function queryIfExists<T>(run: () => Promise<T>): Promise<T | undefined> {
@@ -28,6 +29,7 @@ export function registerRewrapCommands(program: Command): void {
     .description("the key's current version, the version its WDEKs are rewrapped to, the rewrap run and who waits for it")
     .option('-q, --task-queue <name>', 'task queue of the workers that hold the KMS credentials', TASK_QUEUE)
     .addHelpText('after', `\n${KEY_ARGUMENT}\n`)
+    .addHelpText('after', examples('keyops rewrap status demo', 'keyops rewrap status demo --json'))
     .action(async (raw: string, _opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & { taskQueue: string }>();
       const status = await withClient(options, async (client) => {

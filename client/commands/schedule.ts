@@ -14,6 +14,7 @@ import { applyRotationSchedule, rotationScheduleId } from '../schedules/root-key
 import { ScheduleFileError, parseDuration, parseScheduleFile, scheduleFileProblem } from '../schedules/schedule-file';
 import { type ScheduleChange, declaredIn } from '../schedules/upsert-schedule';
 import { WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
+import { examples } from '../help-examples';
 
 /** The schedules a schedule file declares, by their id. */
 const isFileKind = (scheduleId: string): boolean =>
@@ -67,6 +68,7 @@ File:
 
 A mistake is reported as file:line:column: field: problem, and nothing is applied.`,
     )
+    .addHelpText('after', examples('keyops schedule apply -f schedules.yaml', 'keyops schedule apply -f schedules.yaml --prune'))
     .action(async (_opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & { file: string; taskQueue: string; prune?: boolean }>();
       let text: string;
@@ -152,6 +154,7 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
   schedule
     .command('list')
     .description('every schedule: id, paused or not, workflow, next run')
+    .addHelpText('after', examples('keyops schedule list', 'keyops schedule list --json'))
     .action(async (_opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions>();
       const rows = await withClient(options, async (client) => {
@@ -182,6 +185,7 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
       .command(`${verb} <scheduleId>`)
       .description(description)
       .option('--note <text>', 'why, shown in keyops schedule list and the Web UI')
+      .addHelpText('after', examples(`keyops schedule ${verb} nightly-backup/demo --note "${verb === 'pause' ? 'database migration tonight' : 'migration done'}"`))
       .action(async (scheduleId: string, _opts: unknown, cmd: Command) => {
         const options = cmd.optsWithGlobals<GlobalOptions & { note?: string }>();
         await withClient(options, (client) => onSchedule(client, scheduleId, (h) => (verb === 'pause' ? h.pause(options.note) : h.unpause(options.note))));
@@ -192,6 +196,7 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
   schedule
     .command('trigger <scheduleId>')
     .description('start one run now, as if it were due')
+    .addHelpText('after', examples('keyops schedule trigger nightly-backup/demo'))
     .action(async (scheduleId: string, _opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions>();
       await withClient(options, (client) => onSchedule(client, scheduleId, (h) => h.trigger()));
@@ -203,6 +208,7 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
     .description('start the runs that were due between two times (e.g. nights missed during an outage)')
     .requiredOption('--from <time>', 'start, e.g. 2026-12-01T00:00:00Z')
     .requiredOption('--to <time>', 'end, e.g. 2026-12-03T00:00:00Z')
+    .addHelpText('after', examples('keyops schedule backfill nightly-backup/demo --from 2026-12-01T00:00:00Z --to 2026-12-03T00:00:00Z'))
     .action(async (scheduleId: string, _opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & { from: string; to: string }>();
       const start = parseDate('--from', options.from);
@@ -215,6 +221,7 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
   schedule
     .command('delete <scheduleId>')
     .description('delete a schedule (runs it started are not affected)')
+    .addHelpText('after', examples('keyops schedule delete nightly-backup/demo'))
     .action(async (scheduleId: string, _opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions>();
       await withClient(options, (client) => onSchedule(client, scheduleId, (h) => h.delete()));

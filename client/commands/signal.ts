@@ -7,6 +7,7 @@ import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 import { withClient } from '../run-on-worker';
+import { examples } from '../help-examples';
 
 export function registerSignalCommands(program: Command): void {
   const signal = program.command('signal').description('tell keyops about events that happened outside it');
@@ -27,6 +28,7 @@ The key's entity workflow (key/<keyId>) records the version and signals every wo
 for it. A backup released too early still cannot record mixed keys: the engine refuses to back
 up while any WDEK of the database is behind the key, and the night retries.`,
     )
+    .addHelpText('after', examples('keyops signal rewrap-complete 0f6b9b2e-4c1d-4a8e-9d3a-5b7c2e1f8a90 --version 3'))
     .action(async (keyId: string, _opts: unknown, cmd: Command) => {
       const options = cmd.optsWithGlobals<GlobalOptions & { version: number; taskQueue: string }>();
       if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(keyId)) throw new CliError(`key id "${keyId}" is malformed`, ExitCode.usage);
