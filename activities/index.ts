@@ -5,6 +5,7 @@ import { createKeyRefActivities, type KeyRefDeps } from './key-refs';
 import { createKeyVersionActivities, type KeyVersionDeps } from './key-versions';
 import { createMasterKeyActivities, type MasterKeyDeps } from './master-key-rotation';
 import { createBackupActivities, type BackupDeps } from './nightly-backup';
+import { createRestoreDrillActivities } from './restore-drill';
 import { createRootKeyActivities, type RootKeyDeps } from './root-key-rotation';
 import { createWorkerProbe, type WorkerProbeDeps } from './worker-probe';
 
@@ -25,6 +26,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createKeyRefActivities(deps),
     ...createKeyConsumerActivities(deps),
     ...createKeyVersionActivities(deps),
+    ...createRestoreDrillActivities(deps),
   };
 }
 

@@ -23,3 +23,4 @@ export { importBackupKey } from './import-backup-key';
 export { listRootKeyVersions } from './list-root-key-versions';
 export { destroyRootKeyVersion } from './destroy-root-key-version';
 export { lookupDesk } from './lookup-desk';
+export { restoreDrill } from './restore-drill';

@@ -21,6 +21,23 @@ export interface CatalogEntry {
   /** What the test restore found; undefined when it was not verified. */
   verification: { tables: number; rows: number } | undefined;
   status: BackupStatus;
+  /** The last restore drill of this backup (restoreDrill), if it was ever drilled. */
+  lastDrill?: DrillRecord | undefined;
+}
+
+export type DrillResult = 'passed' | 'failed';
+
+/** How the last restore drill of a backup went: when, the result, and why it failed. */
+export interface DrillRecord {
+  drilledAt: string;
+  result: DrillResult;
+  /** The drill run that restored it. */
+  workflowId: string;
+  /** What the restore found: tables and rows, when it passed. */
+  rows?: number | undefined;
+  tables?: number | undefined;
+  /** Why it failed (no key material: engine and KMS messages name ids and versions only). */
+  error?: string | undefined;
 }
 
 export type NightOutcome = 'succeeded' | 'failed';
@@ -39,5 +56,7 @@ export interface BackupCatalog {
   lastGood(databaseId: string): CatalogEntry | undefined;
   /** Records how a night ended; returns how many nights in a row have now failed. */
   recordNight(databaseId: string, night: string, outcome: NightOutcome, error?: string): number;
+  /** Records the drill of a backup, replacing its earlier one (a retried drill records once). */
+  recordDrill(backupId: string, drill: DrillRecord): void;
   close(): void;
 }

@@ -1,7 +1,7 @@
 import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
-import type { BackupCatalog, BackupStatus, CatalogEntry, NightOutcome } from './backup-catalog';
+import type { BackupCatalog, BackupStatus, CatalogEntry, DrillRecord, DrillResult, NightOutcome } from './backup-catalog';
 import { enableWal } from '../sqlite-wal';
 
 interface Row {
@@ -18,7 +18,30 @@ interface Row {
   verified_tables: number | null;
   verified_rows: number | null;
   status: BackupStatus;
+  drilled_at: string | null;
+  drill_result: DrillResult | null;
+  drill_workflow_id: string | null;
+  drill_rows: number | null;
+  drill_tables: number | null;
+  drill_error: string | null;
 }
+
+// Every read joins the backup's last drill (a table of its own: catalogs written before drills
+// existed gain it at open, and their rows are not touched).
+const SELECT_ENTRIES = `SELECT b.*, d.drilled_at, d.result AS drill_result, d.workflow_id AS drill_workflow_id, d.rows AS drill_rows,
+  d.tables AS drill_tables, d.error AS drill_error FROM backups b LEFT JOIN drills d ON d.backup_id = b.backup_id`;
+
+const drillOf = (r: Row): DrillRecord | undefined =>
+  r.drilled_at === null || r.drill_result === null
+    ? undefined
+    : {
+        drilledAt: r.drilled_at,
+        result: r.drill_result,
+        workflowId: r.drill_workflow_id ?? '',
+        ...(r.drill_rows === null ? {} : { rows: r.drill_rows }),
+        ...(r.drill_tables === null ? {} : { tables: r.drill_tables }),
+        ...(r.drill_error === null ? {} : { error: r.drill_error }),
+      };
 
 const toEntry = (r: Row): CatalogEntry => ({
   backupId: r.backup_id,
@@ -33,6 +56,7 @@ const toEntry = (r: Row): CatalogEntry => ({
   backupKeyHash: r.backup_key_hash,
   verification: r.verified_tables === null || r.verified_rows === null ? undefined : { tables: r.verified_tables, rows: r.verified_rows },
   status: r.status,
+  ...(drillOf(r) ? { lastDrill: drillOf(r) } : {}),
 });
 
 /** The embedded catalog: one SQLite file (WAL: the CLI reads while a worker writes). */
@@ -72,6 +96,15 @@ export class SqliteBackupCatalog implements BackupCatalog {
         error TEXT,
         recorded_at TEXT NOT NULL,
         PRIMARY KEY (database_id, night)
+      );
+      CREATE TABLE IF NOT EXISTS drills (
+        backup_id TEXT PRIMARY KEY,
+        drilled_at TEXT NOT NULL,
+        result TEXT NOT NULL CHECK (result IN ('passed', 'failed')),
+        workflow_id TEXT NOT NULL,
+        rows INTEGER,
+        tables INTEGER,
+        error TEXT
       );
     `);
   }
@@ -113,15 +146,15 @@ export class SqliteBackupCatalog implements BackupCatalog {
   }
 
   get(backupId: string): CatalogEntry | undefined {
-    const row = this.db.prepare<[string], Row>('SELECT * FROM backups WHERE backup_id = ?').get(backupId);
+    const row = this.db.prepare<[string], Row>(`${SELECT_ENTRIES} WHERE b.backup_id = ?`).get(backupId);
     return row && toEntry(row);
   }
 
   list(filter: { databaseId?: string; status?: BackupStatus; limit?: number } = {}): CatalogEntry[] {
     return this.db
       .prepare<[{ databaseId: string | null; status: string | null; limit: number }], Row>(
-        `SELECT * FROM backups WHERE (@databaseId IS NULL OR database_id = @databaseId) AND (@status IS NULL OR status = @status)
-         ORDER BY created_at DESC, backup_id DESC LIMIT @limit`,
+        `${SELECT_ENTRIES} WHERE (@databaseId IS NULL OR b.database_id = @databaseId) AND (@status IS NULL OR b.status = @status)
+         ORDER BY b.created_at DESC, b.backup_id DESC LIMIT @limit`,
       )
       .all({ databaseId: filter.databaseId ?? null, status: filter.status ?? null, limit: filter.limit ?? -1 })
       .map(toEntry);
@@ -144,6 +177,12 @@ export class SqliteBackupCatalog implements BackupCatalog {
       const streak = recent.findIndex((n) => n.outcome === 'succeeded');
       return streak === -1 ? recent.length : streak;
     })();
+  }
+
+  recordDrill(backupId: string, drill: DrillRecord): void {
+    this.db
+      .prepare('INSERT OR REPLACE INTO drills (backup_id, drilled_at, result, workflow_id, rows, tables, error) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(backupId, drill.drilledAt, drill.result, drill.workflowId, drill.rows ?? null, drill.tables ?? null, drill.error ?? null);
   }
 
   close(): void {

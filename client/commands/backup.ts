@@ -1,7 +1,10 @@
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { ApplicationFailure } from '@temporalio/common';
 import type { Command } from 'commander';
-import { importBackupKey, importBackups, nightlyBackup, restoreBackup, verifyBackup } from '../../workflows';
+import { importBackupKey, importBackups, nightlyBackup, restoreBackup, restoreDrill, verifyBackup } from '../../workflows';
+import { drillProgressQuery, drillWorkflowId } from '../../workflows/drill-messages';
+import type { CatalogEntry } from '../../activities/catalog/backup-catalog';
+import { drillDetails } from '../schedules/restore-drill-schedule';
 import { type BackupPhase, backupProgressQuery, backupWorkflowId } from '../../workflows/backup-messages';
 import { followRun } from '../follow-run';
 import { TASK_QUEUE } from '../../workflows/task-queue';
@@ -77,6 +80,12 @@ const BACKUP_STAGES_DONE: Record<BackupPhase, number> = {
   failed: 0,
 };
 
+/** The `backup list` column of a backup's last restore drill. */
+function drillColumn(e: CatalogEntry): string {
+  if (!e.lastDrill) return 'never drilled';
+  return `drilled ${e.lastDrill.drilledAt} ${e.lastDrill.result === 'passed' ? 'passed' : `FAILED (${e.lastDrill.error ?? 'no reason recorded'})`}`;
+}
+
 export function registerBackupCommands(program: Command): void {
   const backup = program.command('backup').description('take, list, restore and schedule encrypted database backups');
 
@@ -146,7 +155,7 @@ export function registerBackupCommands(program: Command): void {
           ? ['no backups catalogued']
           : entries.map(
               (e) =>
-                `${e.backupId}  ${e.status}  ${e.createdAt}  ${e.bytes} B  key ${e.keyId} v${e.keyVersion}  backup key ${e.backupKeyHash.slice(0, 12)}  ${e.verification ? `verified ${e.verification.rows} rows` : 'unverified'}`,
+                `${e.backupId}  ${e.status}  ${e.createdAt}  ${e.bytes} B  key ${e.keyId} v${e.keyVersion}  backup key ${e.backupKeyHash.slice(0, 12)}  ${e.verification ? `verified ${e.verification.rows} rows` : 'unverified'}  ${drillColumn(e)}`,
             ),
       );
     });
@@ -290,6 +299,53 @@ Example:
       emit(options, { workflowId, ...result }, () => [
         `${backupId} restores: ${result.rows} rows in ${result.tables} table(s), root key ${result.keyId} version ${result.keyVersion}, file ${result.path}`,
       ]);
+    });
+
+  backup
+    .command('drill')
+    .description('restore drill: restore a sample of the catalogued backups to scratch files and check each (the oldest of each database, one per retired key version, the newest); a failure raises the backup alert')
+    .option('-q, --task-queue <name>', 'task queue of the keyops workers', TASK_QUEUE)
+    .option('--database <id>', 'only this database\'s backups')
+    .option('--wait', 'wait for every sampled backup to be restored; the exit code reflects the outcome')
+    .addHelpText(
+      'after',
+      `
+Each result is recorded in the catalog: keyops backup list shows when each backup was last
+drilled and how it went. The schedule file's \`drills: every: 7d\` runs it on a schedule.
+${examples('keyops backup drill --wait', 'keyops backup drill --database payroll --wait --json')}`,
+    )
+    .action(async (_opts: BackupOptions, cmd: Command) => {
+      const options = cmd.optsWithGlobals<GlobalOptions & BackupOptions & { database?: string; wait?: boolean }>();
+      const databaseId = options.database === undefined ? undefined : parseDatabaseId(options.database);
+      const workflowId = drillWorkflowId(databaseId, new Date().toISOString());
+      await withClient(options, async (client) => {
+        const handle = await client.workflow.start(restoreDrill, {
+          taskQueue: options.taskQueue,
+          workflowId,
+          args: [databaseId ? { databaseId } : {}],
+          staticSummary: `Restore drill of ${databaseId ? `database ${databaseId}` : 'every database'}`,
+          staticDetails: drillDetails('`keyops backup drill`', databaseId),
+        });
+        if (!options.wait) {
+          emit(options, { workflowId, ...(databaseId ? { databaseId } : {}) }, () => [`started ${workflowId}`]);
+          return;
+        }
+        const result = await followRun(
+          options,
+          handle,
+          drillProgressQuery,
+          (p) => ({ phase: p.phase, done: p.passed + p.failed, total: Math.max(1, p.backups.length) }),
+          () => handle.result(),
+        ).catch((err: unknown) => {
+          const failure = rootApplicationFailure(err);
+          if (failure?.type === 'DRILL_FAILED') throw new CliError(failure.message, ExitCode.failed, 'keyops backup list shows each backup\'s last drill; keyops backup verify BACKUP_ID retries one');
+          return explainBackupFailure(failure, err);
+        });
+        emit(options, { workflowId, ...result }, () => [
+          ...result.backups.map((b) => `${b.backupId}  ${b.result}  key ${b.keyId} v${b.keyVersion}  (${b.reasons.join(', ')})${b.rows !== undefined ? `  ${b.rows} rows` : ''}`),
+          result.backups.length === 0 ? 'no retained backups to drill' : `${result.passed} of ${result.backups.length} backup(s) restored`,
+        ]);
+      });
     });
 
   backup

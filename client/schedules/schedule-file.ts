@@ -17,6 +17,8 @@
  *       jitter: 1h                   # default 0s
  *   watch:
  *     every: 1h                      # the rotation watcher
+ *   drills:
+ *     every: 7d                      # restore drills (restoreDrill): whole days or hours
  */
 import { LineCounter, isNode, parseDocument } from 'yaml';
 import { z } from 'zod';
@@ -65,6 +67,7 @@ export const scheduleFileSchema = z.strictObject({
   backups: z.array(backupEntry).default([]),
   rotations: z.array(rotationEntry).default([]),
   watch: z.strictObject({ every: duration('every') }).optional(),
+  drills: z.strictObject({ every: z.string().regex(/^[1-9]\d*(d|h)$/, 'must be a whole number of days or hours such as 7d or 12h') }).optional(),
 });
 
 export type ScheduleFile = z.infer<typeof scheduleFileSchema>;
