@@ -4,12 +4,13 @@ import { createKeyConsumerActivities, type KeyConsumerDeps } from './key-consume
 import { createKeyRefActivities, type KeyRefDeps } from './key-refs';
 import { createKeyVersionActivities, type KeyVersionDeps } from './key-versions';
 import { createMasterKeyActivities, type MasterKeyDeps } from './master-key-rotation';
+import { createNightReadiness, type NightReadinessDeps } from './night-readiness';
 import { createBackupActivities, type BackupDeps } from './nightly-backup';
 import { createRestoreDrillActivities } from './restore-drill';
 import { createRootKeyActivities, type RootKeyDeps } from './root-key-rotation';
 import { createWorkerProbe, type WorkerProbeDeps } from './worker-probe';
 
-export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps & DemoDeps & KeyRefDeps & KeyConsumerDeps & KeyVersionDeps;
+export type ActivityDeps = WorkerProbeDeps & RootKeyDeps & BackupDeps & BackupKeyDeps & MasterKeyDeps & DemoDeps & KeyRefDeps & KeyConsumerDeps & KeyVersionDeps & NightReadinessDeps;
 
 /**
  * Builds every activity from the adapters the worker chose. Tests call this with real local
@@ -27,6 +28,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createKeyConsumerActivities(deps),
     ...createKeyVersionActivities(deps),
     ...createRestoreDrillActivities(deps),
+    checkNightReadiness: createNightReadiness(deps),
   };
 }
 
@@ -36,3 +38,4 @@ export type { KeyStatus } from './root-key-rotation';
 export type { KeyRef } from './key-refs';
 export type { KeyVersions } from './key-versions';
 export type { BackupKeyCheck } from './nightly-backup';
+export type { NightCheck } from './night-readiness';

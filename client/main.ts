@@ -12,6 +12,7 @@ import { registerRunsCommand } from './commands/runs';
 import { registerInitCommand } from './commands/init';
 import { registerRewrapCommands } from './commands/rewrap';
 import { registerPingCommand } from './commands/ping';
+import { registerDoctorCommand } from './commands/doctor';
 import { registerVersionCommand } from './commands/version';
 import { registerCompletionCommand } from './commands/completion';
 
@@ -35,6 +36,7 @@ Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 Temporal unreachable.`,
     .exitOverride();
   registerVersionCommand(program);
   registerPingCommand(program);
+  registerDoctorCommand(program);
   registerKeyCommands(program);
   registerBackupCommands(program);
   registerMasterKeyCommands(program);

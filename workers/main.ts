@@ -8,6 +8,7 @@ import { KmsError } from '../activities/kms/kms-error';
 import { ActivityJournal, resumeOrphanedActivities } from './activity-journal';
 import { PREBUILT_BUNDLE } from './bundle-workflows';
 import { openAdapters } from './adapters';
+import { localKmsMasterSecretSource } from './night-readiness-deps';
 import { ConfigError, loadWorkerConfig } from './config';
 import { KeyopsConfigError } from './keyops-config';
 import { MasterSecretError } from './kms-master-secret';
@@ -98,7 +99,7 @@ async function main(): Promise<number> {
       taskQueue: config.taskQueue,
       // From dist, the bundle `npm run build` made; from source, bundled here.
       ...(existsSync(PREBUILT_BUNDLE) ? { workflowBundle: { codePath: PREBUILT_BUNDLE } } : { workflowsPath: require.resolve('../workflows') }),
-      activities: createActivities({ dataDir: config.dataDir, keyopsVersion, alertWebhook: config.alertWebhook, ...adapters }),
+      activities: createActivities({ dataDir: config.dataDir, keyopsVersion, alertWebhook: config.alertWebhook, localKmsMasterSecret: localKmsMasterSecretSource(config), ...adapters }),
       shutdownGraceTime: `${config.shutdownGraceSeconds} seconds`,
       interceptors: { activity: [journal.interceptor] },
       // A workflow task held for a worker that died goes to any worker after this, not 10 s.

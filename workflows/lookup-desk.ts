@@ -1,7 +1,7 @@
 import { allHandlersFinished, condition, continueAsNew, proxyActivities, setCurrentDetails, setHandler, workflowInfo } from '@temporalio/workflow';
 import { z } from 'zod';
 import type { Activities } from '../activities';
-import { describeKeyUpdate, listBackupsUpdate, listKeyVersionsUpdate, lookupDeskStateQuery, resolveKeysUpdate, type LookupDeskState } from './lookup-messages';
+import { checkNightUpdate, describeKeyUpdate, listBackupsUpdate, listKeyVersionsUpdate, lookupDeskStateQuery, resolveKeysUpdate, type LookupDeskState } from './lookup-messages';
 import { checkUpdate, databaseIdSchema, keyIdSchema, parseInput, positiveIntSchema } from './workflow-input';
 
 // The CLI is waiting on each answer: a few quick tries, then a clear failure.
@@ -9,6 +9,8 @@ const quick = { startToCloseTimeout: '30 seconds', retry: { initialInterval: '50
 const { describeKey, resolveKeyRefs, listBackups } = proxyActivities<Activities>(quick);
 // Reads every retained backup's header: a long catalog takes a while.
 const { listKeyVersions } = proxyActivities<Activities>({ ...quick, startToCloseTimeout: '5 minutes' });
+// One KMS call per key in use and one engine call per database: more than a single look-up.
+const { checkNightReadiness } = proxyActivities<Activities>({ ...quick, startToCloseTimeout: '2 minutes' });
 
 /** Look-ups a run answers before it continues as new, whatever the server suggests. */
 const LOOKUPS_PER_RUN = 500;
@@ -82,6 +84,14 @@ export async function lookupDesk(input: LookupDeskInput = {}): Promise<never> {
       return answered(await listKeyVersions.executeWithOptions({ summary: `list the versions of key ${keyId} and the WDEKs, pages and backups that need each` }, [{ keyId }]));
     },
     { description: 'Every version of a key and what still needs it (keyops key versions)', validator: (keyId) => (open(), checkUpdate('listKeyVersions', keyIdSchema, keyId)) },
+  );
+  setHandler(
+    checkNightUpdate,
+    async () => {
+      take();
+      return answered(await checkNightReadiness.executeWithOptions({ summary: 'check what tonight needs of the worker: KMSs, engines, backup space, master secret' }, []));
+    },
+    { description: 'What tonight needs of the worker: every KMS and engine answers, backup space, the local KMS master secret (keyops doctor)', validator: () => open() },
   );
   show();
   await condition(() => taken >= perRun || workflowInfo().continueAsNewSuggested);

@@ -1,5 +1,5 @@
 import { defineQuery, defineUpdate } from '@temporalio/workflow';
-import type { KeyRef, KeyStatus, KeyVersions } from '../activities';
+import type { KeyRef, KeyStatus, KeyVersions, NightCheck } from '../activities';
 import type { CatalogEntry } from '../activities/catalog/backup-catalog';
 
 /**
@@ -11,6 +11,8 @@ export const describeKeyUpdate = defineUpdate<KeyStatus, [keyId: string]>('descr
 export const resolveKeysUpdate = defineUpdate<KeyRef[], [refs: string[]]>('resolveKeys');
 export const listBackupsUpdate = defineUpdate<CatalogEntry[], [filter: { databaseId?: string; limit?: number }]>('listBackups');
 export const listKeyVersionsUpdate = defineUpdate<KeyVersions, [keyId: string]>('listKeyVersions');
+/** What tonight needs of the worker (keyops doctor): KMSs, engines, backup space, master secret. */
+export const checkNightUpdate = defineUpdate<NightCheck[], []>('checkNight');
 
 /** How many look-ups the desk's current run answered, and since when (for the Web UI and tests). */
 export interface LookupDeskState {
