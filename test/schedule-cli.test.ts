@@ -139,6 +139,28 @@ describe('keyops schedule commands against the dev server', () => {
     }
   });
 
+  it('drills: every 7d becomes the restore-drill schedule, applied idempotently and pruned with the file', async () => {
+    const taskQueue = uniqueTaskQueue('schedule-drills');
+    const file = join(suite.dir, 'drills.yaml');
+    const run = (...args: string[]) => keyops(args, { TEMPORAL_ADDRESS: testServerAddress() });
+    const drill = async (...extra: string[]) => {
+      const r = await run('schedule', 'apply', '-f', file, '--task-queue', taskQueue, '--json', ...extra);
+      assert.equal(r.code, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { scheduleId: string; change: string }[]).filter((c) => c.scheduleId === 'restore-drill').map((c) => c.change);
+    };
+    writeFileSync(file, 'drills:\n  every: 7d\n');
+    assert.deepEqual(await drill(), ['created']);
+    assert.deepEqual(await drill(), ['unchanged']);
+    const described = await suite.client.schedule.getHandle('restore-drill').describe();
+    assert.deepEqual(described.spec.intervals?.map((i) => i.every), [7 * 86_400_000]);
+    assert.equal(described.action.type === 'startWorkflow' && described.action.workflowType, 'restoreDrill');
+    writeFileSync(file, 'drills:\n  every: 12h\n');
+    assert.deepEqual(await drill(), ['updated']);
+    writeFileSync(file, 'backups: []\n');
+    assert.deepEqual(await drill('--prune'), ['deleted'], 'a drill schedule the file no longer declares is the file\'s to prune');
+    await assert.rejects(suite.client.schedule.getHandle('restore-drill').describe(), /not found/i);
+  });
+
   it('rotations: every N days per key, by name or id; a wrong key changes nothing; a fired rotation rewraps every WDEK', async () => {
     const kms = LocalKms.open({ path: join(suite.dir, 'rot-kms.sqlite'), masterSecret: randomBytes(32) });
     const registry = SqliteWdekRegistry.open(join(suite.dir, 'rot-wdeks.sqlite'));

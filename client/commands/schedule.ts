@@ -14,11 +14,12 @@ import { applyRotationSchedule, rotationScheduleId } from '../schedules/root-key
 import { ScheduleFileError, parseDuration, parseScheduleFile, scheduleFileProblem } from '../schedules/schedule-file';
 import { type ScheduleChange, declaredIn } from '../schedules/upsert-schedule';
 import { WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
+import { DRILL_SCHEDULE_ID, applyDrillSchedule } from '../schedules/restore-drill-schedule';
 import { examples } from '../help-examples';
 
 /** The schedules a schedule file declares, by their id. */
 const isFileKind = (scheduleId: string): boolean =>
-  scheduleId === WATCH_SCHEDULE_ID || scheduleId.startsWith(backupScheduleId('')) || scheduleId.startsWith(rotationScheduleId(''));
+  scheduleId === WATCH_SCHEDULE_ID || scheduleId === DRILL_SCHEDULE_ID || scheduleId.startsWith(backupScheduleId('')) || scheduleId.startsWith(rotationScheduleId(''));
 
 const defaultTimeZone = () => process.env.KEYOPS_TIME_ZONE ?? Intl.DateTimeFormat().resolvedOptions().timeZone;
 
@@ -129,6 +130,10 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
         if (file.watch) {
           const change = await applyWatchSchedule(client, parseDuration(file.watch.every)!, options.taskQueue, fileId);
           results.push({ scheduleId: WATCH_SCHEDULE_ID, change, what: `watchRootKeys every ${file.watch.every}` });
+        }
+        if (file.drills) {
+          const change = await applyDrillSchedule(client, parseDuration(file.drills.every)!, options.taskQueue, fileId);
+          results.push({ scheduleId: DRILL_SCHEDULE_ID, change, what: `restoreDrill every ${file.drills.every}` });
         }
         // Schedules this file declared before but no longer does: an operator who removed an entry
         // expects it gone, yet a wrong file path must not wipe schedules; deleting is asked for.
