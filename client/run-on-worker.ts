@@ -55,20 +55,23 @@ export async function runOnWorker<W extends Workflow>(
     if (failure) explain(failure);
     const encrypted = explainEncryptedPayload(err);
     if (encrypted) throw encrypted;
-    if (await aWorkerTookIt(client, opts.workflowId)) {
-      // A worker is there: the step itself was slow or stuck (a KMS that answers slowly, say).
-      throw new CliError(
-        `a worker on task queue "${opts.taskQueue}" took "${opts.summary}" but did not finish it within ${seconds} s`,
-        ExitCode.failed,
-        `see workflow ${opts.workflowId} in the Web UI (its pending activity shows the last error), and the worker's log`,
-      );
-    }
-    throw new CliError(
-      `no worker answered within ${seconds} s on task queue "${opts.taskQueue}"`,
+    throw unanswered({ ...opts, seconds }, await aWorkerTookIt(client, opts.workflowId));
+  }
+}
+
+/**
+ * Why a step on a worker gave no answer in time: no worker took it, or one did and is slow or
+ * stuck (a KMS that answers slowly, say), with where to look.
+ */
+function unanswered(opts: { taskQueue: string; summary: string; workflowId: string; seconds: number }, taken: boolean): CliError {
+  if (taken) {
+    return new CliError(
+      `a worker on task queue "${opts.taskQueue}" took "${opts.summary}" but did not finish it within ${opts.seconds} s`,
       ExitCode.failed,
-      'start a worker with ./temporal-dev.sh, and check it with keyops ping --workflow',
+      `see workflow ${opts.workflowId} in the Web UI (its pending activity shows the last error), and the worker's log`,
     );
   }
+  return new CliError(`no worker answered within ${opts.seconds} s on task queue "${opts.taskQueue}"`, ExitCode.failed, 'start a worker with ./temporal-dev.sh, and check it with keyops ping --workflow');
 }
 
 /** Whether any worker started a workflow task of the run: its history says so. */
@@ -123,18 +126,7 @@ export async function lookUpOnWorker<Ret, Args extends unknown[]>(
       const encrypted = explainEncryptedPayload(err);
       if (encrypted) throw encrypted;
       if (Date.now() < deadline && !closing) throw err;
-      if (await aWorkerIsOnIt(client, workflowId)) {
-        throw new CliError(
-          `a worker on task queue "${opts.taskQueue}" took "${opts.summary}" but did not answer within ${seconds} s`,
-          ExitCode.failed,
-          `see workflow ${workflowId} in the Web UI (its pending activity shows the last error), and the worker's log`,
-        );
-      }
-      throw new CliError(
-        `no worker answered within ${seconds} s on task queue "${opts.taskQueue}"`,
-        ExitCode.failed,
-        'start a worker with ./temporal-dev.sh, and check it with keyops ping --workflow',
-      );
+      throw unanswered({ ...opts, workflowId, seconds }, await aWorkerIsOnIt(client, workflowId));
     }
   }
 }
