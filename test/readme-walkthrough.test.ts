@@ -38,7 +38,7 @@ const EXPECTED: { command: RegExp; shows: RegExp; within?: number }[] = [
   { command: /^npx keyops runs --query/, shows: /nightlyBackup +backup\/demo\/\S+ +phase awaiting-rewrap/, within: 30_000 },
   { command: /^npx keyops rewrap status demo$/, shows: /version 2, WDEKs rewrapped to 1 \(behind[\s\S]*waiting for version 2: backup\/demo\//, within: 30_000 },
   { command: /^npx keyops key watch$/, shows: /started 1 rewrap\(s\): rewrap\/[0-9a-f-]{36}\/v2/ },
-  { command: /^npx keyops backup list --database demo$/, shows: /^backup\/demo\/\S+ {2}good .* v2 .*verified 1000 rows$/m, within: 60_000 },
+  { command: /^npx keyops backup list --database demo$/, shows: /^backup\/demo\/\S+ {2}good .* v2 .*verified 1000 rows {2}never drilled$/m, within: 60_000 },
   { command: /^npx keyops mk rotate default --wait$/, shows: /^mk-rotation\/default\/\S+: done \(checkpoint done\)$/m },
 ];
 

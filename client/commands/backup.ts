@@ -15,6 +15,7 @@ import { lookUpOnWorker, rootApplicationFailure, withClient } from '../run-on-wo
 import { listBackupsUpdate } from '../../workflows/lookup-messages';
 import { applyBackupSchedule, backupDetails, backupScheduleId } from '../schedules/nightly-backup-schedule';
 import { examples } from '../help-examples';
+import { showTime } from '../operator-time';
 
 interface BackupOptions {
   taskQueue: string;
@@ -83,7 +84,7 @@ const BACKUP_STAGES_DONE: Record<BackupPhase, number> = {
 /** The `backup list` column of a backup's last restore drill. */
 function drillColumn(e: CatalogEntry): string {
   if (!e.lastDrill) return 'never drilled';
-  return `drilled ${e.lastDrill.drilledAt} ${e.lastDrill.result === 'passed' ? 'passed' : `FAILED (${e.lastDrill.error ?? 'no reason recorded'})`}`;
+  return `drilled ${showTime(e.lastDrill.drilledAt)} ${e.lastDrill.result === 'passed' ? 'passed' : `FAILED (${e.lastDrill.error ?? 'no reason recorded'})`}`;
 }
 
 export function registerBackupCommands(program: Command): void {
@@ -155,7 +156,7 @@ export function registerBackupCommands(program: Command): void {
           ? ['no backups catalogued']
           : entries.map(
               (e) =>
-                `${e.backupId}  ${e.status}  ${e.createdAt}  ${e.bytes} B  key ${e.keyId} v${e.keyVersion}  backup key ${e.backupKeyHash.slice(0, 12)}  ${e.verification ? `verified ${e.verification.rows} rows` : 'unverified'}  ${drillColumn(e)}`,
+                `${e.backupId}  ${e.status}  ${showTime(e.createdAt)}  ${e.bytes} B  key ${e.keyId} v${e.keyVersion}  backup key ${e.backupKeyHash.slice(0, 12)}  ${e.verification ? `verified ${e.verification.rows} rows` : 'unverified'}  ${drillColumn(e)}`,
             ),
       );
     });

@@ -3,6 +3,7 @@ import { CliError, ExitCode } from '../cli-error';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
 import { withClient } from '../run-on-worker';
+import { showTime } from '../operator-time';
 
 const KEYOPS_TYPES = [
   'rotateRootKey',
@@ -14,6 +15,7 @@ const KEYOPS_TYPES = [
   'rotateBackupKey',
   'regenerateDataKey',
   'rotateMasterKey',
+  'restoreDrill',
 ];
 
 export function registerRunsCommand(program: Command): void {
@@ -65,7 +67,7 @@ Examples:
         return found;
       });
       emit(options, runs, () =>
-        runs.length === 0 ? ['no keyops runs'] : runs.map((r) => `${r.startTime}  ${r.status.padEnd(10)}  ${r.type.padEnd(17)}  ${r.workflowId}${r.phase ? `  phase ${r.phase}` : ''}${r.outcome ? `  ${r.outcome}` : ''}`),
+        runs.length === 0 ? ['no keyops runs'] : runs.map((r) => `${showTime(r.startTime)}  ${r.status.padEnd(10)}  ${r.type.padEnd(17)}  ${r.workflowId}${r.phase ? `  phase ${r.phase}` : ''}${r.outcome ? `  ${r.outcome}` : ''}`),
       );
     });
 }

@@ -16,6 +16,7 @@ import { type ScheduleChange, declaredIn } from '../schedules/upsert-schedule';
 import { WATCH_SCHEDULE_ID, applyWatchSchedule } from '../schedules/watch-root-keys-schedule';
 import { DRILL_SCHEDULE_ID, applyDrillSchedule } from '../schedules/restore-drill-schedule';
 import { examples } from '../help-examples';
+import { showTime } from '../operator-time';
 
 /** The schedules a schedule file declares, by their id. */
 const isFileKind = (scheduleId: string): boolean =>
@@ -178,7 +179,7 @@ A mistake is reported as file:line:column: field: problem, and nothing is applie
       emit(options, rows, () =>
         rows.length === 0
           ? ['no schedules']
-          : rows.map((r) => `${r.scheduleId}  ${r.paused ? 'paused' : 'active'}  ${r.workflowType ?? '?'}  next ${r.nextActionTimes[0] ?? '-'}${r.note ? `  (${r.note})` : ''}`),
+          : rows.map((r) => `${r.scheduleId}  ${r.paused ? 'paused' : 'active'}  ${r.workflowType ?? '?'}  next ${r.nextActionTimes[0] ? showTime(r.nextActionTimes[0]) : '-'}${r.note ? `  (${r.note})` : ''}`),
       );
     });
 
