@@ -18,11 +18,14 @@ export function operatorTimeZone(env: NodeJS.ProcessEnv = process.env, cwd = pro
   return 'UTC';
 }
 
+/** Read once per command: a `backup list` shows two times per row. */
+let processZone: string | undefined;
+
 /**
  * `2026-12-07 19:20:05 +01:00`: a time in the operator's zone with its offset, so that nothing
  * is lost for a reader elsewhere. `--json` keeps ISO 8601 UTC for programs.
  */
-export function showTime(at: Date | string | number, timeZone: string = operatorTimeZone()): string {
+export function showTime(at: Date | string | number, timeZone: string = (processZone ??= operatorTimeZone())): string {
   const date = at instanceof Date ? at : new Date(at);
   if (Number.isNaN(date.getTime())) return String(at);
   let parts: Intl.DateTimeFormatPart[];

@@ -126,16 +126,27 @@ export async function lookUpOnWorker<Ret, Args extends unknown[]>(
       const encrypted = explainEncryptedPayload(err);
       if (encrypted) throw encrypted;
       if (Date.now() < deadline && !closing) throw err;
-      throw unanswered({ ...opts, workflowId, seconds }, await aWorkerIsOnIt(client, workflowId));
+      const desk = await deskState(client, workflowId);
+      if (desk.failingTaskAttempt) {
+        // A desk whose workflow task keeps failing answers nobody, with workers polling or not.
+        throw new CliError(
+          `the look-up desk ${workflowId} is stuck: its workflow task failed ${desk.failingTaskAttempt - 1} time(s)`,
+          ExitCode.failed,
+          `see the worker's log; \`temporal workflow terminate -w ${workflowId}\` lets the next look-up start a fresh desk (it holds no state)`,
+        );
+      }
+      throw unanswered({ ...opts, workflowId, seconds }, desk.activityPending);
     }
   }
 }
 
-/** Whether the desk has an activity under way: a worker took the question and is still on it. */
-async function aWorkerIsOnIt(client: Client, workflowId: string): Promise<boolean> {
+/** Whether the desk has an activity under way (a worker took the question), or a failing workflow task. */
+async function deskState(client: Client, workflowId: string): Promise<{ activityPending: boolean; failingTaskAttempt?: number }> {
   try {
-    return ((await client.workflow.getHandle(workflowId).describe()).raw.pendingActivities ?? []).length > 0;
+    const { raw } = await client.workflow.getHandle(workflowId).describe();
+    const attempt = raw.pendingWorkflowTask?.attempt ?? 0;
+    return { activityPending: (raw.pendingActivities ?? []).length > 0, ...(attempt > 1 ? { failingTaskAttempt: attempt } : {}) };
   } catch {
-    return false;
+    return { activityPending: false };
   }
 }

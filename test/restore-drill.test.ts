@@ -26,14 +26,14 @@ describe('restoreDrill on a real worker, encrypted database, KMS and catalog fil
   const suite = useSuiteFixture('restore-drill');
 
   /** A database `db` with backups for nights 1 and 2 under root-key version 1 and night 3 under version 2. */
-  const setup = async (label: string, db: string, alertWebhook?: string) => {
+  const setup = async (label: string, db: string, alertWebhook?: string, wrap?: (local: ReturnType<typeof localActivities>) => ReturnType<typeof localActivities>['activities']) => {
     const dataDir = join(suite.dir, label);
     const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
     const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
     const local = localActivities({ dataDir, kms, registry, ...(alertWebhook ? { alertWebhook } : {}) });
     const { keyId } = await kms.createKey({ name: `drill-${label}` });
     const taskQueue = uniqueTaskQueue(label);
-    const worker = await createTestWorker(suite.env, { taskQueue, activities: local.activities });
+    const worker = await createTestWorker(suite.env, { taskQueue, activities: wrap ? wrap(local) : local.activities });
     await local.engine.createDatabase(db, keyId);
     await local.engine.withDatabase(db, (d) => d.exec('CREATE TABLE t (v); INSERT INTO t VALUES (1), (2), (3);'));
     const night = (n: string) =>
@@ -91,6 +91,33 @@ describe('restoreDrill on a real worker, encrypted database, KMS and catalog fil
     const scratch = join(s.dataDir, 'databases', 'scratch');
     assert.deepEqual(existsSync(scratch) ? readdirSync(scratch) : [], []);
     if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'restore-drill.json');
+  });
+
+  it('a backup that retention deletes after the sample was chosen is skipped, not failed: no alert, nothing recorded for it', async () => {
+    const s = await setup('retention-race', 'orders', undefined, (local) => ({
+      ...local.activities,
+      // Retention runs between the choice and the restore: the oldest backup is gone.
+      selectDrillSample: async (input: Parameters<typeof local.activities.selectDrillSample>[0]) => {
+        const sample = await local.activities.selectDrillSample(input);
+        const oldest = local.catalog.get(sample[0]!.backupId)!;
+        local.catalog.record({ ...oldest, status: 'deleted' });
+        return sample;
+      },
+    }));
+    const workflowId = drillWorkflowId('orders', new Date().toISOString());
+    const result = await s.run(() => suite.client.workflow.execute(restoreDrill, { taskQueue: s.taskQueue, workflowId, args: [{ databaseId: 'orders' }] }));
+    assert.deepEqual(
+      result.backups.map((b) => [b.backupId, b.result]),
+      [
+        [backupWorkflowId('orders', '2026-11-01'), 'skipped'],
+        [backupWorkflowId('orders', '2026-11-02'), 'passed'],
+        [backupWorkflowId('orders', '2026-11-03'), 'passed'],
+      ],
+    );
+    assert.match(result.backups[0]!.error ?? '', /deleted by retention/);
+    assert.deepEqual({ phase: result.phase, passed: result.passed, failed: result.failed }, { phase: 'done', passed: 2, failed: 0 });
+    assert.equal((await suite.client.workflow.getHandle(workflowId).describe()).typedSearchAttributes.get(OutcomeAttribute), 'succeeded');
+    assert.equal(s.catalog.get(backupWorkflowId('orders', '2026-11-01'))?.lastDrill, undefined, 'nothing recorded for the skipped backup');
   });
 
   it('a corrupted backup file fails the drill, is recorded as failed, and raises the backup alert (Outcome, webhook)', async () => {

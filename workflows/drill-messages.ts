@@ -10,7 +10,8 @@ export interface DrilledBackup {
   keyId: string;
   keyVersion: number;
   reasons: DrillReason[];
-  result: 'passed' | 'failed' | 'pending';
+  /** skipped: deleted by retention after the sample was chosen (not a failure). */
+  result: 'passed' | 'failed' | 'skipped' | 'pending';
   rows?: number;
   tables?: number;
   error?: string;

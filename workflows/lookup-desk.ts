@@ -4,13 +4,15 @@ import type { Activities } from '../activities';
 import { checkNightUpdate, describeKeyUpdate, listBackupsUpdate, listKeyVersionsUpdate, lookupDeskStateQuery, resolveKeysUpdate, type LookupDeskState } from './lookup-messages';
 import { checkUpdate, databaseIdSchema, keyIdSchema, parseInput, positiveIntSchema } from './workflow-input';
 
-// The CLI is waiting on each answer: a few quick tries, then a clear failure.
-const quick = { startToCloseTimeout: '30 seconds', retry: { initialInterval: '500 milliseconds', maximumAttempts: 3 } } as const;
+// The CLI is waiting on each answer: a few quick tries, then a clear failure. Each look-up ends
+// by the time its CLI gives up (scheduleToClose), so that a slow one cannot hold the desk's
+// hand-over to its next run long after nobody waits for it.
+const quick = { startToCloseTimeout: '30 seconds', scheduleToCloseTimeout: '30 seconds', retry: { initialInterval: '500 milliseconds', maximumAttempts: 3 } } as const;
 const { describeKey, resolveKeyRefs, listBackups } = proxyActivities<Activities>(quick);
-// Reads every retained backup's header: a long catalog takes a while.
-const { listKeyVersions } = proxyActivities<Activities>({ ...quick, startToCloseTimeout: '5 minutes' });
-// One KMS call per key in use and one engine call per database: more than a single look-up.
-const { checkNightReadiness } = proxyActivities<Activities>({ ...quick, startToCloseTimeout: '2 minutes' });
+// Reads every retained backup's header: a long catalog takes a while (`key versions` waits 5 min).
+const { listKeyVersions } = proxyActivities<Activities>({ ...quick, startToCloseTimeout: '5 minutes', scheduleToCloseTimeout: '5 minutes' });
+// One KMS call per key in use and one engine call per database (`keyops doctor` waits 2 min by default at most).
+const { checkNightReadiness } = proxyActivities<Activities>({ ...quick, startToCloseTimeout: '2 minutes', scheduleToCloseTimeout: '2 minutes' });
 
 /** Look-ups a run answers before it continues as new, whatever the server suggests. */
 const LOOKUPS_PER_RUN = 500;
@@ -46,9 +48,11 @@ export async function lookupDesk(input: LookupDeskInput = {}): Promise<never> {
     show();
     return value;
   };
-  // Refused once the run has taken its share: the client asks the next run.
+  // Refused once the run has taken its share or the server suggested a new run: the client
+  // asks the next run. Without this, steady look-ups could keep a run from ever handing over.
+  let closing = false;
   const open = () => {
-    if (taken >= perRun) throw new Error('this run is handing over to the next one: ask again');
+    if (closing || taken >= perRun) throw new Error('this run is handing over to the next one: ask again');
   };
   const take = () => void taken++;
   setHandler(lookupDeskStateQuery, () => state);
@@ -95,6 +99,7 @@ export async function lookupDesk(input: LookupDeskInput = {}): Promise<never> {
   );
   show();
   await condition(() => taken >= perRun || workflowInfo().continueAsNewSuggested);
+  closing = true;
   await condition(allHandlersFinished);
   return continueAsNew<typeof lookupDesk>({ generation: state.generation + 1, ...(input.perRun ? { perRun: input.perRun } : {}) });
 }

@@ -1,4 +1,4 @@
-import { ApplicationFailure, CancellationScope, log, proxyActivities, setCurrentDetails, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, isCancellation, log, proxyActivities, setCurrentDetails, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { drillProgressQuery, type DrillPhase, type DrillProgress, type DrilledBackup } from './drill-messages';
 import { checkRestorable, verifyBackupImage } from './restore-activities';
@@ -66,7 +66,14 @@ export async function restoreDrill(input: RestoreDrillInput = {}): Promise<Drill
       Object.assign(b, { result: 'passed', rows: check.rows, tables: check.tables });
       progress.passed++;
     } catch (err) {
+      // A cancelled drill says nothing about the backups: no FAILED in the catalog, no alert.
+      if (isCancellation(err)) throw err;
       const reason = err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
+      // The oldest backup is also the next one retention deletes: gone meanwhile is not a failed restore.
+      if (err instanceof Error && err.cause instanceof ApplicationFailure && err.cause.type === 'BACKUP_NOT_FOUND') {
+        Object.assign(b, { result: 'skipped', error: reason });
+        continue;
+      }
       Object.assign(b, { result: 'failed', error: reason });
       progress.failed++;
     }
@@ -101,7 +108,8 @@ export async function restoreDrill(input: RestoreDrillInput = {}): Promise<Drill
       details: [progress],
     });
   }
-  enter('done', progress.backups.length === 0 ? 'no retained backups to drill' : `all ${progress.backups.length} backup(s) restored`);
+  const skipped = progress.backups.filter((b) => b.result === 'skipped').length;
+  enter('done', progress.backups.length === 0 ? 'no retained backups to drill' : `${progress.passed} backup(s) restored${skipped ? `; ${skipped} deleted by retention meanwhile, skipped` : ''}`);
   upsertSearchAttributes([{ key: OutcomeAttribute, value: 'succeeded' }]);
   return progress;
 }

@@ -335,7 +335,7 @@ ${examples('keyops backup drill --wait', 'keyops backup drill --database payroll
           options,
           handle,
           drillProgressQuery,
-          (p) => ({ phase: p.phase, done: p.passed + p.failed, total: Math.max(1, p.backups.length) }),
+          (p) => ({ phase: p.phase, done: p.backups.filter((b) => b.result !== 'pending').length, total: Math.max(1, p.backups.length) }),
           () => handle.result(),
         ).catch((err: unknown) => {
           const failure = rootApplicationFailure(err);

@@ -19,6 +19,7 @@ import { backupScheduleId } from '../schedules/nightly-backup-schedule';
 import { rotationScheduleId } from '../schedules/root-key-rotation-schedule';
 import { parseScheduleFile, ScheduleFileError } from '../schedules/schedule-file';
 import { WATCH_SCHEDULE_ID } from '../schedules/watch-root-keys-schedule';
+import { DRILL_SCHEDULE_ID } from '../schedules/restore-drill-schedule';
 
 /**
  * One line of `keyops doctor`. `ok` is null for a check that was not run (its precondition
@@ -134,7 +135,7 @@ async function workerSideChecks(client: Client, opts: DoctorOptions, workerPolls
 
 /** The schedule ids the file declares: rotations by name are resolved by a worker. */
 async function declaredSchedules(client: Client, file: ReturnType<typeof parseScheduleFile>, taskQueue: string, workerPolls: boolean): Promise<{ ids: string[]; problems: DoctorCheck[] }> {
-  const ids = [...file.backups.map((b) => backupScheduleId(b.database)), ...(file.watch ? [WATCH_SCHEDULE_ID] : [])];
+  const ids = [...file.backups.map((b) => backupScheduleId(b.database)), ...(file.watch ? [WATCH_SCHEDULE_ID] : []), ...(file.drills ? [DRILL_SCHEDULE_ID] : [])];
   const problems: DoctorCheck[] = [];
   const byName = file.rotations.filter((r) => !asKeyId(r.key));
   for (const r of file.rotations) {
@@ -289,7 +290,7 @@ What it prints (keyops doctor -f schedules.yaml):
       if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) {
         throw new CliError(`--timeout must be a positive number of seconds, got "${opts.timeout}"`, ExitCode.usage);
       }
-      const scheduleFile = opts.file ?? (existsSync('schedules.yaml') ? 'schedules.yaml' : undefined);
+      const scheduleFile = opts.file ?? process.env.KEYOPS_SCHEDULE_FILE ?? (existsSync('schedules.yaml') ? 'schedules.yaml' : undefined);
       const doctorOptions: DoctorOptions = { taskQueue: opts.taskQueue, scheduleFile, timeoutSeconds };
       let checks: DoctorCheck[];
       let unreachable = false;
