@@ -20,6 +20,7 @@ import { rotationScheduleId } from '../schedules/root-key-rotation-schedule';
 import { parseScheduleFile, ScheduleFileError } from '../schedules/schedule-file';
 import { WATCH_SCHEDULE_ID } from '../schedules/watch-root-keys-schedule';
 import { DRILL_SCHEDULE_ID } from '../schedules/restore-drill-schedule';
+import { livePollers } from '../live-pollers';
 
 /**
  * One line of `keyops doctor`. `ok` is null for a check that was not run (its precondition
@@ -39,9 +40,6 @@ export interface DoctorOptions {
   /** How long the worker-side checks may take. */
   timeoutSeconds: number;
 }
-
-/** A live worker re-polls at least once a minute, so older pollers are remembered, not running (as ping). */
-const LIVE_POLLER_WINDOW_MS = 90_000;
 
 const ok = (check: string, detail: string): DoctorCheck => ({ check, ok: true, detail, fix: null });
 const fail = (check: string, detail: string, fix: string | null): DoctorCheck => ({ check, ok: false, detail, fix });
@@ -75,20 +73,6 @@ function searchAttributeCheck(registered: Record<string, temporal.api.enums.v1.I
   );
 }
 
-async function livePollers(connection: Connection, namespace: string, taskQueue: string, type: temporal.api.enums.v1.TaskQueueType): Promise<string[]> {
-  const response = await connection.workflowService.describeTaskQueue({
-    namespace,
-    taskQueue: { name: taskQueue, kind: temporal.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
-    taskQueueType: type,
-  });
-  const now = Date.now();
-  return (response.pollers ?? [])
-    .filter((p) => {
-      const seconds = p.lastAccessTime?.seconds;
-      return seconds == null || now - Number(seconds) * 1000 < LIVE_POLLER_WINDOW_MS;
-    })
-    .map((p) => p.identity ?? 'unknown');
-}
 
 async function pollerChecks(connection: Connection, namespace: string, taskQueue: string): Promise<{ checks: DoctorCheck[]; workerPolls: boolean }> {
   const { TASK_QUEUE_TYPE_WORKFLOW: WORKFLOW, TASK_QUEUE_TYPE_ACTIVITY: ACTIVITY } = temporal.api.enums.v1.TaskQueueType;
@@ -102,7 +86,7 @@ async function pollerChecks(connection: Connection, namespace: string, taskQueue
     const missing = [...(workflow.length === 0 ? ['workflow'] : []), ...(activity.length === 0 ? ['activity'] : [])];
     checks.push(
       missing.length === 0
-        ? ok(main, `${workflow.length} workflow and ${activity.length} activity poller(s): ${[...new Set([...workflow, ...activity])].join(', ')}`)
+        ? ok(main, `${workflow.length} workflow and ${activity.length} activity poller(s): ${[...new Set([...workflow, ...activity].map((p) => p.identity))].join(', ')}`)
         : fail(main, `no live ${missing.join(' or ')} poller`, startWorker),
     );
   } catch (err) {

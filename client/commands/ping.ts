@@ -1,6 +1,5 @@
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { type Client, type Connection, isGrpcServiceError } from '@temporalio/client';
-import { temporal } from '@temporalio/proto';
 import type { Command } from 'commander';
 import { selfCheck, type SelfCheckResult } from '../../workflows/self-check';
 import { TASK_QUEUE } from '../../workflows/task-queue';
@@ -8,20 +7,13 @@ import { CliError, ExitCode } from '../cli-error';
 import { connectOrExplain } from '../connect-or-explain';
 import type { GlobalOptions } from '../global-options';
 import { emit } from '../output';
+import { livePollers } from '../live-pollers';
 
 interface PingOptions {
   taskQueue: string;
   workflow?: boolean;
   timeout: string;
 }
-
-interface Poller {
-  identity: string;
-  lastAccessTime: string | undefined;
-}
-
-/** A live worker re-polls at least once a minute, so older pollers are remembered, not running. */
-const LIVE_POLLER_WINDOW_MS = 90_000;
 
 export function registerPingCommand(program: Command): void {
   program
@@ -97,22 +89,6 @@ async function describeNamespace(connection: Connection, namespace: string): Pro
   }
 }
 
-async function livePollers(connection: Connection, namespace: string, taskQueue: string): Promise<Poller[]> {
-  const response = await connection.workflowService.describeTaskQueue({
-    namespace,
-    taskQueue: { name: taskQueue, kind: temporal.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
-    taskQueueType: temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-  });
-  const now = Date.now();
-  return (response.pollers ?? [])
-    .map((p) => {
-      const seconds = p.lastAccessTime?.seconds;
-      const at = seconds == null ? undefined : Number(seconds) * 1000;
-      return { identity: p.identity ?? 'unknown', at };
-    })
-    .filter((p) => p.at === undefined || now - p.at < LIVE_POLLER_WINDOW_MS)
-    .map((p) => ({ identity: p.identity, lastAccessTime: p.at === undefined ? undefined : new Date(p.at).toISOString() }));
-}
 
 async function runSelfCheck(client: Client, taskQueue: string, timeoutSeconds: number): Promise<SelfCheckResult> {
   const workflowId = `self-check/${new Date().toISOString()}`;
