@@ -8,6 +8,7 @@ import type { BackupDescription, BackupImage, DatabaseEngine, Progress, RestoreC
 import { EngineError, engineFailure } from './engines/engine-error';
 import type { KeyManagementService } from './kms/key-management-service';
 import { typed } from './typed';
+import { postAlert } from './alert-webhook';
 
 export interface BackupDeps {
   dataDir: string;
@@ -310,16 +311,8 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
     },
 
     /** POSTs the alert to the configured webhook; without one, does nothing. A refusal is retried. */
-    async sendBackupAlert(alert: { databaseId: string; night: string; failedNights: number; reason: string; workflowId: string }): Promise<{ sent: boolean }> {
-      if (!alertWebhook) return { sent: false };
-      const response = await fetch(alertWebhook, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ event: 'keyops.backup.alert', ...alert }),
-        signal: AbortSignal.timeout(10_000),
-      });
-      if (!response.ok) throw new Error(`alert webhook answered HTTP ${response.status}`);
-      return { sent: true };
+    sendBackupAlert(alert: { databaseId: string; night: string; failedNights: number; reason: string; workflowId: string }): Promise<{ sent: boolean }> {
+      return postAlert(alertWebhook, 'keyops.backup.alert', alert);
     },
 
     /** Returns how many nights in a row have failed for the database, this one included. */

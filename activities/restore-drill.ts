@@ -2,6 +2,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { BackupCatalog, CatalogEntry, DrillResult } from './catalog/backup-catalog';
 import type { KeyManagementService } from './kms/key-management-service';
 import { typed } from './typed';
+import { postAlert } from './alert-webhook';
 
 export interface RestoreDrillDeps {
   kms: KeyManagementService;
@@ -74,16 +75,8 @@ export function createRestoreDrillActivities({ kms, catalog, alertWebhook }: Res
      * POSTs a failed drill to the alert webhook the nightly backup uses (event `keyops.drill.alert`);
      * without one, does nothing. A refusal is retried.
      */
-    async sendDrillAlert(alert: { workflowId: string; failed: { backupId: string; databaseId: string; reason: string }[]; drilled: number }): Promise<{ sent: boolean }> {
-      if (!alertWebhook) return { sent: false };
-      const response = await fetch(alertWebhook, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ event: 'keyops.drill.alert', ...alert }),
-        signal: AbortSignal.timeout(10_000),
-      });
-      if (!response.ok) throw new Error(`alert webhook answered HTTP ${response.status}`);
-      return { sent: true };
+    sendDrillAlert(alert: { workflowId: string; failed: { backupId: string; databaseId: string; reason: string }[]; drilled: number }): Promise<{ sent: boolean }> {
+      return postAlert(alertWebhook, 'keyops.drill.alert', alert);
     },
   };
 }
