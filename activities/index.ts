@@ -2,6 +2,7 @@ import { createBackupKeyActivities, type BackupKeyDeps } from './backup-key-rota
 import { createDemoActivities, type DemoDeps } from './demo-data';
 import { createKeyConsumerActivities, type KeyConsumerDeps } from './key-consumers';
 import { createKeyRefActivities, type KeyRefDeps } from './key-refs';
+import { createKeyReportActivities } from './key-report';
 import { createKeyVersionActivities, type KeyVersionDeps } from './key-versions';
 import { createMasterKeyActivities, type MasterKeyDeps } from './master-key-rotation';
 import { createNightReadiness, type NightReadinessDeps } from './night-readiness';
@@ -27,6 +28,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createKeyRefActivities(deps),
     ...createKeyConsumerActivities(deps),
     ...createKeyVersionActivities(deps),
+    ...createKeyReportActivities(deps),
     ...createRestoreDrillActivities(deps),
     checkNightReadiness: createNightReadiness(deps),
   };
@@ -37,5 +39,6 @@ export type { WorkerProbeReport } from './worker-probe';
 export type { KeyStatus } from './root-key-rotation';
 export type { KeyRef } from './key-refs';
 export type { KeyVersions } from './key-versions';
+export type { KeyReportFacts } from './key-report';
 export type { BackupKeyCheck } from './nightly-backup';
 export type { NightCheck } from './night-readiness';

@@ -15,6 +15,7 @@ import { registerPingCommand } from './commands/ping';
 import { registerDoctorCommand } from './commands/doctor';
 import { registerVersionCommand } from './commands/version';
 import { registerCompletionCommand } from './commands/completion';
+import { registerReportCommand } from './commands/report';
 
 export function buildProgram(): Command {
   const program = new Command('keyops')
@@ -43,6 +44,7 @@ Exit codes: 0 ok, 1 operation failed, 2 bad input, 3 Temporal unreachable.`,
   registerScheduleCommands(program);
   registerSignalCommands(program);
   registerRunsCommand(program);
+  registerReportCommand(program);
   registerInitCommand(program);
   registerRewrapCommands(program);
   registerCompletionCommand(program);

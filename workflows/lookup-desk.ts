@@ -1,7 +1,7 @@
 import { allHandlersFinished, condition, continueAsNew, proxyActivities, setCurrentDetails, setHandler, workflowInfo } from '@temporalio/workflow';
 import { z } from 'zod';
 import type { Activities } from '../activities';
-import { checkNightUpdate, describeKeyUpdate, listBackupsUpdate, listKeyVersionsUpdate, lookupDeskStateQuery, resolveKeysUpdate, type LookupDeskState } from './lookup-messages';
+import { checkNightUpdate, describeKeyUpdate, keyReportFactsUpdate, listBackupsUpdate, listKeyVersionsUpdate, lookupDeskStateQuery, resolveKeysUpdate, type LookupDeskState } from './lookup-messages';
 import { checkUpdate, databaseIdSchema, keyIdSchema, parseInput, positiveIntSchema } from './workflow-input';
 
 // The CLI is waiting on each answer: a few quick tries, then a clear failure. Each look-up ends
@@ -10,7 +10,7 @@ import { checkUpdate, databaseIdSchema, keyIdSchema, parseInput, positiveIntSche
 const quick = { startToCloseTimeout: '30 seconds', scheduleToCloseTimeout: '30 seconds', retry: { initialInterval: '500 milliseconds', maximumAttempts: 3 } } as const;
 const { describeKey, resolveKeyRefs, listBackups } = proxyActivities<Activities>(quick);
 // Reads every retained backup's header: a long catalog takes a while (`key versions` waits 5 min).
-const { listKeyVersions } = proxyActivities<Activities>({ ...quick, startToCloseTimeout: '5 minutes', scheduleToCloseTimeout: '5 minutes' });
+const { listKeyVersions, keyReportFacts } = proxyActivities<Activities>({ ...quick, startToCloseTimeout: '5 minutes', scheduleToCloseTimeout: '5 minutes' });
 // One KMS call per key in use and one engine call per database (`keyops doctor` waits 2 min by default at most).
 const { checkNightReadiness } = proxyActivities<Activities>({ ...quick, startToCloseTimeout: '2 minutes', scheduleToCloseTimeout: '2 minutes' });
 
@@ -24,6 +24,7 @@ export interface LookupDeskInput {
   perRun?: number;
 }
 
+const reportFilterSchema = z.object({ keyIds: z.array(keyIdSchema).max(1000).optional(), since: z.iso.datetime().optional() }).strict();
 const backupFilterSchema = z.object({ databaseId: databaseIdSchema.optional(), limit: positiveIntSchema.max(100_000).optional() });
 
 /**
@@ -88,6 +89,15 @@ export async function lookupDesk(input: LookupDeskInput = {}): Promise<never> {
       return answered(await listKeyVersions.executeWithOptions({ summary: `list the versions of key ${keyId} and the WDEKs, pages and backups that need each` }, [{ keyId }]));
     },
     { description: 'Every version of a key and what still needs it (keyops key versions)', validator: (keyId) => (open(), checkUpdate('listKeyVersions', keyIdSchema, keyId)) },
+  );
+  setHandler(
+    keyReportFactsUpdate,
+    async (filter) => {
+      take();
+      const which = filter.keyIds?.length ? `key(s) ${filter.keyIds.join(', ')}` : 'every key in use';
+      return answered(await keyReportFacts.executeWithOptions({ summary: `read the KMS metadata, versions, backups and nights of ${which} for keyops report` }, [filter]));
+    },
+    { description: 'KMS metadata, versions and what needs each, backups and nights of keys (keyops report)', validator: (filter) => (open(), checkUpdate('keyReportFacts', reportFilterSchema, filter)) },
   );
   setHandler(
     checkNightUpdate,

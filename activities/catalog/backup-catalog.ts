@@ -42,6 +42,16 @@ export interface DrillRecord {
 
 export type NightOutcome = 'succeeded' | 'failed';
 
+/** How one database's night ended, as recorded (the audit trail of failed nights). */
+export interface NightRecord {
+  databaseId: string;
+  night: string;
+  outcome: NightOutcome;
+  /** Why it failed (ids and versions only, as the run's error said). */
+  error?: string | undefined;
+  recordedAt: string;
+}
+
 export interface BackupCatalog {
   /** Inserts or replaces the entry with this backup id (a retried run records once). */
   /**
@@ -56,6 +66,8 @@ export interface BackupCatalog {
   lastGood(databaseId: string): CatalogEntry | undefined;
   /** Records how a night ended; returns how many nights in a row have now failed. */
   recordNight(databaseId: string, night: string, outcome: NightOutcome, error?: string): number;
+  /** Recorded nights, oldest first; `since` compares with when each was recorded. */
+  listNights(filter?: { databaseId?: string; since?: string }): NightRecord[];
   /** Records the drill of a backup, replacing its earlier one (a retried drill records once). */
   recordDrill(backupId: string, drill: DrillRecord): void;
   close(): void;

@@ -1,7 +1,7 @@
 import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3-multiple-ciphers';
-import type { BackupCatalog, BackupStatus, CatalogEntry, DrillRecord, DrillResult, NightOutcome } from './backup-catalog';
+import type { BackupCatalog, BackupStatus, CatalogEntry, DrillRecord, DrillResult, NightOutcome, NightRecord } from './backup-catalog';
 import { enableWal } from '../sqlite-wal';
 
 interface Row {
@@ -177,6 +177,17 @@ export class SqliteBackupCatalog implements BackupCatalog {
       const streak = recent.findIndex((n) => n.outcome === 'succeeded');
       return streak === -1 ? recent.length : streak;
     })();
+  }
+
+  listNights(filter: { databaseId?: string; since?: string } = {}): NightRecord[] {
+    return this.db
+      .prepare<[{ databaseId: string | null; since: string | null }], { database_id: string; night: string; outcome: NightOutcome; error: string | null; recorded_at: string }>(
+        `SELECT database_id, night, outcome, error, recorded_at FROM nights
+         WHERE (@databaseId IS NULL OR database_id = @databaseId) AND (@since IS NULL OR recorded_at >= @since)
+         ORDER BY recorded_at, rowid`,
+      )
+      .all({ databaseId: filter.databaseId ?? null, since: filter.since ?? null })
+      .map((r) => ({ databaseId: r.database_id, night: r.night, outcome: r.outcome, ...(r.error === null ? {} : { error: r.error }), recordedAt: r.recorded_at }));
   }
 
   recordDrill(backupId: string, drill: DrillRecord): void {
