@@ -8,9 +8,10 @@ const list = (items: string[], none = '–') => (items.length ? items.map(esc).j
 const size = (bytes: number) => (bytes >= 1 << 20 ? `${(bytes / (1 << 20)).toFixed(1)} MiB` : bytes >= 1024 ? `${(bytes / 1024).toFixed(1)} KiB` : `${bytes} B`);
 
 function table(id: string, caption: string, head: string[], rows: string[][], empty: string): string {
-  if (rows.length === 0) return `<h3>${esc(caption)}</h3><p class="none" data-table="${id}">${esc(empty)}</p>`;
+  const title = caption ? `<h3>${esc(caption)}</h3>` : '';
+  if (rows.length === 0) return `${title}<p class="none" data-table="${id}">${esc(empty)}</p>`;
   return (
-    `<h3>${esc(caption)}</h3><table data-table="${id}"><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>` +
+    `${title}<table data-table="${id}"><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>` +
     rows.map((r) => `<tr>${r.map((c) => `<td>${c}</td>`).join('')}</tr>`).join('') +
     '</tbody></table>'
   );
@@ -19,7 +20,7 @@ function table(id: string, caption: string, head: string[], rows: string[][], em
 function masterKeyTable(runs: OtherRun[]): string {
   return table(
     'master-key',
-    'Master-key rotations of the crypto units (every KMS key under them)',
+    '',
     ['Run', 'Started', 'Ended', 'Status', 'Outcome'],
     runs.map((r) => [`<code>${esc(r.workflowId)}</code>`, when(r.startedAt), when(r.closedAt), esc(r.status.toLowerCase()), esc(r.outcome ?? '–')]),
     'No master-key rotation in this period.',
@@ -144,7 +145,7 @@ table{border-collapse:collapse;width:100%;font-size:12.5px}th,td{border-bottom:1
 <p class="meta">Built from the KMS metadata and the backup catalog (read by a worker) and the Temporal histories of the runs. Why a version exists comes from the run that made it: a rotation keyops ran (by hand or on a schedule), or one the KMS made by itself (its rotation policy, or someone outside keyops) that the watcher found and rewrapped.</p>
 <p class="legend">${legend}</p>
 ${report.keys.length ? report.keys.map((k) => keySection(k, report)).join('\n') : '<p class="none">No key in use on this task queue.</p>'}
-<h2>Master-key rotations</h2>
+<h2>Master-key rotations <small>of the crypto units under the KMS: every key above lived through each</small></h2>
 ${masterKeyTable(report.masterKeyRotations)}
 </body>
 </html>

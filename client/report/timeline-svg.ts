@@ -68,6 +68,18 @@ export function timelineSvg(key: KeyLifecycle, masterKeyRotations: OtherRun[], w
   const laneY = (lane: (typeof LANES)[number]) => TOP + LANES.indexOf(lane) * LANE;
   const height = TOP + LANES.length * LANE + 40;
   const parts: string[] = [];
+  // Marks close in time would write their labels over each other: a label that would overlap
+  // the lane's previous one is left out (the mark's tooltip still says it all), and one that
+  // would run past the right edge ends at the mark instead.
+  const labelEnds = new Map<string, number>();
+  const label = (lane: string, after: number, before: number, y: number, text: string): string => {
+    const width = text.length * 6.2;
+    const right = after + width > WIDTH - 4;
+    const from = right ? before - width : after;
+    if (from < (labelEnds.get(lane) ?? -Infinity) + 4) return '';
+    labelEnds.set(lane, from + width);
+    return `<text x="${(right ? before : after).toFixed(1)}" y="${y}"${right ? ' text-anchor="end"' : ''} class="small">${escapeXml(text)}</text>`;
+  };
   const mark = (kind: string, title: string, body: string) => parts.push(`<g data-kind="${kind}"><title>${escapeXml(title)}</title>${body}</g>`);
 
   for (const lane of LANES) {
@@ -105,7 +117,7 @@ export function timelineSvg(key: KeyLifecycle, masterKeyRotations: OtherRun[], w
     mark(
       'rotation',
       `v${v.version} at ${showTime(at)}: ${ORIGIN_SHORT[v.origin]}${v.run ? ` (${v.run})` : ''}`,
-      `<path d="M ${cx.toFixed(1)} ${cy - 7} l 7 7 l -7 7 l -7 -7 z" fill="#37474f"/>` + `<text x="${(cx + 9).toFixed(1)}" y="${cy + 4}" class="small">v${v.version} ${ORIGIN_SHORT[v.origin]}</text>`,
+      `<path d="M ${cx.toFixed(1)} ${cy - 7} l 7 7 l -7 7 l -7 -7 z" fill="#37474f"/>` + label('rotations', cx + 9, cx - 9, cy + 4, `v${v.version} ${ORIGIN_SHORT[v.origin]}`),
     );
   }
 
@@ -121,7 +133,7 @@ export function timelineSvg(key: KeyLifecycle, masterKeyRotations: OtherRun[], w
       'rewrap',
       `${r.workflowId}: ${r.status.toLowerCase()}, ${took}${r.result ? `, ${r.result.rewrapped} of ${r.result.total} WDEK(s)` : ''}`,
       `<rect x="${x1.toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="${LANE - 16}" rx="2" fill="${ok || r.status === 'RUNNING' ? COLORS.rewrap : COLORS.failed}"/>` +
-        `<text x="${(x1 + w + 4).toFixed(1)}" y="${y + 15}" class="small">→v${r.targetVersion} ${escapeXml(took)}</text>`,
+        label('rewraps', x1 + w + 4, x1 - 4, y + 15, `→v${r.targetVersion} ${took}`),
     );
   }
 

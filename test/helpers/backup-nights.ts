@@ -1,19 +1,17 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import Database from 'better-sqlite3-multiple-ciphers';
+import { SqliteBackupCatalog } from '../../activities/catalog/sqlite-backup-catalog';
 
-/**
- * The nights a catalog file recorded for a database, as the alert counts them. The catalog has no
- * reader for them (only recordNight, which also writes), so the test reads its file, read-only.
- */
+/** The nights a catalog file recorded for a database, as the alert counts them, by night. */
 export function recordedNights(catalogPath: string, databaseId: string): { night: string; outcome: string; error: string | null }[] {
-  const db = new Database(catalogPath, { readonly: true, fileMustExist: true });
+  const catalog = SqliteBackupCatalog.open(catalogPath);
   try {
-    return db
-      .prepare<[string], { night: string; outcome: string; error: string | null }>('SELECT night, outcome, error FROM nights WHERE database_id = ? ORDER BY night')
-      .all(databaseId);
+    return catalog
+      .listNights({ databaseId })
+      .sort((a, b) => a.night.localeCompare(b.night))
+      .map((n) => ({ night: n.night, outcome: n.outcome, error: n.error ?? null }));
   } finally {
-    db.close();
+    catalog.close();
   }
 }
 
