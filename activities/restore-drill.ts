@@ -72,10 +72,10 @@ export function createRestoreDrillActivities({ kms, catalog, alertWebhook }: Res
     },
 
     /**
-     * POSTs a failed drill to the alert webhook the nightly backup uses (event `keyops.drill.alert`);
+     * POSTs a failed drill to the alert webhook (`reason`: why no backup could be drilled at all) the nightly backup uses (event `keyops.drill.alert`);
      * without one, does nothing. A refusal is retried.
      */
-    sendDrillAlert(alert: { workflowId: string; failed: { backupId: string; databaseId: string; reason: string }[]; drilled: number }): Promise<{ sent: boolean }> {
+    sendDrillAlert(alert: { workflowId: string; failed: { backupId: string; databaseId: string; reason: string }[]; drilled: number; reason?: string }): Promise<{ sent: boolean }> {
       return postAlert(alertWebhook, 'keyops.drill.alert', alert);
     },
   };

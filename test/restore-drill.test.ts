@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, openSync, readdirSync, readSync, statSync, writeSync, closeSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -166,6 +166,42 @@ describe('restoreDrill on a real worker, encrypted database, KMS and catalog fil
       received.map((a) => ({ event: a.event, workflowId: a.workflowId, drilled: a.drilled, failed: (a.failed as { backupId: string }[]).map((f) => f.backupId) })),
       [{ event: 'keyops.drill.alert', workflowId, drilled: 3, failed: [oldest.backupId] }],
     );
+  });
+
+  it('a drill that cannot choose its backups (a key gone from the KMS) raises the backup alert too', async () => {
+    const received: Record<string, unknown>[] = [];
+    const hook = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        received.push(JSON.parse(body) as Record<string, unknown>);
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+    after(() => hook.close());
+    const s = await setup('no-sample', 'notes', `http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`);
+    const workflowId = drillWorkflowId('notes', new Date().toISOString());
+    const goneKey = randomUUID();
+    const err = await s
+      .run(() => {
+        // A backup catalogued under a key the KMS no longer has (deleted, or another KMS's).
+        const newest = s.catalog.get(backupWorkflowId('notes', '2026-11-03'))!;
+        s.catalog.record({ ...newest, backupId: backupWorkflowId('notes', '2026-11-04'), night: '2026-11-04', keyId: goneKey });
+        return suite.client.workflow.execute(restoreDrill, { taskQueue: s.taskQueue, workflowId, args: [{ databaseId: 'notes' }] });
+      })
+      .then(() => undefined, (e: unknown) => e);
+    assert.ok(err instanceof WorkflowFailedError, String(err));
+    assert.ok(err.cause instanceof ApplicationFailure);
+    assert.equal(err.cause.type, 'DRILL_FAILED');
+    assert.match(err.cause.message, new RegExp(`could not choose its backups: .*${goneKey}`));
+    assert.equal((await suite.client.workflow.getHandle(workflowId).describe()).typedSearchAttributes.get(OutcomeAttribute), 'alert');
+    assert.deepEqual(
+      received.map((a) => ({ event: a.event, workflowId: a.workflowId, drilled: a.drilled, failed: a.failed, gone: String(a.reason).includes(goneKey) })),
+      [{ event: 'keyops.drill.alert', workflowId, drilled: 0, failed: [], gone: true }],
+    );
+    assert.ok(s.catalog.list({ databaseId: 'notes' }).every((e) => e.lastDrill === undefined), 'nothing drilled, nothing recorded');
+    if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(workflowId, 'restore-drill-sample-failed.json');
   });
 
   it('a catalog written before drills existed gains them at open, its rows intact', () => {

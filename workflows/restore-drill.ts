@@ -1,4 +1,4 @@
-import { ApplicationFailure, CancellationScope, isCancellation, log, proxyActivities, setCurrentDetails, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, isCancellation, log, patched, proxyActivities, setCurrentDetails, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { drillProgressQuery, type DrillPhase, type DrillProgress, type DrilledBackup } from './drill-messages';
 import { checkRestorable, verifyBackupImage } from './restore-activities';
@@ -48,11 +48,33 @@ export async function restoreDrill(input: RestoreDrillInput = {}): Promise<Drill
   };
   const workflowId = workflowInfo().workflowId;
 
+  const alert = async (failed: { backupId: string; databaseId: string; reason: string }[], problem: string, summary: string, reason?: string) => {
+    enter('alerting', problem);
+    // A webhook that is down must not hide which backups failed.
+    await CancellationScope.nonCancellable(() =>
+      sendDrillAlert.executeWithOptions({ summary }, [{ workflowId, failed, drilled: progress.backups.length, ...(reason ? { reason } : {}) }]),
+    ).catch((e: unknown) => log.warn('the alert webhook could not be reached', { error: e instanceof Error ? e.message : String(e) }));
+    enter('failed', problem);
+    upsertSearchAttributes([{ key: OutcomeAttribute, value: 'alert' }]);
+  };
+
   enter('selecting', 'choosing the backups to restore');
-  const sample = await selectDrillSample.executeWithOptions(
-    { summary: `choose the backups to drill for ${input.databaseId ? `database ${input.databaseId}` : 'every database'}: oldest, one per retired key version, newest` },
-    [{ ...(input.databaseId ? { databaseId: input.databaseId } : {}), ...(input.newest !== undefined ? { newest: input.newest } : {}) }],
-  );
+  let sample;
+  try {
+    sample = await selectDrillSample.executeWithOptions(
+      { summary: `choose the backups to drill for ${input.databaseId ? `database ${input.databaseId}` : 'every database'}: oldest, one per retired key version, newest` },
+      [{ ...(input.databaseId ? { databaseId: input.databaseId } : {}), ...(input.newest !== undefined ? { newest: input.newest } : {}) }],
+    );
+  } catch (err) {
+    // A drill that cannot even choose its backups (a key gone from the KMS, the KMS down for
+    // good) proves nothing about them: it raises the alert as a failed restore does. Runs started
+    // before this patch failed without it.
+    if (isCancellation(err) || !patched('drill-sample-failure-alerts')) throw err;
+    const reason = err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
+    log.error('backup alert: a restore drill could not choose its backups', { reason });
+    await alert([], 'could not choose the backups to drill', 'send the backup alert: the restore drill could not choose its backups', reason);
+    throw ApplicationFailure.create({ type: 'DRILL_FAILED', nonRetryable: true, message: `the restore drill could not choose its backups: ${reason}`, details: [progress] });
+  }
   progress.backups = sample.map((s): DrilledBackup => ({ backupId: s.backupId, databaseId: s.databaseId, keyId: s.keyId, keyVersion: s.keyVersion, reasons: s.reasons, result: 'pending' }));
 
   for (const [i, b] of progress.backups.entries()) {
@@ -94,13 +116,7 @@ export async function restoreDrill(input: RestoreDrillInput = {}): Promise<Drill
   if (progress.failed > 0) {
     const failed = progress.backups.filter((b) => b.result === 'failed').map((b) => ({ backupId: b.backupId, databaseId: b.databaseId, reason: b.error ?? 'unknown' }));
     log.error('backup alert: a restore drill failed', { failed: failed.map((f) => f.backupId), drilled: progress.backups.length });
-    enter('alerting', `${progress.failed} of ${progress.backups.length} backup(s) did not restore`);
-    // A webhook that is down must not hide which backups failed.
-    await CancellationScope.nonCancellable(() =>
-      sendDrillAlert.executeWithOptions({ summary: `send the backup alert: ${progress.failed} backup(s) failed the restore drill` }, [{ workflowId, failed, drilled: progress.backups.length }]),
-    ).catch((e: unknown) => log.warn('the alert webhook could not be reached', { error: e instanceof Error ? e.message : String(e) }));
-    enter('failed', `${progress.failed} of ${progress.backups.length} backup(s) did not restore`);
-    upsertSearchAttributes([{ key: OutcomeAttribute, value: 'alert' }]);
+    await alert(failed, `${progress.failed} of ${progress.backups.length} backup(s) did not restore`, `send the backup alert: ${progress.failed} backup(s) failed the restore drill`);
     throw ApplicationFailure.create({
       type: 'DRILL_FAILED',
       nonRetryable: true,
