@@ -6,7 +6,8 @@ import { describe, it } from 'node:test';
 import { LocalKms } from '../activities/kms/local-kms';
 import { createNightReadiness } from '../activities/night-readiness';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
-import { formatChecks, runDoctor, type DoctorCheck } from '../client/commands/doctor';
+import { formatChecks, runDoctor, searchAttributeCheck, type DoctorCheck } from '../client/commands/doctor';
+import { temporal } from '@temporalio/proto';
 import { backupScheduleId } from '../client/schedules/nightly-backup-schedule';
 import { rotationScheduleId } from '../client/schedules/root-key-rotation-schedule';
 import { nightlyBackup } from '../workflows';
@@ -181,6 +182,67 @@ describe('keyops doctor (dev server)', () => {
     assert.equal(lines.slice(2).length, 7);
     assert.ok(lines.slice(2).every((l) => / not run: the server is unreachable$/.test(l)), r.stdout);
     assert.equal(r.stderr, '');
+  });
+
+  it('worker side: a disabled key, a database the engine no longer has, and too little room for tonight each FAIL with their fix', async () => {
+    const dataDir = join(suite.dir, 'doctor-worker-side');
+    const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
+    const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
+    const local = localActivities({ dataDir, kms, registry });
+    const check = createNightReadiness({ dataDir, kms, registry, engine: local.engine, catalog: local.catalog });
+    const suffix = randomUUID().slice(0, 8);
+    const { keyId: good } = await kms.createKey({ name: `doctor-good-${suffix}` });
+    const { keyId: disabled } = await kms.createKey({ name: `doctor-disabled-${suffix}` });
+    await local.engine.createDatabase(`sales-${suffix}`, good);
+    await local.engine.createDatabase(`hr-${suffix}`, disabled);
+    const healthy = await check();
+    assert.deepEqual(healthy.filter((c) => !c.ok), [], JSON.stringify(healthy));
+
+    await kms.disableKey(disabled);
+    // A database dropped from the engine while its last backup, 1 EiB, is still catalogued.
+    const gone = `gone-${suffix}`;
+    local.catalog.record({
+      backupId: backupWorkflowId(gone, '2026-12-06'),
+      databaseId: gone,
+      night: '2026-12-06',
+      createdAt: new Date().toISOString(),
+      path: join(dataDir, 'backups', gone, 'x.kob'),
+      bytes: 2 ** 60,
+      sha256: '0'.repeat(64),
+      keyId: good,
+      keyVersion: 1,
+      backupKeyHash: '0'.repeat(64),
+      verification: undefined,
+      status: 'good',
+    });
+    const checks = await check();
+    const failing = Object.fromEntries(checks.filter((c) => !c.ok).map((c) => [c.check, [c.detail, c.fix]]));
+    assert.deepEqual(Object.keys(failing).sort(), ['KMS local', 'backup space', 'engines'], JSON.stringify(checks));
+    assert.equal(failing['KMS local']![0], `1 of 2 key(s) fail: ${disabled} is disabled`);
+    assert.match(failing['KMS local']![1]!, /^check the local KMS store .*kms and its master secret on the worker$/);
+    assert.match(failing.engines![0]!, new RegExp(`^1 of 3 database\\(s\\) fail: ${gone}: `));
+    assert.match(failing['backup space']![0]!, /free in .*backups, tonight needs about 1073741824\.0 GiB$/);
+    assert.match(failing['backup space']![1]!, /^free space on the file system of /);
+  });
+
+  it('a namespace that does not exist FAILs with the command that creates it; the checks after it are not run', async () => {
+    const namespace = `doctor-missing-${randomUUID().slice(0, 8)}`;
+    const checks = await runDoctor(suite.client, suite.env.connection, namespace, testServerAddress(), { taskQueue: 'keyops', scheduleFile: undefined, timeoutSeconds: 5 });
+    const lines = formatChecks(checks);
+    assert.deepEqual(lines.slice(1, 3), [`FAIL namespace exists: namespace "${namespace}" does not exist`, `  fix: temporal operator namespace create --namespace ${namespace}`]);
+    assert.equal(lines.length, 9, lines.join('\n'));
+    assert.ok(lines.slice(3).every((l) => l.endsWith(`not run: namespace "${namespace}" is not usable`)), lines.join('\n'));
+  });
+
+  it('search attributes missing or of another type FAIL with the command that registers them', () => {
+    const { INDEXED_VALUE_TYPE_KEYWORD: KEYWORD, INDEXED_VALUE_TYPE_TEXT: TEXT } = temporal.api.enums.v1.IndexedValueType;
+    const check = searchAttributeCheck({ KeyId: KEYWORD, DatabaseId: KEYWORD, Phase: KEYWORD, Outcome: TEXT }, 'prod');
+    assert.deepEqual(check, {
+      check: 'search attributes registered',
+      ok: false,
+      detail: 'missing or of another type: Outcome, KeyVersion',
+      fix: 'temporal operator search-attribute create --namespace prod --name Outcome --type Keyword --name KeyVersion --type Int',
+    });
   });
 
   it('--help shows an example', async () => {

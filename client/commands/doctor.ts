@@ -61,7 +61,7 @@ function laterChecks(taskQueue: string): string[] {
 
 const queueOption = (taskQueue: string): string => (taskQueue === TASK_QUEUE ? '' : ` --task-queue ${taskQueue}`);
 
-function searchAttributeCheck(registered: Record<string, temporal.api.enums.v1.IndexedValueType>, namespace: string): DoctorCheck {
+export function searchAttributeCheck(registered: Record<string, temporal.api.enums.v1.IndexedValueType>, namespace: string): DoctorCheck {
   const expected = (type: SearchAttributeType) =>
     type === SearchAttributeType.INT ? temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_INT : temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD;
   const missing = keyopsSearchAttributes.filter((a) => registered[a.name] !== expected(a.type));
