@@ -25,9 +25,14 @@ export interface NightReadinessDeps {
   registry: WdekRegistry;
   engine: DatabaseEngine & Partial<Pick<DemoDatabases, 'listDatabases'>>;
   catalog: BackupCatalog;
+  /** How long each KMS instance gets to answer for all its keys (default KMS_ANSWER_WITHIN_MS). */
+  kmsAnswerWithinMs?: number;
   /** Given by the worker when it runs a local KMS (workers/night-readiness-deps.ts). */
   localKmsMasterSecret?: MasterSecretSource | undefined;
 }
+
+/** Each KMS instance's limit: well inside the 2 minutes `keyops doctor` waits for the worker's answer. */
+const KMS_ANSWER_WITHIN_MS = 20_000;
 
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
 
@@ -85,27 +90,38 @@ export function createNightReadiness(deps: NightReadinessDeps) {
       byInstance.set(instance, [...(byInstance.get(instance) ?? []), keyId]);
     }
     if (byInstance.size === 0) checks.push({ check: 'KMS', ok: true, detail: 'no key in use yet', fix: null });
-    for (const [instance, keys] of byInstance) {
-      const failures: string[] = [];
-      for (const keyId of keys) {
-        try {
-          const meta = await deps.kms.getKeyMetadata(keyId);
-          if (meta.state !== 'active') failures.push(`${keyId} is ${meta.state}`);
-        } catch (err) {
-          failures.push(`${keyId}: ${message(err)}`);
+    // Instances in parallel, each within its own limit: a KMS that never answers (a firewall
+    // dropping packets) is named as such, and cannot use up the look-up's time for the others.
+    const limitMs = deps.kmsAnswerWithinMs ?? KMS_ANSWER_WITHIN_MS;
+    const answers = await Promise.all(
+      [...byInstance].sort(([a], [b]) => a.localeCompare(b)).map(async ([instance, keys]): Promise<NightCheck> => {
+        const failures: string[] = [];
+        let asked = 0;
+        const work = (async () => {
+          for (const keyId of keys) {
+            asked++;
+            try {
+              const meta = await deps.kms.getKeyMetadata(keyId);
+              if (meta.state !== 'active') failures.push(`${keyId} is ${meta.state}`);
+            } catch (err) {
+              failures.push(`${keyId}: ${message(err)}`);
+            }
+          }
+          return true;
+        })();
+        let timer: NodeJS.Timeout | undefined;
+        const answered = await Promise.race([work, new Promise<false>((r) => (timer = setTimeout(() => r(false), limitMs)))]);
+        clearTimeout(timer);
+        const fix = instance === LOCAL_INSTANCE ? `check the local KMS store ${join(deps.dataDir, 'kms')} and its master secret on the worker` : `check kms.${instance} in the worker's keyops.yaml and its credentials`;
+        if (!answered) {
+          return { check: `KMS ${instance}`, ok: false, detail: `no answer within ${limitMs / 1000} s (waiting on key ${asked} of ${keys.length})${failures.length ? `; ${failures.join('; ')}` : ''}`, fix: `${fix}, and that the worker reaches its address` };
         }
-      }
-      checks.push(
-        failures.length === 0
+        return failures.length === 0
           ? { check: `KMS ${instance}`, ok: true, detail: `answers for ${keys.length} key(s) keyops uses`, fix: null }
-          : {
-              check: `KMS ${instance}`,
-              ok: false,
-              detail: `${failures.length} of ${keys.length} key(s) fail: ${failures.join('; ')}`,
-              fix: instance === LOCAL_INSTANCE ? `check the local KMS store ${join(deps.dataDir, 'kms')} and its master secret on the worker` : `check kms.${instance} in the worker's keyops.yaml and its credentials`,
-            },
-      );
-    }
+          : { check: `KMS ${instance}`, ok: false, detail: `${failures.length} of ${keys.length} key(s) fail: ${failures.join('; ')}`, fix };
+      }),
+    );
+    checks.push(...answers);
 
     // 2. The engine answers for every database keyops backs up.
     const engineFailures: string[] = [];

@@ -1,9 +1,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { LocalKms } from '../activities/kms/local-kms';
+import type { KeyManagementService } from '../activities/kms/key-management-service';
+import { KmsRouter } from '../activities/kms/kms-router';
+import { VaultTransitKms } from '../activities/kms/vault-transit-kms';
 import { createNightReadiness } from '../activities/night-readiness';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { formatChecks, runDoctor, searchAttributeCheck, type DoctorCheck } from '../client/commands/doctor';
@@ -223,6 +227,42 @@ describe('keyops doctor (dev server)', () => {
     assert.match(failing.engines![0]!, new RegExp(`^1 of 3 database\\(s\\) fail: ${gone}: `));
     assert.match(failing['backup space']![0]!, /free in .*backups, tonight needs about 1073741824\.0 GiB$/);
     assert.match(failing['backup space']![1]!, /^free space on the file system of /);
+  });
+
+  it('a KMS that never answers (packets dropped) FAILs within its limit, named, while the others are still checked', async () => {
+    // Accepts connections and never answers, as a KMS behind a firewall that drops packets.
+    const sockets = new Set<Socket>();
+    const blackhole = createNetServer((socket) => void sockets.add(socket));
+    await new Promise<void>((r) => blackhole.listen(0, '127.0.0.1', r));
+    after(() => {
+      for (const socket of sockets) socket.destroy();
+      blackhole.close();
+    });
+    const dataDir = join(suite.dir, 'doctor-blackhole');
+    mkdirSync(dataDir, { recursive: true });
+    const tokenFile = join(dataDir, 'bao.token');
+    writeFileSync(tokenFile, 'doctor-test-token\n', { mode: 0o600 });
+    const local = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
+    const bao = VaultTransitKms.open({ address: `http://127.0.0.1:${(blackhole.address() as AddressInfo).port}`, tokenFile, mount: 'transit' });
+    const kms = new KmsRouter(new Map<string, KeyManagementService>([['local', local], ['bao', bao]]), 'local');
+    const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
+    const adapters = localActivities({ dataDir, kms, registry });
+    const { keyId } = await kms.createKey({ name: 'doctor-local' });
+    await adapters.engine.createDatabase('blackhole-local', keyId);
+    // Two keys keyops uses in the unreachable KMS, through the catalog.
+    for (const [n, baoKey] of ['bao:orders', 'bao:payroll'].entries()) {
+      const base = { databaseId: `blackhole-${n}`, night: '2026-12-06', createdAt: new Date().toISOString(), path: join(dataDir, `${n}.kob`), bytes: 1, sha256: '0'.repeat(64) };
+      adapters.catalog.record({ ...base, backupId: backupWorkflowId(base.databaseId, base.night), keyId: baoKey, keyVersion: 1, backupKeyHash: '0'.repeat(64), verification: undefined, status: 'good' });
+    }
+    const checks = await createNightReadiness({ dataDir, kms, registry, engine: adapters.engine, catalog: adapters.catalog, kmsAnswerWithinMs: 1000 })();
+    assert.deepEqual(
+      checks.filter((c) => c.check.startsWith('KMS ')),
+      [
+        { check: 'KMS bao', ok: false, detail: 'no answer within 1 s (waiting on key 1 of 2)', fix: "check kms.bao in the worker's keyops.yaml and its credentials, and that the worker reaches its address" },
+        { check: 'KMS local', ok: true, detail: 'answers for 1 key(s) keyops uses', fix: null },
+      ],
+    );
+    assert.ok(sockets.size >= 1, 'the Vault adapter did connect, and heard nothing back');
   });
 
   it('a namespace that does not exist FAILs with the command that creates it; the checks after it are not run', async () => {
