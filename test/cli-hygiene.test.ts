@@ -185,7 +185,8 @@ describe('keyops completion', () => {
   });
 
   const zsh = spawnSync('zsh', ['--version']).error ? undefined : 'zsh';
-  it('zsh: passes zsh -n', { skip: zsh ? false : 'zsh is not installed here (and no project script installs it)' }, async () => {
+  const noZsh = zsh ? false : 'zsh is not installed here: scripts/install-zsh.sh installs it (.ci/run does)';
+  it('zsh: passes zsh -n', { skip: noZsh }, async () => {
     const r = await keyops(['completion', 'zsh']);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^#compdef keyops$/m);
@@ -193,6 +194,42 @@ describe('keyops completion', () => {
     writeFileSync(file, r.stdout);
     const syntax = await runToEnd('zsh', ['-n', file]);
     assert.equal(syntax.code, 0, syntax.stderr);
+  });
+
+  it('zsh: completes commands, subcommands, options and choices in an interactive zsh (zpty)', { skip: noZsh }, async () => {
+    const r = await keyops(['completion', 'zsh']);
+    assert.equal(r.code, 0, r.stderr);
+    const script = join(dir, 'keyops-completion.zsh');
+    writeFileSync(script, r.stdout);
+    // Each line is typed into an interactive zsh with the script sourced after compinit, as the
+    // --help says, then TAB; a widget prints the line as completion left it.
+    const cases: [typed: string, completed: string][] = [
+      ['keyops rep', 'keyops report '],
+      ['keyops key rot', 'keyops key rotate '],
+      ['keyops backup dr', 'keyops backup drill '],
+      ['keyops report --si', 'keyops report --since '],
+      ['keyops completion z', 'keyops completion zsh '],
+      ['keyops --address 127.0.0.1 sch', 'keyops --address 127.0.0.1 schedule '],
+    ];
+    const driver = [
+      'zmodload zsh/zpty',
+      "zpty z 'zsh -f -i'",
+      `zpty -w z ${JSON.stringify(`PS1='> '; autoload -Uz compinit; compinit -u -D; source ${script}`)}`,
+      `zpty -w z 'show() { zle -I; print -r -- "LINE<$BUFFER>"; BUFFER=; }; zle -N show; bindkey "^X" show; print READY'`,
+      "zpty -r z out '*READY*'",
+      ...cases.flatMap(([typed], i) => [`zpty -w -n z $'${typed}\\t\\C-x'`, `zpty -r z out '*LINE<*>*'`, `print -r -- "CASE${i} \${\${out##*LINE<}%%>*}"`]),
+      'zpty -d z',
+    ].join('\n');
+    const driverFile = join(dir, 'completion-driver.zsh');
+    writeFileSync(driverFile, `${driver}\n`);
+    const run = await runToEnd('zsh', ['-f', driverFile]);
+    assert.equal(run.code, 0, run.stderr);
+    const got = Object.fromEntries([...run.stdout.matchAll(/^CASE(\d+) (.*)$/gm)].map((m) => [Number(m[1]), m[2]]));
+    assert.deepEqual(
+      cases.map((_, i) => got[i]),
+      cases.map(([, completed]) => completed),
+      run.stdout,
+    );
   });
 
   it('zsh: the script names every command with its description', async () => {
