@@ -4,7 +4,7 @@ import { rm, readdir, stat } from 'node:fs/promises';
 import { Context, heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { BackupCatalog, CatalogEntry } from './catalog/backup-catalog';
-import type { BackupDescription, BackupImage, DatabaseEngine, Progress, RestoreCheck } from './engines/database-engine';
+import type { BackupDescription, BackupImage, DatabaseEngine, Progress, RestoreCheck, RestoreCheckLevel } from './engines/database-engine';
 import { EngineError, engineFailure } from './engines/engine-error';
 import type { KeyManagementService } from './kms/key-management-service';
 import { typed } from './typed';
@@ -184,7 +184,8 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
       return { wdekVersions: state.wdekVersions };
     },
 
-    async verifyBackupImage(input: { path: string; sha256?: string }): Promise<RestoreCheck> {
+    /** A test restore to a scratch file; `check` says how much (default full: drills, `backup verify`). */
+    async verifyBackupImage(input: { path: string; sha256?: string; check?: RestoreCheckLevel }): Promise<RestoreCheck> {
       return typed(() => engine.verifyBackup(input, heartbeatProgress()));
     },
 

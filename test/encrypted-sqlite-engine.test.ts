@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -131,6 +131,31 @@ describe('encrypted SQLite engine (real SQLCipher files, real KMS files)', () =>
     }
   });
 
+  it('records the hash of the chunk tags for a new backup; one written before format 4 keeps its whole-file SHA-256 and still verifies and restores', async () => {
+    await seed('ledger-f4', 300);
+    const image = await engine.backup('ledger-f4', join(dir, 'backups', 'ledger-f4.kob'));
+    assert.match(image.sha256, /^tags-sha256:[0-9a-f]{64}$/);
+    assert.equal(readFileSync(image.path)[4], 4, 'format 4');
+    // The same database backed up as keyops did before format 4.
+    const before = EncryptedSqliteEngine.open({ dir: join(dir, 'databases'), kms, registry, backupFormat: 2 });
+    try {
+      const old = await before.backup('ledger-f4', join(dir, 'backups', 'ledger-f2.kob'));
+      assert.equal(readFileSync(old.path)[4], 2, 'format 2');
+      assert.equal(old.sha256, createHash('sha256').update(readFileSync(old.path)).digest('hex'), 'what sha256sum prints');
+      for (const backup of [image, old]) {
+        for (const check of ['authenticated', 'full'] as const) assert.deepEqual(await engine.verifyBackup({ ...backup, check }), { tables: 1, rows: 300 }, `${backup.path} at ${check}`);
+        const verified = await engine.verifyBackupFile(backup);
+        assert.equal(verified.sha256, backup.sha256, 'a catalog rebuilt from the file records the same value');
+        const target = join(dir, 'restored', `${backup.sha256.slice(0, 20).replace(':', '-')}.db`);
+        assert.deepEqual(await engine.restore(backup, target), { tables: 1, rows: 300 });
+      }
+      // Each value belongs to its own file.
+      await rejectsWith(engine.verifyBackup({ path: old.path, sha256: image.sha256 }), 'BACKUP_INVALID', /ledger-f2\.kob is not valid: its integrity value differs .*\(its SHA-256\)/);
+    } finally {
+      before.close();
+    }
+  });
+
   it('rejects a tampered, truncated or foreign backup file with BACKUP_INVALID naming it', async () => {
     const image = await engine.backup('shop', join(dir, 'backups', 'shop-2.kob'));
     const bytes = readFileSync(image.path);
@@ -144,7 +169,7 @@ describe('encrypted SQLite engine (real SQLCipher files, real KMS files)', () =>
     writeFileSync(truncatedPath, bytes.subarray(0, bytes.length - 1000));
     await rejectsWith(engine.verifyBackup({ path: truncatedPath, sha256: image.sha256 }), 'BACKUP_INVALID', /ends inside chunk/);
 
-    await rejectsWith(engine.verifyBackup({ path: image.path, sha256: '0'.repeat(64) }), 'BACKUP_INVALID', /SHA-256 differs/);
+    await rejectsWith(engine.verifyBackup({ path: image.path, sha256: '0'.repeat(64) }), 'BACKUP_INVALID', /integrity value differs/);
     const notBackup = join(dir, 'backups', 'not-a-backup.kob');
     writeFileSync(notBackup, 'hello');
     await rejectsWith(engine.verifyBackup({ path: notBackup, sha256: image.sha256 }), 'BACKUP_INVALID', /not a keyops backup file/);

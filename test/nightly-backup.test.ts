@@ -6,6 +6,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, describe, it } from 'node:test';
 import { ActivityFailure, WorkflowFailedError } from '@temporalio/client';
+import { decodeArrayFromPayloads } from '@temporalio/common/lib/internal-non-workflow';
 import { EngineError } from '../activities/engines/engine-error';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
@@ -121,6 +122,11 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
       );
       assert.deepEqual(await s.engine.verifyBackup(entry), { tables: 1, rows: 500 });
       assert.equal((await backup.describe()).typedSearchAttributes.get(OutcomeAttribute), 'succeeded');
+      // The night's test restore asks for the authenticated check (drills and backup verify ask for the full one).
+      const verifyScheduled = ((await backup.fetchHistory()).events ?? []).find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'verifyBackupImage');
+      const [verifyInput] = await decodeArrayFromPayloads(suite.client.options.loadedDataConverter, verifyScheduled?.activityTaskScheduledEventAttributes?.input?.payloads);
+      assert.deepEqual(verifyInput, { path: entry.path, sha256: entry.sha256, check: 'authenticated' });
+      assert.match(entry.sha256, /^tags-sha256:[0-9a-f]{64}$/, 'the catalog records the hash of the chunk tags');
       // Since the nightly-backup-patches-first patch (nightly-backup-local-bookkeeping.json and
       // nightly-backup-checked-input.json are from before it).
       if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(backup.workflowId, 'nightly-backup-patches-first.json');

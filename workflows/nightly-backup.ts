@@ -209,7 +209,10 @@ export async function nightlyBackup(input: NightlyBackupInput): Promise<BackupPr
     enter('verifying', `test restore of ${image.path}`);
     const verification = await verifyBackupImage.executeWithOptions(
       { summary: `checksum and test restore of the ${db} backup (${image.bytes} bytes, key ${image.keyId} version ${image.keyVersion})` },
-      [{ path: image.path, sha256: image.sha256 }],
+      // The chunk tags authenticate every byte the backup read: the nightly test restore skips the
+      // second pass over every page that drills and `backup verify` still make. Only the input's
+      // value changed (not the command), so a replay of an older run is unaffected.
+      [{ path: image.path, sha256: image.sha256, check: 'authenticated' }],
     );
 
     enter('recording', 'cataloguing the backup');

@@ -1,5 +1,5 @@
 /**
- * The encrypted backup file (format 2; format 1 files are still read):
+ * The encrypted backup file (format 4; formats 1 to 3 are still read):
  *
  *   "KOBK" | format (1 byte) | header length (u32 BE) | header (JSON, UTF-8) | chunks
  *   chunk: ciphertext length (u32 BE) | IV (12) | tag (16) | ciphertext
@@ -11,20 +11,36 @@
  * from format 2, the backup key's WDEK, both under the database's root key (id and version).
  * Losing the worker's registry or catalog therefore never makes a backup unreadable; format 1
  * files name only the backup key's hash and need the registry (or an imported key export).
+ *
+ * The integrity value the catalog records (`sha256`):
+ * - formats 1 to 3: the SHA-256 of the whole file, in hex;
+ * - format 4: `tags-sha256:<hex>`, the SHA-256 of the header's digest followed by every chunk's
+ *   GCM tag in order. A tag authenticates its chunk's every byte (with the header, index and
+ *   final flag as additional data) under the backup key, so once each chunk has decrypted, the
+ *   tags stand for the whole file: the value costs 16 bytes of hashing per 4 MiB chunk instead
+ *   of hashing every byte, which without SHA instructions took twice the CPU of AES-GCM itself.
+ *   It cannot be checked without the backup key: only a restore (which decrypts) proves a file.
+ * Formats 2 (a file of known size) and 3 (a stream) became one: a format 4 header has
+ * `plainBytes` when the size was known, and a stream's file ends at its final chunk.
  */
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
+import { type Hash, createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
 import type { BackupDescription } from './database-engine';
 import { EngineError } from './engine-error';
+import { ChunkAuthenticationError, type GcmOpener, gcmOpener } from './gcm-open-threads';
 import { Sha256Thread } from './sha256-thread';
 
 const MAGIC = Buffer.from('KOBK', 'ascii');
-const FORMAT = 2;
-/** A stream of unknown length (a database server's own backup tool): no `plainBytes` in its header. */
+const FORMAT = 4;
+/** Before format 4, a stream of unknown length (a server's own backup tool) had format 3: no `plainBytes`. */
 const STREAM_FORMAT = 3;
-const READABLE_FORMATS: ReadonlySet<number> = new Set([1, 2, 3]);
+/** From this format on, the integrity value is the hash of the chunk tags. */
+const TAGS_FORMAT = 4;
+const READABLE_FORMATS: ReadonlySet<number> = new Set([1, 2, 3, 4]);
+/** The prefix of a format 4 integrity value; older values are a bare hex whole-file SHA-256. */
+export const TAGS_INTEGRITY = 'tags-sha256:';
 const PREFIX = MAGIC.length + 1 + 4;
 const IV = 12;
 const TAG = 16;
@@ -117,8 +133,8 @@ export async function writeBackupFile(options: {
   read: (buffer: Buffer, length: number, position: number) => Promise<number>;
   key: Buffer;
   progress?: (done: number, total: number) => void;
-  /** 1 only to prove that files written before format 2 still read: they lack the backup key. */
-  format?: 1 | 2;
+  /** Older formats only to prove that files written before format 4 still read (1 lacks the backup key). */
+  format?: 1 | 2 | 4;
 }): Promise<{ bytes: number; sha256: string }> {
   const format = options.format ?? FORMAT;
   const { backupKey, backupId, night, ...v1 } = options.header;
@@ -148,6 +164,8 @@ export async function writeBackupStream(options: {
   source: AsyncIterable<Buffer>;
   key: Buffer;
   progress?: (done: number) => void;
+  /** 3 only to prove that streams written before format 4 still read. */
+  format?: 3 | 4;
 }): Promise<{ bytes: number; sha256: string; plainBytes: number }> {
   const header: BackupHeader = { ...options.header, chunkBytes: BACKUP_CHUNK_BYTES };
   const it = options.source[Symbol.asyncIterator]();
@@ -172,7 +190,7 @@ export async function writeBackupStream(options: {
     return { data, final: ended && carried === 0 };
   };
   try {
-    return await writeChunks({ path: options.path, format: STREAM_FORMAT, header, key: options.key, next, ...(options.progress ? { progress: options.progress } : {}) });
+    return await writeChunks({ path: options.path, format: options.format ?? FORMAT, header, key: options.key, next, ...(options.progress ? { progress: options.progress } : {}) });
   } finally {
     // A failed write leaves the producer waiting on a full pipe: let it go.
     if (!ended) await it.return?.().catch(() => undefined);
@@ -192,7 +210,7 @@ async function writeChunks(options: { path: string; format: number; header: Back
   const headerDigest = createHash('sha256').update(prefix).update(json).digest();
   const partial = `${options.path}.partial-${randomBytes(4).toString('hex')}`;
   const out = await open(partial, 'wx', 0o600);
-  const fileHash = new Sha256Thread();
+  const integrity = new Integrity(options.format, headerDigest);
   // Three things overlap: the next chunk's read and the writes (libuv threads), AES-GCM (this
   // thread) and SHA-256 (its own thread, fed each chunk once its write is done). A background
   // fdatasync every SYNC_EVERY bytes keeps the final one short.
@@ -200,7 +218,7 @@ async function writeChunks(options: { path: string; format: number; header: Back
   const settleOldest = async () => {
     const oldest = inFlight.shift()!;
     await oldest.done;
-    if (oldest.parts) await fileHash.update(oldest.parts);
+    if (oldest.parts) await integrity.wholeFile?.update(oldest.parts);
   };
   let syncing: Promise<void> | undefined;
   let unsynced = 0;
@@ -235,7 +253,9 @@ async function writeChunks(options: { path: string; format: number; header: Back
       const head = Buffer.alloc(CHUNK_HEAD);
       head.writeUInt32BE(ct.length, 0);
       iv.copy(head, 4);
-      cipher.getAuthTag().copy(head, 4 + IV);
+      const tag = cipher.getAuthTag();
+      tag.copy(head, 4 + IV);
+      integrity.tags?.update(tag);
       await write([head, ct]);
       options.progress?.(done);
       if (final) break;
@@ -243,22 +263,81 @@ async function writeChunks(options: { path: string; format: number; header: Back
     while (inFlight.length > 0) await settleOldest();
     await out.sync();
     await out.close();
-    const sha256 = await fileHash.digest();
+    const sha256 = await integrity.value();
     await rename(partial, options.path);
     await syncDirectory(options.path);
     return { bytes, sha256, plainBytes: done };
   } catch (err) {
     await next.catch(() => undefined);
     await Promise.allSettled(inFlight.map((w) => w.done));
-    await fileHash.close();
+    await integrity.close();
     await out.close().catch(() => undefined);
     await rm(partial, { force: true });
     throw err;
   }
 }
 
+/**
+ * A file's integrity value as its format defines it: the hash of its chunk tags from format 4,
+ * of its every byte before (on a thread of its own). Exactly one of `tags`, `wholeFile` is set.
+ */
+class Integrity {
+  readonly tags: Hash | undefined;
+  readonly wholeFile: Sha256Thread | undefined;
+
+  constructor(format: number, headerDigest: Buffer) {
+    if (format >= TAGS_FORMAT) this.tags = createHash('sha256').update(headerDigest);
+    else this.wholeFile = new Sha256Thread();
+  }
+
+  async value(): Promise<string> {
+    return this.tags ? `${TAGS_INTEGRITY}${this.tags.digest('hex')}` : this.wholeFile!.digest();
+  }
+
+  async close(): Promise<void> {
+    await this.wholeFile?.close();
+  }
+}
+
 const MAX_IN_FLIGHT = 4;
+/** Chunks being opened at once in a restore: enough to keep every thread busy while one is written. */
+const MAX_OPENING = 8;
 const SYNC_EVERY = 64 * 1024 * 1024;
+
+/**
+ * Syncs a file being written every SYNC_EVERY bytes, so that its last fsync finds little left to
+ * write, and holds the writer back while it does, as the backup's write queue does: a restore
+ * of 1 GiB whose writes ran on during the syncs took 2.8 s here, held back 1.7 s.
+ */
+export class BackgroundSync {
+  private unsynced = 0;
+  private syncing: Promise<void> | undefined;
+
+  constructor(private readonly file: FileHandle) {}
+
+  /**
+   * Counts bytes written; when enough are pending, starts a datasync and resolves once it is
+   * done (the writes already in flight go on meanwhile).
+   */
+  async wrote(bytes: number): Promise<void> {
+    this.unsynced += bytes;
+    if (this.unsynced < SYNC_EVERY || this.syncing) return;
+    this.unsynced = 0;
+    this.syncing = pending(this.file.datasync().finally(() => (this.syncing = undefined)));
+    await this.syncing;
+  }
+
+  /** The final fsync, after the background one (whose failure fails it). */
+  async finish(): Promise<void> {
+    await this.syncing;
+    await this.file.sync();
+  }
+
+  /** For a failed write: lets a background sync end before the file is closed. */
+  async settled(): Promise<void> {
+    await this.syncing?.catch(() => undefined);
+  }
+}
 
 async function writeFully(file: FileHandle, parts: Buffer[], position: number, length: number): Promise<void> {
   let written = (await file.writev(parts, position)).bytesWritten;
@@ -334,17 +413,18 @@ async function readHeader(file: FileHandle, path: string) {
   const header = backupHeaderSchema.safeParse(parsed);
   if (!header.success) throw invalid(path, `the header is malformed (${header.error.issues[0]?.path.join('.') ?? '?'})`);
   if (format >= 2 && (!header.data.backupKey || !header.data.backupId || !header.data.night)) throw invalid(path, `its format ${format} header lacks the backup key or backup id`);
-  if ((format < STREAM_FORMAT) !== (header.data.plainBytes !== undefined)) throw invalid(path, `its format ${format} header ${format < STREAM_FORMAT ? 'lacks' : 'must not have'} plainBytes`);
-  return { header: header.data, prefix, json, offset: PREFIX + length };
+  if (format < STREAM_FORMAT && header.data.plainBytes === undefined) throw invalid(path, `its format ${format} header lacks plainBytes`);
+  if (format === STREAM_FORMAT && header.data.plainBytes !== undefined) throw invalid(path, `its format ${format} header must not have plainBytes`);
+  return { header: header.data, format, prefix, json, offset: PREFIX + length };
 }
 
 /**
  * Decrypts every chunk, handing the plaintext to `write` in order, and computes the file's
- * SHA-256 on the way (one read), checked against `expectedSha256` when the catalog recorded one.
- * Without it the file still proves itself: every chunk is authenticated with the header as
- * additional data, and the last one must be marked final. Any altered, missing or reordered
- * byte fails with BACKUP_INVALID naming the file; callers must discard what `write` received
- * when it throws.
+ * integrity value on the way (one read; see the top of this file), checked against
+ * `expectedSha256` when the catalog recorded one. Without it the file still proves itself:
+ * every chunk is authenticated with the header as additional data, and the last one must be
+ * marked final. Any altered, missing or reordered byte fails with BACKUP_INVALID naming the
+ * file; callers must discard what `write` received when it throws.
  */
 export async function readBackupFile(options: {
   path: string;
@@ -355,17 +435,20 @@ export async function readBackupFile(options: {
 }): Promise<{ header: BackupHeader; sha256: string }> {
   const { path } = options;
   const file = await openBackup(path);
-  const fileHash = new Sha256Thread();
-  // Plaintext writes stay in flight (bounded) while the next chunk is read and decrypted; the
-  // checksum runs on its own thread. Every chunk is authenticated before any of it is written.
+  let integrity: Integrity | undefined;
+  let opener: GcmOpener | undefined;
+  // Plaintext writes stay in flight (bounded) while the next chunk is read and decrypted; a
+  // whole-file checksum (before format 4) runs on its own thread. Every chunk is authenticated
+  // before any of it is written.
   const writes: Promise<void>[] = [];
   type Chunk = { head: Buffer; ct: Buffer };
   let next: Promise<Chunk | undefined> = Promise.resolve(undefined);
   try {
     const { size } = await file.stat();
-    const { header, prefix, json, offset: start } = await readHeader(file, path);
+    const { header, format, prefix, json, offset: start } = await readHeader(file, path);
     const headerDigest = createHash('sha256').update(prefix).update(json).digest();
-    await fileHash.update([prefix, json]); // hands them over: not to be read again here
+    integrity = new Integrity(format, headerDigest);
+    await integrity.wholeFile?.update([prefix, json]); // hands them over: not to be read again here
     const key = await options.keyFor(header);
     const readChunk = async (index: number, at: number): Promise<Chunk> => {
       const head = Buffer.alloc(CHUNK_HEAD);
@@ -376,44 +459,61 @@ export async function readBackupFile(options: {
       if ((await readAt(file, ct, length, at + CHUNK_HEAD)) < length) throw invalid(path, `it ends inside chunk ${index}`);
       return { head, ct };
     };
+    // Format 4 chunks are opened on threads, several at a time, and written in order as they
+    // come back. Before it, the whole-file checksum's thread takes each chunk's bytes over, so
+    // they are opened here first.
+    opener = gcmOpener(key, integrity.wholeFile ? 0 : size);
+    const opening: { index: number; position: number; plain: Promise<Buffer> }[] = [];
+    const total = header.plainBytes ?? size;
+    const writeOldest = async () => {
+      const { index, position, plain: opened } = opening.shift()!;
+      let plain: Buffer;
+      try {
+        plain = await opened;
+      } catch (err) {
+        if (!(err instanceof ChunkAuthenticationError)) throw err;
+        throw invalid(path, `chunk ${index} fails authentication (altered, truncated, or not made with backup key ${header.backupKeyHash.slice(0, 12)}…)`);
+      }
+      writes.push(pending(options.write(plain, position)));
+      if (writes.length > MAX_IN_FLIGHT) await writes.shift();
+      options.progress?.(position + plain.length, total);
+    };
     let offset = start;
     let done = 0;
     next = pending(readChunk(0, offset));
     for (let index = 0; ; index++) {
       const chunk: Chunk | undefined = await next;
       if (!chunk) break;
+      // Its bytes are handed over below (to a thread that opens them, or to the checksum's): their
+      // length is taken first, as it reads 0 afterwards.
       const { head, ct } = chunk;
-      offset += CHUNK_HEAD + ct.length;
+      const length = ct.length;
+      offset += CHUNK_HEAD + length;
       // A stream's file (no plainBytes) ends where its final chunk does; cut short, the last chunk
       // left was not sealed as final and fails.
-      const final = header.plainBytes === undefined ? offset === size : done + ct.length === header.plainBytes;
+      const final = header.plainBytes === undefined ? offset === size : done + length === header.plainBytes;
       next = final ? Promise.resolve(undefined) : pending(readChunk(index + 1, offset));
-      const decipher = createDecipheriv('aes-256-gcm', key, head.subarray(4, 4 + IV));
-      decipher.setAAD(chunkAad(headerDigest, index, final));
-      decipher.setAuthTag(head.subarray(4 + IV));
-      let plain: Buffer;
-      try {
-        plain = decipher.update(ct);
-        decipher.final();
-      } catch {
-        throw invalid(path, `chunk ${index} fails authentication (altered, truncated, or not made with backup key ${header.backupKeyHash.slice(0, 12)}…)`);
-      }
-      await fileHash.update([head, ct]);
-      writes.push(pending(options.write(plain, done)));
-      if (writes.length > MAX_IN_FLIGHT) await writes.shift();
-      done += plain.length;
-      options.progress?.(done, header.plainBytes ?? size);
+      const tag = head.subarray(4 + IV);
+      integrity.tags?.update(tag);
+      opening.push({ index, position: done, plain: pending(opener.open({ iv: head.subarray(4, 4 + IV), tag, aad: chunkAad(headerDigest, index, final), ct })) });
+      await integrity.wholeFile?.update([head, ct]);
+      done += length;
+      if (opening.length > MAX_OPENING) await writeOldest();
       if (final) break;
     }
+    while (opening.length > 0) await writeOldest();
     await Promise.all(writes);
     if (offset !== size) throw invalid(path, 'it has bytes after its final chunk');
-    const sha256 = await fileHash.digest();
-    if (options.expectedSha256 !== undefined && sha256 !== options.expectedSha256) throw invalid(path, 'its SHA-256 differs from the one recorded when it was written');
+    const sha256 = await integrity.value();
+    if (options.expectedSha256 !== undefined && sha256 !== options.expectedSha256) {
+      throw invalid(path, `its integrity value differs from the one recorded when it was written (${sha256.startsWith(TAGS_INTEGRITY) ? 'the hash of its chunk tags' : 'its SHA-256'})`);
+    }
     return { header, sha256 };
   } finally {
     await next.catch(() => undefined);
     await Promise.allSettled(writes);
-    await fileHash.close();
+    await integrity?.close();
+    await opener?.close();
     await file.close();
   }
 }

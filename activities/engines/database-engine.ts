@@ -68,10 +68,25 @@ export interface BackupDescription {
   engineKeys?: { keyId: number; oldestVersion: number; latestVersion: number };
 }
 
+/**
+ * How much a test restore checks, besides what every restore proves (each chunk authenticated
+ * under the backup key, the chunks in order and complete, the integrity value as recorded, the
+ * DEK of the header opens the restored database, its tables and rows counted):
+ * - `full` also runs the database's own consistency check over every page (SQLite quick_check),
+ *   which reads and decrypts the whole database a second time; drills, `backup verify` and
+ *   restores run it;
+ * - `authenticated` does not: the chunk tags already prove the bytes are those the backup read
+ *   from the database under a read transaction. The nightly test restore runs it.
+ */
+export type RestoreCheckLevel = 'full' | 'authenticated';
+
+/** A backup to read: its file, the integrity value its catalog recorded, how much to check. */
+export type BackupToRead = Pick<BackupImage, 'path'> & { sha256?: string | undefined; check?: RestoreCheckLevel | undefined };
+
 /** A backup file checked end to end from the file and the KMS alone. */
 export interface VerifiedBackupFile {
   check: RestoreCheck;
-  /** SHA-256 of the file as read. */
+  /** The file's integrity value as read (see backup-file-format.ts): what a catalog records. */
   sha256: string;
   description: BackupDescription;
 }
@@ -109,13 +124,13 @@ export interface DatabaseEngine {
    * Checks the file (against its recorded checksum when given) and restores it to a scratch file
    * that must open.
    */
-  verifyBackup(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<RestoreCheck>;
+  verifyBackup(image: BackupToRead, progress?: Progress): Promise<RestoreCheck>;
   /** verifyBackup, also answering what the file is and its checksum: a catalog rebuilt from files. */
-  verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<VerifiedBackupFile>;
+  verifyBackupFile(image: BackupToRead, progress?: Progress): Promise<VerifiedBackupFile>;
   /** Reads a backup file's header (no key needed). */
   describeBackup(path: string): Promise<BackupDescription>;
   /** Restores a backup as a database file at `targetPath` (never over an existing file). */
-  restore(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, targetPath: string, progress?: Progress): Promise<RestoreCheck>;
+  restore(image: BackupToRead, targetPath: string, progress?: Progress): Promise<RestoreCheck>;
   /** A new backup key, not yet used for backups (idempotent: an existing pending key is returned). */
   createPendingBackupKey(databaseId: string): Promise<string>;
   /** The material of one backup key, for its passphrase-protected export. Never log or return it. */

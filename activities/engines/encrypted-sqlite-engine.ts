@@ -6,8 +6,8 @@ import Database from 'better-sqlite3-multiple-ciphers';
 import type { KeyManagementService } from '../kms/key-management-service';
 import { KmsError } from '../kms/kms-error';
 import type { WdekRegistry, WdekRecord } from '../wdek-registry/wdek-registry';
-import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
-import { type BackupHeader, describeHeader, readBackupFile, readBackupHeader, syncDirectory, writeBackupFile } from './backup-file-format';
+import type { BackupDescription, BackupImage, BackupToRead, DatabaseEngine, DatabaseKeyState, Progress, RestoreCheck, RestoreCheckLevel, VerifiedBackupFile } from './database-engine';
+import { BackgroundSync, type BackupHeader, describeHeader, readBackupFile, readBackupHeader, syncDirectory, writeBackupFile } from './backup-file-format';
 import { type DatabaseKeyFile, type KeyFileWdek, databaseKeyFileSchema, keyFileFormat, readKeyFile, writeKeyFile } from './database-key-file';
 import { InspectError, inspectInThread } from './inspect-thread';
 import { openKeyed } from './open-keyed';
@@ -94,6 +94,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     private readonly dir: string,
     private readonly kms: KeyManagementService,
     private readonly registry: WdekRegistry,
+    private readonly backupFormat: 2 | 4 | undefined,
   ) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const path = join(dir, 'engine.sqlite');
@@ -127,8 +128,12 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
    * Opening reconciles the three: a database known only by its key file is adopted, WDEKs missing
    * from the registry are registered again, and a database without a key file gets one.
    */
-  static open(options: { dir: string; kms: KeyManagementService; registry: WdekRegistry }): EncryptedSqliteEngine {
-    const engine = new EncryptedSqliteEngine(options.dir, options.kms, options.registry);
+  /**
+   * `backupFormat: 2` writes backups as keyops did before format 4 (a whole-file SHA-256): for
+   * the tests that prove such files still restore, and the benchmark's before-and-after figures.
+   */
+  static open(options: { dir: string; kms: KeyManagementService; registry: WdekRegistry; backupFormat?: 2 | 4 }): EncryptedSqliteEngine {
+    const engine = new EncryptedSqliteEngine(options.dir, options.kms, options.registry, options.backupFormat);
     try {
       engine.recovered = engine.reconcile();
       engine.sweepScratch();
@@ -512,6 +517,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
           read: async (buffer, length, position) => (await source.read(buffer, 0, length, position)).bytesRead,
           key: backupKey,
           ...(progress ? { progress } : {}),
+          ...(this.backupFormat ? { format: this.backupFormat } : {}),
         });
         return {
           databaseId: row.database_id,
@@ -534,11 +540,11 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     }
   }
 
-  async verifyBackup(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<RestoreCheck> {
+  async verifyBackup(image: BackupToRead, progress?: Progress): Promise<RestoreCheck> {
     return (await this.verifyBackupFile(image, progress)).check;
   }
 
-  async verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<VerifiedBackupFile> {
+  async verifyBackupFile(image: BackupToRead, progress?: Progress): Promise<VerifiedBackupFile> {
     // In the engine's own directory: the backup's may be read-only (an import from a mount).
     // Named with this process's id, so a sweep can tell a dead process's leftover from a live one's.
     const scratchDir = this.sweepScratch();
@@ -570,7 +576,7 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     return describeHeader(await readBackupHeader(path));
   }
 
-  async restore(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
+  async restore(image: BackupToRead, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
     mkdirSync(dirname(targetPath), { recursive: true, mode: 0o700 });
     // An earlier attempt killed mid-restore (its `finally` never ran) left its partial file here.
     const prefix = `${basename(targetPath)}.partial-`;
@@ -779,37 +785,52 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
     return hash;
   }
 
-  private async restoreTo(
-    image: Pick<BackupImage, 'path'> & { sha256?: string | undefined },
-    target: string,
-    progress?: Progress,
-  ): Promise<{ check: RestoreCheck; header: BackupHeader; sha256: string }> {
+  private async restoreTo(image: BackupToRead, target: string, progress?: Progress): Promise<{ check: RestoreCheck; header: BackupHeader; sha256: string }> {
+    const { header, sha256 } = await this.restoreFile(image, target, progress);
+    return { check: await this.checkRestored(target, header, image.check ?? 'full', image.path, progress), header, sha256 };
+  }
+
+  /**
+   * A restore's first half: every chunk decrypted and authenticated into `target` (created, never
+   * replaced), the integrity value compared with the recorded one, and the file synced.
+   */
+  async restoreFile(image: BackupToRead, target: string, progress?: Progress): Promise<{ header: BackupHeader; sha256: string }> {
     const out = await open(target, 'wx', 0o600);
-    let header: BackupHeader;
-    let sha256: string;
+    // As the backup does: an fdatasync every 64 MiB keeps dirty pages from piling up for one
+    // long fsync at the end.
+    const sync = new BackgroundSync(out);
     try {
-      ({ header, sha256 } = await readBackupFile({
+      const read = await readBackupFile({
         path: image.path,
         expectedSha256: image.sha256,
         keyFor: (h) => this.backupKeyOf(h),
         write: async (data, position) => {
           let written = 0;
           while (written < data.length) written += (await out.write(data, written, data.length - written, position + written)).bytesWritten;
+          await sync.wrote(data.length);
         },
         ...(progress ? { progress } : {}),
-      }));
-      await out.sync();
+      });
+      await sync.finish();
+      return read;
     } finally {
+      await sync.settled();
       await out.close();
     }
-    // The DEK as the backup recorded it: a retired root-key version still unwraps it.
+  }
+
+  /**
+   * A restore's second half: the database restored at `target` opens with the DEK its backup
+   * recorded (a retired root-key version still unwraps it), its rows are counted and, at level
+   * `full`, SQLite's quick_check reads every page.
+   */
+  async checkRestored(target: string, header: BackupHeader, level: RestoreCheckLevel, backupPath: string, progress?: Progress): Promise<RestoreCheck> {
     const { dek } = await this.kmsCall(() => this.kms.unwrap(header.keyId, Buffer.from(header.wdek, 'base64')));
     try {
-      // What the restored file holds, after SQLite's own consistency check.
-      return { check: await inspectInThread(target, dek, () => progress?.(header.plainBytes ?? 0, header.plainBytes ?? 0)), header, sha256 };
+      return await inspectInThread(target, dek, () => progress?.(header.plainBytes ?? 0, header.plainBytes ?? 0), { quickCheck: level === 'full' });
     } catch (err) {
-      if (err instanceof InspectError) throw new EngineError('BACKUP_INVALID', `the database restored from ${image.path} fails SQLite's quick_check: ${err.message}`);
-      throw new EngineError('BACKUP_INVALID', `backup ${image.path} decrypts but does not open as database ${header.databaseId}: ${String(err)}`);
+      if (err instanceof InspectError) throw new EngineError('BACKUP_INVALID', `the database restored from ${backupPath} fails SQLite's quick_check: ${err.message}`);
+      throw new EngineError('BACKUP_INVALID', `backup ${backupPath} decrypts but does not open as database ${header.databaseId}: ${String(err)}`);
     } finally {
       dek.fill(0);
     }
