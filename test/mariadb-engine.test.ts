@@ -97,6 +97,8 @@ describe('MariaDB engine: a real MariaDB with its keys in a real OpenBao', () =>
     const file = await readFile(path);
     assert.equal(file.includes('xbstream'), false, 'nothing of the stream is readable in the file');
     assert.equal(file.includes('XBSTCK01'), false, "no xbstream chunk magic: the whole stream is keyops' ciphertext");
+    assert.equal(file[4], 4, 'backup file format 4');
+    assert.match(backup.sha256, /^tags-sha256:[0-9a-f]{64}$/, 'its integrity value is the hash of its chunk tags');
 
     const target = join(dir, 'restored');
     const check = await engine.verifyBackup({ path, kms, targetDir: target, keep: true, expectedSha256: backup.sha256 });
