@@ -15,6 +15,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
+import { parseSize } from './size-option';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { temporal } from '@temporalio/proto';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
@@ -28,17 +29,9 @@ import { keyEntityWorkflowId, rewrapProgressQuery, rewrapWorkflowId } from '../w
 import { keyopsSearchAttributes } from '../workflows/search-attributes';
 
 const ROOT = resolve(__dirname, '..');
-const UNITS: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
-
-function size(value: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?$/i.exec(value.trim());
-  const bytes = m ? Number(m[1]) * UNITS[(m[2] ?? 'b').toLowerCase()]! : NaN;
-  if (!Number.isFinite(bytes) || bytes < 1024 ** 2) throw new InvalidArgumentError('expected a size of at least 1MiB, such as 512MiB or 1GiB');
-  return Math.round(bytes);
-}
 
 const opts = new Command('bench:backup')
-  .option('--size <size>', 'database size (B, KB, MB, GB, KiB, MiB, GiB)', size, 1024 ** 3)
+  .option('--size <size>', 'database size (B, KB, MB, GB, KiB, MiB, GiB)', parseSize, 1024 ** 3)
   .option('--wdeks <n>', 'other WDEKs under the root key, so the rewrap takes a while', (v) => Number(v), 200_000)
   .option('--runs <n>', 'nights backed up, and copies made by cp; the best of each is compared', (v) => Number(v), 3)
   .option('--engine <engine>', 'embedded (the encrypted SQLite engine) or mariadb (a real MariaDB server)', (v) => {

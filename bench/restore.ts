@@ -14,25 +14,18 @@ import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
+import { parseSize } from './size-option';
 import type { BackupImage } from '../activities/engines/database-engine';
 import { EncryptedSqliteEngine } from '../activities/engines/encrypted-sqlite-engine';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 
-const UNITS: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
 // CPUID(7).EBX bit 29, the SHA extensions, in OpenSSL's second capability word.
 const MASK_SHA_NI = ':~0x20000000';
 
-function size(value: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?$/i.exec(value.trim());
-  const bytes = m ? Number(m[1]) * UNITS[(m[2] ?? 'b').toLowerCase()]! : NaN;
-  if (!Number.isFinite(bytes) || bytes < 1024 ** 2) throw new InvalidArgumentError('expected a size of at least 1MiB, such as 512MiB or 1GiB');
-  return Math.round(bytes);
-}
-
 const opts = new Command('bench:restore')
-  .option('--size <size>', 'database size (B, KB, MB, GB, KiB, MiB, GiB)', size, 1024 ** 3)
+  .option('--size <size>', 'database size (B, KB, MB, GB, KiB, MiB, GiB)', parseSize, 1024 ** 3)
   .option('--runs <n>', 'runs of each step; the best is shown, every run in parentheses', (v) => Number(v), 3)
   .option('--without-sha-ni', 'run with OpenSSL told the CPU has no SHA instructions (OPENSSL_ia32cap)')
   .parse()

@@ -2,9 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { ActivityFailure, WorkflowFailedError } from '@temporalio/client';
 import { decodeArrayFromPayloads } from '@temporalio/common/lib/internal-non-workflow';
 import { EngineError } from '../activities/engines/engine-error';
@@ -17,6 +15,7 @@ import { backupProgressQuery, backupWorkflowId } from '../workflows/backup-messa
 import { keyEntityWorkflowId, rewrapProgressQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { OutcomeAttribute } from '../workflows/search-attributes';
 import { backupFiles } from './helpers/backup-nights';
+import { alertReceiver } from './helpers/alert-receiver';
 import { localActivities } from './helpers/local-activities';
 import { recordHistory } from './helpers/record-history';
 import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
@@ -135,18 +134,8 @@ describe('nightlyBackup on a real worker, encrypted database, KMS and catalog fi
   });
 
   it('raises the alert after two failed nights in a row (search attribute, webhook), and a good night clears it', async () => {
-    const received: Record<string, unknown>[] = [];
-    const hook = createServer((req, res) => {
-      let body = '';
-      req.on('data', (c: Buffer) => (body += c.toString()));
-      req.on('end', () => {
-        received.push(JSON.parse(body) as Record<string, unknown>);
-        res.writeHead(204).end();
-      });
-    });
-    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
-    after(() => hook.close());
-    const s = await setup('alert', `http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`);
+    const { url: hookUrl, received } = await alertReceiver();
+    const s = await setup('alert', hookUrl);
     const run = (night: string) =>
       suite.client.workflow.execute(nightlyBackup, { taskQueue: s.taskQueue, workflowId: backupWorkflowId('crm', night), args: [{ databaseId: 'crm', night }] });
     const outcome = async (night: string) => (await suite.client.workflow.getHandle(backupWorkflowId('crm', night)).describe()).typedSearchAttributes.get(OutcomeAttribute);

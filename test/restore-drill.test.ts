@@ -1,8 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, openSync, readdirSync, readSync, statSync, writeSync, closeSync } from 'node:fs';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { ApplicationFailure, ScheduleOverlapPolicy, WorkflowFailedError } from '@temporalio/client';
@@ -17,6 +15,7 @@ import { backupWorkflowId } from '../workflows/backup-messages';
 import { drillWorkflowId } from '../workflows/drill-messages';
 import { keyEntityWorkflowId, rewrapWorkflowId } from '../workflows/root-key-messages';
 import { OutcomeAttribute } from '../workflows/search-attributes';
+import { alertReceiver } from './helpers/alert-receiver';
 import { localActivities } from './helpers/local-activities';
 import { recordHistory } from './helpers/record-history';
 import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
@@ -121,18 +120,8 @@ describe('restoreDrill on a real worker, encrypted database, KMS and catalog fil
   });
 
   it('a corrupted backup file fails the drill, is recorded as failed, and raises the backup alert (Outcome, webhook)', async () => {
-    const received: Record<string, unknown>[] = [];
-    const hook = createServer((req, res) => {
-      let body = '';
-      req.on('data', (c: Buffer) => (body += c.toString()));
-      req.on('end', () => {
-        received.push(JSON.parse(body) as Record<string, unknown>);
-        res.writeHead(204).end();
-      });
-    });
-    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
-    after(() => hook.close());
-    const s = await setup('corrupt', 'orders', `http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`);
+    const { url: hookUrl, received } = await alertReceiver();
+    const s = await setup('corrupt', 'orders', hookUrl);
     const workflowId = drillWorkflowId('orders', new Date().toISOString());
     const oldestId = backupWorkflowId('orders', '2026-11-01');
     const err = await s
@@ -169,18 +158,8 @@ describe('restoreDrill on a real worker, encrypted database, KMS and catalog fil
   });
 
   it('a drill that cannot choose its backups (a key gone from the KMS) raises the backup alert too', async () => {
-    const received: Record<string, unknown>[] = [];
-    const hook = createServer((req, res) => {
-      let body = '';
-      req.on('data', (c: Buffer) => (body += c.toString()));
-      req.on('end', () => {
-        received.push(JSON.parse(body) as Record<string, unknown>);
-        res.writeHead(204).end();
-      });
-    });
-    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
-    after(() => hook.close());
-    const s = await setup('no-sample', 'notes', `http://127.0.0.1:${(hook.address() as AddressInfo).port}/alerts`);
+    const { url: hookUrl, received } = await alertReceiver();
+    const s = await setup('no-sample', 'notes', hookUrl);
     const workflowId = drillWorkflowId('notes', new Date().toISOString());
     const goneKey = randomUUID();
     const err = await s
