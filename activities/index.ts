@@ -39,6 +39,6 @@ export type { WorkerProbeReport } from './worker-probe';
 export type { KeyStatus } from './root-key-rotation';
 export type { KeyRef } from './key-refs';
 export type { KeyVersions } from './key-versions';
-export type { KeyReportFacts } from './key-report';
+export type { KeyReportAnswer, KeyReportFacts } from './key-report';
 export type { BackupKeyCheck } from './nightly-backup';
 export type { NightCheck } from './night-readiness';

@@ -40,6 +40,17 @@ export interface KeyReportFacts {
   nights: NightRecord[];
 }
 
+/** A key the worker could not read for the report (gone from its KMS, KMS unreachable): the rest still reports. */
+export interface KeyReportProblem {
+  keyId: string;
+  error: string;
+}
+
+export interface KeyReportAnswer {
+  keys: KeyReportFacts[];
+  problems: KeyReportProblem[];
+}
+
 export interface KeyReportDeps {
   kms: KeyManagementService;
   registry: WdekRegistry;
@@ -106,13 +117,19 @@ export function createKeyReportActivities(deps: KeyReportDeps) {
 
   return {
     /** `keyops report`: the worker's facts for the given keys, or for every key in use. */
-    async keyReportFacts(input: { keyIds?: string[]; since?: string }): Promise<KeyReportFacts[]> {
-      return typed(async () => {
-        const keyIds = input.keyIds?.length ? input.keyIds : keysInUse();
-        const facts: KeyReportFacts[] = [];
-        for (const keyId of keyIds) facts.push(await factsOf(keyId, input.since));
-        return facts;
-      });
+    async keyReportFacts(input: { keyIds?: string[]; since?: string }): Promise<KeyReportAnswer> {
+      const keyIds = input.keyIds?.length ? input.keyIds : keysInUse();
+      const answer: KeyReportAnswer = { keys: [], problems: [] };
+      // One key's failure (a deleted backup's key gone from the KMS) is reported, not fatal: an
+      // auditor still gets every other key, and learns which one could not be read and why.
+      for (const keyId of keyIds) {
+        try {
+          answer.keys.push(await typed(() => factsOf(keyId, input.since)));
+        } catch (err) {
+          answer.problems.push({ keyId, error: (err instanceof Error ? err.message : String(err)).split('\n')[0]! });
+        }
+      }
+      return answer;
     },
   };
 }

@@ -97,8 +97,11 @@ export function createNightReadiness(deps: NightReadinessDeps) {
       [...byInstance].sort(([a], [b]) => a.localeCompare(b)).map(async ([instance, keys]): Promise<NightCheck> => {
         const failures: string[] = [];
         let asked = 0;
+        let gaveUp = false;
         const work = (async () => {
           for (const keyId of keys) {
+            // Past the limit, the keys left are not asked: repeated doctors must not pile up calls to a dead KMS.
+            if (gaveUp) return false;
             asked++;
             try {
               const meta = await deps.kms.getKeyMetadata(keyId);
@@ -112,6 +115,7 @@ export function createNightReadiness(deps: NightReadinessDeps) {
         let timer: NodeJS.Timeout | undefined;
         const answered = await Promise.race([work, new Promise<false>((r) => (timer = setTimeout(() => r(false), limitMs)))]);
         clearTimeout(timer);
+        gaveUp = !answered;
         const fix = instance === LOCAL_INSTANCE ? `check the local KMS store ${join(deps.dataDir, 'kms')} and its master secret on the worker` : `check kms.${instance} in the worker's keyops.yaml and its credentials`;
         if (!answered) {
           return { check: `KMS ${instance}`, ok: false, detail: `no answer within ${limitMs / 1000} s (waiting on key ${asked} of ${keys.length})${failures.length ? `; ${failures.join('; ')}` : ''}`, fix: `${fix}, and that the worker reaches its address` };

@@ -186,6 +186,9 @@ export function createBackupActivities({ dataDir, kms, engine, catalog, alertWeb
 
     /** A test restore to a scratch file; `check` says how much (default full: drills, `backup verify`). */
     async verifyBackupImage(input: { path: string; sha256?: string; check?: RestoreCheckLevel }): Promise<RestoreCheck> {
+      if (input.check !== undefined && input.check !== 'full' && input.check !== 'authenticated') {
+        throw ApplicationFailure.create({ type: 'INVALID_INPUT', nonRetryable: true, message: `check must be full or authenticated, got ${JSON.stringify(input.check)}` });
+      }
       return typed(() => engine.verifyBackup(input, heartbeatProgress()));
     },
 

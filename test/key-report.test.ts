@@ -8,6 +8,7 @@ import { after, describe, it } from 'node:test';
 import { chromium } from 'playwright-core';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
+import { parseSince } from '../client/commands/report';
 import { keyLifecycle, type LifecycleReport } from '../client/report/lifecycle-report';
 import { rotationScheduleId } from '../client/schedules/root-key-rotation-schedule';
 import { nightlyBackup, rotateInKms, rotateMasterKey, rotateRootKey, rotateRootKeyOnSchedule } from '../workflows';
@@ -111,12 +112,12 @@ describe('keyops report (dev server, local KMS, catalog and backups on disk, chr
       assert.match(key.failedNights[0]!.error ?? '', new RegExp(`no database ${db}`));
       // The rewraps, from their histories: asked to rotate or not, who started them, their steps.
       assert.deepEqual(
-        key.rewraps.map((r) => [r.targetVersion, r.status, r.rotate, r.parent?.type ?? null, r.origin]),
+        key.rewraps.map((r) => [r.targetVersion, r.status, r.rotate, r.rotated ?? null, r.parent?.type ?? null, r.origin]),
         [
-          [2, 'COMPLETED', true, null, 'manual'],
-          [3, 'COMPLETED', true, 'rotateRootKeyOnSchedule', 'schedule'],
-          [4, 'COMPLETED', false, null, 'manual-kms-only'],
-          [5, 'COMPLETED', false, null, 'outside-keyops'],
+          [2, 'COMPLETED', true, true, null, 'manual'],
+          [3, 'COMPLETED', true, true, 'rotateRootKeyOnSchedule', 'schedule'],
+          [4, 'COMPLETED', false, null, null, 'manual-kms-only'],
+          [5, 'COMPLETED', false, null, null, 'outside-keyops'],
         ],
       );
       for (const r of key.rewraps) {
@@ -134,6 +135,19 @@ describe('keyops report (dev server, local KMS, catalog and backups on disk, chr
       );
       // No key material and no paths: ids, versions, dates and counts only.
       assert.ok(!json.stdout.includes(dataDir), 'no path of the worker in the report');
+
+      // Every key in use when none is named; a key gone from the KMS (a deleted backup's) is
+      // reported as unreadable, and the rest of the report is still there.
+      const goneKey = randomUUID();
+      const b2Entry = local.catalog.get(backupWorkflowId(db, '2026-11-02'))!;
+      local.catalog.record({ ...b2Entry, backupId: backupWorkflowId(db, '2026-10-01'), night: '2026-10-01', keyId: goneKey, status: 'deleted' });
+      const all = await keyops(['report', '--json', '--task-queue', taskQueue], env);
+      assert.equal(all.code, 0, all.stderr);
+      const everything = JSON.parse(all.stdout) as LifecycleReport;
+      assert.deepEqual(everything.keys.map((k) => k.keyId), [keyId]);
+      assert.equal(everything.unreadableKeys.length, 1);
+      assert.equal(everything.unreadableKeys[0]!.keyId, goneKey);
+      assert.match(everything.unreadableKeys[0]!.error, new RegExp(`no key ${goneKey}`));
 
       // The text summary, without --html or --json.
       const text = await keyops(['report', '--key', keyId, '--task-queue', taskQueue], env);
@@ -250,6 +264,19 @@ describe('keyops report (dev server, local KMS, catalog and backups on disk, chr
     );
     assert.deepEqual(lifecycle.retiredStillNeeded, []);
     assert.equal(keyLifecycle({ ...facts, rotationPolicy: undefined }, { rewraps: [], others: [] }, undefined).versions[2]!.origin, 'outside-keyops');
+
+    // Asked is not done: a KMS-only run that found v3 already made, and a rewrap asked to rotate
+    // whose rotation found it made too, did not make it: the policy did.
+    const rewrap3 = { workflowId: rewrapWorkflowId('k1', 3), targetVersion: 3, rotate: true, rotated: false, startedAt: '2026-03-01T00:00:01.000Z', status: 'COMPLETED', executions: 1, steps: {} };
+    const kmsOnly3 = { workflowId: 'kms-rotate/k1/v3', type: 'rotateInKms', startedAt: '2026-03-01T00:00:00.500Z', status: 'COMPLETED', keyVersion: 3, rotated: false };
+    const asked = keyLifecycle(facts, { rewraps: [rewrap3], others: [kmsOnly3] }, undefined);
+    assert.deepEqual(asked.versions[2], { ...lifecycle.versions[2], run: rewrap3.workflowId });
+    assert.equal(asked.versions[2]?.origin, 'policy');
+    // Once they did make it, they are its origin.
+    const made = keyLifecycle(facts, { rewraps: [{ ...rewrap3, rotated: true }], others: [kmsOnly3] }, undefined);
+    assert.deepEqual([made.versions[2]!.origin, made.versions[2]!.run], ['manual', rewrap3.workflowId]);
+    const madeInKms = keyLifecycle(facts, { rewraps: [rewrap3], others: [{ ...kmsOnly3, rotated: true }] }, undefined);
+    assert.deepEqual([madeInKms.versions[2]!.origin, madeInKms.versions[2]!.run], ['manual-kms-only', kmsOnly3.workflowId]);
   });
 
   it('refuses bad input with one line and exit 2, before it connects', async () => {
@@ -257,6 +284,16 @@ describe('keyops report (dev server, local KMS, catalog and backups on disk, chr
     const since = await keyops(['report', '--since', 'last tuesday', '--json'], env);
     assert.equal(since.code, 2, since.stderr);
     assert.match(since.stderr, /--since "last tuesday" is not a date \(2026-11-01\), an ISO time/);
+    for (const [raw, why] of [
+      ['2026-02-30', 'is not a day of the calendar'],
+      ['2026-11-01T08:00', 'has no time zone: add Z \\(UTC\\) or an offset'],
+    ]) {
+      const r = await keyops(['report', '--since', raw!, '--json'], env);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, new RegExp(`--since "${raw}" ${why}`));
+    }
+    assert.equal(parseSince('2026-11-01T08:00:00+01:00'), '2026-11-01T07:00:00.000Z');
+    assert.equal(parseSince('30d', Date.parse('2026-12-07T00:00:00Z')), '2026-11-07T00:00:00.000Z');
     const both = await keyops(['report', '--html', 'x.html', '--json'], env);
     assert.equal(both.code, 2, both.stderr);
     assert.match(both.stderr, /--html and --json are two outputs: choose one/);

@@ -1,5 +1,5 @@
 import { defineQuery, defineUpdate } from '@temporalio/workflow';
-import type { KeyRef, KeyReportFacts, KeyStatus, KeyVersions, NightCheck } from '../activities';
+import type { KeyRef, KeyReportAnswer, KeyStatus, KeyVersions, NightCheck } from '../activities';
 import type { CatalogEntry } from '../activities/catalog/backup-catalog';
 
 /**
@@ -15,7 +15,7 @@ export const listKeyVersionsUpdate = defineUpdate<KeyVersions, [keyId: string]>(
 export const checkNightUpdate = defineUpdate<NightCheck[], []>('checkNight');
 
 /** The worker's half of `keyops report`: KMS metadata and catalog records of the keys (all in use when none is named). */
-export const keyReportFactsUpdate = defineUpdate<KeyReportFacts[], [filter: { keyIds?: string[]; since?: string }]>('keyReportFacts');
+export const keyReportFactsUpdate = defineUpdate<KeyReportAnswer, [filter: { keyIds?: string[]; since?: string }]>('keyReportFacts');
 
 /** How many look-ups the desk's current run answered, and since when (for the Web UI and tests). */
 export interface LookupDeskState {

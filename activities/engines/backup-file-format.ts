@@ -20,6 +20,8 @@
  *   tags stand for the whole file: the value costs 16 bytes of hashing per 4 MiB chunk instead
  *   of hashing every byte, which without SHA instructions took twice the CPU of AES-GCM itself.
  *   It cannot be checked without the backup key: only a restore (which decrypts) proves a file.
+ *   And it is keyed: whoever can unwrap the backup key could forge a chunk that keeps its tag
+ *   (GCM's tag is no collision-resistant hash), which a whole-file SHA-256 would have caught.
  * Formats 2 (a file of known size) and 3 (a stream) became one: a format 4 header has
  * `plainBytes` when the size was known, and a stream's file ends at its final chunk.
  */
@@ -429,11 +431,13 @@ async function readHeader(file: FileHandle, path: string) {
 export async function readBackupFile(options: {
   path: string;
   expectedSha256?: string | undefined;
+  /** The backup key, fresh for this read: it is zeroed once the file is read. */
   keyFor: (header: BackupHeader) => Promise<Buffer>;
   write: (data: Buffer, position: number) => Promise<void>;
   progress?: (done: number, total: number) => void;
 }): Promise<{ header: BackupHeader; sha256: string }> {
   const { path } = options;
+  let key: Buffer | undefined;
   const file = await openBackup(path);
   let integrity: Integrity | undefined;
   let opener: GcmOpener | undefined;
@@ -449,7 +453,7 @@ export async function readBackupFile(options: {
     const headerDigest = createHash('sha256').update(prefix).update(json).digest();
     integrity = new Integrity(format, headerDigest);
     await integrity.wholeFile?.update([prefix, json]); // hands them over: not to be read again here
-    const key = await options.keyFor(header);
+    key = await options.keyFor(header);
     const readChunk = async (index: number, at: number): Promise<Chunk> => {
       const head = Buffer.alloc(CHUNK_HEAD);
       if ((await readAt(file, head, CHUNK_HEAD, at)) < CHUNK_HEAD) throw invalid(path, `it ends before chunk ${index}`);
@@ -514,6 +518,7 @@ export async function readBackupFile(options: {
     await Promise.allSettled(writes);
     await integrity?.close();
     await opener?.close();
+    key?.fill(0);
     await file.close();
   }
 }

@@ -827,7 +827,8 @@ export class EncryptedSqliteEngine implements DatabaseEngine {
   async checkRestored(target: string, header: BackupHeader, level: RestoreCheckLevel, backupPath: string, progress?: Progress): Promise<RestoreCheck> {
     const { dek } = await this.kmsCall(() => this.kms.unwrap(header.keyId, Buffer.from(header.wdek, 'base64')));
     try {
-      return await inspectInThread(target, dek, () => progress?.(header.plainBytes ?? 0, header.plainBytes ?? 0), { quickCheck: level === 'full' });
+      // Anything but an explicit `authenticated` gets the full check: a mistyped level never skips it.
+      return await inspectInThread(target, dek, () => progress?.(header.plainBytes ?? 0, header.plainBytes ?? 0), { quickCheck: level !== 'authenticated' });
     } catch (err) {
       if (err instanceof InspectError) throw new EngineError('BACKUP_INVALID', `the database restored from ${backupPath} fails SQLite's quick_check: ${err.message}`);
       throw new EngineError('BACKUP_INVALID', `backup ${backupPath} decrypts but does not open as database ${header.databaseId}: ${String(err)}`);

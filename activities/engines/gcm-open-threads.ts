@@ -16,7 +16,7 @@ import { Worker } from 'node:worker_threads';
 const SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createDecipheriv } = require('node:crypto');
-const key = Buffer.from(workerData.key);
+const key = workerData.key; // this thread's only copy, zeroed when it is told to end
 parentPort.on('message', (m) => {
   if (m === 'close') {
     key.fill(0);
@@ -57,7 +57,7 @@ export interface GcmOpener {
   close(): Promise<void>;
 }
 
-/** Opens chunks with `key` (copied: the caller still zeroes its own), on threads for a large backup. */
+/** Opens chunks with `key` (each thread gets a copy it zeroes; the caller zeroes its own), on threads for a large backup. */
 export function gcmOpener(key: Buffer, backupBytes: number): GcmOpener {
   if (backupBytes < INLINE_OPEN_BYTES) return inlineOpener(key);
   // The calling thread stays busy too (reads, copies, writes): one core is left to it.
@@ -84,13 +84,19 @@ function inlineOpener(key: Buffer): GcmOpener {
 
 class GcmOpenThreads implements GcmOpener {
   private readonly workers: Worker[];
+  /** Each thread's end, whenever it comes: a thread that died early has no second 'exit' to wait for. */
+  private readonly exited: Promise<unknown>[];
   private readonly waiting = new Map<number, { resolve: (plain: Buffer) => void; reject: (err: Error) => void }>();
   private nextId = 0;
   private failure: Error | undefined;
+  private closing = false;
 
   constructor(key: Buffer, threads: number) {
     this.workers = Array.from({ length: threads }, () => {
-      const worker = new Worker(SOURCE, { eval: true, workerData: { key: new Uint8Array(key) } });
+      // workerData is copied into the thread as it is created: this copy is zeroed at once.
+      const copy = new Uint8Array(key);
+      const worker = new Worker(SOURCE, { eval: true, workerData: { key: copy } });
+      copy.fill(0);
       worker.on('message', (m: { id: number; failed?: true; plain?: ArrayBuffer }) => {
         const waiter = this.waiting.get(m.id);
         this.waiting.delete(m.id);
@@ -98,12 +104,23 @@ class GcmOpenThreads implements GcmOpener {
         else waiter?.resolve(Buffer.from(m.plain));
       });
       worker.on('error', (err) => this.fail(err));
+      worker.on('messageerror', (err) => this.fail(err));
       return worker;
     });
+    this.exited = this.workers.map(
+      (worker) =>
+        new Promise((resolve) =>
+          worker.once('exit', (code) => {
+            // A thread that ends before it is told to (out of memory, killed) leaves no chunk waiting forever.
+            if (!this.closing) this.fail(new Error(`a decryption thread ended with code ${code}`));
+            resolve(code);
+          }),
+        ),
+    );
   }
 
   private fail(err: Error): void {
-    this.failure = err;
+    this.failure ??= err;
     for (const waiter of this.waiting.values()) waiter.reject(err);
     this.waiting.clear();
   }
@@ -116,21 +133,17 @@ class GcmOpenThreads implements GcmOpener {
       this.waiting.set(id, { resolve, reject });
       const { ct } = chunk;
       const whole = ct.byteOffset === 0 && ct.buffer.byteLength === ct.length && ct.buffer instanceof ArrayBuffer;
-      const buffer = whole ? (ct.buffer) : Uint8Array.prototype.slice.call(ct).buffer;
+      const buffer = whole ? ct.buffer : Uint8Array.prototype.slice.call(ct).buffer;
       worker.postMessage({ id, iv: new Uint8Array(chunk.iv), tag: new Uint8Array(chunk.tag), aad: new Uint8Array(chunk.aad), ct: buffer }, [buffer]);
     });
   }
 
   async close(): Promise<void> {
-    // Each thread zeroes its copy of the key and ends; one that does not within a second is ended.
-    await Promise.all(
-      this.workers.map(async (worker) => {
-        const exited = new Promise((resolve) => worker.once('exit', resolve));
-        worker.postMessage('close');
-        const timer = setTimeout(() => void worker.terminate(), 1000);
-        await exited;
-        clearTimeout(timer);
-      }),
-    );
+    // Each thread zeroes its key and ends; one that does not within a second is ended.
+    this.closing = true;
+    for (const worker of this.workers) worker.postMessage('close');
+    const timer = setTimeout(() => this.workers.forEach((worker) => void worker.terminate()), 1000);
+    await Promise.all(this.exited);
+    clearTimeout(timer);
   }
 }

@@ -1,4 +1,4 @@
-import { renameSync, writeFileSync } from 'node:fs';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { Client } from '@temporalio/client';
 import type { Command } from 'commander';
@@ -22,14 +22,22 @@ interface ReportOptions {
   taskQueue: string;
 }
 
-/** `2026-11-01`, an ISO time, or `30d` / `12h` back from now, as an ISO time. */
+/** `2026-11-01`, an ISO time with its zone, or `30d` / `12h` back from now, as an ISO time. */
 export function parseSince(raw: string, now = Date.now()): string {
-  const relative = /^(\d{1,5})([dh])$/.exec(raw.trim());
+  const text = raw.trim();
+  const relative = /^(\d{1,5})([dh])$/.exec(text);
   if (relative) return new Date(now - Number(relative[1]) * (relative[2] === 'd' ? 86_400_000 : 3_600_000)).toISOString();
-  const date = /^\d{4}-\d{2}-\d{2}$/.test(raw.trim()) ? new Date(`${raw.trim()}T00:00:00Z`) : new Date(raw);
-  if (!/^\d{4}-\d{2}-\d{2}/.test(raw.trim()) || Number.isNaN(date.getTime())) {
-    throw new CliError(`--since "${raw}" is not a date (2026-11-01), an ISO time (2026-11-01T08:00:00Z) or a span back from now (30d, 12h)`, ExitCode.usage);
+  const bad = (why: string) => new CliError(`--since "${raw}" ${why}`, ExitCode.usage);
+  const day = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text);
+  if (day) {
+    const date = new Date(`${text}T00:00:00Z`);
+    // Date() rolls 2026-02-30 over into March: a day that does not exist is refused instead.
+    if (Number.isNaN(date.getTime()) || date.toISOString().slice(0, 10) !== text) throw bad('is not a day of the calendar');
+    return date.toISOString();
   }
+  if (/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(text)) throw bad('has no time zone: add Z (UTC) or an offset such as +01:00');
+  const date = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/.test(text) ? new Date(text) : new Date(Number.NaN);
+  if (Number.isNaN(date.getTime())) throw bad('is not a date (2026-11-01), an ISO time (2026-11-01T08:00:00Z) or a span back from now (30d, 12h)');
   return date.toISOString();
 }
 
@@ -45,12 +53,20 @@ export async function gatherReport(client: Client, opts: { keyIds: string[]; sin
     // Reads every retained backup's header, as `key versions` does.
     { taskQueue: opts.taskQueue, args: [{ ...(opts.keyIds.length ? { keyIds: opts.keyIds } : {}), ...(opts.since ? { since: opts.since } : {}) }], summary: 'keyops: facts for the lifecycle report', timeoutSeconds: 300 },
     (failure) => {
-      throw new CliError(`the worker could not read the keys for the report: ${failure.message}`, failure.type === 'KEY_NOT_FOUND' ? ExitCode.usage : ExitCode.failed);
+      throw new CliError(`the worker could not read the keys for the report: ${failure.message}`, ExitCode.failed);
     },
   );
   const keys = [];
-  for (const f of facts) keys.push(keyLifecycle(f, await keyRuns(client, f.keyId), opts.since));
-  return { generatedAt, since: opts.since, namespace: client.options.namespace, taskQueue: opts.taskQueue, keys, masterKeyRotations: await masterKeyRuns(client, opts.taskQueue, opts.since) };
+  for (const f of facts.keys) keys.push(keyLifecycle(f, await keyRuns(client, f.keyId), opts.since));
+  return {
+    generatedAt,
+    since: opts.since,
+    namespace: client.options.namespace,
+    taskQueue: opts.taskQueue,
+    keys,
+    unreadableKeys: facts.problems,
+    masterKeyRotations: await masterKeyRuns(client, opts.taskQueue, opts.since),
+  };
 }
 
 /** Written beside its final name and renamed: a reader never opens half a report. */
@@ -61,21 +77,23 @@ function writeAtomically(file: string, text: string): string {
     writeFileSync(partial, text);
     renameSync(partial, path);
   } catch (err) {
+    rmSync(partial, { force: true });
     throw new CliError(`cannot write the report to ${path}: ${(err as Error).message}`, ExitCode.failed);
   }
   return path;
 }
 
 function summaryLines(report: LifecycleReport): string[] {
-  if (report.keys.length === 0) return [`no key in use on task queue ${report.taskQueue}`];
-  return report.keys.flatMap((k) => [
+  const unreadable = report.unreadableKeys.map((p) => `key ${p.keyId}: could not be read: ${p.error}`);
+  if (report.keys.length === 0) return [...unreadable, ...(unreadable.length ? [] : [`no key in use on task queue ${report.taskQueue}`])];
+  return [...unreadable, ...report.keys.flatMap((k) => [
     `key ${k.name} (${k.keyId}): ${k.state}, current v${k.currentVersion}, ${k.backups.length} backup(s), ${k.failedNights.length} failed night(s)`,
     ...k.versions.map((v) => `  v${v.version}  ${v.state.padEnd(9)}  ${showTime(v.createdAt)}  ${ORIGIN_TEXT[v.origin]}`),
     ...k.rewraps.map((r) => `  rewrap ${r.workflowId}: ${r.status.toLowerCase()}${r.seconds !== undefined ? ` in ${r.seconds.toFixed(1)} s` : ''}${r.result ? `, ${r.result.rewrapped} of ${r.result.total} WDEK(s)` : ''}`),
     ...(k.retiredStillNeeded.length
       ? k.retiredStillNeeded.map((r) => `  still needed: v${r.version} by ${[r.backups.length ? `${r.backups.length} backup(s)` : '', r.wdeks ? `${r.wdeks} WDEK(s)` : '', ...r.databases].filter(Boolean).join(', ')}`)
       : ['  no retired version still needed']),
-  ]);
+  ])];
 }
 
 export function registerReportCommand(program: Command): void {

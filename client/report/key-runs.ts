@@ -9,6 +9,11 @@ export interface RewrapRun {
   targetVersion: number;
   /** Whether the run was asked to rotate the key (false: the KMS had rotated it, found by the watcher). */
   rotate: boolean | undefined;
+  /**
+   * Whether it made the version, from its rotateToVersion activity's result: false when the KMS
+   * already had it; undefined when it never got that far (or was not asked to rotate).
+   */
+  rotated?: boolean | undefined;
   /** The workflow that started it as a child (a scheduled rotation), if one did. */
   parent?: { workflowId: string; type: string | undefined } | undefined;
   startedAt: string;
@@ -31,6 +36,8 @@ export interface OtherRun {
   status: string;
   outcome?: string | undefined;
   keyVersion?: number | undefined;
+  /** A KMS-only rotation: whether it made the version (its result), undefined until it completed. */
+  rotated?: boolean | undefined;
 }
 
 const iso = (ms: number | undefined) => (ms === undefined ? undefined : new Date(ms).toISOString());
@@ -95,7 +102,13 @@ async function rewrapRun(client: Client, executions: WorkflowExecutionInfo[], ot
       const completed = e.activityTaskCompletedEventAttributes;
       if (completed) {
         const name = scheduled.get(String(completed.scheduledEventId));
-        if (name === 'rotateToVersion') run.steps.rotatedAt ??= at;
+        if (name === 'rotateToVersion') {
+          const [rotation] = (await decodeArrayFromPayloads(converter, completed.result?.payloads)) as [{ rotated?: unknown } | undefined];
+          if (rotation?.rotated === true) {
+            run.rotated = true;
+            run.steps.rotatedAt ??= at;
+          } else run.rotated ??= false;
+        }
         if (name === 'announceRewrapComplete') run.steps.announcedAt = at;
       }
       const result = e.workflowExecutionCompletedEventAttributes?.result;
@@ -119,6 +132,13 @@ export async function keyRuns(client: Client, keyId: string): Promise<KeyRuns> {
   const key = JSON.stringify(keyId);
   const listed = await listAll(client, `KeyId = ${key} AND WorkflowType IN ("rotateRootKey", "rotateInKms", "rotateRootKeyOnSchedule")`);
   const others = new Map(listed.filter((w) => w.type !== 'rotateRootKey').map((w) => [w.workflowId, otherRun(w)]));
+  // A KMS-only rotation made its version only if its result says so.
+  for (const w of listed.filter((l) => l.type === 'rotateInKms' && l.status.name === 'COMPLETED')) {
+    const events = (await client.workflow.getHandle(w.workflowId, w.runId).fetchHistory()).events ?? [];
+    const result = events.find((e) => e.workflowExecutionCompletedEventAttributes)?.workflowExecutionCompletedEventAttributes?.result;
+    const [rotation] = (await decodeArrayFromPayloads(client.options.loadedDataConverter, result?.payloads)) as [{ rotated?: unknown } | undefined];
+    others.get(w.workflowId)!.rotated = rotation?.rotated === true;
+  }
   const byId = new Map<string, WorkflowExecutionInfo[]>();
   for (const w of listed) if (w.type === 'rotateRootKey') byId.set(w.workflowId, [...(byId.get(w.workflowId) ?? []), w]);
   const rewraps: RewrapRun[] = [];

@@ -63,6 +63,8 @@ export interface LifecycleReport {
   namespace: string;
   taskQueue: string;
   keys: KeyLifecycle[];
+  /** Keys the worker could not read (gone from their KMS, KMS unreachable), and why. */
+  unreadableKeys: { keyId: string; error: string }[];
   masterKeyRotations: OtherRun[];
 }
 
@@ -71,13 +73,14 @@ const seconds = (from: string, to: string | undefined) => (to ? Math.max(0, (Dat
 function originOf(facts: KeyReportFacts, version: number, runs: KeyRuns): { origin: VersionOrigin; run?: string } {
   const id = rewrapWorkflowId(facts.keyId, version);
   const rewrap = runs.rewraps.find((r) => r.workflowId === id);
-  const kmsOnly = runs.others.find((r) => r.type === 'rotateInKms' && r.keyVersion === version);
-  const lowest = Math.min(...facts.versions.map((v) => v.version));
-  if (version === lowest && !rewrap && !kmsOnly) return { origin: 'created' };
+  // Only a run that made the version counts, as its history tells: a run that failed, or found
+  // the version already made (`rotated: false`), did not make it, whatever it was asked.
+  const kmsOnly = runs.others.find((r) => r.type === 'rotateInKms' && r.keyVersion === version && r.rotated === true);
   if (kmsOnly) return { origin: 'manual-kms-only', run: kmsOnly.workflowId };
-  if (rewrap?.rotate === true) {
+  if (rewrap?.rotated === true) {
     return rewrap.parent?.type === 'rotateRootKeyOnSchedule' ? { origin: 'schedule', run: rewrap.parent.workflowId } : { origin: 'manual', run: rewrap.workflowId };
   }
+  if (version === 1) return { origin: 'created' };
   const requestId = facts.versions.find((v) => v.version === version)?.requestId;
   if (requestId === id) return { origin: 'keyops', ...(rewrap ? { run: rewrap.workflowId } : {}) };
   return { origin: facts.rotationPolicy ? 'policy' : 'outside-keyops', ...(rewrap ? { run: rewrap.workflowId } : {}) };

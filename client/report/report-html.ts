@@ -144,6 +144,7 @@ table{border-collapse:collapse;width:100%;font-size:12.5px}th,td{border-bottom:1
 <p class="meta">Generated ${when(report.generatedAt)} · namespace <code>${esc(report.namespace)}</code> · task queue <code>${esc(report.taskQueue)}</code> · ${report.since ? `since ${when(report.since)}` : 'all recorded history'} · ${report.keys.length} key(s)</p>
 <p class="meta">Built from the KMS metadata and the backup catalog (read by a worker) and the Temporal histories of the runs. Why a version exists comes from the run that made it: a rotation keyops ran (by hand or on a schedule), or one the KMS made by itself (its rotation policy, or someone outside keyops) that the watcher found and rewrapped.</p>
 <p class="legend">${legend}</p>
+${report.unreadableKeys.length ? `<div class="warn" data-unreadable-keys><h2>Keys the worker could not read</h2><ul>${report.unreadableKeys.map((p) => `<li><code>${esc(p.keyId)}</code>: ${esc(p.error)}</li>`).join('')}</ul></div>` : ''}
 ${report.keys.length ? report.keys.map((k) => keySection(k, report)).join('\n') : '<p class="none">No key in use on this task queue.</p>'}
 <h2>Master-key rotations <small>of the crypto units under the KMS: every key above lived through each</small></h2>
 ${masterKeyTable(report.masterKeyRotations)}

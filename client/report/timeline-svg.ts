@@ -59,7 +59,8 @@ export function timelineSvg(key: KeyLifecycle, masterKeyRotations: OtherRun[], w
     ...key.failedNights.map((n) => ms(n.recordedAt)),
     ...masterKeyRotations.map((r) => ms(r.startedAt)),
   ].filter((t) => Number.isFinite(t));
-  let start = window.from ? ms(window.from) : Math.min(end, ...times);
+  // A loop, not Math.min(...times): a spread of a long history (every backup of years) overflows the stack.
+  let start = window.from ? ms(window.from) : times.reduce((a, b) => Math.min(a, b), end);
   // A few seconds of history (a test, a fresh install) still gets a readable axis.
   if (end - start < 60_000) start = end - 60_000;
   const span = end - start;
