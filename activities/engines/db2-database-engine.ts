@@ -4,7 +4,7 @@ import { link, lstat, mkdir, readFile, readdir, realpath, rm, rmdir, stat, symli
 import { basename, dirname, join } from 'node:path';
 import type { KeyManagementService } from '../kms/key-management-service';
 import { processAlive } from '../process-alive';
-import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
+import type { BackupDescription, BackupImage, BackupToRead, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
 import { type Db2Cli, type Db2ImageHeader, db2ImageFileName } from './db2-cli';
 import { EngineError } from './engine-error';
 
@@ -215,7 +215,7 @@ export class Db2DatabaseEngine implements DatabaseEngine {
     if (why) throw new EngineError('BACKUP_INVALID', `backup ${path} of Db2 database ${header.database} cannot be restored on its own: ${why}`);
   }
 
-  async verifyBackup(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<RestoreCheck> {
+  async verifyBackup(image: BackupToRead, progress?: Progress): Promise<RestoreCheck> {
     return (await this.verifyBackupFile(image, progress)).check;
   }
 
@@ -224,14 +224,14 @@ export class Db2DatabaseEngine implements DatabaseEngine {
    * whose ordinary tables are counted row by row, and which is dropped afterwards: the counts are
    * what a restore of this file gives, not what its header claims.
    */
-  async verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<VerifiedBackupFile> {
+  async verifyBackupFile(image: BackupToRead, progress?: Progress): Promise<VerifiedBackupFile> {
     const { header, sha256 } = await this.checkFile(image, progress);
     const check = await this.exclusiveCheck(() => this.testRestore(image.path, header, progress));
     return { check, sha256, description: this.describe(header) };
   }
 
   /** Checksum, header and db2ckbkp: everything short of restoring. */
-  private async checkFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<{ header: Db2ImageHeader; sha256: string }> {
+  private async checkFile(image: BackupToRead, progress?: Progress): Promise<{ header: Db2ImageHeader; sha256: string }> {
     const { sha256 } = await hashFile(image.path, progress);
     if (image.sha256 !== undefined && image.sha256 !== sha256) throw new EngineError('BACKUP_INVALID', `backup ${image.path}: its SHA-256 differs from the one recorded when it was written`);
     const header = await this.header(image.path);
@@ -386,7 +386,7 @@ export class Db2DatabaseEngine implements DatabaseEngine {
    * database's storage and database path (RESTORE ... ON targetPath), and its last segment is the
    * new database's name, which must be a Db2 name (1 to 8 letters, digits, _@#$) not in use.
    */
-  async restore(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
+  async restore(image: BackupToRead, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
     const { cli, workDir } = this.options;
     const into = basename(targetPath).toUpperCase();
     if (!DB_NAME.test(into)) {

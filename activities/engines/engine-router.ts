@@ -1,7 +1,7 @@
 import type Database from 'better-sqlite3-multiple-ciphers';
 import type { DemoDatabases } from '../demo-data';
 import { isKeyopsBackupFile, readBackupHeader } from './backup-file-format';
-import type { BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress } from './database-engine';
+import type { BackupToRead, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress } from './database-engine';
 import type { EngineKey } from './engine-key';
 import { EngineError } from './engine-error';
 
@@ -48,11 +48,11 @@ export class EngineRouter implements DatabaseEngine, DemoDatabases {
     return this.of(databaseId).backup(databaseId, path, progress, label);
   }
 
-  async verifyBackup(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress) {
+  async verifyBackup(image: BackupToRead, progress?: Progress) {
     return (await this.ofFile(image.path)).verifyBackup(image, progress);
   }
 
-  async verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress) {
+  async verifyBackupFile(image: BackupToRead, progress?: Progress) {
     return (await this.ofFile(image.path)).verifyBackupFile(image, progress);
   }
 
@@ -60,7 +60,7 @@ export class EngineRouter implements DatabaseEngine, DemoDatabases {
     return (await this.ofFile(path)).describeBackup(path);
   }
 
-  async restore(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, targetPath: string, progress?: Progress) {
+  async restore(image: BackupToRead, targetPath: string, progress?: Progress) {
     return (await this.ofFile(image.path)).restore(image, targetPath, progress);
   }
 

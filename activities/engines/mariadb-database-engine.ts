@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { engineKeyId } from '../kms/engine-key-kms';
 import type { KeyManagementService } from '../kms/key-management-service';
 import { describeHeader, readBackupHeader } from './backup-file-format';
-import type { BackupDescription, BackupImage, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
+import type { BackupDescription, BackupImage, BackupToRead, DatabaseEngine, DatabaseKeyState, EngineCapabilities, Progress, RestoreCheck, VerifiedBackupFile } from './database-engine';
 import type { EngineKey } from './engine-key';
 import { EngineError } from './engine-error';
 import { MariaDbEngineKey } from './mariadb-engine-key';
@@ -92,11 +92,11 @@ export class MariaDbDatabaseEngine implements DatabaseEngine {
     return join(this.workDir, `check-${process.pid}-${Date.now()}-${Math.random().toString(16).slice(2, 8)}`);
   }
 
-  async verifyBackup(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<RestoreCheck> {
+  async verifyBackup(image: BackupToRead, progress?: Progress): Promise<RestoreCheck> {
     return (await this.verifyBackupFile(image, progress)).check;
   }
 
-  async verifyBackupFile(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, progress?: Progress): Promise<VerifiedBackupFile> {
+  async verifyBackupFile(image: BackupToRead, progress?: Progress): Promise<VerifiedBackupFile> {
     await mkdir(this.workDir, { recursive: true, mode: 0o700 });
     await removeStaleScratch(this.workDir, 'check');
     const description = await this.describeBackup(image.path);
@@ -109,7 +109,7 @@ export class MariaDbDatabaseEngine implements DatabaseEngine {
   }
 
   /** A prepared, checked data directory at `targetPath`, ready for a mariadbd to start on. */
-  async restore(image: Pick<BackupImage, 'path'> & { sha256?: string | undefined }, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
+  async restore(image: BackupToRead, targetPath: string, progress?: Progress): Promise<RestoreCheck> {
     const checked = await this.engine.verifyBackup({ path: image.path, kms: this.kms, targetDir: targetPath, keep: true, ...(image.sha256 ? { expectedSha256: image.sha256 } : {}), ...(progress ? { progress } : {}) });
     return { tables: checked.tables, rows: checked.rows };
   }
