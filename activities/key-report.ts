@@ -34,9 +34,11 @@ export interface KeyReportFacts {
   unreadableBackups: string[];
   /** Databases whose data or backups are under the key. */
   databases: string[];
-  /** Its backups (every status: retention's deletions are part of the trail), oldest first. */
+  /** Its newest MAX_REPORTED_BACKUPS backups (every status: retention's deletions are part of the trail), oldest first. */
   backups: ReportBackup[];
-  /** The recorded nights of those databases, oldest first. */
+  /** Older backups in the period left out of `backups`, so that the answer stays far below Temporal's 2 MB payload limit. */
+  omittedBackups: number;
+  /** The failed nights of those databases, oldest first. */
   nights: NightRecord[];
 }
 
@@ -50,6 +52,9 @@ export interface KeyReportAnswer {
   keys: KeyReportFacts[];
   problems: KeyReportProblem[];
 }
+
+/** About 250 bytes each: a year of nightly backups of a few databases per key. */
+const MAX_REPORTED_BACKUPS = 2000;
 
 export interface KeyReportDeps {
   kms: KeyManagementService;
@@ -85,8 +90,9 @@ export function createKeyReportActivities(deps: KeyReportDeps) {
     const databases = new Set(entries.map((e) => e.databaseId));
     for (const d of deps.engine.listDatabases?.() ?? []) if (d.keyId === keyId) databases.add(d.databaseId);
     for (const v of uses.versions) for (const d of v.databases) databases.add(d);
-    const nights = [...databases].flatMap((databaseId) => deps.catalog.listNights({ databaseId, ...(since ? { since } : {}) }));
+    const nights = [...databases].flatMap((databaseId) => deps.catalog.listNights({ databaseId, ...(since ? { since } : {}) }).filter((n) => n.outcome === 'failed'));
     nights.sort((a, b) => a.recordedAt.localeCompare(b.recordedAt));
+    const inPeriod = entries.filter((e) => !since || e.createdAt >= since);
     return {
       keyId,
       name: meta.name,
@@ -98,8 +104,9 @@ export function createKeyReportActivities(deps: KeyReportDeps) {
       versions: uses.versions.map((v) => ({ ...v, requestId: requestIds.get(v.version) })),
       unreadableBackups: uses.unreadableBackups,
       databases: [...databases].sort(),
-      backups: entries
-        .filter((e) => !since || e.createdAt >= since)
+      omittedBackups: Math.max(0, inPeriod.length - MAX_REPORTED_BACKUPS),
+      backups: inPeriod
+        .slice(-MAX_REPORTED_BACKUPS)
         .map((e) => ({
           backupId: e.backupId,
           databaseId: e.databaseId,

@@ -251,6 +251,7 @@ describe('keyops report (dev server, local KMS, catalog and backups on disk, chr
       unreadableBackups: [],
       databases: [],
       backups: [],
+      omittedBackups: 0,
       nights: [],
     };
     const lifecycle = keyLifecycle(facts, { rewraps: [], others: [] }, undefined);
@@ -277,6 +278,37 @@ describe('keyops report (dev server, local KMS, catalog and backups on disk, chr
     assert.deepEqual([made.versions[2]!.origin, made.versions[2]!.run], ['manual', rewrap3.workflowId]);
     const madeInKms = keyLifecycle(facts, { rewraps: [rewrap3], others: [{ ...kmsOnly3, rotated: true }] }, undefined);
     assert.deepEqual([madeInKms.versions[2]!.origin, madeInKms.versions[2]!.run], ['manual-kms-only', kmsOnly3.workflowId]);
+  });
+
+  it('the worker sends the newest 2,000 backups of a key and counts the rest, so that its answer stays small', async () => {
+    const dataDir = join(suite.dir, 'report-many');
+    const kms = LocalKms.open({ path: join(dataDir, 'kms', 'keys.sqlite'), masterSecret: randomBytes(32) });
+    const registry = SqliteWdekRegistry.open(join(dataDir, 'registry', 'wdeks.sqlite'));
+    const local = localActivities({ dataDir, kms, registry });
+    const { keyId } = await kms.createKey({ name: 'report-many' });
+    const night = (i: number) => new Date(Date.parse('2020-01-01T00:00:00Z') + i * 86_400_000).toISOString();
+    for (let i = 0; i < 2003; i++) {
+      local.catalog.record({
+        backupId: backupWorkflowId('many', night(i).slice(0, 10)),
+        databaseId: 'many',
+        night: night(i).slice(0, 10),
+        createdAt: night(i),
+        path: join(dataDir, 'gone.kob'),
+        bytes: 1,
+        sha256: 'tags-sha256:' + '0'.repeat(64),
+        keyId,
+        keyVersion: 1,
+        backupKeyHash: '0'.repeat(64),
+        verification: undefined,
+        status: 'deleted',
+      });
+    }
+    const { keys, problems } = await local.activities.keyReportFacts({ keyIds: [keyId] });
+    assert.deepEqual(problems, []);
+    assert.equal(keys[0]!.omittedBackups, 3);
+    assert.equal(keys[0]!.backups.length, 2000);
+    assert.deepEqual([keys[0]!.backups[0]!.createdAt, keys[0]!.backups.at(-1)!.createdAt], [night(3), night(2002)], 'the newest, oldest first');
+    assert.ok(JSON.stringify(keys).length < 1_000_000, 'well under the 2 MB payload limit');
   });
 
   it('refuses bad input with one line and exit 2, before it connects', async () => {

@@ -53,6 +53,8 @@ export interface KeyLifecycle {
   kmsOnlyRotations: OtherRun[];
   scheduledRotations: OtherRun[];
   backups: ReportBackup[];
+  /** Older backups of the period the worker left out (it sends the newest 2,000). */
+  omittedBackups: number;
   failedNights: (NightRecord & { workflowId: string })[];
   databases: string[];
 }
@@ -117,6 +119,7 @@ export function keyLifecycle(facts: KeyReportFacts, runs: KeyRuns, since: string
     kmsOnlyRotations: runs.others.filter((r) => r.type === 'rotateInKms' && inWindow(r.startedAt)),
     scheduledRotations: runs.others.filter((r) => r.type === 'rotateRootKeyOnSchedule' && inWindow(r.startedAt)),
     backups: facts.backups,
+    omittedBackups: facts.omittedBackups,
     failedNights: facts.nights.filter((n) => n.outcome === 'failed').map((n) => ({ ...n, workflowId: backupWorkflowId(n.databaseId, n.night) })),
     databases: facts.databases,
   };

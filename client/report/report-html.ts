@@ -98,7 +98,7 @@ function keySection(key: KeyLifecycle, report: LifecycleReport): string {
       b.lastDrill ? `${esc(b.lastDrill.result)} ${when(b.lastDrill.drilledAt)}` : 'never',
     ]),
     'No backup under this key in this period.',
-  )}
+  )}${key.omittedBackups ? `<p class="none">And ${key.omittedBackups} older backup(s) of this period, not listed: narrow it with --since.</p>` : ''}
   ${table(
     'failed-nights',
     'Failed nights',
