@@ -65,7 +65,7 @@ describe('backup file format (real AES-256-GCM, real files)', () => {
     const back = await readBackupFile({
       path,
       expectedSha256: written.sha256,
-      keyFor: () => Promise.resolve(key),
+      keyFor: () => Promise.resolve(Buffer.from(key)),
       write: (data, position) => {
         data.copy(restored, position);
         return Promise.resolve();
@@ -84,6 +84,10 @@ describe('backup file format (real AES-256-GCM, real files)', () => {
     assert.ok(restored.equals(source), 'every byte restores');
     assert.equal(back.header.plainBytes, source.length);
     assert.equal(back.sha256, written.sha256, 'the reader computes the same value');
+    // The key a read is given is its own, and zeroed once the file is read.
+    const given = Buffer.from(key);
+    await readBackupFile({ path, keyFor: () => Promise.resolve(given), write: () => Promise.resolve() });
+    assert.ok(given.every((b) => b === 0), 'the backup key is zeroed after the read');
     assert.ok(!onDisk.includes(source.subarray(1000, 1064)), 'no plaintext run appears in the file');
     assert.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), [], 'no partial file is left');
   });
@@ -138,7 +142,7 @@ describe('backup file format (real AES-256-GCM, real files)', () => {
     writeFileSync(alteredPath, altered);
     const writes: number[] = [];
     await assert.rejects(
-      readBackupFile({ path: alteredPath, expectedSha256: written.sha256, keyFor: () => Promise.resolve(key), write: (_data, position) => {
+      readBackupFile({ path: alteredPath, expectedSha256: written.sha256, keyFor: () => Promise.resolve(Buffer.from(key)), write: (_data, position) => {
           writes.push(position);
           return Promise.resolve();
         },
@@ -188,13 +192,13 @@ describe('backup file format (real AES-256-GCM, real files)', () => {
       readBackupFile({
         path: truncated,
         expectedSha256: written.sha256,
-        keyFor: () => Promise.resolve(key),
+        keyFor: () => Promise.resolve(Buffer.from(key)),
         write: () => new Promise((resolve) => setTimeout(resolve, 50)),
       }),
       /truncated\.kob is not valid: it ends inside chunk 1/,
     );
     await assert.rejects(
-      readBackupFile({ path, expectedSha256: written.sha256, keyFor: () => Promise.resolve(key), write: () => Promise.reject(new Error('ENOSPC: no space left')) }),
+      readBackupFile({ path, expectedSha256: written.sha256, keyFor: () => Promise.resolve(Buffer.from(key)), write: () => Promise.reject(new Error('ENOSPC: no space left')) }),
       /ENOSPC/,
     );
   });
@@ -216,7 +220,7 @@ describe('backup file format (real AES-256-GCM, real files)', () => {
     const back = await readBackupFile({
       path,
       ...(expectedSha256 ? { expectedSha256 } : {}),
-      keyFor: () => Promise.resolve(key),
+      keyFor: () => Promise.resolve(Buffer.from(key)),
       write: (data, position) => {
         data.copy(restored, position);
         return Promise.resolve();

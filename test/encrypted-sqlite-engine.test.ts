@@ -197,7 +197,7 @@ describe('encrypted SQLite engine (real SQLCipher files, real KMS files)', () =>
       const record = registry.get(backupKeyWdekId('lost-key', backupKeyHash))!;
       const { dek: backupKey } = await kms.unwrap(keyId, record.wdek);
       const plain: Buffer[] = [];
-      const { header: v2 } = await readBackupFile({ path: image.path, keyFor: () => Promise.resolve(backupKey), write: (data) => Promise.resolve(void plain.push(Buffer.from(data))) });
+      const { header: v2 } = await readBackupFile({ path: image.path, keyFor: () => Promise.resolve(Buffer.from(backupKey)), write: (data) => Promise.resolve(void plain.push(Buffer.from(data))) });
       const bytes = Buffer.concat(plain);
       const v1Path = join(dir, 'backups', 'lost-key-format1.kob');
       const { sha256 } = await writeBackupFile({
