@@ -156,6 +156,24 @@ describe('encrypted SQLite engine (real SQLCipher files, real KMS files)', () =>
     }
   });
 
+  it('the authenticated check proves the bytes, not the database: one already damaged when it was backed up passes it and fails the full check', async () => {
+    await seed('damaged', 500);
+    // An index dropped from the schema by hand, its pages left behind: every row still reads,
+    // but SQLite's own check finds pages that no b-tree uses.
+    await engine.withDatabase('damaged', (db) => {
+      db.exec('CREATE INDEX orders_payload ON orders (payload)');
+      db.unsafeMode(true);
+      db.pragma('writable_schema = ON');
+      db.prepare("DELETE FROM sqlite_schema WHERE name = 'orders_payload'").run();
+      db.pragma('writable_schema = OFF');
+    });
+    const image = await engine.backup('damaged', join(dir, 'backups', 'damaged.kob'));
+    assert.deepEqual(await engine.verifyBackup({ ...image, check: 'authenticated' }), { tables: 1, rows: 500 });
+    await rejectsWith(engine.verifyBackup({ ...image, check: 'full' }), 'BACKUP_INVALID', /damaged\.kob fails SQLite's quick_check: .*\n?Page \d+: never used/);
+    // The full check is the default.
+    await rejectsWith(engine.verifyBackup(image), 'BACKUP_INVALID', /fails SQLite's quick_check/);
+  });
+
   it('rejects a tampered, truncated or foreign backup file with BACKUP_INVALID naming it', async () => {
     const image = await engine.backup('shop', join(dir, 'backups', 'shop-2.kob'));
     const bytes = readFileSync(image.path);
