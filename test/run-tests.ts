@@ -17,6 +17,7 @@ import { run } from 'node:test';
 import { spec } from 'node:test/reporters';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { DefaultLogger, Runtime, bundleWorkflowCode } from '@temporalio/worker';
+import { preloadModules, workflowsPath } from '../workers/workflow-bundle-options';
 import { keyopsSearchAttributes } from '../workflows/search-attributes';
 import { formatReport, scanSuite } from './helpers/key-material-scan';
 import { testEnvVars } from './helpers/test-env-vars';
@@ -97,7 +98,8 @@ async function main(): Promise<number> {
   const env = await startServer(cliPath);
   try {
     const bundle = await bundleWorkflowCode({
-      workflowsPath: require.resolve('../workflows'),
+      workflowsPath,
+      preloadModules,
       logger: new DefaultLogger('WARN'),
     });
     mkdirSync(CACHE, { recursive: true });

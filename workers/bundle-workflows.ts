@@ -7,11 +7,12 @@
 import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DefaultLogger, bundleWorkflowCode } from '@temporalio/worker';
+import { preloadModules, workflowsPath } from './workflow-bundle-options';
 
 export const PREBUILT_BUNDLE = join(__dirname, '..', 'workflow-bundle.js');
 
 async function main(): Promise<void> {
-  const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows'), logger: new DefaultLogger('WARN') });
+  const { code } = await bundleWorkflowCode({ workflowsPath, preloadModules, logger: new DefaultLogger('WARN') });
   // Renamed into place: a worker starting meanwhile reads the old bundle or the new, never half.
   writeFileSync(`${PREBUILT_BUNDLE}.tmp`, code);
   renameSync(`${PREBUILT_BUNDLE}.tmp`, PREBUILT_BUNDLE);

@@ -15,7 +15,7 @@ export class KeyopsWorkers {
     const main = await Worker.create(options);
     try {
       // Everything else as the main worker has it (connection, identity, grace time), minus workflows.
-      const { workflowsPath: _path, workflowBundle: _bundle, ...shared } = options;
+      const { workflowsPath: _path, workflowBundle: _bundle, bundlerOptions: _bundler, ...shared } = options;
       const bulk = await Worker.create({
         ...shared,
         taskQueue: bulkTaskQueue(options.taskQueue),

@@ -7,6 +7,7 @@ import { ConnectionConfigError, resolveConnection } from '../client/connection';
 import { KmsError } from '../activities/kms/kms-error';
 import { ActivityJournal, resumeOrphanedActivities } from './activity-journal';
 import { PREBUILT_BUNDLE } from './bundle-workflows';
+import { preloadModules, workflowsPath } from './workflow-bundle-options';
 import { openAdapters } from './adapters';
 import { localKmsMasterSecretSource } from './night-readiness-deps';
 import { ConfigError, loadWorkerConfig } from './config';
@@ -98,7 +99,7 @@ async function main(): Promise<number> {
       namespace: target.namespace,
       taskQueue: config.taskQueue,
       // From dist, the bundle `npm run build` made; from source, bundled here.
-      ...(existsSync(PREBUILT_BUNDLE) ? { workflowBundle: { codePath: PREBUILT_BUNDLE } } : { workflowsPath: require.resolve('../workflows') }),
+      ...(existsSync(PREBUILT_BUNDLE) ? { workflowBundle: { codePath: PREBUILT_BUNDLE } } : { workflowsPath, bundlerOptions: { preloadModules } }),
       activities: createActivities({ dataDir: config.dataDir, keyopsVersion, alertWebhook: config.alertWebhook, localKmsMasterSecret: localKmsMasterSecretSource(config), ...adapters }),
       shutdownGraceTime: `${config.shutdownGraceSeconds} seconds`,
       interceptors: { activity: [journal.interceptor] },
