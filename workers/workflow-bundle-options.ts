@@ -8,7 +8,7 @@ export const workflowsPath = require.resolve('../workflows');
  * Modules whose scope runs once per reusable V8 context and is shared by every workflow in it,
  * instead of running again for each workflow the worker creates. zod's scope (hundreds of schema
  * classes) was a quarter of a worker's workflow-thread CPU in a profile of a fleet night, about
- * 30 ms per workflow. Sharing it is safe because no workflow changes zod's global state: its
+ * 25 ms per workflow. Sharing it is safe because no workflow changes zod's global state: its
  * config, locale or registry (`.meta()`, `.register()`), the per-workflow state the SDK warns
  * about; the SDK freezes what the module exports, so an attempt would throw, not leak.
  */
