@@ -37,6 +37,19 @@ export default tseslint.config(
           ],
         },
       ],
+      // zod is loaded once per worker thread and shared by every workflow on it
+      // (workers/workflow-bundle-options.ts): nothing here may write to its global state.
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector: "CallExpression[callee.type='MemberExpression'][callee.property.name=/^(meta|describe|register)$/]",
+          message: "zod's registry is shared by every workflow on a worker thread: a schema's .meta/.describe/.register would outlive the workflow",
+        },
+        {
+          selector: "MemberExpression[object.name='z'][property.name=/^(config|globalRegistry|registry|lazy)$/]",
+          message: "zod's global config and registry are shared by every workflow on a worker thread; recursive (lazy) schemas keep parse state in it",
+        },
+      ],
     },
   },
   { files: ['**/*.mjs'], ...tseslint.configs.disableTypeChecked },

@@ -37,6 +37,7 @@ describe('workflow inputs are checked inside the workflows (a run started from t
       // A night far ahead would sort after every real night and silence the alert.
       await invalidInput(start(nightlyBackup, [{ databaseId: 'shop', night: '2099-01-01' }]), /night: later than tomorrow \(\d{4}-\d{2}-\d{2}\)/);
       await invalidInput(start(nightlyBackup, [{ databaseId: 'shop', night: '2026-02-30' }]), /night: not a calendar date/);
+      await invalidInput(start(nightlyBackup, [{ databaseId: 'shop', night: '2026-13-45' }]), /night: not a calendar date/);
       await invalidInput(start(nightlyBackup, [{ databaseId: '../etc' }]), /databaseId: 1 to 63 characters/);
       // A relative target would resolve against the worker's working directory.
       await invalidInput(start(restoreBackup, [{ backupId: 'backup/shop/2026-12-01', targetPath: 'restored.db' }]), /targetPath: must be an absolute path/);

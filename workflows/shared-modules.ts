@@ -7,9 +7,9 @@
 import { z } from 'zod';
 
 // zod finishes setting itself up on first use: the first schema built puts its default locale and
-// memoizer into its global config, and the first object parsed records whether it may compile
-// parsers. The SDK freezes a shared module once the preload ends, after which those writes would
-// throw in every workflow; so the first use happens here, a passing and a failing parse.
+// memoizer into its global config, and the first object schema records whether it may compile
+// parsers. The SDK freezes the context's globals, zod's config among them, once the preload ends,
+// after which those writes would throw in every workflow; so the first use happens here.
 const ready = z.object({ ready: z.string().min(1) });
 ready.parse({ ready: 'yes' });
 ready.safeParse({ ready: '' });

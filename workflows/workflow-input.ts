@@ -32,7 +32,12 @@ export const absolutePathSchema = z
 export const dateSchema = z
   .string()
   .regex(/^\d{4}-\d{2}-\d{2}$/, 'a date such as 2026-12-01')
-  .refine((v) => new Date(`${v}T00:00:00Z`).toISOString().startsWith(v), 'not a calendar date');
+  // A month or day out of range (2026-13-45) is an Invalid Date, whose toISOString() throws: a
+  // throw here would fail the workflow task, retried forever, instead of the run with INVALID_INPUT.
+  .refine((v) => {
+    const date = new Date(`${v}T00:00:00Z`);
+    return !Number.isNaN(date.getTime()) && date.toISOString().startsWith(v);
+  }, 'not a calendar date');
 /** Free text an operator types (names, notes): bounded, printable. */
 export const labelSchema = z
   .string()
