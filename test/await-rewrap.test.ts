@@ -9,7 +9,8 @@ import { localActivities } from './helpers/local-activities';
 import { LocalKms } from '../activities/kms/local-kms';
 import { SqliteWdekRegistry } from '../activities/wdek-registry/sqlite-wdek-registry';
 import { awaitRewrap, rotateRootKey } from '../workflows';
-import { keyEntityWorkflowId, keyStateQuery, rewrapWorkflowId } from '../workflows/root-key-messages';
+import { keyEntityWorkflowId, keyStateQuery, rewrapCompleteSignal, rewrapWorkflowId } from '../workflows/root-key-messages';
+import { recordHistory } from './helpers/record-history';
 import { createTestWorker, uniqueTaskQueue, useSuiteFixture } from './helpers/temporal';
 import { waitUntil } from './helpers/wait-until';
 
@@ -86,6 +87,45 @@ describe('awaitRewrap released by the key entity', () => {
       const rechecked = await recheck.result();
       assert.equal(rechecked.releasedBy, 'recheck');
       await entity.terminate('test finished');
+    });
+    registry.close();
+    kms.close();
+  });
+
+  it('releases every waiter of a version in one workflow task of the key entity, and keeps the waiters of a later version', async () => {
+    const kms = LocalKms.open({ path: join(suite.dir, 'kms-together.sqlite'), masterSecret: randomBytes(32) });
+    const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks-together.sqlite'));
+    const { keyId } = await kms.createKey({ name: 'together-key' });
+    registry.setRewrappedVersion(keyId, 1);
+    const taskQueue = uniqueTaskQueue('await-together');
+    const worker = await createTestWorker(suite.env, { taskQueue, activities: localActivities({ dataDir: suite.dir, kms, registry }).activities });
+    const entity = suite.client.workflow.getHandle(keyEntityWorkflowId(keyId));
+    await worker.runUntil(async () => {
+      const waits = await Promise.all(
+        [2, 2, 2, 2, 2, 3].map((minVersion, i) =>
+          suite.client.workflow.start(awaitRewrap, { taskQueue, workflowId: `await/${taskQueue}/${i}`, args: [{ keyId, minVersion, recheckEveryMs: 3600_000 }] }),
+        ),
+      );
+      await waitUntil('all six waiters registered with the key entity', async () => ((await entity.query(keyStateQuery)).waiters.length === 6 ? true : undefined));
+
+      await entity.signal(rewrapCompleteSignal, { keyId, version: 2 });
+      const released = await Promise.all(waits.slice(0, 5).map((w) => w.result()));
+      assert.deepEqual(released.map((r) => [r.version, r.releasedBy]), Array(5).fill([2, 'signal']));
+      // The version-3 waiter is still held, and still known to the entity.
+      assert.deepEqual((await entity.query(keyStateQuery)).waiters.map((w) => [w.workflowId, w.minVersion]), [[waits[5]!.workflowId, 3]]);
+      assert.equal((await waits[5]!.describe()).status.name, 'RUNNING');
+
+      // All five signals were commands of one workflow task: the last waiter did not queue behind the first four.
+      const events = (await entity.fetchHistory()).events ?? [];
+      const initiated = events.filter((e) => e.eventType === EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED);
+      assert.equal(initiated.length, 5);
+      const tasks = new Set(initiated.map((e) => String(e.signalExternalWorkflowExecutionInitiatedEventAttributes?.workflowTaskCompletedEventId)));
+      assert.equal(tasks.size, 1, `the five releases came from ${tasks.size} workflow tasks`);
+
+      await entity.signal(rewrapCompleteSignal, { keyId, version: 3 });
+      assert.deepEqual(await waits[5]!.result().then((r) => [r.version, r.releasedBy]), [3, 'signal']);
+      await entity.terminate('test finished');
+      if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(entity.workflowId, 'key-entity-release-together.json');
     });
     registry.close();
     kms.close();

@@ -4,6 +4,7 @@ import {
   continueAsNew,
   getExternalWorkflowHandle,
   log,
+  patched,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
@@ -27,6 +28,9 @@ import {
  * registered before, during or after the rewrap is released exactly when its version is reached.
  * (A visibility query for waiting workflows would be eventually consistent and could miss one.)
  */
+/** Waiters signalled in one workflow task; the server refuses more than 2,000 pending. */
+const RELEASE_BATCH = 500;
+
 const waiterSchema = z.object({ workflowId: z.string().min(1).max(1000), minVersion: versionSchema });
 
 export async function keyEntity(state: KeyEntityState): Promise<never> {
@@ -79,13 +83,24 @@ export async function keyEntity(state: KeyEntityState): Promise<never> {
     { key: KeyVersionAttribute, value: state.rewrappedVersion },
   ]);
   describe();
+  const releasePending = async () => {
+    if (!pending.length) return;
+    // One signal per workflow task made the 20th waiter of a key wait for 20 round trips of this
+    // history behind a night's backlog. Together, in batches below the server's limit of pending
+    // signals a workflow may send (2,000). Runs started before this release one at a time.
+    if (patched('key-entity-release-together')) {
+      while (pending.length) await Promise.all(pending.splice(0, RELEASE_BATCH).map(release));
+    } else {
+      while (pending.length) await release(pending.shift()!);
+    }
+  };
   for (;;) {
     await condition(() => pending.length > 0 || workflowInfo().continueAsNewSuggested);
-    while (pending.length) await release(pending.shift()!);
+    await releasePending();
     if (workflowInfo().continueAsNewSuggested) {
       // Handlers may still be mid-flight; the carried state must include what they add.
       await condition(allHandlersFinished);
-      while (pending.length) await release(pending.shift()!);
+      await releasePending();
       return continueAsNew<typeof keyEntity>(state);
     }
   }
