@@ -1,6 +1,7 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { ApplicationFailure, type SignalDefinition, WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import { Context, activityInfo, getClient, heartbeat, sleep } from '@temporalio/activity';
+import { WorkflowNotFoundError } from '@temporalio/client';
 import type { DatabaseEngine } from './engines/database-engine';
 import { AdaptiveConcurrency, type ThrottleStats } from './kms/adaptive-concurrency';
 import type { BatchResult, KeyManagementService, KeyMetadata, RewrapResult, UnwrapResult } from './kms/key-management-service';
@@ -22,6 +23,9 @@ import {
 import type { keyEntity } from '../workflows/key-entity';
 import type { rotateRootKey } from '../workflows/rotate-root-key';
 import { keyEntityMetadata } from '../workflows/key-entity-metadata';
+
+/** Signals in flight at once when the key entity releases its waiters. */
+const RELEASE_CONCURRENCY = 50;
 
 export interface RootKeyDeps {
   kms: KeyManagementService;
@@ -628,6 +632,30 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
       // that follows the engine and announces "complete" starts now, as the watcher would start
       // it within the hour. Its id names the version: a run already there is joined, not repeated.
       if (engine?.engineKeys?.().has(input.keyId)) await startFollowRun(input.keyId, input.minVersion, input.taskQueue);
+    },
+
+    /**
+     * The key entity's release of its waiters, run as its local activity: a signal sent from here
+     * is written straight into the waiter's history, where one sent by the workflow is a
+     * server-side task that also writes back into the entity's history, one after another. In a
+     * busy night that put 100 ms between consecutive waiters. A waiter that ended meanwhile needs
+     * nothing; signalling one twice (a retry) is harmless.
+     */
+    async releaseRewrapWaiters(input: RewrapComplete & { workflowIds: string[] }): Promise<{ released: number; gone: number }> {
+      let gone = 0;
+      for (let i = 0; i < input.workflowIds.length; i += RELEASE_CONCURRENCY) {
+        await Promise.all(
+          input.workflowIds.slice(i, i + RELEASE_CONCURRENCY).map(async (workflowId) => {
+            try {
+              await getClient().workflow.getHandle(workflowId).signal(rewrapCompleteSignal, { keyId: input.keyId, version: input.version });
+            } catch (err) {
+              if (!(err instanceof WorkflowNotFoundError)) throw err;
+              gone++;
+            }
+          }),
+        );
+      }
+      return { released: input.workflowIds.length - gone, gone };
     },
 
     /**

@@ -16,7 +16,7 @@
  * Diagnostics: BENCH_TIMELINE=1 prints the slowest run's events; BENCH_SCHEDULER_TIMELINE=1 the
  * history of the schedule whose run started last; BENCH_SERVER_METRICS=PORT (dev server) the
  * server's persistence and scheduler-worker metrics; BENCH_WORKER_PROF=DIR CPU-profiles the workers;
- * BENCH_WORKER_NODE_ARGS gives the workers Node flags (e.g. --max-old-space-size=256).
+ * BENCH_RELEASE_TIMELINE=1 the slowest release hop by hop; BENCH_WORKER_NODE_ARGS gives the workers Node flags (e.g. --max-old-space-size=256).
  */
 import { spawn, execFileSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -33,6 +33,7 @@ import { backupScheduleId } from '../client/schedules/nightly-backup-schedule';
 import { type Fleet, applySchedules, closedBackups, createFleet, listBackupRuns, pool, rotateInKms, startWatcher, triggerAll, writeScheduleFile } from '../test/helpers/fleet';
 import { startCluster } from '../test/helpers/temporal-cluster';
 import type { BackupProgress } from '../workflows/backup-messages';
+import { keyEntityWorkflowId } from '../workflows/root-key-messages';
 import { keyopsSearchAttributes } from '../workflows/search-attributes';
 
 const ROOT = resolve(__dirname, '..');
@@ -243,14 +244,32 @@ async function main() {
     }
     const releases: number[] = [];
     let released = 0;
+    let slowestRelease: { workflowId: string; backupId: string; keyId: string; at: number; latency: number } | undefined;
     await pool(runs.filter((r) => r.status === 'COMPLETED'), 32, async (r) => {
       const result = (await client.workflow.getHandle(r.workflowId, r.runId).result()) as BackupProgress;
       if (result.releasedAt === undefined) return;
       released++;
-      const at = announced.get(keyOf.get(result.databaseId)!);
-      if (at !== undefined) releases.push(result.releasedAt - at);
+      const keyId = keyOf.get(result.databaseId)!;
+      const at = announced.get(keyId);
+      if (at === undefined) return;
+      const latency = result.releasedAt - at;
+      releases.push(latency);
+      if (!slowestRelease || latency > slowestRelease.latency) slowestRelease = { workflowId: r.workflowId, backupId: result.backupId, keyId, at, latency };
     });
     releases.sort((a, b) => a - b);
+    if (process.env.BENCH_RELEASE_TIMELINE && slowestRelease) {
+      // Diagnostics: the slowest release, hop by hop (key entity -> its await-rewrap child -> the backup run).
+      const { at, latency } = slowestRelease;
+      console.log(`slowest release ${slowestRelease.workflowId}: ${latency} ms after rewrap-complete`);
+      const hops: [number, string][] = [];
+      for (const [who, id] of [['entity', keyEntityWorkflowId(slowestRelease.keyId)], ['child', `${slowestRelease.backupId}/await-rewrap`], ['backup', slowestRelease.workflowId]] as const) {
+        for (const e of (await client.workflow.getHandle(id).fetchHistory()).events ?? []) {
+          const t = ms(e.eventTime) - at;
+          if (t >= -50 && t <= latency + 50) hops.push([t, `${who.padEnd(7)} ${temporal.api.enums.v1.EventType[e.eventType ?? 0]}`]);
+        }
+      }
+      for (const [t, what] of hops.sort((a, b) => a[0] - b[0])) console.log(String(t).padStart(7), what);
+    }
 
     const calls = new Map<string, number>();
     for (const w of workers) for (const [op, n] of await kmsCalls(w.metricsPort)) calls.set(op, (calls.get(op) ?? 0) + n);

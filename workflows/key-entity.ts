@@ -5,12 +5,14 @@ import {
   getExternalWorkflowHandle,
   log,
   patched,
+  proxyLocalActivities,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
 import { z } from 'zod';
+import type { Activities } from '../activities';
 import { KeyIdAttribute, KeyVersionAttribute } from './search-attributes';
 import { keyIdSchema, parseInput, parseSignal, versionSchema } from './workflow-input';
 import {
@@ -28,8 +30,13 @@ import {
  * registered before, during or after the rewrap is released exactly when its version is reached.
  * (A visibility query for waiting workflows would be eventually consistent and could miss one.)
  */
-/** Waiters signalled in one workflow task; the server refuses more than 2,000 pending. */
+/** Waiters signalled in one workflow task (the server refuses more than 2,000 pending) or one local activity. */
 const RELEASE_BATCH = 500;
+
+const { releaseRewrapWaiters } = proxyLocalActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { initialInterval: '1 second', maximumInterval: '30 seconds' },
+});
 
 const waiterSchema = z.object({ workflowId: z.string().min(1).max(1000), minVersion: versionSchema });
 
@@ -86,9 +93,19 @@ export async function keyEntity(state: KeyEntityState): Promise<never> {
   const releasePending = async () => {
     if (!pending.length) return;
     // One signal per workflow task made the 20th waiter of a key wait for 20 round trips of this
-    // history behind a night's backlog. Together, in batches below the server's limit of pending
-    // signals a workflow may send (2,000). Runs started before this release one at a time.
-    if (patched('key-entity-release-together')) {
+    // history behind a night's backlog. Signals sent by this workflow together still reached
+    // their waiters one after another, about 100 ms apart in a busy night (each is a server task
+    // that also writes back here): a local activity sends them straight to the waiters, without
+    // a trip through the activity task queue's backlog. Runs started before these patches keep
+    // the way they began with.
+    if (patched('key-entity-release-by-local-activity')) {
+      while (pending.length) {
+        const batch = pending.splice(0, RELEASE_BATCH);
+        await releaseRewrapWaiters.executeWithOptions({ summary: `signal ${batch.length} waiting workflow(s) that key ${keyId} reached version ${state.rewrappedVersion}` }, [
+          { keyId, version: state.rewrappedVersion, workflowIds: batch.map((w) => w.workflowId) },
+        ]);
+      }
+    } else if (patched('key-entity-release-together')) {
       while (pending.length) await Promise.all(pending.splice(0, RELEASE_BATCH).map(release));
     } else {
       while (pending.length) await release(pending.shift()!);
