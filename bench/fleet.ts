@@ -286,7 +286,7 @@ async function main() {
         agg.set(k, (agg.get(k) ?? 0) + Number(m[3]));
       }
       for (const [k, v] of [...agg].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log(k.padEnd(70), v.toFixed(2));
-      for (const line of text.split('\n')) if (/per-ns|scheduler|local_activity/.test(line) && /(_sum|_count|_total)\{|^temporal_[a-z_]+\{/.test(line) && !/_bucket/.test(line)) console.log(line.slice(0, 300));
+      for (const line of text.split('\n')) if (/per-ns|schedule_|scheduler|local_activity|sticky/.test(line) && /(_sum|_count|_total)\{|^temporal_[a-z_]+\{/.test(line) && !/_bucket/.test(line)) console.log(line.slice(0, 300));
     }
 
     console.log(`night                 ${opts.databases} schedules triggered in ${seconds(triggeredMs)}; ${rotated.length} keys rotated just before (${waiting.size} backups must wait), ${watch.started.length} rewraps started by the watcher`);

@@ -90,7 +90,10 @@ export async function createFleet(options: { dataDir: string; databases: number;
 
 /** One schedule file for the whole fleet, with 30 minutes of jitter spreading the nights over the window. */
 export function writeScheduleFile(path: string, databases: readonly string[]): void {
-  writeFileSync(path, ['timeZone: UTC', 'backups:', ...databases.map((d) => `  - { database: ${d}, at: "02:00", jitter: 30m }`), ''].join('\n'));
+  // The night window is put 12 hours from now: a run that began at 01:59 UTC saw 30 of its
+  // schedules fire on their own at 02:00, on top of the triggered night.
+  const at = `${String((new Date().getUTCHours() + 12) % 24).padStart(2, '0')}:00`;
+  writeFileSync(path, ['timeZone: UTC', 'backups:', ...databases.map((d) => `  - { database: ${d}, at: "${at}", jitter: 30m }`), ''].join('\n'));
 }
 
 /** `keyops schedule apply -f FILE` as an operator runs it; returns how many schedules it created or updated. */
