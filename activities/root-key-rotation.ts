@@ -638,24 +638,28 @@ export function createRootKeyActivities({ kms, registry, keyStorageRotation, eng
      * The key entity's release of its waiters, run as its local activity: a signal sent from here
      * is written straight into the waiter's history, where one sent by the workflow is a
      * server-side task that also writes back into the entity's history, one after another. In a
-     * busy night that put 100 ms between consecutive waiters. A waiter that ended meanwhile needs
-     * nothing; signalling one twice (a retry) is harmless.
+     * busy night that put 100 ms between consecutive waiters. Every waiter is tried; if any
+     * signal failed for another reason than its waiter having ended, the attempt fails and the
+     * retry signals them all again, which is harmless (a waiter keeps the highest version).
+     * Returns how many had ended (on a retry, also those the earlier attempt released).
      */
-    async releaseRewrapWaiters(input: RewrapComplete & { workflowIds: string[] }): Promise<{ released: number; gone: number }> {
-      let gone = 0;
+    async releaseRewrapWaiters(input: RewrapComplete & { workflowIds: string[] }): Promise<{ closed: number }> {
+      let closed = 0;
+      const failures: string[] = [];
       for (let i = 0; i < input.workflowIds.length; i += RELEASE_CONCURRENCY) {
         await Promise.all(
           input.workflowIds.slice(i, i + RELEASE_CONCURRENCY).map(async (workflowId) => {
             try {
               await getClient().workflow.getHandle(workflowId).signal(rewrapCompleteSignal, { keyId: input.keyId, version: input.version });
             } catch (err) {
-              if (!(err instanceof WorkflowNotFoundError)) throw err;
-              gone++;
+              if (err instanceof WorkflowNotFoundError) closed++;
+              else failures.push(`${workflowId}: ${err instanceof Error ? err.message : String(err)}`);
             }
           }),
         );
       }
-      return { released: input.workflowIds.length - gone, gone };
+      if (failures.length) throw new Error(`${failures.length} of ${input.workflowIds.length} waiters of key ${input.keyId} were not signalled, e.g. ${failures[0]}`);
+      return { closed };
     },
 
     /**

@@ -134,4 +134,43 @@ describe('awaitRewrap released by the key entity', () => {
     registry.close();
     kms.close();
   });
+
+  it('still releases every waiter, by the workflow\'s own signals, when the releasing local activity fails', async () => {
+    const kms = LocalKms.open({ path: join(suite.dir, 'kms-fallback.sqlite'), masterSecret: randomBytes(32) });
+    const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks-fallback.sqlite'));
+    const { keyId } = await kms.createKey({ name: 'fallback-key' });
+    registry.setRewrappedVersion(keyId, 1);
+    const taskQueue = uniqueTaskQueue('await-fallback');
+    const { activities } = localActivities({ dataDir: suite.dir, kms, registry });
+    let attempts = 0;
+    const worker = await createTestWorker(suite.env, {
+      taskQueue,
+      activities: {
+        ...activities,
+        // As if the worker's client could not reach the frontend, for good.
+        releaseRewrapWaiters: () => {
+          attempts++;
+          return Promise.reject(ApplicationFailure.nonRetryable('frontend unreachable (test)', 'TEST_UNREACHABLE'));
+        },
+      },
+    });
+    const entity = suite.client.workflow.getHandle(keyEntityWorkflowId(keyId));
+    await worker.runUntil(async () => {
+      const waits = await Promise.all(
+        [0, 1, 2].map((i) => suite.client.workflow.start(awaitRewrap, { taskQueue, workflowId: `await/${taskQueue}/${i}`, args: [{ keyId, minVersion: 2, recheckEveryMs: 3600_000 }] })),
+      );
+      await waitUntil('all three waiters registered with the key entity', async () => ((await entity.query(keyStateQuery)).waiters.length === 3 ? true : undefined));
+      await entity.signal(rewrapCompleteSignal, { keyId, version: 2 });
+      const released = await Promise.all(waits.map((w) => w.result()));
+      assert.deepEqual(released.map((r) => [r.version, r.releasedBy]), Array(3).fill([2, 'signal']));
+      assert.equal(attempts, 1);
+      const events = (await entity.fetchHistory()).events ?? [];
+      assert.equal(events.filter((e) => e.eventType === EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED).length, 3);
+      // The entity lives on for the key's next rotation.
+      assert.equal((await entity.describe()).status.name, 'RUNNING');
+      await entity.terminate('test finished');
+    });
+    registry.close();
+    kms.close();
+  });
 });

@@ -23,6 +23,19 @@ import {
   type RewrapWaiter,
 } from './root-key-messages';
 
+/** Waiters signalled in one workflow task (the server refuses more than 2,000 pending) or one local activity. */
+const RELEASE_BATCH = 500;
+
+// Bounded: after about a minute of failures the batch goes out as the workflow's own signals,
+// which the server delivers and retries itself. An endless local retry would hold every later
+// release of the key, and an error escaping here would fail the entity and lose its waiters.
+const { releaseRewrapWaiters } = proxyLocalActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 5 },
+});
+
+const waiterSchema = z.object({ workflowId: z.string().min(1).max(1000), minVersion: versionSchema });
+
 /**
  * One long-lived workflow per root key (`key/<keyId>`). It knows the highest version every
  * WDEK was rewrapped to and releases waiters by signal. Because both "rewrap complete" and
@@ -30,16 +43,6 @@ import {
  * registered before, during or after the rewrap is released exactly when its version is reached.
  * (A visibility query for waiting workflows would be eventually consistent and could miss one.)
  */
-/** Waiters signalled in one workflow task (the server refuses more than 2,000 pending) or one local activity. */
-const RELEASE_BATCH = 500;
-
-const { releaseRewrapWaiters } = proxyLocalActivities<Activities>({
-  startToCloseTimeout: '1 minute',
-  retry: { initialInterval: '1 second', maximumInterval: '30 seconds' },
-});
-
-const waiterSchema = z.object({ workflowId: z.string().min(1).max(1000), minVersion: versionSchema });
-
 export async function keyEntity(state: KeyEntityState): Promise<never> {
   parseInput('keyEntity', z.object({ keyId: keyIdSchema, rewrappedVersion: z.number().int().nonnegative(), waiters: z.array(waiterSchema) }), state);
   const { keyId } = state;
@@ -101,9 +104,14 @@ export async function keyEntity(state: KeyEntityState): Promise<never> {
     if (patched('key-entity-release-by-local-activity')) {
       while (pending.length) {
         const batch = pending.splice(0, RELEASE_BATCH);
-        await releaseRewrapWaiters.executeWithOptions({ summary: `signal ${batch.length} waiting workflow(s) that key ${keyId} reached version ${state.rewrappedVersion}` }, [
-          { keyId, version: state.rewrappedVersion, workflowIds: batch.map((w) => w.workflowId) },
-        ]);
+        try {
+          await releaseRewrapWaiters.executeWithOptions({ summary: `signal ${batch.length} waiting workflow(s) that key ${keyId} reached version ${state.rewrappedVersion}` }, [
+            { keyId, version: state.rewrappedVersion, workflowIds: batch.map((w) => w.workflowId) },
+          ]);
+        } catch (err) {
+          log.warn('releasing waiters by local activity failed; signalling them from the workflow', { keyId, waiters: batch.length, error: String(err) });
+          await Promise.all(batch.map(release));
+        }
       }
     } else if (patched('key-entity-release-together')) {
       while (pending.length) await Promise.all(pending.splice(0, RELEASE_BATCH).map(release));
