@@ -327,17 +327,10 @@ matching.persistenceMaxQPS:
   - value: 10000
 # The schedulers' worker: a night of aligned schedules queues hundreds of scheduler tasks on its
 # sticky queue. After the default 5 s they expire to the normal queue, which its pollers skip
-# while the sticky queue has a backlog, and the night's starts stall for a minute or more. Even
-# 60 s was not enough for 1,000 schedules at once on 2 cores: 5 min, the price being that a
-# worker service killed mid-night leaves its schedulers' tasks waiting up to 5 min.
+# while the sticky queue has a backlog, and the night's starts stall for a minute or more.
 worker.perNamespaceWorkerOptions:
   - value:
-      StickyScheduleToStartTimeout: "5m"
-# The schedulers start at most 30 workflows a second per namespace by default; a start that
-# would wait more than 5 s sleeps in the scheduler workflow instead, one more task each. 200 a
-# second admits 1,000 starts within those 5 s, so none takes that extra task.
-worker.schedulerNamespaceStartWorkflowRPS:
-  - value: 200
+      StickyScheduleToStartTimeout: "60s"
 EOF
   chmod 600 "$CONFIG_DIR/cluster.yaml"
 }

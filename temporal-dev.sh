@@ -37,17 +37,12 @@ START_TIMEOUT="${KEYOPS_START_TIMEOUT:-60}"
 # How the dev server runs here (bench:fleet runs it the same way, through `server-flags`):
 # - SQLite in WAL mode with synchronous=NORMAL: it syncs at checkpoints, not on every commit. A
 #   crash of the server loses nothing; a power cut may lose its last transactions.
-# - The schedulers' worker keeps its tasks on their sticky queue for 5 min, not 5 s. A night of
+# - The schedulers' worker keeps its tasks on their sticky queue for 60 s, not 5 s. A night of
 #   aligned schedules queues hundreds of them; expired ones move to the normal queue, which its
-#   pollers skip while the sticky queue has a backlog, and the night's starts stall for a minute
-#   or more (60 s was not enough for 1,000 at once on 2 cores). The price: if that worker dies
-#   without shutting down, its schedulers' tasks wait up to 5 min.
-# - The schedulers may start 200 workflows a second, not 30: beyond 5 s of waiting for the limit,
-#   a scheduler sleeps in its workflow instead, one more task each.
+#   pollers skip while the sticky queue has a backlog, and the night's starts stall for a minute.
 SERVER_TUNING=(
   --sqlite-pragma journal_mode=WAL --sqlite-pragma synchronous=NORMAL
-  --dynamic-config-value 'worker.perNamespaceWorkerOptions={"StickyScheduleToStartTimeout":"5m"}'
-  --dynamic-config-value worker.schedulerNamespaceStartWorkflowRPS=200
+  --dynamic-config-value 'worker.perNamespaceWorkerOptions={"StickyScheduleToStartTimeout":"60s"}'
 )
 
 usage() {
