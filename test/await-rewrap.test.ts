@@ -21,6 +21,19 @@ const eventMs = (e: temporal.api.history.v1.IHistoryEvent) => Number(e.eventTime
 describe('awaitRewrap released by the key entity', () => {
   const suite = useSuiteFixture('await-rewrap');
 
+  /** A fresh key at rewrapped version 1, with its own KMS, registry and task queue. */
+  const freshKey = async (name: string) => {
+    const kms = LocalKms.open({ path: join(suite.dir, `kms-${name}.sqlite`), masterSecret: randomBytes(32) });
+    const registry = SqliteWdekRegistry.open(join(suite.dir, `wdeks-${name}.sqlite`));
+    const { keyId } = await kms.createKey({ name: `${name}-key` });
+    registry.setRewrappedVersion(keyId, 1);
+    const close = () => {
+      registry.close();
+      kms.close();
+    };
+    return { kms, registry, keyId, taskQueue: uniqueTaskQueue(`await-${name}`), entity: suite.client.workflow.getHandle(keyEntityWorkflowId(keyId)), close };
+  };
+
   it('releases waiters registered before, during and after the rewrap, the first by the announcement signal', async (t) => {
     const kms = LocalKms.open({ path: join(suite.dir, 'kms.sqlite'), masterSecret: randomBytes(32) });
     const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks.sqlite'));
@@ -93,13 +106,8 @@ describe('awaitRewrap released by the key entity', () => {
   });
 
   it('releases every waiter of a version at once, by one local activity of the key entity, and keeps the waiters of a later version', async () => {
-    const kms = LocalKms.open({ path: join(suite.dir, 'kms-together.sqlite'), masterSecret: randomBytes(32) });
-    const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks-together.sqlite'));
-    const { keyId } = await kms.createKey({ name: 'together-key' });
-    registry.setRewrappedVersion(keyId, 1);
-    const taskQueue = uniqueTaskQueue('await-together');
+    const { kms, registry, keyId, taskQueue, entity, close } = await freshKey('together');
     const worker = await createTestWorker(suite.env, { taskQueue, activities: localActivities({ dataDir: suite.dir, kms, registry }).activities });
-    const entity = suite.client.workflow.getHandle(keyEntityWorkflowId(keyId));
     await worker.runUntil(async () => {
       const waits = await Promise.all(
         [2, 2, 2, 2, 2, 3].map((minVersion, i) =>
@@ -131,16 +139,11 @@ describe('awaitRewrap released by the key entity', () => {
       await entity.terminate('test finished');
       if (process.env.KEYOPS_RECORD_HISTORIES) await recordHistory(entity.workflowId, 'key-entity-release-by-local-activity.json');
     });
-    registry.close();
-    kms.close();
+    close();
   });
 
   it('still releases every waiter, by the workflow\'s own signals, when the releasing local activity fails', async () => {
-    const kms = LocalKms.open({ path: join(suite.dir, 'kms-fallback.sqlite'), masterSecret: randomBytes(32) });
-    const registry = SqliteWdekRegistry.open(join(suite.dir, 'wdeks-fallback.sqlite'));
-    const { keyId } = await kms.createKey({ name: 'fallback-key' });
-    registry.setRewrappedVersion(keyId, 1);
-    const taskQueue = uniqueTaskQueue('await-fallback');
+    const { kms, registry, keyId, taskQueue, entity, close } = await freshKey('fallback');
     const { activities } = localActivities({ dataDir: suite.dir, kms, registry });
     let attempts = 0;
     const worker = await createTestWorker(suite.env, {
@@ -154,7 +157,6 @@ describe('awaitRewrap released by the key entity', () => {
         },
       },
     });
-    const entity = suite.client.workflow.getHandle(keyEntityWorkflowId(keyId));
     await worker.runUntil(async () => {
       const waits = await Promise.all(
         [0, 1, 2].map((i) => suite.client.workflow.start(awaitRewrap, { taskQueue, workflowId: `await/${taskQueue}/${i}`, args: [{ keyId, minVersion: 2, recheckEveryMs: 3600_000 }] })),
@@ -170,7 +172,6 @@ describe('awaitRewrap released by the key entity', () => {
       assert.equal((await entity.describe()).status.name, 'RUNNING');
       await entity.terminate('test finished');
     });
-    registry.close();
-    kms.close();
+    close();
   });
 });
