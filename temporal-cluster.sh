@@ -331,6 +331,11 @@ matching.persistenceMaxQPS:
 worker.perNamespaceWorkerOptions:
   - value:
       StickyScheduleToStartTimeout: "60s"
+# That worker polls only its sticky queue while the server reports a backlog there, and the last
+# report can be stale: a task that did expire into the normal queue then waited out a whole
+# long poll of the sticky one (1 min by default). 10 s bounds that wait.
+matching.longPollExpirationInterval:
+  - value: 10s
 EOF
   chmod 600 "$CONFIG_DIR/cluster.yaml"
 }

@@ -134,7 +134,7 @@ describe('temporal-dev.sh', () => {
     const flags = await runToEnd(DEV_SCRIPT, ['server-flags'], { env: stack.env });
     assert.equal(flags.code, 0, flags.stderr);
     const serverArgs = readFileSync(`/proc/${server}/cmdline`, 'utf8').split('\0');
-    for (const flag of ['synchronous=NORMAL', 'worker.perNamespaceWorkerOptions={"StickyScheduleToStartTimeout":"60s"}']) assert.ok(flags.stdout.split('\n').includes(flag), `server-flags lacks ${flag}`);
+    for (const flag of ['synchronous=NORMAL', 'worker.perNamespaceWorkerOptions={"StickyScheduleToStartTimeout":"60s"}', 'matching.longPollExpirationInterval="10s"']) assert.ok(flags.stdout.split('\n').includes(flag), `server-flags lacks ${flag}`);
     for (const flag of flags.stdout.trim().split('\n')) assert.ok(serverArgs.includes(flag), `the dev server was started without ${flag}`);
 
     const logs = await runToEnd(DEV_SCRIPT, ['logs', 'worker'], { env: stack.env });
