@@ -26,7 +26,7 @@ import {
 /** Waiters signalled in one workflow task (the server refuses more than 2,000 pending) or one local activity. */
 const RELEASE_BATCH = 500;
 
-// Bounded: after about a minute of failures the batch goes out as the workflow's own signals,
+// Bounded: after 5 failed attempts the batch goes out as the workflow's own signals,
 // which the server delivers and retries itself. An endless local retry would hold every later
 // release of the key, and an error escaping here would fail the entity and lose its waiters.
 const { releaseRewrapWaiters } = proxyLocalActivities<Activities>({
